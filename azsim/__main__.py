@@ -1,0 +1,84 @@
+"""``python -m azsim serve``: run the simulator until SIGINT/SIGTERM.
+
+Prints ``export NAME=value`` for every setting the SDK needs (and writes ``NAME=value`` lines to
+``--env-file``), then ``azsim: ready``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from azsim.tls import ensure_ca
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m azsim", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the simulator until interrupted")
+    serve.add_argument(
+        "--ca-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "azsim-ca",
+        help="directory of the CA (created if missing, reused if present)",
+    )
+    serve.add_argument("--seed-file", type=Path, help="JSON seed spec (see azsim.simulator)")
+    serve.add_argument("--env-file", type=Path, help="also write NAME=value lines here")
+    serve.add_argument("--seed", type=int, default=0, help="seed of the simulator's randomness")
+    return parser
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Start, print the environment, wait for a signal, stop."""
+    ca = ensure_ca(args.ca_dir)
+    # aiohttp reads SSL_CERT_FILE at import time; set it before importing the simulator.
+    os.environ["SSL_CERT_FILE"] = str(ca.cert_path)
+    from azsim.simulator import Simulator  # noqa: PLC0415 - must follow SSL_CERT_FILE
+
+    spec = json.loads(args.seed_file.read_text()) if args.seed_file else None
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        del signum, frame
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    with Simulator(ca_dir=args.ca_dir, seed=args.seed) as sim:
+        if spec is not None:
+            seeded = sim.seed(spec)
+            sys.stdout.write(f"# seeded: {json.dumps(seeded)}\n")
+        for name, value in sim.env.items():
+            sys.stdout.write(f"export {name}={shlex.quote(value)}\n")
+        if args.env_file:
+            args.env_file.write_text("".join(f"{k}={v}\n" for k, v in sim.env.items()))
+        sys.stdout.write("azsim: ready\n")
+        sys.stdout.flush()
+        while not stop.wait(0.2):
+            pass
+    sys.stdout.write("azsim: stopped\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    return 2  # pragma: no cover - argparse rejects other commands
+
+
+if __name__ == "__main__":
+    sys.exit(main())

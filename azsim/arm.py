@@ -1,0 +1,568 @@
+"""ARM ``Microsoft.DocumentDB/mongoClusters``: GET, list, PUT, PATCH and long-running operations.
+
+Handlers are synchronous functions of (State, Incoming) -> Reply; they hold ``state.lock`` while they
+touch the state and never await.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from azsim.messages import Incoming, Reply, error_reply
+from azsim.state import Cluster, Operation, State, iso_z
+
+__all__ = ["cluster_json", "handle_arm", "parse_key_url"]
+
+PROVIDER = "microsoft.documentdb"
+CLUSTERS = "mongoclusters"
+CLUSTER_TYPE = "Microsoft.DocumentDB/mongoClusters"
+
+
+def cluster_json(state: State, cluster: Cluster) -> dict[str, Any]:
+    """The ARM GET JSON of a cluster (the shape of shared/events/cluster-cmk.get.json); lock held."""
+    body: dict[str, Any] = {
+        "id": cluster.id,
+        "name": cluster.name,
+        "type": CLUSTER_TYPE,
+        "location": cluster.location,
+        "tags": dict(cluster.tags),
+    }
+    if cluster.identities:
+        assigned: dict[str, Any] = {}
+        for identity_id in cluster.identities:
+            identity = state.identity(identity_id)
+            if identity is not None:
+                assigned[identity.id] = {
+                    "principalId": identity.principal_id,
+                    "clientId": identity.client_id,
+                }
+        body["identity"] = {"type": "UserAssigned", "userAssignedIdentities": assigned}
+    body["systemData"] = {
+        "createdBy": "azsim@example.com",
+        "createdByType": "User",
+        "createdAt": iso_z(cluster.created_at),
+    }
+    properties: dict[str, Any] = {
+        "provisioningState": cluster.provisioning_state,
+        "clusterStatus": cluster.cluster_status,
+        "serverVersion": "7.0",
+        "compute": {"tier": "M30"},
+        "storage": {"sizeGb": 128},
+        "highAvailability": {"targetMode": "ZoneRedundantPreferred"},
+        "sharding": {"shardCount": 1},
+    }
+    if cluster.key_url is not None:
+        properties["encryption"] = {
+            "customerManagedKeyEncryption": {
+                "keyEncryptionKeyIdentity": {
+                    "identityType": "UserAssignedIdentity",
+                    "userAssignedIdentityResourceId": cluster.key_identity,
+                },
+                "keyEncryptionKeyUrl": cluster.key_url,
+            }
+        }
+    body["properties"] = properties
+    return copy.deepcopy(body)
+
+
+@dataclass(frozen=True)
+class KeyUrl:
+    """The parts of a Key Vault key URL."""
+
+    host: str
+    name: str
+    version: str | None
+
+
+def parse_key_url(url: str) -> KeyUrl | None:
+    """Parse ``https://{host}/keys/{name}[/{version}]``; None when it is not such a URL."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    segments = [s for s in parts.path.split("/") if s]
+    if (
+        parts.scheme.lower() != "https"
+        or not parts.hostname
+        or len(segments) not in {2, 3}
+        or segments[0].lower() != "keys"
+    ):
+        return None
+    return KeyUrl(parts.hostname.lower(), segments[1], segments[2] if len(segments) == 3 else None)  # noqa: PLR2004
+
+
+# -- routing -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Route:
+    kind: str  # "cluster" | "list" | "operation-status" | "operation-result"
+    subscription: str
+    resource_group: str | None = None
+    name: str | None = None
+    operation_id: str | None = None
+
+
+def _route(path: str) -> _Route | None:  # noqa: PLR0911 - one return per route
+    segs = [s for s in path.split("/") if s]
+    low = [s.lower() for s in segs]
+    n = len(segs)
+    if n < 2 or low[0] != "subscriptions":  # noqa: PLR2004
+        return None
+    sub = segs[1]
+    if n == 8 and low[2] == "resourcegroups" and low[4:7] == ["providers", PROVIDER, CLUSTERS]:  # noqa: PLR2004
+        return _Route("cluster", sub, segs[3], segs[7])
+    if n == 7 and low[2] == "resourcegroups" and low[4:7] == ["providers", PROVIDER, CLUSTERS]:  # noqa: PLR2004
+        return _Route("list", sub, segs[3])
+    if n == 5 and low[2:5] == ["providers", PROVIDER, CLUSTERS]:  # noqa: PLR2004
+        return _Route("list", sub)
+    if n == 8 and low[2:5] == ["providers", PROVIDER, "locations"]:  # noqa: PLR2004
+        if low[6] == "operationsstatus":
+            return _Route("operation-status", sub, operation_id=segs[7])
+        if low[6] == "operationresults":
+            return _Route("operation-result", sub, operation_id=segs[7])
+    return None
+
+
+def _cluster_id(route: _Route) -> str:
+    return (
+        f"/subscriptions/{route.subscription}/resourceGroups/{route.resource_group}"
+        f"/providers/Microsoft.DocumentDB/mongoClusters/{route.name}"
+    )
+
+
+# -- entry point -----------------------------------------------------------------------------------
+
+
+def _authorized(state: State, req: Incoming) -> Reply | None:
+    token = req.bearer_token()
+    if token is None:
+        return error_reply(
+            401,
+            "AuthenticationFailed",
+            "Authentication failed. The 'Authorization' header is missing.",
+        )
+    resource = state.tokens.get(token)
+    if resource is None:
+        return error_reply(
+            401,
+            "InvalidAuthenticationToken",
+            "The access token is invalid.",
+        )
+    if not resource.lower().startswith(("https://management.", "management.")):
+        return error_reply(
+            401,
+            "InvalidAuthenticationTokenAudience",
+            f"The access token has been obtained for the wrong audience or resource '{resource}'.",
+        )
+    return None
+
+
+def handle_arm(state: State, req: Incoming) -> Reply:
+    """Answer one ARM request."""
+    with state.lock:
+        denied = _authorized(state, req)
+        if denied is not None:
+            return denied
+        api_version = req.query.get("api-version")
+        if not api_version:
+            return error_reply(
+                400,
+                "MissingApiVersionParameter",
+                "The api-version query parameter (?api-version=) is required for all requests.",
+            )
+        route = _route(req.path)
+        if route is None:
+            return error_reply(404, "NotFound", f"No route for {req.method} {req.path}.")
+        method = req.method.upper()
+        write = method in {"PUT", "PATCH", "DELETE", "POST"}
+        granted, remaining, wait = state.bucket(route.subscription, write=write).take()
+        header = "x-ms-ratelimit-remaining-subscription-" + ("writes" if write else "reads")
+        if not granted:
+            reply = error_reply(
+                429,
+                "TooManyRequests",
+                f"Number of {'write' if write else 'read'} requests for subscription "
+                f"'{route.subscription}' exceeded the limit. Please try again after {wait} seconds.",
+                {"Retry-After": str(wait)},
+            )
+        else:
+            reply = _dispatch(state, req, route, method, api_version)
+        reply.headers[header] = str(remaining)
+        return reply
+
+
+def _dispatch(state: State, req: Incoming, route: _Route, method: str, api_version: str) -> Reply:
+    base = f"https://{req.host}"
+    if route.kind == "list" and method == "GET":
+        return _list(state, req, route, api_version)
+    if route.kind == "operation-status" and method == "GET":
+        return _operation_status(state, route, base, api_version)
+    if route.kind == "operation-result" and method == "GET":
+        return _operation_result(state, route, base, api_version)
+    if route.kind == "cluster":
+        if method == "GET":
+            return _get(state, route)
+        if method in {"PUT", "PATCH"}:
+            return _write(state, req, route, method=method, base=base, api_version=api_version)
+    return error_reply(405, "MethodNotAllowed", f"The method {method} is not supported on {req.path}.")
+
+
+def _not_found(route: _Route) -> Reply:
+    return error_reply(
+        404,
+        "ResourceNotFound",
+        f"The Resource '{CLUSTER_TYPE}/{route.name}' under resource group "
+        f"'{route.resource_group}' was not found.",
+    )
+
+
+def _get(state: State, route: _Route) -> Reply:
+    try:
+        cluster = state.cluster(_cluster_id(route))
+    except KeyError:
+        return _not_found(route)
+    return Reply(200, cluster_json(state, cluster))
+
+
+def _list(state: State, req: Incoming, route: _Route, api_version: str) -> Reply:
+    state.settle_all()
+    matching = [
+        c
+        for c in state.clusters.values()
+        if c.subscription.lower() == route.subscription.lower()
+        and (route.resource_group is None or c.resource_group.lower() == route.resource_group.lower())
+    ]
+    try:
+        offset = max(0, int(req.query.get("$skipToken") or req.query.get("$skiptoken") or 0))
+    except ValueError:
+        return error_reply(400, "InvalidSkipToken", "The $skipToken is not valid.")
+    size = max(1, state.config.list_page_size)
+    page = matching[offset : offset + size]
+    body: dict[str, Any] = {"value": [cluster_json(state, c) for c in page]}
+    if offset + size < len(matching):
+        body["nextLink"] = (
+            f"https://{req.host}{quote(req.path)}?api-version={quote(api_version)}&$skipToken={offset + size}"
+        )
+    return Reply(200, body)
+
+
+# -- operations ------------------------------------------------------------------------------------
+
+
+def _poll_headers(state: State) -> dict[str, str]:
+    interval = state.config.poll_interval
+    return {
+        "Retry-After": str(max(1, math.ceil(interval))),
+        "retry-after-ms": str(max(0, round(interval * 1000))),
+    }
+
+
+def _operation_urls(op: Operation, base: str, api_version: str) -> tuple[str, str]:
+    prefix = f"{base}/subscriptions/{op.subscription}/providers/Microsoft.DocumentDB/locations/{op.location}"
+    query = f"?api-version={quote(api_version)}"
+    return f"{prefix}/operationsStatus/{op.id}{query}", f"{prefix}/operationResults/{op.id}{query}"
+
+
+def _find_operation(state: State, route: _Route) -> Operation | None:
+    op = state.operations.get((route.operation_id or "").lower())
+    if op is None or op.subscription.lower() != route.subscription.lower():
+        return None
+    cluster = state.clusters.get(op.cluster_key)
+    if cluster is not None:
+        state.settle(cluster)
+    return op
+
+
+def _operation_missing(route: _Route) -> Reply:
+    return error_reply(404, "OperationNotFound", f"The operation '{route.operation_id}' was not found.")
+
+
+def _operation_status(state: State, route: _Route, base: str, api_version: str) -> Reply:
+    op = _find_operation(state, route)
+    if op is None:
+        return _operation_missing(route)
+    status = op.status(time.time())
+    status_url, _ = _operation_urls(op, base, api_version)
+    body: dict[str, Any] = {
+        "id": urlsplit(status_url).path,
+        "name": op.id,
+        "status": status,
+        "startTime": iso_z(op.start),
+    }
+    headers: dict[str, str] = {}
+    if status == "InProgress":
+        headers = _poll_headers(state)
+    else:
+        body["endTime"] = iso_z(op.end)
+    if status == "Failed" and op.error is not None:
+        body["error"] = dict(op.error)
+    return Reply(200, body, headers)
+
+
+def _operation_result(state: State, route: _Route, base: str, api_version: str) -> Reply:
+    op = _find_operation(state, route)
+    if op is None:
+        return _operation_missing(route)
+    status = op.status(time.time())
+    if status == "InProgress":
+        _, result_url = _operation_urls(op, base, api_version)
+        return Reply(202, None, {"Location": result_url, **_poll_headers(state)})
+    if status == "Failed" and op.error is not None:
+        return error_reply(400, op.error["code"], op.error["message"])
+    cluster = state.clusters.get(op.cluster_key)
+    if cluster is None:
+        return Reply(204)
+    return Reply(200, cluster_json(state, cluster))
+
+
+# -- writes ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    new_identities: list[str] | None = None
+    new_key_url: str | None = None
+    new_key_identity: str | None = None
+
+
+def _bad(code: str, message: str) -> Reply:
+    return error_reply(400, code, message)
+
+
+def _norm_location(value: str) -> str:
+    return value.lower().replace(" ", "")
+
+
+def _write(  # noqa: PLR0911 - one return per check, in ARM's order
+    state: State, req: Incoming, route: _Route, *, method: str, base: str, api_version: str
+) -> Reply:
+    cluster = state.clusters.get(_cluster_id(route).lower())
+    if cluster is not None:
+        state.settle(cluster)
+        if cluster.operation is not None:
+            return error_reply(
+                409,
+                "Conflict",
+                f"Another operation is in progress on the resource '{cluster.id}'. "
+                "Retry after the current operation completes.",
+            )
+    if cluster is None:
+        return _not_found(route)
+    try:
+        body = req.json_body()
+    except ValueError:
+        return _bad("InvalidRequestContent", "The request content is not valid JSON.")
+    if not isinstance(body, dict):
+        return _bad("InvalidRequestContent", "The request content must be a JSON object.")
+    outcome = _validate(state, cluster, body, partial=method == "PATCH")
+    if isinstance(outcome, Reply):
+        return outcome
+    op = _start_operation(state, cluster, outcome, kind=method)
+    status_url, result_url = _operation_urls(op, base, api_version)
+    headers = {"Azure-AsyncOperation": status_url, "Location": result_url, **_poll_headers(state)}
+    fault = "op-failed" if op.failed else None
+    if method == "PATCH":
+        return Reply(202, None, headers, fault)
+    return Reply(201, cluster_json(state, cluster), headers, fault)
+
+
+def _start_operation(state: State, cluster: Cluster, plan: _Plan, *, kind: str) -> Operation:
+    now = time.time()
+    seconds = cluster.operation_seconds
+    if seconds is None:
+        seconds = state.config.operation_seconds
+    error: dict[str, str] | None = None
+    if cluster.fail_next is not None:
+        error, cluster.fail_next = cluster.fail_next, None
+    elif state.config.operation_failure_rate > 0 and state.rng.random() < state.config.operation_failure_rate:
+        error = {"code": "InternalServerError", "message": "Simulated operation failure."}
+    op = Operation(
+        id=str(uuid.uuid4()),
+        cluster_key=cluster.id.lower(),
+        subscription=cluster.subscription,
+        location=cluster.location,
+        kind=kind,
+        start=now,
+        end=now + max(0.0, seconds),
+        failed=error is not None,
+        error=error,
+        new_key_url=plan.new_key_url,
+        new_key_identity=plan.new_key_identity,
+        new_identities=plan.new_identities,
+    )
+    state.operations[op.id] = op
+    cluster.operation = op
+    cluster.provisioning_state = "Updating"
+    return op
+
+
+def _validate(  # noqa: PLR0911 - one return per rule
+    state: State, cluster: Cluster, body: dict[str, Any], *, partial: bool
+) -> Reply | _Plan:
+    plan = _Plan()
+    location = body.get("location")
+    if location is None and not partial:
+        return _bad("LocationRequired", "The location property is required for this definition.")
+    if location is not None and (
+        not isinstance(location, str) or _norm_location(location) != _norm_location(cluster.location)
+    ):
+        return _bad(
+            "InvalidResourceLocation",
+            f"The resource '{cluster.name}' already exists in location '{cluster.location}'. "
+            f"A resource with the same name cannot be created in location '{location}'.",
+        )
+
+    body_identities = _check_identities(state, cluster, body.get("identity"), partial=partial)
+    if isinstance(body_identities, Reply):
+        return body_identities
+    if body_identities is not None:
+        # Real service behaviour: identities passed are attached even when a later check fails.
+        known = {i.lower() for i in cluster.identities}
+        cluster.identities.extend(i for i in body_identities if i.lower() not in known)
+        if partial:
+            plan.new_identities = list(cluster.identities)
+        else:
+            plan.new_identities = body_identities
+
+    properties = body.get("properties")
+    encryption = properties.get("encryption") if isinstance(properties, dict) else None
+    cmk = encryption.get("customerManagedKeyEncryption") if isinstance(encryption, dict) else None
+    if cmk is not None and not cluster.cmk:
+        return _bad(
+            "EncryptionModeChangeNotSupported",
+            "The cluster uses service-managed keys; the encryption mode cannot be changed after creation.",
+        )
+    if cmk is None:
+        if cluster.cmk and not partial:
+            return _bad(
+                "EncryptionModeChangeNotSupported",
+                "The cluster uses a customer-managed key; the request must keep "
+                "properties.encryption.customerManagedKeyEncryption.",
+            )
+        return plan
+    if body_identities is None and not partial:
+        return _bad(
+            "InvalidIdentity",
+            "Customer-managed key encryption requires a user-assigned identity in 'identity'.",
+        )
+    failure = _check_cmk(state, cluster, cmk, body_identities or [], plan)
+    return failure if failure is not None else plan
+
+
+def _check_identities(
+    state: State, cluster: Cluster, identity: object, *, partial: bool
+) -> Reply | list[str] | None:
+    """Return the identity ids of the body (stored casing), None when absent, or a 400."""
+    del cluster, partial
+    if identity is None:
+        return None
+    if not isinstance(identity, dict):
+        return _bad("InvalidIdentity", "The 'identity' property must be an object.")
+    kind = identity.get("type")
+    if not isinstance(kind, str) or "userassigned" not in kind.lower().replace(" ", ""):
+        return _bad(
+            "InvalidIdentity",
+            f"Identity type '{kind}' is not supported; only 'UserAssigned' identities are supported.",
+        )
+    assigned = identity.get("userAssignedIdentities")
+    if not isinstance(assigned, dict) or not assigned:
+        return _bad(
+            "InvalidIdentity",
+            "The 'identity.userAssignedIdentities' property must name at least one identity.",
+        )
+    ids: list[str] = []
+    for identity_id in assigned:
+        found = state.identity(str(identity_id))
+        if found is None:
+            return _bad(
+                "InvalidIdentity",
+                f"The user-assigned identity '{identity_id}' was not found.",
+            )
+        ids.append(found.id)
+    return ids
+
+
+def _check_cmk(  # noqa: PLR0911 - one return per rule
+    state: State, cluster: Cluster, cmk: object, body_identities: list[str], plan: _Plan
+) -> Reply | None:
+    if not isinstance(cmk, dict):
+        return _bad("MissingEncryptionProperty", "customerManagedKeyEncryption must be an object.")
+    key_identity = cmk.get("keyEncryptionKeyIdentity")
+    if not isinstance(key_identity, dict):
+        return _missing("keyEncryptionKeyIdentity")
+    identity_type = key_identity.get("identityType")
+    identity_id = key_identity.get("userAssignedIdentityResourceId")
+    url = cmk.get("keyEncryptionKeyUrl")
+    for field_name, value in (
+        ("keyEncryptionKeyIdentity.identityType", identity_type),
+        ("keyEncryptionKeyIdentity.userAssignedIdentityResourceId", identity_id),
+        ("keyEncryptionKeyUrl", url),
+    ):
+        if not isinstance(value, str) or not value.strip():
+            return _missing(field_name)
+    assert isinstance(identity_type, str)  # noqa: S101 - narrowed by the loop above
+    assert isinstance(identity_id, str)  # noqa: S101
+    assert isinstance(url, str)  # noqa: S101
+    if identity_type != "UserAssignedIdentity":
+        return _bad(
+            "InvalidKeyEncryptionKeyIdentity",
+            f"keyEncryptionKeyIdentity.identityType '{identity_type}' is not supported; "
+            "use 'UserAssignedIdentity'.",
+        )
+    attached = {i.lower() for i in cluster.identities} | {i.lower() for i in body_identities}
+    if identity_id.lower() not in attached:
+        return _bad(
+            "InvalidKeyEncryptionKeyIdentity",
+            f"The key encryption identity '{identity_id}' is not assigned to the cluster.",
+        )
+    failure = _check_key(state, url)
+    if failure is not None:
+        return failure
+    found = state.identity(identity_id)
+    plan.new_key_identity = found.id if found is not None else identity_id
+    plan.new_key_url = url
+    return None
+
+
+def _missing(field_name: str) -> Reply:
+    return _bad(
+        "MissingEncryptionProperty",
+        f"properties.encryption.customerManagedKeyEncryption.{field_name} is required.",
+    )
+
+
+def _check_key(state: State, url: str) -> Reply | None:  # noqa: PLR0911 - one return per rule
+    parsed = parse_key_url(url)
+    if parsed is None:
+        return _bad("InvalidKeyVaultKeyUrl", f"'{url}' is not a valid Key Vault key URL.")
+    vault = state.vaults.get(parsed.host)
+    if vault is None:
+        return _bad("InvalidKeyVaultKeyUrl", f"The Key Vault '{parsed.host}' was not found.")
+    key = vault.keys.get(parsed.name.lower())
+    if key is None or not key.versions:
+        return _bad("KeyVaultKeyNotFound", f"The key '{parsed.name}' was not found in '{vault.name}'.")
+    if parsed.version is None:
+        version = key.latest
+    else:
+        found = key.versions.get(parsed.version.lower())
+        if found is None:
+            return _bad(
+                "KeyVaultKeyNotFound",
+                f"The key version '{parsed.name}/{parsed.version}' was not found in '{vault.name}'.",
+            )
+        version = found
+    now = time.time()
+    if not version.enabled:
+        return _bad("KeyVaultKeyDisabled", f"The key '{parsed.name}/{version.version}' is disabled.")
+    if version.nbf is not None and version.nbf > now:
+        return _bad("KeyVaultKeyNotYetValid", f"The key '{parsed.name}/{version.version}' is not active yet.")
+    if version.exp is not None and version.exp <= now:
+        return _bad("KeyVaultKeyExpired", f"The key '{parsed.name}/{version.version}' has expired.")
+    return None

@@ -1,0 +1,361 @@
+"""The simulated world: vaults, keys, identities, clusters, operations, events, tokens and the request log.
+
+Everything lives in one :class:`State` guarded by one re-entrant lock (``State.lock``): the handlers run
+on the simulator's event-loop thread, tests call in from theirs. No method awaits while holding it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from azsim.faults import FaultPlan, TokenBucket
+
+if TYPE_CHECKING:
+    from azsim.messages import RequestRecord
+
+__all__ = [
+    "DEFAULT_OPS",
+    "Cluster",
+    "Config",
+    "Identity",
+    "Key",
+    "KeyVersion",
+    "Operation",
+    "State",
+    "Vault",
+    "iso_z",
+]
+
+DEFAULT_OPS = ("encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey")
+KEY_EVENT_PREFIX = "Microsoft.KeyVault."
+
+
+def iso_z(epoch: float) -> str:
+    """ISO 8601 UTC with a Z suffix and 7 fractional digits, like Azure writes it."""
+    moment = dt.datetime.fromtimestamp(epoch, dt.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond:06d}0Z"
+
+
+@dataclass
+class Config:
+    """Tunable behaviour (see ``Simulator.configure``)."""
+
+    operation_seconds: float = 0.2
+    poll_interval: float = 0.1
+    latency: float = 0.0
+    write_burst: int = 200
+    write_refill_per_s: float = 10.0
+    read_burst: int = 250
+    read_refill_per_s: float = 25.0
+    list_page_size: int = 50
+    operation_failure_rate: float = 0.0
+
+
+@dataclass
+class KeyVersion:
+    """One version of a Key Vault key."""
+
+    version: str
+    kty: str
+    size: int
+    crv: str | None
+    ops: list[str]
+    enabled: bool
+    nbf: int | None
+    exp: int | None
+    created: int
+    updated: int
+    material: dict[str, bytes]
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Key:
+    """A Key Vault key: its versions in creation order."""
+
+    name: str
+    versions: dict[str, KeyVersion] = field(default_factory=dict)
+
+    @property
+    def latest(self) -> KeyVersion:
+        """The most recently created version."""
+        return max(self.versions.values(), key=lambda v: v.created)
+
+
+@dataclass
+class Vault:
+    """A Key Vault (or Managed HSM) and its keys (keyed by lower-case name)."""
+
+    name: str
+    subscription: str
+    resource_group: str
+    location: str
+    suffix: str
+    keys: dict[str, Key] = field(default_factory=dict)
+
+    @property
+    def host(self) -> str:
+        """``{name}.{suffix}``."""
+        return f"{self.name}.{self.suffix}"
+
+    @property
+    def url(self) -> str:
+        """``https://{name}.{suffix}``."""
+        return f"https://{self.host}"
+
+    @property
+    def arm_id(self) -> str:
+        """The vault's ARM resource id (the Event Grid topic)."""
+        return (
+            f"/subscriptions/{self.subscription}/resourceGroups/{self.resource_group}"
+            f"/providers/Microsoft.KeyVault/vaults/{self.name}"
+        )
+
+    @property
+    def resource(self) -> str:
+        """The token audience Key Vault names in its 401 challenge."""
+        if self.suffix.endswith("managedhsm.azure.net"):
+            return "https://managedhsm.azure.net"
+        return f"https://{self.suffix}"
+
+
+@dataclass
+class Identity:
+    """A user-assigned managed identity."""
+
+    id: str
+    name: str
+    location: str
+    principal_id: str
+    client_id: str
+
+
+@dataclass
+class Operation:
+    """A long-running cluster operation; its end is computed from timestamps (no timers)."""
+
+    id: str
+    cluster_key: str
+    subscription: str
+    location: str
+    kind: str
+    start: float
+    end: float
+    failed: bool
+    error: dict[str, str] | None
+    new_key_url: str | None
+    new_key_identity: str | None
+    new_identities: list[str] | None
+    settled: bool = False
+
+    def status(self, now: float) -> str:
+        """InProgress, Succeeded or Failed at ``now``."""
+        if now < self.end:
+            return "InProgress"
+        return "Failed" if self.failed else "Succeeded"
+
+
+@dataclass
+class Cluster:
+    """A mongoClusters resource."""
+
+    id: str
+    subscription: str
+    resource_group: str
+    name: str
+    location: str
+    tags: dict[str, str]
+    identities: list[str]
+    key_url: str | None
+    key_identity: str | None
+    created_at: float
+    provisioning_state: str = "Succeeded"
+    cluster_status: str = "Ready"
+    operation: Operation | None = None
+    ignore_key_updates: bool = False
+    fail_next: dict[str, str] | None = None
+    operation_seconds: float | None = None
+
+    @property
+    def cmk(self) -> bool:
+        """Whether the cluster is encrypted with a customer-managed key."""
+        return self.key_url is not None
+
+
+class State:
+    """All simulated resources and bookkeeping, guarded by ``lock``."""
+
+    def __init__(self, *, seed: int, tenant_id: str) -> None:
+        self.lock = threading.RLock()
+        self.seed = seed
+        self.tenant_id = tenant_id
+        self.rng = random.Random(seed)
+        self.config = Config()
+        self.vaults: dict[str, Vault] = {}  # by lower-case host
+        self.identities: dict[str, Identity] = {}  # by lower-case id
+        self.clusters: dict[str, Cluster] = {}  # by lower-case id
+        self.operations: dict[str, Operation] = {}  # by id
+        self.events: list[dict[str, Any]] = []
+        self.tokens: dict[str, str] = {}  # token -> resource it was issued for
+        self.requests: list[RequestRecord] = []
+        self.refused_connects: list[str] = []
+        self.faults = FaultPlan(seed=seed)
+        self._write_buckets: dict[str, TokenBucket] = {}
+        self._read_buckets: dict[str, TokenBucket] = {}
+
+    # -- throttling ---------------------------------------------------------------------------------
+
+    def bucket(self, subscription: str, *, write: bool) -> TokenBucket:
+        """The read or write token bucket of a subscription."""
+        buckets = self._write_buckets if write else self._read_buckets
+        key = subscription.lower()
+        if key not in buckets:
+            if write:
+                buckets[key] = TokenBucket(self.config.write_burst, self.config.write_refill_per_s)
+            else:
+                buckets[key] = TokenBucket(self.config.read_burst, self.config.read_refill_per_s)
+        return buckets[key]
+
+    def reset_buckets(self) -> None:
+        """Forget every bucket (they are re-created full with the current configuration)."""
+        self._write_buckets.clear()
+        self._read_buckets.clear()
+
+    # -- Key Vault ---------------------------------------------------------------------------------
+
+    def vault(self, name_or_host: str) -> Vault:
+        """The vault by host (``kv.vault.azure.net``) or by bare name when that is unambiguous."""
+        lowered = name_or_host.lower()
+        if lowered in self.vaults:
+            return self.vaults[lowered]
+        matches = [v for v in self.vaults.values() if v.name.lower() == lowered]
+        if len(matches) != 1:
+            raise KeyError(f"no vault {name_or_host!r}")
+        return matches[0]
+
+    def key(self, vault: str, key: str) -> Key:
+        """The key of a vault, or KeyError."""
+        found = self.vault(vault).keys.get(key.lower())
+        if found is None:
+            raise KeyError(f"no key {key!r} in vault {vault!r}")
+        return found
+
+    def new_key_version(
+        self,
+        vault: Vault,
+        name: str,
+        *,
+        kty: str,
+        size: int,
+        ops: list[str] | None,
+        enabled: bool,
+        nbf: int | None,
+        exp: int | None,
+        tags: dict[str, str] | None = None,
+    ) -> KeyVersion:
+        """Create a version (and the key when new); ``created`` strictly increases per key."""
+        key = vault.keys.setdefault(name.lower(), Key(name=name))
+        now = int(time.time())
+        created = max([now] + [v.created + 1 for v in key.versions.values()])
+        kty_upper = kty.upper()
+        material: dict[str, bytes]
+        crv: str | None = None
+        if kty_upper.startswith("EC"):
+            crv = "P-256"
+            size = 256
+            material = {"x": self.rng.randbytes(32), "y": self.rng.randbytes(32)}
+        else:
+            if size % 8 or size < 512:  # noqa: PLR2004 - sanity bound, not a Key Vault rule
+                raise ValueError(f"unsupported RSA key size {size}")
+            modulus = bytearray(self.rng.randbytes(size // 8))
+            modulus[0] |= 0x80
+            modulus[-1] |= 0x01
+            material = {"n": bytes(modulus), "e": b"\x01\x00\x01"}
+        version = KeyVersion(
+            version=uuid.uuid4().hex,
+            kty=kty_upper,
+            size=size,
+            crv=crv,
+            ops=list(ops) if ops is not None else list(DEFAULT_OPS),
+            enabled=enabled,
+            nbf=nbf,
+            exp=exp,
+            created=created,
+            updated=created,
+            material=material,
+            tags=dict(tags or {}),
+        )
+        key.versions[version.version] = version
+        return version
+
+    def key_event(self, vault: Vault, key: Key, version: KeyVersion, event_type: str) -> dict[str, Any]:
+        """Build and record a Key Vault event in Event Grid schema."""
+        full_type = event_type if event_type.startswith(KEY_EVENT_PREFIX) else KEY_EVENT_PREFIX + event_type
+        event = {
+            "id": str(uuid.uuid4()),
+            "topic": vault.arm_id,
+            "subject": key.name,
+            "eventType": full_type,
+            "eventTime": iso_z(time.time()),
+            "data": {
+                "Id": f"{vault.url}/keys/{key.name}/{version.version}",
+                "VaultName": vault.name,
+                "ObjectType": "Key",
+                "ObjectName": key.name,
+                "Version": version.version,
+                "NBF": version.nbf,
+                "EXP": version.exp,
+            },
+            "dataVersion": "1",
+            "metadataVersion": "1",
+        }
+        self.events.append(event)
+        return event
+
+    # -- clusters and operations ------------------------------------------------------------------
+
+    def settle(self, cluster: Cluster, now: float | None = None) -> None:
+        """Apply the result of the cluster's operation if it has ended."""
+        op = cluster.operation
+        moment = time.time() if now is None else now
+        if op is None or moment < op.end:
+            return
+        op.settled = True
+        cluster.operation = None
+        cluster.provisioning_state = "Succeeded"
+        if op.failed:
+            return
+        if op.new_identities is not None:
+            cluster.identities = list(op.new_identities)
+        if op.new_key_identity is not None:
+            cluster.key_identity = op.new_key_identity
+        if op.new_key_url is not None and not cluster.ignore_key_updates:
+            cluster.key_url = op.new_key_url
+
+    def settle_all(self) -> None:
+        """Settle every cluster whose operation has ended."""
+        now = time.time()
+        for cluster in self.clusters.values():
+            self.settle(cluster, now)
+
+    def cluster(self, cluster_id: str) -> Cluster:
+        """The cluster by id (case-insensitive), settled; KeyError when absent."""
+        found = self.clusters.get(cluster_id.lower())
+        if found is None:
+            raise KeyError(f"no cluster {cluster_id!r}")
+        self.settle(found)
+        return found
+
+    def identity(self, identity_id: str) -> Identity | None:
+        """The identity by id (case-insensitive), or None."""
+        return self.identities.get(identity_id.lower())
+
+    def record(self, record: RequestRecord) -> None:
+        """Append to the request log."""
+        self.requests.append(record)

@@ -1,0 +1,1 @@
+"""cmk-rotator: keeps CMK-encrypted DocumentDB clusters on the newest key version."""

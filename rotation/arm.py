@@ -1,0 +1,335 @@
+"""ARM adapter for ``Microsoft.DocumentDB/mongoClusters``: GET, PUT, operation status, list.
+
+Built on azure-mgmt-core's async ARM pipeline with the pipeline's own retry switched off: rule 6 gives the
+one retry layer to tenacity (`rotation.retry`). Each method makes exactly one HTTP request and translates
+the answer into `Cluster` / `AcceptedOperation` / `OperationStatus`, or raises `ServiceError`.
+
+Permissions (Azure RBAC on the cluster's scope): ``Microsoft.DocumentDB/mongoClusters/read`` for `get` and
+`list_clusters`, ``.../write`` plus ``Microsoft.ManagedIdentity/userAssignedIdentities/assign/action`` for
+`put`, ``Microsoft.DocumentDB/locations/operationsStatus/read`` for `operation_status`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Self
+from urllib.parse import urlsplit
+
+from azure.core.exceptions import ServiceRequestError, ServiceResponseError
+from azure.core.pipeline.policies import (
+    AsyncRetryPolicy,
+    ContentDecodePolicy,
+    DistributedTracingPolicy,
+    HeadersPolicy,
+    RequestIdPolicy,
+    UserAgentPolicy,
+)
+from azure.core.rest import HttpRequest
+from azure.mgmt.core import AsyncARMPipelineClient
+from azure.mgmt.core.policies import ARMHttpLoggingPolicy, AsyncARMChallengeAuthenticationPolicy
+
+from rotation.errors import NotFoundError, ServiceError
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from azure.core.credentials_async import AsyncTokenCredential
+    from azure.core.rest import AsyncHttpResponse
+
+    from rotation.ids import ResourceId
+
+USER_AGENT = "cmk-rotator/0.1"
+_TERMINAL = frozenset({"succeeded", "failed", "canceled", "cancelled"})
+_DEFAULT_POLL_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What the rotator needs from a cluster GET, and no more (rule 5: the body is built, not echoed)."""
+
+    id: str
+    name: str
+    location: str
+    identity_type: str | None
+    identity_ids: tuple[str, ...]
+    key_url: str | None
+    key_identity: str | None
+    provisioning_state: str | None
+    cluster_status: str | None
+
+    @property
+    def is_cmk(self) -> bool:
+        """Whether the cluster is encrypted with a customer-managed key."""
+        return self.key_url is not None
+
+    @classmethod
+    def from_arm(cls, doc: object) -> Cluster:
+        """Read a mongoClusters GET body; raise `TypeError`/`ValueError` when it is not a cluster."""
+        if not isinstance(doc, dict):
+            raise TypeError("cluster body is not a JSON object")
+        props = doc.get("properties")
+        props = props if isinstance(props, dict) else {}
+        identity = doc.get("identity")
+        identity = identity if isinstance(identity, dict) else {}
+        uamis = identity.get("userAssignedIdentities")
+        cmk = _dig(props, "encryption", "customerManagedKeyEncryption")
+        kek_identity = _dig(cmk, "keyEncryptionKeyIdentity")
+        key_url = cmk.get("keyEncryptionKeyUrl")
+        key_identity = kek_identity.get("userAssignedIdentityResourceId")
+        location = doc.get("location")
+        if not isinstance(location, str) or not location:
+            raise ValueError("cluster body has no location")
+        return cls(
+            id=str(doc.get("id", "")),
+            name=str(doc.get("name", "")),
+            location=location,
+            identity_type=_str_or_none(identity.get("type")),
+            identity_ids=tuple(uamis) if isinstance(uamis, dict) else (),
+            key_url=key_url if isinstance(key_url, str) and key_url else None,
+            key_identity=key_identity if isinstance(key_identity, str) and key_identity else None,
+            provisioning_state=_str_or_none(props.get("provisioningState")),
+            cluster_status=_str_or_none(props.get("clusterStatus")),
+        )
+
+
+@dataclass(frozen=True)
+class AcceptedOperation:
+    """The answer to an accepted PUT: the operation to follow, or ``url=None`` when it completed at once."""
+
+    url: str | None
+    retry_after: float
+    request_id: str | None
+    correlation_id: str | None
+
+
+@dataclass(frozen=True)
+class OperationStatus:
+    """One poll of a long-running operation."""
+
+    status: str
+    retry_after: float
+    error_code: str | None = None
+    error_message: str | None = None
+
+    @property
+    def done(self) -> bool:
+        """Whether the operation reached Succeeded, Failed or Canceled."""
+        return self.status.lower() in _TERMINAL
+
+    @property
+    def succeeded(self) -> bool:
+        """Whether the operation ended Succeeded."""
+        return self.status.lower() == "succeeded"
+
+
+class ClustersClient:
+    """Async client for the mongoClusters calls a rotation makes; one instance per process."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        credential: AsyncTokenCredential,
+        *,
+        api_version: str,
+        connection_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+    ) -> None:
+        self._endpoint = endpoint.rstrip("/")
+        self._host = (urlsplit(self._endpoint).hostname or "").lower()
+        self._api_version = api_version
+        self._timeouts = {"connection_timeout": connection_timeout, "read_timeout": read_timeout}
+        policies: list[Any] = [
+            RequestIdPolicy(),
+            HeadersPolicy({"Accept": "application/json"}),
+            UserAgentPolicy(base_user_agent=USER_AGENT),
+            ContentDecodePolicy(),
+            AsyncRetryPolicy(retry_total=0),  # rule 6: tenacity is the only retry layer
+            AsyncARMChallengeAuthenticationPolicy(credential, self._endpoint + "/.default"),
+            ARMHttpLoggingPolicy(),  # headers are redacted by azure-core; Authorization is never logged
+            DistributedTracingPolicy(),
+        ]
+        self._client: AsyncARMPipelineClient[Any, Any] = AsyncARMPipelineClient(
+            base_url=self._endpoint, policies=policies
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._client.close()
+
+    async def get(self, cluster_id: ResourceId) -> Cluster:
+        """GET the cluster; raise `NotFoundError` when it does not exist."""
+        response = await self._send("GET", self._resource_url(cluster_id))
+        self._raise_for_status(response, what=str(cluster_id))
+        try:
+            return Cluster.from_arm(response.json())
+        except (TypeError, ValueError) as exc:
+            raise ServiceError(
+                f"unreadable cluster body: {exc}", service="arm", status=response.status_code
+            ) from exc
+
+    async def put(self, cluster_id: ResourceId, body: dict[str, Any]) -> AcceptedOperation:
+        """PUT the cluster body; return the operation to follow (201/202) or a completed one (200)."""
+        response = await self._send("PUT", self._resource_url(cluster_id), json=body)
+        self._raise_for_status(response, what=str(cluster_id))
+        headers = response.headers
+        url = headers.get("Azure-AsyncOperation") or headers.get("Location")
+        if url is not None:
+            self._check_same_host(url)
+        if response.status_code == 200 and not headers.get("Azure-AsyncOperation"):  # noqa: PLR2004
+            url = None
+        return AcceptedOperation(
+            url=url,
+            retry_after=retry_after_seconds(headers) or _DEFAULT_POLL_SECONDS,
+            request_id=headers.get("x-ms-request-id"),
+            correlation_id=headers.get("x-ms-correlation-request-id"),
+        )
+
+    async def operation_status(self, url: str) -> OperationStatus:
+        """GET an ``Azure-AsyncOperation`` URL once."""
+        self._check_same_host(url)
+        response = await self._send("GET", url, api_version=False)
+        self._raise_for_status(response, what="operation")
+        retry_after = retry_after_seconds(response.headers) or _DEFAULT_POLL_SECONDS
+        if response.status_code == 202:  # noqa: PLR2004 - a Location (operationResults) URL still running
+            return OperationStatus(status="InProgress", retry_after=retry_after)
+        try:
+            doc = response.json() if response.content else {}
+        except ValueError:
+            doc = {}
+        doc = doc if isinstance(doc, dict) else {}
+        status = doc.get("status")
+        if not isinstance(status, str):
+            # A Location URL answers 200/204 with the resource once done.
+            status = "Succeeded"
+        error = _dig(doc, "error")
+        return OperationStatus(
+            status=status,
+            retry_after=retry_after,
+            error_code=_str_or_none(error.get("code")),
+            error_message=_str_or_none(error.get("message")),
+        )
+
+    async def list_clusters(self, subscription: str) -> AsyncIterator[Cluster]:
+        """Every mongoCluster of a subscription, following ``nextLink``."""
+        url: str | None = (
+            f"{self._endpoint}/subscriptions/{subscription}/providers/Microsoft.DocumentDB/mongoClusters"
+        )
+        first = True
+        while url:
+            response = await self._send("GET", url, api_version=first)
+            self._raise_for_status(response, what=f"subscription {subscription}")
+            doc = response.json()
+            for item in doc.get("value", []) if isinstance(doc, dict) else []:
+                try:
+                    yield Cluster.from_arm(item)
+                except (TypeError, ValueError):
+                    continue
+            next_link = doc.get("nextLink") if isinstance(doc, dict) else None
+            url = next_link if isinstance(next_link, str) and next_link else None
+            if url is not None:
+                self._check_same_host(url)
+            first = False
+
+    def _resource_url(self, cluster_id: ResourceId) -> str:
+        return f"{self._endpoint}{cluster_id}"
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        json: dict[str, Any] | None = None,
+        api_version: bool = True,
+    ) -> AsyncHttpResponse:
+        params = {"api-version": self._api_version} if api_version else None
+        request = HttpRequest(method, url, params=params, json=json)
+        try:
+            response: AsyncHttpResponse = await self._client.send_request(
+                request,
+                connection_timeout=self._timeouts["connection_timeout"],
+                read_timeout=self._timeouts["read_timeout"],
+            )
+        except (ServiceRequestError, ServiceResponseError) as exc:
+            raise ServiceError(f"{method} {_path(url)}: {type(exc).__name__}", service="arm") from exc
+        return response
+
+    def _check_same_host(self, url: str) -> None:
+        """Never send the ARM token to a host other than the configured endpoint."""
+        parts = urlsplit(url)
+        if parts.scheme != "https" or (parts.hostname or "").lower() != self._host:
+            raise ServiceError(f"operation URL on unexpected host: {parts.hostname!r}", service="arm")
+
+    @staticmethod
+    def _raise_for_status(response: AsyncHttpResponse, *, what: str) -> None:
+        status = response.status_code
+        if status < 400:  # noqa: PLR2004
+            return
+        code, message = _arm_error(response)
+        kwargs: dict[str, Any] = {
+            "service": "arm",
+            "status": status,
+            "code": code,
+            "retry_after": retry_after_seconds(response.headers),
+            "request_id": response.headers.get("x-ms-request-id"),
+            "correlation_id": response.headers.get("x-ms-correlation-request-id"),
+        }
+        if status == 404:  # noqa: PLR2004
+            raise NotFoundError(message or f"{what} not found", **kwargs)
+        raise ServiceError(message or f"HTTP {status}", **kwargs)
+
+
+def retry_after_seconds(headers: Any) -> float | None:  # noqa: ANN401 - any case-insensitive mapping
+    """Return the server's requested wait in seconds.
+
+    ``retry-after-ms`` and ``x-ms-retry-after-ms`` win over ``Retry-After`` (whole seconds).
+    """
+    for name in ("retry-after-ms", "x-ms-retry-after-ms"):
+        raw = headers.get(name)
+        if raw:
+            try:
+                value = float(raw) / 1000.0
+            except ValueError:
+                continue
+            if math.isfinite(value) and value >= 0:
+                return value
+    raw = headers.get("Retry-After")
+    if raw:
+        try:
+            value = float(raw)
+        except ValueError:
+            return None  # an HTTP date: not sent by ARM; fall back to our own backoff
+        if math.isfinite(value) and value >= 0:
+            return value
+    return None
+
+
+def _arm_error(response: AsyncHttpResponse) -> tuple[str | None, str | None]:
+    try:
+        doc = response.json()
+    except ValueError:
+        return None, None
+    error = doc.get("error") if isinstance(doc, dict) else None
+    if not isinstance(error, dict):
+        return None, None
+    return _str_or_none(error.get("code")), _str_or_none(error.get("message"))
+
+
+def _dig(doc: object, *keys: str) -> dict[str, Any]:
+    for key in keys:
+        doc = doc.get(key) if isinstance(doc, dict) else None
+    return doc if isinstance(doc, dict) else {}
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _path(url: str) -> str:
+    return urlsplit(url).path

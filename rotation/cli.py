@@ -1,0 +1,159 @@
+"""``python -m rotation COMMAND``: the operator's interface (DESIGN.md, "CLI").
+
+Exit codes: 0 done (every cluster rotated or skipped by a rule), 1 a cluster failed or a request was
+refused, 2 usage error or malformed input. Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from rotation.errors import RotationError, TransientFailure
+from rotation.ids import InvalidKeyUrl, InvalidResourceId, parse_cluster_id, parse_key_url
+from rotation.logs import configure_cli_logging
+from rotation.outcomes import Outcome, RotationResult
+from rotation.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+logger = logging.getLogger(__name__)
+
+
+class UsageError(Exception):
+    """Bad arguments or malformed input: exit 2 with a one-line message."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's argument parser."""
+    parser = _Parser(
+        prog="python -m rotation",
+        description="Keep CMK-encrypted DocumentDB clusters on the newest key version.",
+    )
+    parser.add_argument("--log-format", choices=("text", "json"), default="text", help="log lines on stderr")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    rotate = sub.add_parser("rotate", help="rotate one cluster, watched or not")
+    rotate.add_argument("cluster_id", metavar="CLUSTER_ID")
+    rotate.add_argument(
+        "--key-url", help="versioned key URL to move to (default: newest usable version of its key)"
+    )
+    rotate.add_argument("--dry-run", action="store_true", help="decide and print the body; send no PUT")
+    rotate.add_argument("--json", action="store_true", help="machine output")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) -> int:  # noqa: PLR0911
+    """Run one command; return the exit code."""
+    env = dict(os.environ) if env is None else env
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    configure_cli_logging(args.log_format, logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        settings = Settings.from_env(env)
+        return asyncio.run(_dispatch(args, settings))
+    except (UsageError, SettingsError) as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except TransientFailure as exc:
+        _error(f"failed: {exc}")
+        return EXIT_FAILED
+    except RotationError as exc:
+        _error(str(exc))
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the contract is one line, never a traceback
+        _error(f"unexpected error: {type(exc).__name__}: {exc}")
+        return EXIT_FAILED
+
+
+async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "rotate":
+        return await _rotate(args, settings)
+    raise UsageError(f"unknown command {args.command}")  # pragma: no cover - argparse refuses first
+
+
+async def _rotate(args: argparse.Namespace, settings: Settings) -> int:
+    from rotation.engine import RotationRequest  # noqa: PLC0415 - keep `--help` fast
+    from rotation.runtime import Runtime  # noqa: PLC0415
+
+    try:
+        cluster_id = parse_cluster_id(args.cluster_id)
+        target = (
+            parse_key_url(
+                args.key_url, allowed_suffixes=settings.allowed_vault_suffixes, require_version=True
+            )
+            if args.key_url
+            else None
+        )
+    except (InvalidResourceId, InvalidKeyUrl) as exc:
+        raise UsageError(str(exc)) from exc
+    runtime = Runtime.create(settings)
+    try:
+        result = await runtime.rotator.rotate(
+            RotationRequest(cluster_id=cluster_id, target=target, dry_run=args.dry_run or settings.dry_run)
+        )
+    except TransientFailure as exc:
+        result = RotationResult(
+            cluster_id=str(cluster_id),
+            outcome=Outcome.FAILED,
+            reason=f"retries exhausted: {exc.cause}",
+            attempts=exc.attempts,
+            error_code=exc.cause.code or (str(exc.cause.status) if exc.cause.status else None),
+            error_message=exc.cause.message,
+        )
+    finally:
+        await runtime.close()
+    _print_results([result], as_json=args.json)
+    return EXIT_FAILED if result.outcome.needs_attention else EXIT_OK
+
+
+def _print_results(results: list[RotationResult], *, as_json: bool) -> None:
+    if as_json:
+        docs: Any = [r.to_dict() for r in results]
+        print(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2))  # noqa: T201
+        return
+    for r in results:
+        print(format_result(r))  # noqa: T201
+        if r.body is not None:
+            print(json.dumps(r.body, indent=2))  # noqa: T201
+
+
+def format_result(r: RotationResult) -> str:
+    """One human line per cluster: outcome, cluster, key and versions, attempts, time, reason."""
+    versions = f"{_short(r.from_version)} -> {_short(r.to_version)}"
+    error = f" [{r.error_code}]" if r.error_code else ""
+    return (
+        f"{r.outcome.value:<17} {r.cluster_id}  key={r.key or '-'}  {versions}  "
+        f"attempts={r.attempts} {r.duration_s:.2f}s  {r.reason}{error}"
+    )
+
+
+def _short(version: str | None) -> str:
+    return version[:8] if version else "-"
+
+
+def _error(message: str) -> None:
+    first = message.strip().splitlines()[0] if message.strip() else "error"
+    print(f"error: {first}", file=sys.stderr)  # noqa: T201

@@ -1,0 +1,409 @@
+"""The rotation of one cluster to a key version: rules 1-7 and 9 of DESIGN.md.
+
+`Rotator.rotate` decides (rotate, or skip with a reason), builds the PUT body, PUTs through the write retry
+policy, follows the long-running operation, verifies, and returns a `RotationResult`. Its collaborators are
+`Protocol`s, so every rule is tested with in-memory fakes as well as against the simulator.
+
+Each step checks whether its work is already done before doing it, so any delivery of the same job can run
+twice safely: a duplicate finds the cluster ``already-current``; a resumed job polls the recorded
+operation instead of PUTting again (rule 7).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from rotation.errors import NotFoundError, ServiceError, TransientFailure
+from rotation.ids import InvalidKeyUrl, KeyUrl, parse_key_url
+from rotation.keyvault import unusable_reason
+from rotation.outcomes import Outcome, RotationResult
+from rotation.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from rotation.arm import AcceptedOperation, Cluster, OperationStatus
+    from rotation.ids import ResourceId
+    from rotation.keyvault import KeyVersion
+    from rotation.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class ClustersPort(Protocol):
+    """The ARM calls a rotation makes (`rotation.arm.ClustersClient`)."""
+
+    async def get(self, cluster_id: ResourceId) -> Cluster: ...  # noqa: D102
+    async def put(self, cluster_id: ResourceId, body: dict[str, Any]) -> AcceptedOperation: ...  # noqa: D102
+    async def operation_status(self, url: str) -> OperationStatus: ...  # noqa: D102
+
+
+class KeysPort(Protocol):
+    """The Key Vault reads a rotation makes (`rotation.keyvault.KeyVaultKeys`)."""
+
+    async def get_version(self, key: KeyUrl) -> KeyVersion: ...  # noqa: D102
+    async def newest_usable(self, key: KeyUrl, now: datetime | None = None) -> KeyVersion | None: ...  # noqa: D102
+
+
+@dataclass(frozen=True)
+class RotationRequest:
+    """One job: move ``cluster_id`` to ``target`` (None: the newest usable version of its own key)."""
+
+    cluster_id: ResourceId
+    target: KeyUrl | None = None
+    trigger: str = "manual"  # event | reconcile | manual | replay | check
+    event_id: str | None = None
+    dry_run: bool = False
+    operation_url: str | None = None  # an accepted operation to resume instead of PUTting (rule 7)
+
+
+def build_body(cluster: Cluster, target: KeyUrl) -> dict[str, Any]:
+    """Rule 5: the documented PUT body, built from the cluster's own location, key identity and identities.
+
+    Every user-assigned identity the cluster already has is listed, so the replacing PUT cannot drop one.
+    """
+    if cluster.key_identity is None:
+        raise ValueError("cluster has no key identity")
+    identities = dict.fromkeys(cluster.identity_ids)
+    if not any(i.lower() == cluster.key_identity.lower() for i in identities):
+        identities[cluster.key_identity] = None
+    identity_type = (
+        cluster.identity_type
+        if cluster.identity_type and "UserAssigned" in cluster.identity_type
+        else "UserAssigned"
+    )
+    return {
+        "identity": {"type": identity_type, "userAssignedIdentities": {i: {} for i in identities}},
+        "location": cluster.location,
+        "properties": {
+            "encryption": {
+                "customerManagedKeyEncryption": {
+                    "keyEncryptionKeyIdentity": {
+                        "identityType": "UserAssignedIdentity",
+                        "userAssignedIdentityResourceId": cluster.key_identity,
+                    },
+                    "keyEncryptionKeyUrl": str(target),
+                }
+            }
+        },
+    }
+
+
+class _Done(Exception):  # internal control flow: a decision was reached early
+    def __init__(self, outcome: Outcome, reason: str, **fields: Any) -> None:  # noqa: ANN401
+        super().__init__(reason)
+        self.outcome = outcome
+        self.reason = reason
+        self.fields = fields
+
+
+class Rotator:
+    """Rotates one cluster at a time; share one instance (and its clients) across a process."""
+
+    def __init__(
+        self,
+        *,
+        clusters: ClustersPort,
+        keys: KeysPort,
+        settings: Settings,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._clusters = clusters
+        self._keys = keys
+        self._settings = settings
+        self._sleep = sleep
+        self._clock = clock
+        self._now = now
+        self._arm_read = RetryPolicy("arm-read", settings.retry, sleep=sleep, clock=clock)
+        self._arm_write = RetryPolicy("arm-write", settings.retry, sleep=sleep, clock=clock)
+        self._kv_read = RetryPolicy("keyvault-read", settings.retry, sleep=sleep, clock=clock)
+
+    async def rotate(
+        self,
+        request: RotationRequest,
+        *,
+        on_accepted: Callable[[str, KeyUrl], Awaitable[None]] | None = None,
+    ) -> RotationResult:
+        """Run one job to an outcome; raise `TransientFailure` when retries are exhausted (redeliver it)."""
+        started = self._clock()
+        state = _State(request)
+        try:
+            await self._run(request, state, on_accepted)
+        except _Done as done:
+            result = state.result(done.outcome, done.reason, self._clock() - started, **done.fields)
+        except ServiceError as exc:
+            state.attempts += exc.attempts
+            if exc.transient:
+                _log_result(
+                    state.result(
+                        Outcome.FAILED, f"retries exhausted: {exc}", self._clock() - started, error=exc
+                    ),
+                    request,
+                    transient=True,
+                )
+                raise TransientFailure(str(request.cluster_id), exc, state.attempts) from exc
+            result = state.result(Outcome.FAILED, str(exc), self._clock() - started, error=exc)
+        _log_result(result, request)
+        return result
+
+    async def _run(
+        self,
+        request: RotationRequest,
+        state: _State,
+        on_accepted: Callable[[str, KeyUrl], Awaitable[None]] | None,
+    ) -> None:
+        cluster = await self._get_cluster(request.cluster_id, state)
+        current = self._current_key(cluster)
+        state.key = f"{current.host}/{current.name}"
+        state.from_version = current.version
+        if request.operation_url is not None:
+            if request.target is None:
+                raise ValueError("resuming an operation needs its target key URL")
+            state.target = request.target
+            state.operation_url = request.operation_url
+            await self._follow(request, state, request.operation_url, request.target)
+            return
+        target = await self._decide_target(request, current, state)
+        body = build_body(cluster, target)
+        if request.dry_run:
+            raise _Done(Outcome.DRY_RUN, "dry run: PUT not sent", body=body)
+        accepted, attempts = await self._arm_write.call(
+            lambda: self._clusters.put(request.cluster_id, body), log_fields=state.log_fields()
+        )
+        state.attempts += attempts
+        state.request_id = accepted.request_id
+        logger.info(
+            "rotation.put_accepted",
+            extra={**state.log_fields(), "operation_url": accepted.url, "request_id": accepted.request_id},
+        )
+        if accepted.url is None:
+            await self._verify(request, state, target)
+            return
+        state.operation_url = accepted.url
+        if on_accepted is not None:
+            await on_accepted(accepted.url, target)
+        await self._follow(request, state, accepted.url, target, first_wait=accepted.retry_after)
+
+    async def _get_cluster(self, cluster_id: ResourceId, state: _State) -> Cluster:
+        try:
+            cluster, _ = await self._arm_read.call(
+                lambda: self._clusters.get(cluster_id), log_fields=state.log_fields()
+            )
+        except NotFoundError as exc:
+            raise _Done(Outcome.CLUSTER_NOT_FOUND, "cluster does not exist", error=exc) from exc
+        return cluster
+
+    def _current_key(self, cluster: Cluster) -> KeyUrl:
+        if not cluster.is_cmk or cluster.key_url is None:
+            raise _Done(Outcome.NOT_CMK, "cluster is not encrypted with a customer-managed key")
+        if cluster.key_identity is None:
+            raise _Done(Outcome.NOT_CMK, "cluster has a key URL but no key identity")
+        try:
+            current = parse_key_url(cluster.key_url, allowed_suffixes=self._settings.allowed_vault_suffixes)
+        except InvalidKeyUrl as exc:
+            raise _Done(Outcome.KEY_MISMATCH, f"cluster key URL is not usable here: {exc}") from exc
+        if current.versionless:
+            raise _Done(
+                Outcome.VERSIONLESS, "cluster uses a versionless key URL; the service follows new versions"
+            )
+        return current
+
+    async def _decide_target(self, request: RotationRequest, current: KeyUrl, state: _State) -> KeyUrl:
+        now = self._now()
+        target_info: KeyVersion | None = None
+        if request.target is None:
+            target_info, _ = await self._kv_read.call(
+                lambda: self._keys.newest_usable(current, now), log_fields=state.log_fields()
+            )
+            if target_info is None:
+                raise _Done(Outcome.KEY_NOT_USABLE, "the key has no usable version")
+            target = target_info.url
+        else:
+            target = request.target
+            if not target.same_key(current):
+                state.target = target
+                raise _Done(
+                    Outcome.KEY_MISMATCH,
+                    f"cluster uses {current.host}/{current.name}, not {target.host}/{target.name}",
+                )
+        state.target = target
+        if target.version == current.version:
+            raise _Done(Outcome.ALREADY_CURRENT, "cluster already uses this version")
+        if target_info is None:
+            target_info = await self._target_version(target, state)
+        reason = unusable_reason(target_info, now)
+        if reason is not None:
+            raise _Done(Outcome.KEY_NOT_USABLE, reason)
+        try:
+            current_info, _ = await self._kv_read.call(
+                lambda: self._keys.get_version(current), log_fields=state.log_fields()
+            )
+        except NotFoundError:
+            current_info = None  # the current version is gone: moving to an existing one is forward
+        if (
+            current_info is not None
+            and current_info.created_on is not None
+            and target_info.created_on is not None
+            and current_info.created_on > target_info.created_on
+        ):
+            raise _Done(
+                Outcome.STALE_EVENT,
+                f"cluster uses a newer version (created {current_info.created_on.isoformat()})",
+            )
+        return target
+
+    async def _target_version(self, target: KeyUrl, state: _State) -> KeyVersion:
+        try:
+            info, _ = await self._kv_read.call(
+                lambda: self._keys.get_version(target), log_fields=state.log_fields()
+            )
+        except NotFoundError as exc:
+            raise _Done(Outcome.KEY_NOT_USABLE, "target key version does not exist") from exc
+        return info
+
+    async def _follow(
+        self,
+        request: RotationRequest,
+        state: _State,
+        url: str,
+        target: KeyUrl,
+        *,
+        first_wait: float | None = None,
+    ) -> None:
+        """Poll the operation at the server's pace until it ends or the polling budget runs out."""
+        deadline = self._clock() + self._settings.poll_budget_seconds
+        wait = first_wait
+        while True:
+            if wait is not None:
+                if self._clock() + wait > deadline:
+                    raise _Done(Outcome.PENDING, "operation still running; polling resumes later")
+                await self._sleep(wait)
+            try:
+                status, _ = await self._arm_read.call(
+                    lambda: self._clusters.operation_status(url), log_fields=state.log_fields()
+                )
+            except NotFoundError:
+                break  # the operation record is gone: the cluster itself tells the result
+            if status.done:
+                if not status.succeeded:
+                    raise _Done(
+                        Outcome.FAILED,
+                        f"operation {status.status}",
+                        error_code=status.error_code,
+                        error_message=status.error_message,
+                    )
+                break
+            wait = status.retry_after
+        await self._verify(request, state, target)
+
+    async def _verify(self, request: RotationRequest, state: _State, target: KeyUrl) -> None:
+        """Rule 9: GET the cluster; its key URL must be the target and provisioning Succeeded."""
+        cluster, _ = await self._arm_read.call(
+            lambda: self._clusters.get(request.cluster_id), log_fields=state.log_fields()
+        )
+        actual: KeyUrl | None
+        try:
+            actual = parse_key_url(
+                cluster.key_url or "", allowed_suffixes=self._settings.allowed_vault_suffixes
+            )
+        except InvalidKeyUrl:
+            actual = None
+        if actual != target:
+            raise _Done(
+                Outcome.FAILED, f"verification: cluster key URL is {cluster.key_url!r}, expected {target}"
+            )
+        if (cluster.provisioning_state or "").lower() != "succeeded":
+            raise _Done(Outcome.FAILED, f"verification: provisioningState is {cluster.provisioning_state}")
+        raise _Done(Outcome.ROTATED, "cluster verified on the target version")
+
+
+class _State:
+    """What is known so far about one job, for its result and its log lines."""
+
+    def __init__(self, request: RotationRequest) -> None:
+        self.request = request
+        self.key: str | None = None
+        self.from_version: str | None = None
+        self.target: KeyUrl | None = request.target
+        self.attempts = 0
+        self.operation_url: str | None = None
+        self.request_id: str | None = None
+
+    def log_fields(self) -> dict[str, Any]:
+        return {
+            "cluster_id": str(self.request.cluster_id),
+            "subscription": self.request.cluster_id.subscription,
+            "event_id": self.request.event_id,
+            "trigger": self.request.trigger,
+            "key": self.key,
+            "from_version": self.from_version,
+            "to_version": self.target.version if self.target else None,
+        }
+
+    def result(
+        self,
+        outcome: Outcome,
+        reason: str,
+        duration: float,
+        *,
+        error: ServiceError | None = None,
+        error_code: str | None = None,
+        error_message: str | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> RotationResult:
+        if error is not None:
+            error_code = error_code or error.code or (str(error.status) if error.status else None)
+            error_message = error_message or error.message
+            self.request_id = self.request_id or error.request_id
+        return RotationResult(
+            cluster_id=str(self.request.cluster_id),
+            outcome=outcome,
+            reason=reason,
+            from_version=self.from_version,
+            to_version=self.target.version if self.target else None,
+            key=self.key,
+            target_key_url=str(self.target) if self.target else None,
+            attempts=self.attempts,
+            duration_s=duration,
+            error_code=error_code,
+            error_message=error_message,
+            operation_url=self.operation_url,
+            request_id=self.request_id,
+            body=body,
+        )
+
+
+_EVENT_NAMES = {
+    Outcome.ROTATED: ("rotation.cluster_rotated", logging.INFO),
+    Outcome.FAILED: ("rotation.cluster_failed", logging.ERROR),
+    Outcome.KEY_NOT_USABLE: ("rotation.cluster_skipped", logging.ERROR),
+    Outcome.CLUSTER_NOT_FOUND: ("rotation.cluster_skipped", logging.WARNING),
+    Outcome.NOT_CMK: ("rotation.cluster_skipped", logging.WARNING),
+    Outcome.KEY_MISMATCH: ("rotation.cluster_skipped", logging.WARNING),
+    Outcome.PENDING: ("rotation.cluster_pending", logging.INFO),
+    Outcome.DRY_RUN: ("rotation.cluster_dry_run", logging.INFO),
+}
+
+
+def _log_result(result: RotationResult, request: RotationRequest, *, transient: bool = False) -> None:
+    name, level = _EVENT_NAMES.get(result.outcome, ("rotation.cluster_skipped", logging.INFO))
+    if transient:
+        name, level = "rotation.cluster_retry_exhausted", logging.ERROR
+    fields = result.to_dict()
+    fields.pop("body", None)
+    extra = {
+        **fields,
+        "subscription": request.cluster_id.subscription,
+        "event_id": request.event_id,
+        "trigger": request.trigger,
+    }
+    if result.outcome is Outcome.DRY_RUN:
+        extra["body"] = result.body
+    logger.log(level, name, extra=extra)

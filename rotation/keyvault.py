@@ -1,0 +1,195 @@
+"""Key Vault adapter on ``azure-keyvault-keys`` (aio): a version's properties, the newest usable version.
+
+Also home of rule 3, the usability check (`unusable_reason`), which is pure and tested without I/O.
+The SDK's own retry is off (``retry_total=0``): tenacity is the one retry layer (rule 6).
+
+Permissions: reading key properties and listing versions (``keys/get``, ``keys/list`` access policy, or
+``Microsoft.KeyVault/vaults/keys/read`` data action, e.g. the Key Vault Reader role). No key material
+and no cryptographic operation is ever requested.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, TypeVar
+
+from azure.core.exceptions import (
+    HttpResponseError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.keyvault.keys.aio import KeyClient
+
+from rotation.arm import retry_after_seconds
+from rotation.errors import NotFoundError, ServiceError
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Mapping
+
+    from azure.core.credentials_async import AsyncTokenCredential
+    from azure.keyvault.keys import KeyProperties, KeyVaultKey
+
+    from rotation.ids import KeyUrl
+
+RSA_TYPES = frozenset({"RSA", "RSA-HSM"})
+RSA_SIZES = frozenset({2048, 3072, 4096})
+REQUIRED_OPS = ("wrapKey", "unwrapKey")
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class KeyVersion:
+    """The facts of one key version that rule 3 looks at."""
+
+    url: KeyUrl
+    enabled: bool
+    created_on: datetime | None
+    not_before: datetime | None = None
+    expires_on: datetime | None = None
+    key_type: str | None = None
+    size: int | None = None
+    operations: tuple[str, ...] = ()
+
+    @property
+    def version(self) -> str:
+        """The 32-hex version id."""
+        return self.url.version or ""
+
+
+def unusable_reason(key: KeyVersion, now: datetime) -> str | None:
+    """Rule 3: why ``key`` must not be given to a cluster, or None when it is usable."""
+    reason: str | None = None
+    if not key.enabled:
+        reason = "key version is disabled"
+    elif key.not_before is not None and key.not_before > now:
+        reason = f"key version is not active until {key.not_before.isoformat()}"
+    elif key.expires_on is not None and key.expires_on <= now:
+        reason = f"key version expired at {key.expires_on.isoformat()}"
+    elif key.key_type not in RSA_TYPES:
+        reason = f"key type {key.key_type} is not RSA or RSA-HSM"
+    elif key.size not in RSA_SIZES:
+        reason = f"key size {key.size} is not 2048, 3072 or 4096 bits"
+    else:
+        missing = [op for op in REQUIRED_OPS if op not in key.operations]
+        if missing:
+            reason = f"key version does not allow {' and '.join(missing)}"
+    return reason
+
+
+class KeyVaultKeys:
+    """Reads key versions from any number of vaults; one `KeyClient` per vault, reused for the process."""
+
+    def __init__(self, credential: AsyncTokenCredential, *, read_timeout: float = 30.0) -> None:
+        self._credential = credential
+        self._clients: dict[str, KeyClient] = {}
+        self._read_timeout = read_timeout
+
+    async def close(self) -> None:
+        """Close every vault client."""
+        clients, self._clients = self._clients, {}
+        for client in clients.values():
+            await client.close()
+
+    def _client(self, key: KeyUrl) -> KeyClient:
+        client = self._clients.get(key.vault_url)
+        if client is None:
+            client = KeyClient(
+                key.vault_url,
+                self._credential,
+                retry_total=0,
+                connection_timeout=10,
+                read_timeout=self._read_timeout,
+            )
+            self._clients[key.vault_url] = client
+        return client
+
+    async def get_version(self, key: KeyUrl) -> KeyVersion:
+        """Properties of one version (``key`` must be versioned); `NotFoundError` when it does not exist."""
+        result = await _call(lambda: self._client(key).get_key(key.name, key.version), key)
+        return _from_sdk_key(key, result)
+
+    async def list_versions(self, key: KeyUrl) -> list[KeyVersion]:
+        """Every version's properties (no key type or size: the list call does not return them)."""
+        client = self._client(key)
+
+        async def collect() -> list[KeyProperties]:
+            return [props async for props in client.list_properties_of_key_versions(key.name)]
+
+        items = await _call(collect, key)
+        return [_from_properties(key, props) for props in items if props.version]
+
+    async def newest_usable(self, key: KeyUrl, now: datetime | None = None) -> KeyVersion | None:
+        """The most recently created version that passes rule 3, or None.
+
+        One list call, then one GET per candidate, newest first, skipping versions whose listed
+        attributes (enabled, nbf, exp) already rule them out; usually one GET in all.
+        """
+        now = now or datetime.now(UTC)
+        versions = await self.list_versions(key)
+        versions.sort(key=lambda v: v.created_on or datetime.min.replace(tzinfo=UTC), reverse=True)
+        for listed in versions:
+            if not listed.enabled:
+                continue
+            if listed.not_before is not None and listed.not_before > now:
+                continue
+            if listed.expires_on is not None and listed.expires_on <= now:
+                continue
+            full = await self.get_version(listed.url)
+            if unusable_reason(full, now) is None:
+                return full
+        return None
+
+
+async def _call(func: Callable[[], Awaitable[_T]], key: KeyUrl) -> _T:
+    try:
+        return await func()
+    except ResourceNotFoundError as exc:
+        raise NotFoundError(f"{key} not found", service="keyvault", status=404, code=_code(exc)) from exc
+    except HttpResponseError as exc:
+        headers: Mapping[str, str] = getattr(exc.response, "headers", None) or {}
+        raise ServiceError(
+            f"{key.host}/{key.name}: {exc.reason or 'error'}",
+            service="keyvault",
+            status=exc.status_code,
+            code=_code(exc),
+            retry_after=retry_after_seconds(headers),
+            request_id=headers.get("x-ms-request-id"),
+        ) from exc
+    except (ServiceRequestError, ServiceResponseError) as exc:
+        raise ServiceError(f"{key.host}: {type(exc).__name__}", service="keyvault") from exc
+
+
+def _code(exc: HttpResponseError) -> str | None:
+    error = getattr(exc, "error", None)
+    code = getattr(error, "code", None)
+    return code if isinstance(code, str) else None
+
+
+def _from_properties(key: KeyUrl, props: KeyProperties) -> KeyVersion:
+    return KeyVersion(
+        url=key.with_version(props.version or ""),
+        enabled=bool(props.enabled),
+        created_on=props.created_on,
+        not_before=props.not_before,
+        expires_on=props.expires_on,
+    )
+
+
+def _from_sdk_key(key: KeyUrl, sdk: KeyVaultKey) -> KeyVersion:
+    jwk = sdk.key
+    modulus = getattr(jwk, "n", None)
+    size = len(modulus) * 8 if isinstance(modulus, bytes | bytearray) and modulus else None
+    ops = tuple(str(getattr(op, "value", op)) for op in (sdk.key_operations or []))
+    key_type = sdk.key_type
+    return KeyVersion(
+        url=key.with_version(sdk.properties.version or key.version or ""),
+        enabled=bool(sdk.properties.enabled),
+        created_on=sdk.properties.created_on,
+        not_before=sdk.properties.not_before,
+        expires_on=sdk.properties.expires_on,
+        key_type=str(getattr(key_type, "value", key_type)) if key_type else None,
+        size=size,
+        operations=ops,
+    )

@@ -1,0 +1,69 @@
+"""The one outcome vocabulary shared by logs, history, the CLI and HTTP (DESIGN.md, "Outcomes")."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Outcome(StrEnum):
+    """What happened to one cluster (or one event)."""
+
+    ROTATED = "rotated"
+    ALREADY_CURRENT = "already-current"
+    STALE_EVENT = "stale-event"
+    VERSIONLESS = "versionless"
+    KEY_MISMATCH = "key-mismatch"
+    KEY_NOT_USABLE = "key-not-usable"
+    NOT_CMK = "not-cmk"
+    CLUSTER_NOT_FOUND = "cluster-not-found"
+    PENDING = "pending"
+    DRY_RUN = "dry-run"
+    FAILED = "failed"
+    IGNORED = "ignored"
+    REJECTED = "rejected"
+
+    @property
+    def needs_attention(self) -> bool:
+        """Whether this outcome makes a CLI command exit 1 (a cluster failed or a request was refused).
+
+        Rule skips that leave the cluster safe and as intended (already current, stale event, versionless,
+        another key, dry run, pending) do not; a failure, a refused target key, or a cluster that cannot be
+        rotated at all (gone, not CMK) does.
+        """
+        return self in _ATTENTION
+
+
+_ATTENTION = frozenset(
+    {Outcome.FAILED, Outcome.KEY_NOT_USABLE, Outcome.NOT_CMK, Outcome.CLUSTER_NOT_FOUND, Outcome.REJECTED}
+)
+
+
+@dataclass(frozen=True)
+class RotationResult:
+    """The record of one rotation attempt of one cluster: what the logs, history and CLI report."""
+
+    cluster_id: str
+    outcome: Outcome
+    reason: str
+    from_version: str | None = None
+    to_version: str | None = None
+    key: str | None = None  # "{vault host}/{key name}"
+    target_key_url: str | None = None
+    attempts: int = 0
+    duration_s: float = 0.0
+    error_code: str | None = None
+    error_message: str | None = None
+    operation_url: str | None = None
+    request_id: str | None = None
+    body: dict[str, Any] | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict with the outcome as its string value; the dry-run body only when present."""
+        out = asdict(self)
+        out["outcome"] = self.outcome.value
+        out["duration_s"] = round(self.duration_s, 3)
+        if self.body is None:
+            del out["body"]
+        return out

@@ -1,0 +1,47 @@
+"""Per-process wiring: settings, one credential, one client per outside system, one `Rotator`.
+
+Built once per process (the Functions worker, or one CLI run) and reused for every job, so connections
+and tokens are reused too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from azure.identity.aio import DefaultAzureCredential
+
+from rotation.arm import ClustersClient
+from rotation.engine import Rotator
+from rotation.keyvault import KeyVaultKeys
+
+if TYPE_CHECKING:
+    from azure.core.credentials_async import AsyncTokenCredential
+
+    from rotation.settings import Settings
+
+
+@dataclass
+class Runtime:
+    """The clients of one process."""
+
+    settings: Settings
+    credential: AsyncTokenCredential
+    clusters: ClustersClient
+    keys: KeyVaultKeys
+    rotator: Rotator
+
+    @classmethod
+    def create(cls, settings: Settings) -> Runtime:
+        """Build the clients; nothing is contacted until the first call."""
+        credential = DefaultAzureCredential()
+        clusters = ClustersClient(settings.arm_endpoint, credential, api_version=settings.arm_api_version)
+        keys = KeyVaultKeys(credential)
+        rotator = Rotator(clusters=clusters, keys=keys, settings=settings)
+        return cls(settings=settings, credential=credential, clusters=clusters, keys=keys, rotator=rotator)
+
+    async def close(self) -> None:
+        """Close every client and the credential."""
+        await self.clusters.close()
+        await self.keys.close()
+        await self.credential.close()

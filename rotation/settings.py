@@ -1,0 +1,143 @@
+"""Configuration, read once from a mapping of environment variables (DESIGN.md, "Configuration")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from rotation.ids import DEFAULT_VAULT_SUFFIXES
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+DEFAULT_ARM_ENDPOINT = "https://management.azure.com"
+DEFAULT_ARM_API_VERSION = "2025-07-01-preview"
+DEFAULT_RECONCILE_SCHEDULE = "0 */15 * * * *"
+STORAGE_SETTING = "AzureWebJobsStorage"
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+class SettingsError(ValueError):
+    """A setting is present but unusable; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    """Bounds of the one retry layer (rule 6); extends the documented settings, never replaces them."""
+
+    max_attempts: int = 6
+    max_seconds: float = 120.0
+    initial_wait: float = 1.0
+    max_wait: float = 30.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the rotator reads from its environment; the core never touches ``os.environ``."""
+
+    storage_connection: str | None = None
+    storage_identity: Mapping[str, str] = field(default_factory=dict)
+    arm_endpoint: str = DEFAULT_ARM_ENDPOINT
+    arm_api_version: str = DEFAULT_ARM_API_VERSION
+    allowed_vault_suffixes: tuple[str, ...] = DEFAULT_VAULT_SUFFIXES
+    dry_run: bool = False
+    max_concurrency: int = 16
+    reconcile_schedule: str = DEFAULT_RECONCILE_SCHEDULE
+    poll_budget_seconds: float = 240.0
+    check_delay_seconds: float = 60.0
+    retry: RetrySettings = field(default_factory=RetrySettings)
+
+    @property
+    def arm_scope(self) -> str:
+        """The token scope for ARM calls (``{endpoint}/.default``)."""
+        return self.arm_endpoint.rstrip("/") + "/.default"
+
+    @property
+    def storage_configured(self) -> bool:
+        """Whether a registry/queue storage account is configured at all."""
+        return bool(self.storage_connection) or bool(self.storage_identity)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Build settings from ``env``; raise `SettingsError` naming the first bad value."""
+        prefix = STORAGE_SETTING + "__"
+        identity = {k[len(prefix) :]: v for k, v in env.items() if k.startswith(prefix) and v}
+        suffixes = _suffixes(env.get("ROTATION_ALLOWED_VAULT_SUFFIXES"))
+        endpoint = env.get("ROTATION_ARM_ENDPOINT", "").strip() or DEFAULT_ARM_ENDPOINT
+        if not endpoint.startswith("https://"):
+            raise SettingsError(f"ROTATION_ARM_ENDPOINT must be an https URL, got {endpoint!r}")
+        retry = RetrySettings(
+            max_attempts=_int(env, "ROTATION_RETRY_MAX_ATTEMPTS", RetrySettings.max_attempts, minimum=1),
+            max_seconds=_float(env, "ROTATION_RETRY_MAX_SECONDS", RetrySettings.max_seconds),
+            initial_wait=_float(env, "ROTATION_RETRY_INITIAL_WAIT", RetrySettings.initial_wait),
+            max_wait=_float(env, "ROTATION_RETRY_MAX_WAIT", RetrySettings.max_wait),
+        )
+        return cls(
+            storage_connection=env.get(STORAGE_SETTING, "").strip() or None,
+            storage_identity=identity,
+            arm_endpoint=endpoint.rstrip("/"),
+            arm_api_version=env.get("ROTATION_ARM_API_VERSION", "").strip() or DEFAULT_ARM_API_VERSION,
+            allowed_vault_suffixes=suffixes,
+            dry_run=_bool(env, "ROTATION_DRY_RUN"),
+            max_concurrency=_int(env, "ROTATION_MAX_CONCURRENCY", 16, minimum=1),
+            reconcile_schedule=env.get("ROTATION_RECONCILE_SCHEDULE", "").strip()
+            or DEFAULT_RECONCILE_SCHEDULE,
+            poll_budget_seconds=_float(env, "ROTATION_POLL_BUDGET_SECONDS", 240.0),
+            check_delay_seconds=_float(env, "ROTATION_CHECK_DELAY_SECONDS", 60.0),
+            retry=retry,
+        )
+
+
+def _suffixes(raw: str | None) -> tuple[str, ...]:
+    if raw is None or not raw.strip():
+        return DEFAULT_VAULT_SUFFIXES
+    out = []
+    for item in raw.split(","):
+        suffix = item.strip().lower()
+        if not suffix:
+            continue
+        if not suffix.startswith("."):
+            suffix = "." + suffix
+        if suffix.count(".") < 2:  # noqa: PLR2004 - a bare TLD such as ".net" would allow any vault
+            raise SettingsError(f"ROTATION_ALLOWED_VAULT_SUFFIXES entry {item.strip()!r} is too broad")
+        out.append(suffix)
+    if not out:
+        raise SettingsError("ROTATION_ALLOWED_VAULT_SUFFIXES is set but lists no suffix")
+    return tuple(out)
+
+
+def _bool(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise SettingsError(f"{name} must be a finite, non-negative number, got {raw!r}")
+    return value

@@ -1,0 +1,147 @@
+"""In-memory stand-ins for the ARM and Key Vault ports, for testing the rules without I/O."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from rotation.arm import AcceptedOperation, Cluster, OperationStatus
+from rotation.errors import NotFoundError, ServiceError
+from rotation.ids import KeyUrl, ResourceId, parse_key_url
+from rotation.keyvault import KeyVersion
+
+SUB = "22222222-2222-2222-2222-222222222222"
+VAULT = "https://contoso-kv.vault.azure.net"
+UAMI = f"/subscriptions/{SUB}/resourceGroups/rg-data/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id-docdb-cmk"
+OTHER_UAMI = f"/subscriptions/{SUB}/resourceGroups/rg-data/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id-app"
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def version_id(n: int) -> str:
+    return f"{n:032x}"
+
+
+def key_url(n: int | None, *, name: str = "cmk-docdb", vault: str = VAULT) -> KeyUrl:
+    url = f"{vault}/keys/{name}" + (f"/{version_id(n)}" if n is not None else "")
+    return parse_key_url(url)
+
+
+def key_version(n: int, **overrides: Any) -> KeyVersion:
+    base = KeyVersion(
+        url=key_url(n),
+        enabled=True,
+        created_on=T0 + timedelta(days=n),
+        key_type="RSA",
+        size=2048,
+        operations=("encrypt", "decrypt", "wrapKey", "unwrapKey"),
+    )
+    return replace(base, **overrides)
+
+
+def cluster(name: str = "orders-prod", *, key: KeyUrl | str | None = None, **overrides: Any) -> Cluster:
+    base = Cluster(
+        id=f"/subscriptions/{SUB}/resourceGroups/rg-data/providers/Microsoft.DocumentDB/mongoClusters/{name}",
+        name=name,
+        location="westeurope",
+        identity_type="UserAssigned",
+        identity_ids=(UAMI, OTHER_UAMI),
+        key_url=str(key) if key is not None else str(key_url(1)),
+        key_identity=UAMI,
+        provisioning_state="Succeeded",
+        cluster_status="Ready",
+    )
+    return replace(base, **overrides)
+
+
+class FakeClusters:
+    """ARM port: clusters by normalized id; PUTs recorded; operations finish after ``op_polls`` polls."""
+
+    def __init__(self) -> None:
+        self.clusters: dict[str, Cluster] = {}
+        self.puts: list[tuple[str, dict[str, Any]]] = []
+        self.gets = 0
+        self.polls = 0
+        self.op_polls = 1
+        self.op_result = OperationStatus(status="Succeeded", retry_after=0.0)
+        self.ignore_key_update = False
+        self.errors: dict[str, deque[BaseException]] = {"get": deque(), "put": deque(), "poll": deque()}
+        self._ops: dict[str, tuple[str, str, int]] = {}
+
+    def add(self, c: Cluster) -> ResourceId:
+        from rotation.ids import parse_cluster_id
+
+        rid = parse_cluster_id(c.id)
+        self.clusters[rid.normalized] = c
+        return rid
+
+    def _raise_scripted(self, method: str) -> None:
+        if self.errors[method]:
+            raise self.errors[method].popleft()
+
+    async def get(self, cluster_id: ResourceId) -> Cluster:
+        self.gets += 1
+        self._raise_scripted("get")
+        try:
+            return self.clusters[cluster_id.normalized]
+        except KeyError:
+            raise NotFoundError("not found", service="arm", status=404, code="ResourceNotFound") from None
+
+    async def put(self, cluster_id: ResourceId, body: dict[str, Any]) -> AcceptedOperation:
+        self._raise_scripted("put")
+        self.puts.append((str(cluster_id), body))
+        url = f"https://management.azure.com/operationsStatus/{len(self.puts)}"
+        new_key = body["properties"]["encryption"]["customerManagedKeyEncryption"]["keyEncryptionKeyUrl"]
+        self._ops[url] = (cluster_id.normalized, new_key, 0)
+        return AcceptedOperation(
+            url=url, retry_after=0.0, request_id=f"req-{len(self.puts)}", correlation_id=None
+        )
+
+    async def operation_status(self, url: str) -> OperationStatus:
+        self.polls += 1
+        self._raise_scripted("poll")
+        cid, new_key, polls = self._ops[url]
+        polls += 1
+        self._ops[url] = (cid, new_key, polls)
+        if polls < self.op_polls:
+            return OperationStatus(status="InProgress", retry_after=1.0)
+        if self.op_result.succeeded and not self.ignore_key_update:
+            self.clusters[cid] = replace(self.clusters[cid], key_url=new_key)
+        return self.op_result
+
+
+class FakeKeys:
+    """Key Vault port: versions by (host, key name)."""
+
+    def __init__(self, *versions: KeyVersion) -> None:
+        self.versions: dict[str, KeyVersion] = {}
+        self.reads = 0
+        self.errors: deque[BaseException] = deque()
+        for v in versions:
+            self.add(v)
+
+    def add(self, v: KeyVersion) -> None:
+        self.versions[str(v.url).lower()] = v
+
+    async def get_version(self, key: KeyUrl) -> KeyVersion:
+        self.reads += 1
+        if self.errors:
+            raise self.errors.popleft()
+        try:
+            return self.versions[str(key).lower()]
+        except KeyError:
+            raise NotFoundError("no such version", service="keyvault", status=404) from None
+
+    async def newest_usable(self, key: KeyUrl, now: datetime | None = None) -> KeyVersion | None:
+        from rotation.keyvault import unusable_reason
+
+        self.reads += 1
+        now = now or datetime.now(UTC)
+        mine = [v for v in self.versions.values() if v.url.same_key(key)]
+        mine.sort(key=lambda v: v.created_on or T0, reverse=True)
+        return next((v for v in mine if unusable_reason(v, now) is None), None)
+
+
+def transient(status: int = 503, retry_after: float | None = None, code: str | None = None) -> ServiceError:
+    return ServiceError("transient", service="arm", status=status, code=code, retry_after=retry_after)

@@ -1,0 +1,423 @@
+"""ARM mongoClusters through the CONNECT proxy: reads, writes, operations, throttling, validation."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+from typing import Any
+
+import pytest
+from azure.core.pipeline import policies
+from azure.core.polling import AsyncLROPoller
+from azure.core.rest import HttpRequest
+from azure.mgmt.core import AsyncARMPipelineClient
+from azure.mgmt.core.policies import AsyncARMChallengeAuthenticationPolicy
+from azure.mgmt.core.polling.async_arm_polling import AsyncARMPolling
+
+API = "2025-07-01-preview"
+
+
+async def _wait_done(arm, answer) -> dict[str, Any]:
+    url = answer.headers["azure-asyncoperation"]
+    for _ in range(100):
+        status = await arm.call("GET", url, api_version=None)
+        assert status.status == 200
+        if status.body["status"] != "InProgress":
+            return status.body
+        assert status.headers["retry-after"] == "1"
+        await asyncio.sleep(float(status.headers["retry-after-ms"]) / 1000)
+    raise AssertionError("operation never ended")
+
+
+async def test_get_cluster_returns_the_documented_shape(world, arm):
+    answer = await arm.call("GET", world.cluster_id)
+    assert answer.status == 200
+    body = answer.body
+    assert body["id"] == world.cluster_id
+    assert body["type"] == "Microsoft.DocumentDB/mongoClusters"
+    assert body["tags"] == {"team": "orders"}
+    assert set(body["identity"]["userAssignedIdentities"]) == {world.identity}
+    cmk = body["properties"]["encryption"]["customerManagedKeyEncryption"]
+    assert cmk["keyEncryptionKeyUrl"] == world.key_url(world.version)
+    assert cmk["keyEncryptionKeyIdentity"]["userAssignedIdentityResourceId"] == world.identity
+    assert body["properties"]["provisioningState"] == "Succeeded"
+    assert body["properties"]["clusterStatus"] == "Ready"
+    assert answer.headers["x-ms-ratelimit-remaining-subscription-reads"].isdigit()
+    assert answer.headers["x-ms-request-id"]
+    assert body == world.sim.cluster(world.cluster_id)
+
+
+async def test_path_segments_match_case_insensitively(world, arm):
+    answer = await arm.call("GET", world.cluster_id.lower().replace("mongoclusters", "MONGOCLUSTERS"))
+    assert answer.status == 200
+    assert answer.body["id"] == world.cluster_id
+
+
+async def test_service_managed_cluster_has_no_cmk(world, arm):
+    body = (await arm.call("GET", world.plain_cluster_id)).body
+    assert "encryption" not in body["properties"]
+    assert "identity" not in body
+
+
+async def test_missing_token_is_401_and_missing_api_version_is_400(world, arm):
+    unauthenticated = await arm.call("GET", world.cluster_id, token=None)
+    assert unauthenticated.status == 401
+    assert unauthenticated.body["error"]["code"] == "AuthenticationFailed"
+    forged = await arm.call("GET", world.cluster_id, token="forged")
+    assert forged.status == 401
+    no_version = await arm.call("GET", world.cluster_id, api_version=None)
+    assert no_version.status == 400
+    assert no_version.body["error"]["code"] == "MissingApiVersionParameter"
+
+
+async def test_unknown_cluster_is_404_resource_not_found(world, arm):
+    answer = await arm.call("GET", world.cluster_id + "-gone")
+    assert answer.status == 404
+    assert answer.body["error"]["code"] == "ResourceNotFound"
+
+
+async def test_correlation_and_client_request_ids_are_echoed(world, arm):
+    answer = await arm.call(
+        "GET",
+        world.cluster_id,
+        headers={"x-ms-correlation-request-id": "corr-1", "x-ms-client-request-id": "client-1"},
+    )
+    assert answer.headers["x-ms-correlation-request-id"] == "corr-1"
+    assert answer.headers["x-ms-client-request-id"] == "client-1"
+    assert world.sim.requests[-1].client_request_id == "client-1"
+
+
+async def test_list_is_paged_with_absolute_next_links(world, arm):
+    sim = world.sim
+    for index in range(3):
+        sim.add_cluster(subscription=world.subscription, resource_group="rg-other", name=f"c{index}")
+    sim.configure(list_page_size=2)
+    names: list[str] = []
+    url = f"/subscriptions/{world.subscription}/providers/Microsoft.DocumentDB/mongoClusters"
+    pages = 0
+    next_url: str | None = url
+    while next_url:
+        answer = await arm.call("GET", next_url)
+        assert answer.status == 200
+        names += [c["name"] for c in answer.body["value"]]
+        next_url = answer.body.get("nextLink")
+        assert next_url is None or next_url.startswith("https://management.azure.com/subscriptions/")
+        pages += 1
+    assert sorted(names) == ["c0", "c1", "c2", "orders", "plain"]
+    assert pages == 3
+    in_group = await arm.call(
+        "GET",
+        f"/subscriptions/{world.subscription}/resourceGroups/rg-other/providers/Microsoft.DocumentDB/mongoClusters",
+    )
+    assert {c["name"] for c in in_group.body["value"]} == {"c0", "c1"}
+
+
+async def test_put_runs_a_long_running_operation_and_changes_the_key(world, arm):
+    sim = world.sim
+    new_version = sim.create_key_version(world.vault, world.key)
+    sim.configure(operation_seconds=0.3, poll_interval=0.05)
+    answer = await arm.call("PUT", world.cluster_id, body=world.put_body(world.key_url(new_version)))
+    assert answer.status == 201
+    assert answer.body["properties"]["provisioningState"] == "Updating"
+    operation_url = answer.headers["azure-asyncoperation"]
+    assert operation_url.startswith(
+        f"https://management.azure.com/subscriptions/{world.subscription}/providers/"
+        "Microsoft.DocumentDB/locations/westeurope/operationsStatus/"
+    )
+    assert f"api-version={API}" in operation_url
+    assert "operationResults" in answer.headers["location"]
+    assert answer.headers["retry-after"] == "1"
+    assert answer.headers["retry-after-ms"] == "50"
+    assert answer.headers["x-ms-ratelimit-remaining-subscription-writes"].isdigit()
+
+    during = await arm.call("GET", world.cluster_id)
+    assert during.body["properties"]["provisioningState"] == "Updating"
+    result_running = await arm.call("GET", answer.headers["location"], api_version=None)
+    assert result_running.status == 202
+
+    final = await _wait_done(arm, answer)
+    assert final["status"] == "Succeeded"
+    assert final["endTime"] >= final["startTime"]
+    after = await arm.call("GET", world.cluster_id)
+    cmk = after.body["properties"]["encryption"]["customerManagedKeyEncryption"]
+    assert cmk["keyEncryptionKeyUrl"] == world.key_url(new_version)
+    assert after.body["properties"]["provisioningState"] == "Succeeded"
+    result_done = await arm.call("GET", answer.headers["location"], api_version=None)
+    assert result_done.status == 200
+
+
+async def test_put_through_the_arm_pipeline_client_and_lro_poller(world, credential):
+    """The SDK's own ARM pipeline and ARM polling drive a PUT to completion."""
+    new_version = world.sim.create_key_version(world.vault, world.key)
+    world.sim.configure(operation_seconds=0.2, poll_interval=0.05)
+    client = AsyncARMPipelineClient(
+        base_url="https://management.azure.com",
+        policies=[
+            policies.RequestIdPolicy(),
+            policies.UserAgentPolicy(sdk_moniker="azsim-tests/1"),
+            AsyncARMChallengeAuthenticationPolicy(credential, "https://management.azure.com/.default"),
+            policies.AsyncRetryPolicy(retry_total=0),
+        ],
+    )
+    async with client:
+        request = HttpRequest(
+            "PUT",
+            f"https://management.azure.com{world.cluster_id}?api-version={API}",
+            json=world.put_body(world.key_url(new_version)),
+        )
+        initial = await client._pipeline.run(request)
+        assert initial.http_response.status_code == 201
+        poller = AsyncLROPoller(
+            client,
+            initial,
+            lambda response: response.http_response.json(),
+            AsyncARMPolling(timeout=0.05),
+        )
+        result = await asyncio.wait_for(poller.result(), 10)
+    cmk = result["properties"]["encryption"]["customerManagedKeyEncryption"]
+    assert cmk["keyEncryptionKeyUrl"] == world.key_url(new_version)
+    assert result["properties"]["provisioningState"] == "Succeeded"
+
+
+async def test_put_during_an_operation_is_409_conflict(world, arm):
+    world.sim.set_operation_seconds(world.cluster_id, 5)
+    first = await arm.call("PUT", world.cluster_id, body=world.put_body())
+    assert first.status == 201
+    second = await arm.call("PUT", world.cluster_id, body=world.put_body())
+    assert second.status == 409
+    assert second.body["error"]["code"] == "Conflict"
+    assert "in progress" in second.body["error"]["message"]
+    assert world.sim.cluster(world.cluster_id)["properties"]["provisioningState"] == "Updating"
+
+
+async def test_empty_write_bucket_is_429_with_retry_after(world, arm):
+    world.sim.configure(write_burst=2, write_refill_per_s=0.25, operation_seconds=0)
+    statuses = []
+    remaining = []
+    for _ in range(3):
+        answer = await arm.call("PUT", world.cluster_id, body=world.put_body())
+        statuses.append(answer.status)
+        remaining.append(answer.headers["x-ms-ratelimit-remaining-subscription-writes"])
+    assert statuses == [201, 201, 429]
+    assert remaining == ["1", "0", "0"]
+    assert answer.body["error"]["code"] == "TooManyRequests"
+    assert int(answer.headers["retry-after"]) in {3, 4}
+    # Reads have their own bucket.
+    assert (await arm.call("GET", world.cluster_id)).status == 200
+
+
+async def test_empty_read_bucket_is_429(world, arm):
+    world.sim.configure(read_burst=1, read_refill_per_s=1)
+    assert (await arm.call("GET", world.cluster_id)).status == 200
+    answer = await arm.call("GET", world.cluster_id)
+    assert answer.status == 429
+    assert answer.headers["retry-after"] == "1"
+    assert answer.headers["x-ms-ratelimit-remaining-subscription-reads"] == "0"
+
+
+async def test_put_to_unknown_cluster_is_404(world, arm):
+    answer = await arm.call("PUT", world.cluster_id + "x", body=world.put_body())
+    assert answer.status == 404
+    assert answer.body["error"]["code"] == "ResourceNotFound"
+
+
+def _cmk(body: dict[str, Any]) -> dict[str, Any]:
+    return body["properties"]["encryption"]["customerManagedKeyEncryption"]
+
+
+def _drop_location(body, world):
+    del body["location"]
+
+
+def _other_location(body, world):
+    body["location"] = "eastus"
+
+
+def _system_identity(body, world):
+    body["identity"] = {"type": "SystemAssigned"}
+
+
+def _unknown_identity(body, world):
+    body["identity"]["userAssignedIdentities"] = {world.identity + "-nope": {}}
+
+
+def _no_identity_block(body, world):
+    del body["identity"]
+
+
+def _no_key_url(body, world):
+    del _cmk(body)["keyEncryptionKeyUrl"]
+
+
+def _no_identity_type(body, world):
+    del _cmk(body)["keyEncryptionKeyIdentity"]["identityType"]
+
+
+def _no_key_identity(body, world):
+    del _cmk(body)["keyEncryptionKeyIdentity"]
+
+
+def _system_identity_type(body, world):
+    _cmk(body)["keyEncryptionKeyIdentity"]["identityType"] = "SystemAssignedIdentity"
+
+
+def _unattached_key_identity(body, world):
+    _cmk(body)["keyEncryptionKeyIdentity"]["userAssignedIdentityResourceId"] = world.other_identity
+
+
+def _malformed_url(body, world):
+    _cmk(body)["keyEncryptionKeyUrl"] = "not a url"
+
+
+def _unknown_vault(body, world):
+    _cmk(body)["keyEncryptionKeyUrl"] = "https://nowhere-kv.vault.azure.net/keys/cmk/" + "0" * 32
+
+
+def _unknown_key(body, world):
+    _cmk(body)["keyEncryptionKeyUrl"] = f"{world.vault_url}/keys/other/{world.version}"
+
+
+def _unknown_version(body, world):
+    _cmk(body)["keyEncryptionKeyUrl"] = world.key_url("f" * 32)
+
+
+def _disabled_version(body, world):
+    version = world.sim.create_key_version(world.vault, world.key, enabled=False)
+    _cmk(body)["keyEncryptionKeyUrl"] = world.key_url(version)
+
+
+def _expired_version(body, world):
+    version = world.sim.create_key_version(world.vault, world.key, exp=int(time.time()) - 60)
+    _cmk(body)["keyEncryptionKeyUrl"] = world.key_url(version)
+
+
+def _drop_cmk(body, world):
+    del body["properties"]["encryption"]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "code"),
+    [
+        (_drop_location, "LocationRequired"),
+        (_other_location, "InvalidResourceLocation"),
+        (_system_identity, "InvalidIdentity"),
+        (_unknown_identity, "InvalidIdentity"),
+        (_no_identity_block, "InvalidIdentity"),
+        (_no_key_url, "MissingEncryptionProperty"),
+        (_no_identity_type, "MissingEncryptionProperty"),
+        (_no_key_identity, "MissingEncryptionProperty"),
+        (_system_identity_type, "InvalidKeyEncryptionKeyIdentity"),
+        (_unattached_key_identity, "InvalidKeyEncryptionKeyIdentity"),
+        (_malformed_url, "InvalidKeyVaultKeyUrl"),
+        (_unknown_vault, "InvalidKeyVaultKeyUrl"),
+        (_unknown_key, "KeyVaultKeyNotFound"),
+        (_unknown_version, "KeyVaultKeyNotFound"),
+        (_disabled_version, "KeyVaultKeyDisabled"),
+        (_expired_version, "KeyVaultKeyExpired"),
+        (_drop_cmk, "EncryptionModeChangeNotSupported"),
+    ],
+)
+async def test_invalid_put_body_is_400_with_an_arm_error(world, arm, mutate, code):
+    body = world.put_body()
+    mutate(body, world)
+    before = world.sim.cluster(world.cluster_id)
+    answer = await arm.call("PUT", world.cluster_id, body=body)
+    assert answer.status == 400
+    assert answer.body["error"]["code"] == code
+    assert answer.body["error"]["message"]
+    assert world.sim.cluster(world.cluster_id) == before
+    # No operation was started: a valid PUT is accepted at once.
+    assert (await arm.call("PUT", world.cluster_id, body=world.put_body())).status == 201
+
+
+async def test_cmk_on_a_service_managed_cluster_is_refused(world, arm):
+    answer = await arm.call("PUT", world.plain_cluster_id, body=world.put_body())
+    assert answer.status == 400
+    assert answer.body["error"]["code"] == "EncryptionModeChangeNotSupported"
+
+
+async def test_location_is_compared_without_case_or_spaces(world, arm):
+    body = world.put_body()
+    body["location"] = "West Europe"
+    assert (await arm.call("PUT", world.cluster_id, body=body)).status == 201
+
+
+async def test_identities_in_the_body_are_attached_even_when_the_put_fails(world, arm):
+    body = world.put_body(world.key_url("0" * 32))
+    body["identity"]["userAssignedIdentities"][world.other_identity] = {}
+    answer = await arm.call("PUT", world.cluster_id, body=body)
+    assert answer.status == 400
+    assert answer.body["error"]["code"] == "KeyVaultKeyNotFound"
+    attached = world.sim.cluster(world.cluster_id)["identity"]["userAssignedIdentities"]
+    assert set(attached) == {world.identity, world.other_identity}
+
+
+async def test_key_identity_may_come_from_the_body(world, arm):
+    body = world.put_body(identity=world.other_identity)
+    answer = await arm.call("PUT", world.cluster_id, body=body)
+    assert answer.status == 201
+    assert (await _wait_done(arm, answer))["status"] == "Succeeded"
+    cluster = world.sim.cluster(world.cluster_id)
+    assert _cmk(cluster)["keyEncryptionKeyIdentity"]["userAssignedIdentityResourceId"] == world.other_identity
+    # A PUT replaces the identity list with the body's.
+    assert set(cluster["identity"]["userAssignedIdentities"]) == {world.other_identity}
+
+
+async def test_failed_operation_keeps_the_old_key(world, arm):
+    sim = world.sim
+    new_version = sim.create_key_version(world.vault, world.key)
+    sim.fail_next_operation(world.cluster_id, code="KeyVaultAccessDenied", message="no access")
+    answer = await arm.call("PUT", world.cluster_id, body=world.put_body(world.key_url(new_version)))
+    assert answer.status == 201
+    final = await _wait_done(arm, answer)
+    assert final["status"] == "Failed"
+    assert final["error"] == {"code": "KeyVaultAccessDenied", "message": "no access"}
+    cluster = sim.cluster(world.cluster_id)
+    assert _cmk(cluster)["keyEncryptionKeyUrl"] == world.key_url(world.version)
+    assert cluster["properties"]["provisioningState"] == "Succeeded"
+    put = next(r for r in sim.requests if r.method == "PUT")
+    assert (put.status, put.fault) == (201, "op-failed")
+    result = await arm.call("GET", answer.headers["location"], api_version=None)
+    assert result.status == 400
+    assert result.body["error"]["code"] == "KeyVaultAccessDenied"
+
+
+async def test_operation_failure_rate_fails_operations(world, arm):
+    world.sim.set_operation_failure_rate(1.0)
+    answer = await arm.call("PUT", world.cluster_id, body=world.put_body())
+    assert (await _wait_done(arm, answer))["status"] == "Failed"
+
+
+async def test_ignored_key_updates_succeed_without_changing_the_key(world, arm):
+    sim = world.sim
+    sim.ignore_key_updates(world.cluster_id)
+    new_version = sim.create_key_version(world.vault, world.key)
+    answer = await arm.call("PUT", world.cluster_id, body=world.put_body(world.key_url(new_version)))
+    assert (await _wait_done(arm, answer))["status"] == "Succeeded"
+    assert _cmk(sim.cluster(world.cluster_id))["keyEncryptionKeyUrl"] == world.key_url(world.version)
+
+
+async def test_patch_is_202_with_location_and_applies_encryption(world, arm):
+    new_version = world.sim.create_key_version(world.vault, world.key)
+    body = {"properties": copy.deepcopy(world.put_body(world.key_url(new_version))["properties"])}
+    answer = await arm.call("PATCH", world.cluster_id, body=body)
+    assert answer.status == 202
+    assert answer.headers["location"]
+    assert (await _wait_done(arm, answer))["status"] == "Succeeded"
+    assert _cmk(world.sim.cluster(world.cluster_id))["keyEncryptionKeyUrl"] == world.key_url(new_version)
+    bad = {"properties": {"encryption": {"customerManagedKeyEncryption": {"keyEncryptionKeyUrl": "x"}}}}
+    refused = await arm.call("PATCH", world.cluster_id, body=bad)
+    assert refused.status == 400
+    assert refused.body["error"]["code"] == "MissingEncryptionProperty"
+
+
+async def test_out_of_band_changes_show_in_get(world, arm):
+    sim = world.sim
+    sim.set_cluster_status(world.cluster_id, "Inaccessible")
+    sim.set_cluster_key_url(world.cluster_id, world.key_url())
+    body = (await arm.call("GET", world.cluster_id)).body
+    assert body["properties"]["clusterStatus"] == "Inaccessible"
+    assert _cmk(body)["keyEncryptionKeyUrl"] == world.key_url()
+    sim.remove_cluster(world.cluster_id)
+    assert (await arm.call("GET", world.cluster_id)).status == 404
