@@ -29,8 +29,12 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 ## the whole suite: lint, types, unit + integration tests (simulator over TLS, Azurite), infra checks
-test: setup lint
+test: setup lint infra-check
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## checkov on infra/, offline, in its own virtualenv (.venv-checkov); the Bicep tests run with pytest
+infra-check:
+	PYTHON=$(PYTHON) scripts/infra-check.sh
 
 ## only the tests
 unit: setup

@@ -1,0 +1,162 @@
+// Alerts for on-call (docs/alerts.md). They are created whether or not an action group is given:
+// without one they still fire and show in Azure Monitor > Alerts (and its API), they just notify nobody.
+
+@description('Prefix of the alert rule names.')
+param namePrefix string
+
+@description('Region of the log alert rules (metric alerts are global).')
+param location string
+
+@description('Tags for the alert rules.')
+param tags object
+
+@description('Resource id of the Log Analytics workspace behind Application Insights.')
+param workspaceId string
+
+@description('Name of the app\'s storage account (same resource group).')
+param storageAccountName string
+
+@description('Resource id of an existing action group; empty: no notification.')
+param actionGroupId string = ''
+
+var actionGroups = empty(actionGroupId) ? [] : [actionGroupId]
+
+// One alert per cluster: on-call sees which cluster failed in the alert itself.
+var clusterDimension = [
+  {
+    name: 'cluster_id'
+    operator: 'Include'
+    values: ['*']
+  }
+]
+
+// Each log alert: a KQL query over AppTraces (App Insights traces in the workspace). The app logs a stable
+// event name as the message and its fields (outcome, cluster_id, event_id, reason) as custom dimensions,
+// which arrive in the Properties column.
+var logAlerts = [
+  {
+    key: 'cluster-failed'
+    displayName: 'cmk-rotator: cluster rotation failed'
+    description: 'A cluster could not be moved to the new key version after retries (rotation.cluster_failed). Runbook: docs/alerts.md#cluster-failed.'
+    severity: 1
+    dimensions: clusterDimension
+    query: '''
+AppTraces
+| where Message == "rotation.cluster_failed"
+| extend cluster_id = tostring(Properties["cluster_id"]), reason = tostring(Properties["reason"])
+| project TimeGenerated, cluster_id, reason, event_id = tostring(Properties["event_id"])
+'''
+  }
+  {
+    key: 'key-not-usable'
+    displayName: 'cmk-rotator: new key version not usable'
+    description: 'A rotation was refused because the target key version is disabled, expired, not yet valid, of the wrong type or lacks wrapKey/unwrapKey (outcome key-not-usable). Runbook: docs/alerts.md#key-not-usable.'
+    severity: 1
+    dimensions: clusterDimension
+    query: '''
+AppTraces
+| where tostring(Properties["outcome"]) == "key-not-usable"
+| extend cluster_id = tostring(Properties["cluster_id"]), reason = tostring(Properties["reason"])
+| project TimeGenerated, cluster_id, reason, event_id = tostring(Properties["event_id"])
+'''
+  }
+  {
+    key: 'job-poisoned'
+    displayName: 'cmk-rotator: rotation job moved to the poison queue'
+    description: 'The Functions host gave up on a rotation job after maxDequeueCount attempts and moved it to rotation-jobs-poison. Runbook: docs/alerts.md#job-poisoned.'
+    severity: 2
+    dimensions: []
+    query: '''
+AppTraces
+| where Message has "rotation-jobs-poison" and Message has "MaxDequeueCount"
+| project TimeGenerated, Message
+'''
+  }
+]
+
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: storageAccountName
+}
+
+resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-01' existing = {
+  parent: storage
+  name: 'default'
+}
+
+resource logAlertRules 'Microsoft.Insights/scheduledQueryRules@2023-03-15-preview' = [
+  for alert in logAlerts: {
+    name: '${namePrefix}-${alert.key}'
+    location: location
+    tags: tags
+    kind: 'LogAlert'
+    properties: {
+      displayName: alert.displayName
+      description: alert.description
+      severity: alert.severity
+      enabled: true
+      scopes: [workspaceId]
+      evaluationFrequency: 'PT5M'
+      windowSize: 'PT5M'
+      // AppTraces may hold no row yet on a new workspace; the query is still valid.
+      skipQueryValidation: true
+      // A fired alert stays until someone closes it: a failed rotation does not heal by itself.
+      autoMitigate: false
+      criteria: {
+        allOf: [
+          {
+            query: alert.query
+            timeAggregation: 'Count'
+            operator: 'GreaterThan'
+            threshold: 0
+            dimensions: alert.dimensions
+            failingPeriods: {
+              numberOfEvaluationPeriods: 1
+              minFailingPeriodsToAlert: 1
+            }
+          }
+        ]
+      }
+      actions: {
+        actionGroups: actionGroups
+      }
+    }
+  }
+]
+
+// Queue length: Azure Storage publishes QueueMessageCount per account (all queues together, roughly hourly);
+// there is no per-queue dimension. This account holds only rotation-jobs, which drains in minutes, and
+// rotation-jobs-poison, which nothing drains. A count above zero through a whole 6-hour window therefore
+// means poisoned jobs (or a stalled rotate_cluster), which is what on-call must look at.
+resource queueBacklogAlert 'Microsoft.Insights/metricAlerts@2018-03-01' = {
+  name: '${namePrefix}-queue-backlog'
+  location: 'global'
+  tags: tags
+  properties: {
+    description: 'Messages stayed in the rotation queues for 6 hours: poisoned rotation jobs (rotation-jobs-poison) or a stalled worker. Runbook: docs/alerts.md#queue-backlog.'
+    severity: 2
+    enabled: true
+    scopes: [queueService.id]
+    evaluationFrequency: 'PT1H'
+    windowSize: 'PT6H'
+    autoMitigate: true
+    targetResourceType: 'Microsoft.Storage/storageAccounts/queueServices'
+    criteria: {
+      'odata.type': 'Microsoft.Azure.Monitor.SingleResourceMultipleMetricCriteria'
+      allOf: [
+        {
+          criterionType: 'StaticThresholdCriterion'
+          name: 'messages-stuck'
+          metricNamespace: 'Microsoft.Storage/storageAccounts/queueServices'
+          metricName: 'QueueMessageCount'
+          operator: 'GreaterThan'
+          threshold: 0
+          timeAggregation: 'Minimum'
+        }
+      ]
+    }
+    actions: [for group in actionGroups: { actionGroupId: group }]
+  }
+}
+
+output logAlertNames array = [for (alert, i) in logAlerts: logAlertRules[i].name]
+output metricAlertName string = queueBacklogAlert.name

@@ -1,0 +1,24 @@
+// One role assignment on the resource group this module is deployed to.
+
+@description('Object id of the principal.')
+param principalId string
+
+@description('Name (GUID) of the role definition.')
+param roleDefinitionGuid string
+
+@description('Why the principal has the role.')
+param assignmentDescription string
+
+var roleDefinitionId = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleDefinitionGuid)
+
+resource assignment 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(resourceGroup().id, principalId, roleDefinitionId)
+  properties: {
+    description: assignmentDescription
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: roleDefinitionId
+  }
+}
+
+output id string = assignment.id
