@@ -49,6 +49,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
+    register = sub.add_parser("register", help="watch a cluster (GET it first; refuse with a reason)")
+    register.add_argument("cluster_id", metavar="CLUSTER_ID")
+    register.add_argument("--owner", help="team or contact recorded with the cluster")
+    register.add_argument("--json", action="store_true", help="machine output")
+
+    unregister = sub.add_parser("unregister", help="stop watching a cluster")
+    unregister.add_argument("cluster_id", metavar="CLUSTER_ID")
+
+    listing = sub.add_parser("list", help="watched clusters with their key, version, state and last outcome")
+    listing.add_argument("--json", action="store_true", help="machine output")
+
+    discover = sub.add_parser(
+        "discover", help="every CMK cluster of a subscription and whether it is watched"
+    )
+    discover.add_argument("--subscription", required=True, metavar="SUB")
+    discover.add_argument("--json", action="store_true", help="machine output")
+
+    replay = sub.add_parser("replay", help="handle the events in FILE as the functions would, and wait")
+    replay.add_argument(
+        "file", metavar="FILE", help="JSON: an event, an array of events, or dead-letter records"
+    )
+    replay.add_argument("--dry-run", action="store_true", help="decide and report; send no PUT")
+    replay.add_argument("--json", action="store_true", help="machine output")
+
+    history = sub.add_parser("history", help="a cluster's rotation history, newest first")
+    history.add_argument("cluster_id", metavar="CLUSTER_ID")
+    history.add_argument("--limit", type=int, default=50)
+    history.add_argument("--json", action="store_true", help="machine output")
+
     rotate = sub.add_parser("rotate", help="rotate one cluster, watched or not")
     rotate.add_argument("cluster_id", metavar="CLUSTER_ID")
     rotate.add_argument(
@@ -91,7 +120,22 @@ def main(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) -
 async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "rotate":
         return await _rotate(args, settings)
-    raise UsageError(f"unknown command {args.command}")  # pragma: no cover - argparse refuses first
+    from rotation import commands  # noqa: PLC0415 - storage clients only for the commands that need them
+
+    if not settings.storage_configured:
+        raise UsageError(
+            "AzureWebJobsStorage is not set: the registry needs a connection string or "
+            "AzureWebJobsStorage__accountName (identity-based)"
+        )
+    handlers = {
+        "register": commands.register,
+        "unregister": commands.unregister,
+        "list": commands.list_clusters,
+        "discover": commands.discover,
+        "replay": commands.replay,
+        "history": commands.history,
+    }
+    return await handlers[args.command](args, settings)
 
 
 async def _rotate(args: argparse.Namespace, settings: Settings) -> int:
@@ -109,6 +153,14 @@ async def _rotate(args: argparse.Namespace, settings: Settings) -> int:
         )
     except (InvalidResourceId, InvalidKeyUrl) as exc:
         raise UsageError(str(exc)) from exc
+    if settings.storage_configured:
+        from rotation.commands import rotate_recorded  # noqa: PLC0415
+        from rotation.jobs import Job  # noqa: PLC0415
+
+        job = Job.new(str(cluster_id), trigger="manual", target_key_url=str(target) if target else None)
+        result = await rotate_recorded(args, settings, job)
+        _print_results([result], as_json=args.json)
+        return EXIT_FAILED if result.outcome.needs_attention else EXIT_OK
     runtime = Runtime.create(settings)
     try:
         result = await runtime.rotator.rotate(

@@ -1,0 +1,102 @@
+"""Azure Functions entry points (v2 programming model): bind triggers, delegate to `rotation.service`.
+
+Each function parses its trigger argument, calls one method of the process's `Service` (clients built once
+per process), and translates the outcome into the Functions contract: return to acknowledge, raise to have
+the platform redeliver (Event Grid retries, the queue redelivers and finally moves the job to
+``rotation-jobs-poison``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import azure.functions as func
+
+from rotation import http_api
+from rotation.service import service_for_loop
+from rotation.settings import Settings
+
+app = func.FunctionApp()
+logger = logging.getLogger("rotation.function_app")
+JOB_QUEUE = "rotation-jobs"
+
+
+def _settings() -> Settings:
+    return Settings.from_env(os.environ)
+
+
+def _event_dict(event: func.EventGridEvent | func.CloudEvent) -> dict[str, object]:
+    """The trigger object back as the JSON event it was, for the one parser in `rotation.events`."""
+    if isinstance(event, func.CloudEvent):
+        return {
+            "id": event.id,
+            "source": event.source,
+            "type": event.type,
+            "specversion": event.specversion,
+            "time": event.time.isoformat() if event.time else None,
+            "subject": event.subject,
+            "data": event.get_json(),
+        }
+    return {
+        "id": event.id,
+        "topic": event.topic,
+        "subject": event.subject,
+        "eventType": event.event_type,
+        "eventTime": event.event_time.isoformat() if event.event_time else None,
+        "data": event.get_json(),
+        "dataVersion": event.data_version,
+    }
+
+
+@app.function_name("on_key_event")
+@app.event_grid_trigger(arg_name="event")
+async def on_key_event(event: func.EventGridEvent, context: func.Context) -> None:
+    """Key Vault event -> one queued job per watched cluster of that key (returns well under 30 s)."""
+    service = await service_for_loop(_settings)
+    await service.handle_event(service.parse(_event_dict(event)), invocation_id=context.invocation_id)
+
+
+@app.function_name("rotate_cluster")
+@app.queue_trigger(arg_name="msg", queue_name=JOB_QUEUE, connection="AzureWebJobsStorage")
+async def rotate_cluster(msg: func.QueueMessage, context: func.Context) -> None:
+    """One job: claim, rotate, verify, record, release; raises after retries so the queue redelivers."""
+    service = await service_for_loop(_settings)
+    await service.handle_job(
+        msg.get_body(), dequeue_count=msg.dequeue_count or 1, invocation_id=context.invocation_id
+    )
+
+
+async def _http(handler: http_api.Handler, req: func.HttpRequest) -> func.HttpResponse:
+    service = await service_for_loop(_settings)
+    status, doc = await handler(service, req.method, dict(req.params), req.get_body())
+    return func.HttpResponse(json.dumps(doc, default=str), status_code=status, mimetype="application/json")
+
+
+@app.function_name("clusters")
+@app.route(route="clusters", methods=["GET", "POST", "DELETE"], auth_level=func.AuthLevel.FUNCTION)
+async def clusters(req: func.HttpRequest) -> func.HttpResponse:
+    """GET lists watched clusters, POST {clusterId, owner} registers one, DELETE ?clusterId= unregisters."""
+    return await _http(http_api.clusters, req)
+
+
+@app.function_name("history")
+@app.route(route="history", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+async def history(req: func.HttpRequest) -> func.HttpResponse:
+    """GET ?clusterId=...: the cluster's rotation history, newest first."""
+    return await _http(http_api.history, req)
+
+
+@app.function_name("rotate")
+@app.route(route="rotate", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+async def rotate(req: func.HttpRequest) -> func.HttpResponse:
+    """POST {clusterId, keyUrl?}: queue a rotation of one watched cluster now."""
+    return await _http(http_api.rotate, req)
+
+
+@app.function_name("health")
+@app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+async def health(req: func.HttpRequest) -> func.HttpResponse:
+    """GET: storage reachable, settings valid."""
+    return await _http(http_api.health, req)

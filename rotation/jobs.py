@@ -1,0 +1,263 @@
+"""The job queue ``rotation-jobs``: one message per cluster to rotate, on Azure Queue storage (aio).
+
+Messages are compact JSON, base64-encoded on the wire (the Functions queue trigger's default). A message
+that cannot be a job (not JSON, wrong types, a cluster id that is not a mongoClusters id, a bad key URL)
+is rejected by `Job.from_json` with a one-line reason, so a poison message is explained, not a KeyError.
+Permission: Storage Queue Data Contributor (or a connection string).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from azure.core.exceptions import ResourceExistsError
+
+from rotation.ids import (
+    DEFAULT_VAULT_SUFFIXES,
+    InvalidKeyUrl,
+    InvalidResourceId,
+    parse_cluster_id,
+    parse_key_url,
+)
+from rotation.storage import queue_client, storage_errors
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from azure.storage.queue.aio import QueueServiceClient
+
+QUEUE_NAME = "rotation-jobs"
+TRIGGERS = frozenset({"event", "reconcile", "manual", "replay", "check"})
+MAX_DELAY_SECONDS = 7 * 24 * 3600  # the queue's limit on a message's initial invisibility
+_QUOTE_LIMIT = 80
+
+
+class JobRejected(ValueError):
+    """A queue message is not a valid job; the message says why in one line."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """Rotate one cluster (or, with ``operation_url``, resume following its accepted operation)."""
+
+    cluster_id: str
+    target_key_url: str | None  # None = the newest usable version of the cluster's key
+    trigger: str  # one of TRIGGERS
+    event_id: str | None
+    enqueued_at: datetime
+    operation_url: str | None = None  # set on "check" jobs: resume polling this operation (rule 7), never PUT
+    backoffs: int = 0  # times this job was re-queued because another worker held the cluster
+
+    @classmethod
+    def new(
+        cls,
+        cluster_id: str,
+        *,
+        trigger: str,
+        target_key_url: str | None = None,
+        event_id: str | None = None,
+        operation_url: str | None = None,
+    ) -> Job:
+        """A job enqueued now."""
+        return cls(
+            cluster_id=cluster_id,
+            target_key_url=target_key_url,
+            trigger=trigger,
+            event_id=event_id,
+            enqueued_at=datetime.now(UTC),
+            operation_url=operation_url,
+        )
+
+    def to_json(self) -> str:
+        """The message body: compact JSON, ``enqueued_at`` in ISO 8601 UTC."""
+        return json.dumps(
+            {
+                "cluster_id": self.cluster_id,
+                "target_key_url": self.target_key_url,
+                "trigger": self.trigger,
+                "event_id": self.event_id,
+                "enqueued_at": self.enqueued_at.astimezone(UTC).isoformat(),
+                "operation_url": self.operation_url,
+                "backoffs": self.backoffs,
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes, *, allowed_suffixes: Sequence[str] = DEFAULT_VAULT_SUFFIXES) -> Job:
+        """Parse a message body; raise `JobRejected` with a one-line reason when it is not a valid job.
+
+        A target key URL must name a version (no target means the newest usable one). Unknown fields are
+        ignored (a newer sender may add some).
+        """
+        data = _load_object(text)
+        cluster_id = _required_str(data, "cluster_id")
+        try:
+            parse_cluster_id(cluster_id)
+        except InvalidResourceId as exc:
+            raise JobRejected(f"job cluster_id: {exc}") from None
+        target = _optional_str(data, "target_key_url")
+        if target is not None:
+            try:
+                parse_key_url(target, allowed_suffixes=allowed_suffixes, require_version=True)
+            except InvalidKeyUrl as exc:
+                raise JobRejected(f"job target_key_url: {exc}") from None
+        trigger, operation_url = _trigger_and_operation(data)
+        return cls(
+            cluster_id=cluster_id,
+            target_key_url=target,
+            trigger=trigger,
+            event_id=_optional_str(data, "event_id"),
+            enqueued_at=_enqueued_at(data),
+            operation_url=operation_url,
+            backoffs=_backoffs(data),
+        )
+
+
+def _load_object(text: str | bytes) -> dict[str, Any]:
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise JobRejected("job message is not UTF-8 text") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise JobRejected(f"job message is not JSON: {exc.msg} at position {exc.pos}") from None
+    except RecursionError:
+        raise JobRejected("job message is not JSON: nested too deeply") from None
+    if not isinstance(data, dict):
+        raise JobRejected(f"job message is a JSON {_json_type(data)}, expected an object")
+    return data
+
+
+def _trigger_and_operation(data: dict[str, Any]) -> tuple[str, str | None]:
+    trigger = _required_str(data, "trigger")
+    if trigger not in TRIGGERS:
+        raise JobRejected(f"job trigger {_quote(trigger)} is not one of {', '.join(sorted(TRIGGERS))}")
+    operation_url = _optional_str(data, "operation_url")
+    if operation_url is not None and not operation_url.startswith("https://"):
+        raise JobRejected(f"job operation_url is not an https URL: {_quote(operation_url)}")
+    if trigger == "check" and operation_url is None:
+        raise JobRejected("job with trigger 'check' has no operation_url")
+    return trigger, operation_url
+
+
+def _backoffs(data: dict[str, Any]) -> int:
+    value = data.get("backoffs")
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise JobRejected(f"job backoffs must be a non-negative integer, got {_quote(json.dumps(value))}")
+    return value
+
+
+def _quote(value: str) -> str:
+    """``repr()`` of ``value`` cut to a bounded length, safe in a log line."""
+    if len(value) > _QUOTE_LIMIT:
+        value = value[: _QUOTE_LIMIT - 3] + "..."
+    return repr(value)
+
+
+def _json_type(value: object) -> str:
+    names = {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _required_str(data: dict[str, Any], name: str) -> str:
+    if name not in data or data[name] is None:
+        raise JobRejected(f"job message has no {name}")
+    value = data[name]
+    if not isinstance(value, str) or not value.strip():
+        raise JobRejected(f"job {name} must be a non-empty string, got a JSON {_json_type(value)}")
+    return value.strip()
+
+
+def _optional_str(data: dict[str, Any], name: str) -> str | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise JobRejected(f"job {name} must be a string or null, got a JSON {_json_type(value)}")
+    return value.strip() or None
+
+
+def _enqueued_at(data: dict[str, Any]) -> datetime:
+    raw = _required_str(data, "enqueued_at")
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise JobRejected(f"job enqueued_at is not an ISO 8601 time: {_quote(raw)}") from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class JobQueue:
+    """Sends jobs to the rotation queue. Takes ownership of ``queues`` (`close` closes it).
+
+    The queue is created on first use, once per instance.
+    """
+
+    def __init__(self, queues: QueueServiceClient, *, name: str = QUEUE_NAME) -> None:
+        self._service = queues
+        self._name = name
+        self._queue = queue_client(queues, name)
+        self._ready = False
+        self._ready_lock = asyncio.Lock()
+
+    @property
+    def name(self) -> str:
+        """The queue's name."""
+        return self._name
+
+    @property
+    def poison_name(self) -> str:
+        """The queue the Functions host moves a message to after ``maxDequeueCount`` failures."""
+        return f"{self._name}-poison"
+
+    async def close(self) -> None:
+        """Close the queue client and the service client."""
+        await self._queue.close()
+        await self._service.close()
+
+    async def _ensure(self) -> None:
+        if self._ready:
+            return
+        async with self._ready_lock:
+            if not self._ready:
+                with storage_errors(f"create queue {self._name}"), contextlib.suppress(ResourceExistsError):
+                    await self._queue.create_queue()
+                self._ready = True
+
+    async def send(self, job: Job, *, delay: float = 0.0) -> None:
+        """Enqueue ``job``, invisible for ``delay`` seconds (rounded up; at most 7 days)."""
+        await self._ensure()
+        visibility = min(math.ceil(delay), MAX_DELAY_SECONDS) if delay > 0 else None
+        with storage_errors(f"send job for {job.cluster_id} to {self._name}"):
+            await self._queue.send_message(job.to_json(), visibility_timeout=visibility)
+
+    async def send_many(self, jobs: Sequence[Job], *, concurrency: int = 32) -> int:
+        """Enqueue every job, ``concurrency`` at a time; return how many were sent.
+
+        Every send is attempted; if any failed, the first failure is raised after the others finish
+        (the jobs that went out stay queued: a duplicate later is harmless, rule 2).
+        """
+        if not jobs:
+            return 0
+        await self._ensure()
+        gate = asyncio.Semaphore(max(1, concurrency))
+
+        async def one(job: Job) -> None:
+            async with gate:
+                await self.send(job)
+
+        results = await asyncio.gather(*(one(job) for job in jobs), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return len(results)

@@ -1,0 +1,664 @@
+r"""The watch registry and the rotation history, on Azure Table storage (``azure-data-tables`` aio).
+
+Layout (all keys lower-case; ``/`` in an ARM id becomes ``|``, which ARM ids cannot contain, because
+table keys must not contain ``/ \ # ?`` or control characters):
+
+- table ``watchedclusters``
+    - watch rows: PartitionKey ``{vault host}|{key name}`` (the key identity), RowKey the encoded cluster id.
+      Finding the clusters of a key is one single-partition query.
+    - cluster rows: PartitionKey ``clusters``, RowKey the encoded cluster id, holding the pointer to the
+      cluster's watch partition (``KeyPartition``, empty when unwatched) and its claim (rule 8:
+      ``ClaimOwner``, ``ClaimExpires``). Watched and unwatched clusters claim the same way, and history
+      or registration writes never disturb a claim's ETag.
+- table ``rotationhistory``: PartitionKey the encoded cluster id, RowKey an inverted timestamp plus a
+  random suffix, so a plain partition query returns newest first. Rows are only ever inserted.
+
+Every storage failure reaches the caller as `ServiceError` (``service="storage"``); nothing is swallowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import UpdateMode
+
+from rotation.errors import ServiceError
+from rotation.ids import InvalidResourceId, parse_cluster_id
+from rotation.outcomes import Outcome
+from rotation.storage import SERVICE, storage_errors
+
+if TYPE_CHECKING:
+    import builtins
+    from collections.abc import AsyncIterator, Callable, Mapping
+
+    from azure.data.tables import TableEntity
+    from azure.data.tables.aio import TableClient, TableServiceClient
+
+    from rotation.ids import ResourceId
+    from rotation.outcomes import RotationResult
+
+WATCH_TABLE = "watchedclusters"
+HISTORY_TABLE = "rotationhistory"
+CLUSTER_PARTITION = "clusters"  # never a key identity: those always contain '|'
+_MAX_TICKS = 10**19 - 1  # microseconds since the epoch stay below this until far beyond year 9999
+_MAX_TEXT = 8000  # characters kept of a reason or error message (a table string holds 32K)
+_WRITE_ATTEMPTS = 5  # read-modify-write rounds before giving up on a row others keep changing
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_UPDATES_OUTCOME_VERSION = frozenset({Outcome.ROTATED, Outcome.ALREADY_CURRENT})
+
+
+class ClaimState(StrEnum):
+    """The state of a watched cluster's row.
+
+    The registry sets ``watching`` and ``pending``; ``rotating`` is part of the vocabulary for callers that
+    show a claimed cluster (claims live on the cluster row, see the module docstring).
+    """
+
+    WATCHING = "watching"
+    ROTATING = "rotating"
+    PENDING = "pending"
+
+
+@dataclass(frozen=True)
+class WatchedCluster:
+    """One registered cluster, as stored."""
+
+    cluster_id: str  # as given at registration (original casing)
+    subscription: str
+    vault_host: str  # e.g. contoso-kv.vault.azure.net
+    key_name: str
+    current_version: str | None  # None for a versionless cluster
+    identity: str | None  # the CMK user-assigned identity id
+    owner: str | None
+    state: str  # ClaimState value
+    last_outcome: str | None  # Outcome value
+    last_reason: str | None
+    last_outcome_at: datetime | None
+    registered_at: datetime
+    updated_at: datetime
+    operation_url: str | None  # while an accepted operation runs (rule 7)
+    target_key_url: str | None  # the target of that operation
+    etag: str | None = None  # of the row as read
+
+    @property
+    def key(self) -> str:
+        """``{vault host}/{key name}``, as `RotationResult.key` spells it."""
+        return f"{self.vault_host}/{self.key_name}"
+
+    @property
+    def key_url(self) -> str:
+        """The key URL the registry last saw on the cluster (versioned unless versionless)."""
+        base = f"https://{self.vault_host}/keys/{self.key_name}"
+        return f"{base}/{self.current_version}" if self.current_version else base
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One rotation attempt of one cluster, as appended to the history."""
+
+    cluster_id: str
+    at: datetime
+    outcome: str
+    reason: str
+    trigger: str | None
+    event_id: str | None
+    invocation_id: str | None
+    from_version: str | None
+    to_version: str | None
+    key: str | None
+    attempts: int
+    duration_s: float
+    error_code: str | None
+    error_message: str | None
+    request_id: str | None
+    operation_url: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict; ``at`` in ISO 8601."""
+        return {
+            "cluster_id": self.cluster_id,
+            "at": self.at.isoformat(),
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "trigger": self.trigger,
+            "event_id": self.event_id,
+            "invocation_id": self.invocation_id,
+            "from_version": self.from_version,
+            "to_version": self.to_version,
+            "key": self.key,
+            "attempts": self.attempts,
+            "duration_s": round(self.duration_s, 3),
+            "error_code": self.error_code,
+            "error_message": self.error_message,
+            "request_id": self.request_id,
+            "operation_url": self.operation_url,
+        }
+
+
+def key_partition(vault_host: str, key_name: str) -> str:
+    """The watch-table PartitionKey of a key: ``{vault host}|{key name}``, lower-cased."""
+    return f"{vault_host.strip().lower()}|{key_name.strip().lower()}"
+
+
+def cluster_row_key(cluster_id: ResourceId) -> str:
+    """The table key of a cluster: its normalized id with ``/`` replaced by ``|``."""
+    return cluster_id.normalized.replace("/", "|")
+
+
+def _row_key_for_text(cluster_id: str) -> str:
+    """`cluster_row_key` of an id string; one that does not parse is made safe character by character."""
+    try:
+        return cluster_row_key(parse_cluster_id(cluster_id))
+    except InvalidResourceId:
+        safe = "".join("_" if ch in "\\#?" or ch < " " or ch == "\x7f" else ch for ch in cluster_id)
+        return safe.lower().replace("/", "|")[:512] or "_"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _utc(value: object) -> datetime | None:
+    """A stored datetime as a plain timezone-aware UTC `datetime` (None when absent)."""
+    if not isinstance(value, datetime):
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    v = value.astimezone(UTC)
+    return datetime(v.year, v.month, v.day, v.hour, v.minute, v.second, v.microsecond, tzinfo=UTC)
+
+
+def _text(value: object) -> str | None:
+    """A stored string; empty means absent."""
+    return value if isinstance(value, str) and value else None
+
+
+def _clip(value: str | None) -> str | None:
+    return value[:_MAX_TEXT] if value is not None else None
+
+
+def _inverted_ticks(at: datetime) -> str:
+    micros = int((at - _EPOCH) / timedelta(microseconds=1))
+    return f"{_MAX_TICKS - micros:019d}"
+
+
+def _watch_entity(cluster: WatchedCluster) -> dict[str, Any]:
+    """The watch-row entity of ``cluster`` (None fields are left out, so a REPLACE clears them)."""
+    return {
+        "PartitionKey": key_partition(cluster.vault_host, cluster.key_name),
+        "RowKey": _row_key_for_text(cluster.cluster_id),
+        "ClusterId": cluster.cluster_id,
+        "Subscription": cluster.subscription,
+        "VaultHost": cluster.vault_host,
+        "KeyName": cluster.key_name,
+        "CurrentVersion": cluster.current_version,
+        "Identity": cluster.identity,
+        "Owner": cluster.owner,
+        "State": cluster.state,
+        "LastOutcome": cluster.last_outcome,
+        "LastReason": _clip(cluster.last_reason),
+        "LastOutcomeAt": cluster.last_outcome_at,
+        "RegisteredAt": cluster.registered_at,
+        "UpdatedAt": cluster.updated_at,
+        "OperationUrl": cluster.operation_url,
+        "TargetKeyUrl": cluster.target_key_url,
+    }
+
+
+def _watched(entity: Mapping[str, Any], etag: str | None) -> WatchedCluster:
+    registered = _utc(entity.get("RegisteredAt")) or _EPOCH
+    return WatchedCluster(
+        cluster_id=str(entity.get("ClusterId", "")),
+        subscription=str(entity.get("Subscription", "")),
+        vault_host=str(entity.get("VaultHost", "")),
+        key_name=str(entity.get("KeyName", "")),
+        current_version=_text(entity.get("CurrentVersion")),
+        identity=_text(entity.get("Identity")),
+        owner=_text(entity.get("Owner")),
+        state=_text(entity.get("State")) or ClaimState.WATCHING.value,
+        last_outcome=_text(entity.get("LastOutcome")),
+        last_reason=_text(entity.get("LastReason")),
+        last_outcome_at=_utc(entity.get("LastOutcomeAt")),
+        registered_at=registered,
+        updated_at=_utc(entity.get("UpdatedAt")) or registered,
+        operation_url=_text(entity.get("OperationUrl")),
+        target_key_url=_text(entity.get("TargetKeyUrl")),
+        etag=etag,
+    )
+
+
+def _history_entity(entry: HistoryEntry, partition: str) -> dict[str, Any]:
+    return {
+        "PartitionKey": partition,
+        "RowKey": f"{_inverted_ticks(entry.at)}-{secrets.token_hex(4)}",
+        "ClusterId": entry.cluster_id,
+        "At": entry.at,
+        "Outcome": entry.outcome,
+        "Reason": _clip(entry.reason),
+        "Trigger": entry.trigger,
+        "EventId": entry.event_id,
+        "InvocationId": entry.invocation_id,
+        "FromVersion": entry.from_version,
+        "ToVersion": entry.to_version,
+        "Key": entry.key,
+        "Attempts": entry.attempts,
+        "DurationS": float(entry.duration_s),
+        "ErrorCode": entry.error_code,
+        "ErrorMessage": _clip(entry.error_message),
+        "RequestId": entry.request_id,
+        "OperationUrl": entry.operation_url,
+    }
+
+
+def _history_entry(entity: Mapping[str, Any]) -> HistoryEntry:
+    attempts = entity.get("Attempts")
+    duration = entity.get("DurationS")
+    return HistoryEntry(
+        cluster_id=str(entity.get("ClusterId", "")),
+        at=_utc(entity.get("At")) or _EPOCH,
+        outcome=str(entity.get("Outcome", "")),
+        reason=str(entity.get("Reason", "")),
+        trigger=_text(entity.get("Trigger")),
+        event_id=_text(entity.get("EventId")),
+        invocation_id=_text(entity.get("InvocationId")),
+        from_version=_text(entity.get("FromVersion")),
+        to_version=_text(entity.get("ToVersion")),
+        key=_text(entity.get("Key")),
+        attempts=int(attempts) if isinstance(attempts, int | float) else 0,
+        duration_s=float(duration) if isinstance(duration, int | float) else 0.0,
+        error_code=_text(entity.get("ErrorCode")),
+        error_message=_text(entity.get("ErrorMessage")),
+        request_id=_text(entity.get("RequestId")),
+        operation_url=_text(entity.get("OperationUrl")),
+    )
+
+
+def _etag(entity: TableEntity) -> str | None:
+    etag = entity.metadata.get("etag")
+    return etag if isinstance(etag, str) else None
+
+
+class Registry:
+    """Watched clusters, their claims and their rotation history.
+
+    Takes ownership of ``tables`` (`close` closes it). Tables are created on first use, once per instance.
+    Permission: Storage Table Data Contributor (or a connection string).
+    """
+
+    def __init__(
+        self,
+        tables: TableServiceClient,
+        *,
+        watch_table: str = WATCH_TABLE,
+        history_table: str = HISTORY_TABLE,
+    ) -> None:
+        self._service = tables
+        self._watch = tables.get_table_client(watch_table)
+        self._history = tables.get_table_client(history_table)
+        self._ready = False
+        self._ready_lock = asyncio.Lock()
+
+    async def close(self) -> None:
+        """Close the table clients and the service client."""
+        await self._watch.close()
+        await self._history.close()
+        await self._service.close()
+
+    async def _tables(self) -> tuple[TableClient, TableClient]:
+        """The watch and history tables, created if missing on the first call."""
+        if not self._ready:
+            async with self._ready_lock:
+                if not self._ready:
+                    for table in (self._watch, self._history):
+                        with (
+                            storage_errors(f"create table {table.table_name}"),
+                            contextlib.suppress(ResourceExistsError),
+                        ):
+                            await table.create_table()
+                    self._ready = True
+        return self._watch, self._history
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    async def _read(self, table: TableClient, partition: str, row: str) -> TableEntity | None:
+        with storage_errors(f"read {table.table_name} row"):
+            try:
+                return await table.get_entity(partition, row)
+            except ResourceNotFoundError:
+                return None
+
+    async def _locate(self, row: str) -> tuple[TableEntity | None, TableEntity | None]:
+        """The cluster row of ``row`` and, when watched, its watch row."""
+        watch, _ = await self._tables()
+        pointer = await self._read(watch, CLUSTER_PARTITION, row)
+        partition = _text(pointer.get("KeyPartition")) if pointer is not None else None
+        if partition is None:
+            return pointer, None
+        return pointer, await self._read(watch, partition, row)
+
+    async def get(self, cluster_id: ResourceId) -> WatchedCluster | None:
+        """The registered cluster, or None when it is not watched."""
+        _, entity = await self._locate(cluster_row_key(cluster_id))
+        return _watched(entity, _etag(entity)) if entity is not None else None
+
+    async def for_key(self, vault_host: str, key_name: str) -> builtins.list[WatchedCluster]:
+        """Every cluster watched on the key ``vault_host``/``key_name`` (case-insensitive).
+
+        One single-partition query (paged by the service past 1000 rows).
+        """
+        watch, _ = await self._tables()
+        with storage_errors(f"query {watch.table_name} for key {vault_host}/{key_name}"):
+            pages = watch.query_entities(
+                "PartitionKey eq @pk",
+                parameters={"pk": key_partition(vault_host, key_name)},
+                results_per_page=1000,
+            )
+            return [_watched(entity, _etag(entity)) async for entity in pages]
+
+    async def list(self, *, page_size: int = 200) -> AsyncIterator[WatchedCluster]:
+        """Every watched cluster, grouped by key, ``page_size`` rows per storage request."""
+        watch, _ = await self._tables()
+        with storage_errors(f"list {watch.table_name}"):
+            pages = watch.query_entities(
+                "PartitionKey ne @pk", parameters={"pk": CLUSTER_PARTITION}, results_per_page=page_size
+            )
+            async for entity in pages:
+                yield _watched(entity, _etag(entity))
+
+    async def history(self, cluster_id: ResourceId, *, limit: int = 50) -> builtins.list[HistoryEntry]:
+        """The cluster's last ``limit`` rotation records, newest first."""
+        _, history = await self._tables()
+        out: builtins.list[HistoryEntry] = []
+        if limit <= 0:
+            return out
+        with storage_errors(f"query {history.table_name}"):
+            pages = history.query_entities(
+                "PartitionKey eq @pk",
+                parameters={"pk": cluster_row_key(cluster_id)},
+                results_per_page=min(limit, 1000),
+            )
+            async for entity in pages:
+                out.append(_history_entry(entity))
+                if len(out) >= limit:
+                    break
+        return out
+
+    # -- registration ------------------------------------------------------------------------------
+
+    async def upsert(
+        self,
+        *,
+        cluster_id: ResourceId,
+        vault_host: str,
+        key_name: str,
+        current_version: str | None,
+        identity: str | None,
+        owner: str | None,
+    ) -> WatchedCluster:
+        """Register or re-register a cluster (idempotent).
+
+        Keeps the registration time, last outcome and any operation in flight. When the cluster's key
+        changed, its row moves to the new key's partition and the old row is deleted.
+        """
+        row = cluster_row_key(cluster_id)
+        watch, _ = await self._tables()
+        for _attempt in range(_WRITE_ATTEMPTS):
+            _, old = await self._locate(row)
+            now = _now()
+            previous = _watched(old, _etag(old)) if old is not None else None
+            cluster = WatchedCluster(
+                cluster_id=str(cluster_id),
+                subscription=cluster_id.subscription,
+                vault_host=vault_host.lower(),
+                key_name=key_name,
+                current_version=current_version.lower() if current_version else None,
+                identity=identity,
+                owner=owner,
+                state=previous.state if previous else ClaimState.WATCHING.value,
+                last_outcome=previous.last_outcome if previous else None,
+                last_reason=previous.last_reason if previous else None,
+                last_outcome_at=previous.last_outcome_at if previous else None,
+                registered_at=previous.registered_at if previous else now,
+                updated_at=now,
+                operation_url=previous.operation_url if previous else None,
+                target_key_url=previous.target_key_url if previous else None,
+            )
+            entity = _watch_entity(cluster)
+            moved = old is not None and old["PartitionKey"] != entity["PartitionKey"]
+            with storage_errors(f"register {cluster_id}"):
+                try:
+                    if old is not None and not moved:
+                        meta = await watch.update_entity(
+                            entity,
+                            mode=UpdateMode.REPLACE,
+                            etag=_etag(old),
+                            match_condition=MatchConditions.IfNotModified,
+                        )
+                    else:
+                        meta = await watch.upsert_entity(entity, mode=UpdateMode.REPLACE)
+                except ResourceModifiedError:
+                    continue
+                await self._point(row, str(cluster_id), entity["PartitionKey"])
+                if old is not None and moved:
+                    with contextlib.suppress(ResourceNotFoundError):
+                        await watch.delete_entity(old["PartitionKey"], row)
+            etag = meta.get("etag")
+            return replace(cluster, etag=etag if isinstance(etag, str) else None)
+        raise _conflict(f"register {cluster_id}")
+
+    async def _point(self, row: str, cluster_id: str, partition: str) -> None:
+        """Set (or clear, with ``partition=""``) the cluster row's pointer; claim fields are untouched."""
+        watch, _ = await self._tables()
+        await watch.upsert_entity(
+            {
+                "PartitionKey": CLUSTER_PARTITION,
+                "RowKey": row,
+                "ClusterId": cluster_id,
+                "KeyPartition": partition,
+            },
+            mode=UpdateMode.MERGE,
+        )
+
+    async def remove(self, cluster_id: ResourceId) -> bool:
+        """Stop watching a cluster; False when it was not watched. Its history and claim stay."""
+        row = cluster_row_key(cluster_id)
+        watch, _ = await self._tables()
+        pointer, entity = await self._locate(row)
+        if pointer is None:
+            return False
+        with storage_errors(f"unregister {cluster_id}"):
+            if entity is not None:
+                try:
+                    await watch.delete_entity(entity["PartitionKey"], row)
+                except ResourceNotFoundError:
+                    entity = None
+            if _text(pointer.get("KeyPartition")) is not None:
+                await self._point(row, str(pointer.get("ClusterId") or cluster_id), "")
+        return entity is not None
+
+    # -- outcomes ----------------------------------------------------------------------------------
+
+    async def _update_watched(
+        self, row: str, action: str, change: Callable[[WatchedCluster], WatchedCluster]
+    ) -> bool:
+        """Read-modify-REPLACE the watch row of ``row`` conditionally; False when it is not watched."""
+        watch, _ = await self._tables()
+        for _attempt in range(_WRITE_ATTEMPTS):
+            _, entity = await self._locate(row)
+            if entity is None:
+                return False
+            updated = change(_watched(entity, _etag(entity)))
+            with storage_errors(action):
+                try:
+                    await watch.update_entity(
+                        _watch_entity(updated),
+                        mode=UpdateMode.REPLACE,
+                        etag=_etag(entity),
+                        match_condition=MatchConditions.IfNotModified,
+                    )
+                except ResourceModifiedError:
+                    continue
+                except ResourceNotFoundError:  # unregistered or moved meanwhile: read again
+                    continue
+            return True
+        raise _conflict(action)
+
+    async def record(
+        self,
+        result: RotationResult,
+        *,
+        trigger: str | None,
+        event_id: str | None,
+        invocation_id: str | None,
+    ) -> None:
+        """Append ``result`` to the history and, when the cluster is watched, update its row.
+
+        The row gets the last outcome; its current version follows a `rotated` or `already-current`
+        result; a `pending` result keeps the operation to resume (state ``pending``), any other clears it.
+        """
+        now = _now()
+        entry = HistoryEntry(
+            cluster_id=result.cluster_id,
+            at=now,
+            outcome=result.outcome.value,
+            reason=result.reason,
+            trigger=trigger,
+            event_id=event_id,
+            invocation_id=invocation_id,
+            from_version=result.from_version,
+            to_version=result.to_version,
+            key=result.key,
+            attempts=result.attempts,
+            duration_s=result.duration_s,
+            error_code=result.error_code,
+            error_message=result.error_message,
+            request_id=result.request_id,
+            operation_url=result.operation_url,
+        )
+        row = _row_key_for_text(result.cluster_id)
+        _, history = await self._tables()
+        with storage_errors(f"append history of {result.cluster_id}"):
+            await history.create_entity(_history_entity(entry, row))
+
+        def change(cluster: WatchedCluster) -> WatchedCluster:
+            pending = result.outcome is Outcome.PENDING
+            version = cluster.current_version
+            if result.outcome in _UPDATES_OUTCOME_VERSION and result.to_version:
+                version = result.to_version.lower()
+            return replace(
+                cluster,
+                current_version=version,
+                state=ClaimState.PENDING.value if pending else ClaimState.WATCHING.value,
+                last_outcome=result.outcome.value,
+                last_reason=result.reason,
+                last_outcome_at=now,
+                updated_at=now,
+                operation_url=(result.operation_url or cluster.operation_url) if pending else None,
+                target_key_url=(result.target_key_url or cluster.target_key_url) if pending else None,
+            )
+
+        await self._update_watched(row, f"record outcome of {result.cluster_id}", change)
+
+    async def set_operation(self, cluster_id: ResourceId, *, operation_url: str, target_key_url: str) -> None:
+        """Record an accepted operation before polling it (rule 7); state becomes ``pending``.
+
+        A cluster that is not watched has no row to hold it: nothing is written.
+        """
+
+        def change(cluster: WatchedCluster) -> WatchedCluster:
+            return replace(
+                cluster,
+                state=ClaimState.PENDING.value,
+                operation_url=operation_url,
+                target_key_url=target_key_url,
+                updated_at=_now(),
+            )
+
+        await self._update_watched(cluster_row_key(cluster_id), f"record operation of {cluster_id}", change)
+
+    # -- claims (rule 8) ---------------------------------------------------------------------------
+
+    async def claim(self, cluster_id: ResourceId, *, owner: str, ttl: float = 600.0) -> bool:
+        """Claim the cluster for ``owner`` for ``ttl`` seconds: one writer per cluster (rule 8).
+
+        Succeeds when the cluster is unclaimed, its claim expired, or it is already ``owner``'s. The write
+        is ETag-conditional (or an insert), so of two racing claimants exactly one wins. Works the same
+        for unwatched clusters (their cluster row holds only the claim).
+        """
+        row = cluster_row_key(cluster_id)
+        watch, _ = await self._tables()
+        now = _now()
+        claim = {
+            "PartitionKey": CLUSTER_PARTITION,
+            "RowKey": row,
+            "ClaimOwner": owner,
+            "ClaimExpires": now + timedelta(seconds=ttl),
+        }
+        current = await self._read(watch, CLUSTER_PARTITION, row)
+        with storage_errors(f"claim {cluster_id}"):
+            if current is None:
+                try:
+                    await watch.create_entity({**claim, "ClusterId": str(cluster_id), "KeyPartition": ""})
+                except ResourceExistsError:
+                    return False
+                return True
+            holder = _text(current.get("ClaimOwner"))
+            expires = _utc(current.get("ClaimExpires"))
+            if holder is not None and holder != owner and expires is not None and expires > now:
+                return False
+            try:
+                await watch.update_entity(
+                    claim,
+                    mode=UpdateMode.MERGE,
+                    etag=_etag(current),
+                    match_condition=MatchConditions.IfNotModified,
+                )
+            except (ResourceModifiedError, ResourceNotFoundError):
+                return False
+        return True
+
+    async def release(self, cluster_id: ResourceId, *, owner: str) -> None:
+        """Drop ``owner``'s claim on the cluster; someone else's claim is left alone."""
+        row = cluster_row_key(cluster_id)
+        watch, _ = await self._tables()
+        for _attempt in range(_WRITE_ATTEMPTS):
+            current = await self._read(watch, CLUSTER_PARTITION, row)
+            if current is None or _text(current.get("ClaimOwner")) != owner:
+                return
+            with storage_errors(f"release {cluster_id}"):
+                try:
+                    await watch.update_entity(
+                        {
+                            "PartitionKey": CLUSTER_PARTITION,
+                            "RowKey": row,
+                            "ClaimOwner": "",
+                            "ClaimExpires": _EPOCH,
+                        },
+                        mode=UpdateMode.MERGE,
+                        etag=_etag(current),
+                        match_condition=MatchConditions.IfNotModified,
+                    )
+                except ResourceModifiedError:
+                    continue  # the row changed (a pointer write?): read again, still only ours to clear
+                except ResourceNotFoundError:
+                    return
+            return
+        raise _conflict(f"release {cluster_id}")
+
+
+def _conflict(action: str) -> ServiceError:
+    """Conditional writes kept losing to other writers: a transient conflict, to retry later."""
+    return ServiceError(
+        f"{action}: the row kept changing under {_WRITE_ATTEMPTS} conditional writes",
+        service=SERVICE,
+        status=409,
+        code="UpdateConditionNotSatisfied",
+    )

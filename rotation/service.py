@@ -1,0 +1,430 @@
+"""What the functions and the CLI do: fan an event out to jobs, run one job, register clusters.
+
+One `Service` per process (and event loop) holds the clients; `function_app.py` and `rotation.cli` only
+translate their inputs and outputs. Storage failures propagate as `ServiceError` so the platform redelivers
+(rule 10); everything the caller sent that cannot be acted on is answered with an outcome and a reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from rotation.engine import RotationRequest
+from rotation.errors import NotFoundError, TransientFailure
+from rotation.events import EventIgnored, EventKind, EventRejected, KeyVersionEvent, parse_event
+from rotation.ids import InvalidKeyUrl, parse_cluster_id, parse_key_url
+from rotation.jobs import Job, JobQueue, JobRejected
+from rotation.outcomes import Outcome, RotationResult
+from rotation.registry import Registry, WatchedCluster
+from rotation.runtime import Runtime
+from rotation.storage import storage_clients, storage_credential
+
+if TYPE_CHECKING:
+    from azure.core.credentials_async import AsyncTokenCredential
+
+    from rotation.arm import Cluster
+    from rotation.ids import KeyUrl, ResourceId
+    from rotation.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+CLAIM_TTL_S = 900.0  # longer than one invocation's polling budget, shorter than an on-call's patience
+BACKOFF_S = 15.0  # a job whose cluster another worker holds comes back after this long
+MAX_BACKOFFS = 40  # a claim lapses after CLAIM_TTL_S, so this is never reached by a healthy system
+
+
+class RegistrationRefused(Exception):
+    """The cluster cannot be watched; the message is the one-line reason."""
+
+
+class ClusterBusy(Exception):
+    """Another worker holds the cluster's claim (rule 8); try again later."""
+
+
+@dataclass(frozen=True)
+class EventReport:
+    """What one event led to: the outcome for the event itself and the clusters it reached."""
+
+    event_id: str | None
+    outcome: str  # "queued", Outcome.IGNORED, Outcome.REJECTED, "warned"
+    reason: str
+    event_type: str | None = None
+    key: str | None = None
+    clusters: list[str] = field(default_factory=list)
+    jobs: list[Job] = field(default_factory=list)
+    duration_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (jobs are summarised by their count)."""
+        return {
+            "event_id": self.event_id,
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "event_type": self.event_type,
+            "key": self.key,
+            "clusters": self.clusters,
+            "queued": len(self.jobs),
+            "duration_s": round(self.duration_s, 4),
+        }
+
+
+class Service:
+    """The daemon's behaviour over one runtime, one registry and one job queue."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        registry: Registry,
+        queue: JobQueue,
+        *,
+        worker_id: str | None = None,
+        storage_credential: AsyncTokenCredential | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.registry = registry
+        self.queue = queue
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._storage_credential = storage_credential
+
+    @property
+    def settings(self) -> Settings:
+        """The process settings."""
+        return self.runtime.settings
+
+    @classmethod
+    def create(cls, settings: Settings) -> Service:
+        """Build every client for ``settings`` (no I/O until the first call)."""
+        runtime = Runtime.create(settings)
+        credential = None if settings.storage_connection else storage_credential(settings, runtime.credential)
+        tables, queues = storage_clients(settings, credential)
+        own = credential if credential is not None and credential is not runtime.credential else None
+        return cls(runtime, Registry(tables), JobQueue(queues), storage_credential=own)
+
+    async def close(self) -> None:
+        """Close every client (the registry and queue close their service clients)."""
+        await self.registry.close()
+        await self.queue.close()
+        if self._storage_credential is not None:
+            await self._storage_credential.close()
+        await self.runtime.close()
+
+    # ---- events -------------------------------------------------------------------------------------
+
+    def parse(self, raw: object) -> KeyVersionEvent | EventRejected | EventIgnored:
+        """Parse one raw event, returning the rejection or ignore reason instead of raising it."""
+        try:
+            return parse_event(raw, allowed_suffixes=self.settings.allowed_vault_suffixes)
+        except (EventRejected, EventIgnored) as exc:
+            return exc
+
+    async def handle_event(
+        self, event: KeyVersionEvent | EventRejected | EventIgnored, *, invocation_id: str | None = None
+    ) -> EventReport:
+        """Resolve the watched clusters of the event's key and queue one job per cluster.
+
+        Malformed events are answered ``rejected`` (logged at ERROR, acknowledged: retrying cannot fix them);
+        other types ``ignored``. Storage failures raise, so Event Grid redelivers the event.
+        """
+        started = time.perf_counter()
+        if isinstance(event, EventRejected):
+            logger.error(
+                "rotation.event_rejected",
+                extra={
+                    "event_id": event.event_id,
+                    "invocation_id": invocation_id,
+                    "reason": event.reason,
+                    "outcome": Outcome.REJECTED.value,
+                },
+            )
+            return EventReport(event.event_id, Outcome.REJECTED.value, event.reason)
+        if isinstance(event, EventIgnored):
+            logger.info(
+                "rotation.event_ignored",
+                extra={
+                    "event_id": event.event_id,
+                    "invocation_id": invocation_id,
+                    "reason": event.reason,
+                    "event_type": event.event_type,
+                    "outcome": Outcome.IGNORED.value,
+                },
+            )
+            return EventReport(
+                event.event_id, Outcome.IGNORED.value, event.reason, event_type=event.event_type
+            )
+        key = f"{event.key_url.host}/{event.key_url.name}"
+        base = {
+            "event_id": event.event_id,
+            "invocation_id": invocation_id,
+            "event_type": event.event_type,
+            "key": key,
+            "to_version": event.key_url.version,
+        }
+        logger.info("rotation.event_received", extra=base)
+        watched = await self.registry.for_key(event.key_url.host, event.key_url.name)
+        ids = [w.cluster_id for w in watched]
+        if event.kind is not EventKind.NEW_VERSION:
+            level = logging.WARNING if event.kind is EventKind.NEAR_EXPIRY else logging.ERROR
+            name = (
+                "rotation.key_near_expiry" if event.kind is EventKind.NEAR_EXPIRY else "rotation.key_expired"
+            )
+            logger.log(
+                level,
+                name,
+                extra={
+                    **base,
+                    "clusters": ids,
+                    "cluster_count": len(ids),
+                    "expires_on": event.expires_on.isoformat() if event.expires_on else None,
+                },
+            )
+            return EventReport(
+                event.event_id,
+                "warned",
+                name,
+                event.event_type,
+                key,
+                ids,
+                duration_s=time.perf_counter() - started,
+            )
+        now = datetime.now(UTC)
+        jobs = [
+            Job(
+                cluster_id=w.cluster_id,
+                target_key_url=str(event.key_url),
+                trigger="event",
+                event_id=event.event_id,
+                enqueued_at=now,
+            )
+            for w in watched
+        ]
+        await self.queue.send_many(jobs)
+        duration = time.perf_counter() - started
+        logger.info(
+            "rotation.jobs_enqueued",
+            extra={
+                **base,
+                "clusters_found": len(watched),
+                "queued": len(jobs),
+                "duration_s": round(duration, 4),
+            },
+        )
+        return EventReport(
+            event.event_id, "queued", f"{len(jobs)} job(s) queued", event.event_type, key, ids, jobs, duration
+        )
+
+    # ---- jobs ---------------------------------------------------------------------------------------
+
+    async def handle_job(
+        self, body: str | bytes, *, dequeue_count: int = 1, invocation_id: str | None = None
+    ) -> RotationResult | None:
+        """The queue function's work: parse the message, then `execute` it.
+
+        Returns None when the job was deferred (another worker holds the cluster: the job is queued again
+        with a delay) or malformed (logged, acknowledged). Raises `TransientFailure` after tenacity gives up,
+        so the queue redelivers and finally moves the message to the poison queue.
+        """
+        try:
+            job = Job.from_json(body, allowed_suffixes=self.settings.allowed_vault_suffixes)
+        except JobRejected as exc:
+            logger.error(  # noqa: TRY400 - the reason is the whole story; no traceback to show
+                "rotation.job_rejected",
+                extra={"invocation_id": invocation_id, "reason": str(exc), "outcome": Outcome.REJECTED.value},
+            )
+            return None
+        try:
+            return await self.execute(job, dequeue_count=dequeue_count, invocation_id=invocation_id)
+        except ClusterBusy:
+            if job.backoffs >= MAX_BACKOFFS:
+                raise
+            await self.queue.send(replace(job, backoffs=job.backoffs + 1), delay=BACKOFF_S)
+            logger.info(
+                "rotation.job_deferred",
+                extra={
+                    "cluster_id": job.cluster_id,
+                    "event_id": job.event_id,
+                    "invocation_id": invocation_id,
+                    "trigger": job.trigger,
+                    "wait_s": BACKOFF_S,
+                    "attempt": job.backoffs + 1,
+                },
+            )
+            return None
+
+    async def execute(
+        self,
+        job: Job,
+        *,
+        dequeue_count: int = 1,
+        invocation_id: str | None = None,
+        dry_run: bool | None = None,
+    ) -> RotationResult:
+        """Claim the cluster (rule 8), rotate, record, release; `ClusterBusy` when another worker holds it."""
+        cluster_id = parse_cluster_id(job.cluster_id)
+        if not await self.registry.claim(cluster_id, owner=self.worker_id, ttl=CLAIM_TTL_S):
+            raise ClusterBusy(f"{job.cluster_id} is being rotated by another worker")
+        try:
+            return await self._run_job(job, cluster_id, invocation_id, dequeue_count, dry_run)
+        finally:
+            await self.registry.release(cluster_id, owner=self.worker_id)
+
+    def resolve_jobs(self, event: KeyVersionEvent, watched: list[WatchedCluster]) -> list[Job]:
+        """One job per watched cluster of the event's key."""
+        return [
+            Job.new(w.cluster_id, trigger="event", target_key_url=str(event.key_url), event_id=event.event_id)
+            for w in watched
+        ]
+
+    async def _run_job(
+        self,
+        job: Job,
+        cluster_id: ResourceId,
+        invocation_id: str | None,
+        dequeue_count: int,
+        dry_run: bool | None,  # noqa: FBT001 - private; passed through from execute's keyword
+    ) -> RotationResult:
+        target = parse_key_url(job.target_key_url, require_version=True) if job.target_key_url else None
+        operation_url = job.operation_url
+        if operation_url is None:
+            # Rule 7: a redelivered job whose operation was already accepted resumes it, never PUTs again.
+            watched = await self.registry.get(cluster_id)
+            if watched is not None and watched.operation_url and watched.target_key_url:
+                recorded = parse_key_url(watched.target_key_url, require_version=True)
+                if target is None or recorded == target:
+                    operation_url, target = watched.operation_url, recorded
+        request = RotationRequest(
+            cluster_id=cluster_id,
+            target=target,
+            trigger=job.trigger,
+            event_id=job.event_id,
+            dry_run=self.settings.dry_run if dry_run is None else dry_run,
+            operation_url=operation_url,
+        )
+
+        async def on_accepted(url: str, accepted_target: KeyUrl) -> None:
+            await self.registry.set_operation(
+                cluster_id, operation_url=url, target_key_url=str(accepted_target)
+            )
+
+        try:
+            result = await self.runtime.rotator.rotate(request, on_accepted=on_accepted)
+        except TransientFailure as exc:
+            failed = RotationResult(
+                cluster_id=job.cluster_id,
+                outcome=Outcome.FAILED,
+                reason=f"retries exhausted (delivery {dequeue_count}); the queue redelivers: {exc.cause}",
+                to_version=target.version if target else None,
+                attempts=exc.attempts,
+                error_code=exc.cause.code or (str(exc.cause.status) if exc.cause.status else None),
+                error_message=exc.cause.message,
+                request_id=exc.cause.request_id,
+            )
+            await self.registry.record(
+                failed, trigger=job.trigger, event_id=job.event_id, invocation_id=invocation_id
+            )
+            raise
+        await self.registry.record(
+            result, trigger=job.trigger, event_id=job.event_id, invocation_id=invocation_id
+        )
+        if result.outcome is Outcome.PENDING and result.operation_url:
+            check = Job.new(
+                job.cluster_id,
+                trigger="check",
+                target_key_url=result.target_key_url,
+                event_id=job.event_id,
+                operation_url=result.operation_url,
+            )
+            await self.queue.send(check, delay=self.settings.check_delay_seconds)
+            logger.info(
+                "rotation.check_scheduled",
+                extra={
+                    "cluster_id": job.cluster_id,
+                    "event_id": job.event_id,
+                    "operation_url": result.operation_url,
+                    "wait_s": self.settings.check_delay_seconds,
+                },
+            )
+        return result
+
+    # ---- registry -----------------------------------------------------------------------------------
+
+    async def register(self, raw_cluster_id: str, *, owner: str | None) -> WatchedCluster:
+        """GET the cluster and record it for watch; `RegistrationRefused` says why not."""
+        cluster_id = parse_cluster_id(raw_cluster_id)
+        try:
+            cluster = await self.runtime.clusters.get(cluster_id)
+        except NotFoundError as exc:
+            raise RegistrationRefused(f"cluster not found: {cluster_id}") from exc
+        key = self._cmk_key(cluster)
+        watched = await self.registry.upsert(
+            cluster_id=cluster_id,
+            vault_host=key.host,
+            key_name=key.name,
+            current_version=key.version,
+            identity=cluster.key_identity,
+            owner=owner,
+        )
+        logger.info(
+            "rotation.cluster_registered",
+            extra={
+                "cluster_id": str(cluster_id),
+                "key": f"{key.host}/{key.name}",
+                "from_version": key.version,
+                "owner": owner,
+            },
+        )
+        return watched
+
+    def _cmk_key(self, cluster: Cluster) -> KeyUrl:
+        if not cluster.is_cmk or cluster.key_url is None:
+            raise RegistrationRefused("cluster is not encrypted with a customer-managed key (not-cmk)")
+        if cluster.key_identity is None:
+            raise RegistrationRefused("cluster has no key encryption identity")
+        try:
+            return parse_key_url(cluster.key_url, allowed_suffixes=self.settings.allowed_vault_suffixes)
+        except InvalidKeyUrl as exc:
+            raise RegistrationRefused(f"cluster key is outside the allowed vaults: {exc}") from exc
+
+
+def watched_dict(w: WatchedCluster) -> dict[str, Any]:
+    """A watched cluster as JSON (no ETag)."""
+    out = asdict(w)
+    out.pop("etag", None)
+    for name, value in out.items():
+        if isinstance(value, datetime):
+            out[name] = value.isoformat()
+    out["key"] = w.key
+    return out
+
+
+_services: dict[int, Service] = {}
+
+
+async def service_for_loop(settings_factory: Any) -> Service:  # noqa: ANN401
+    """The process's `Service` for the running event loop, built on first use.
+
+    aiohttp sessions belong to one loop; the Functions worker runs one loop for the process, so this builds
+    the clients once. A test or CLI that runs a new loop gets clients of its own.
+    """
+    loop_id = id(asyncio.get_running_loop())
+    service = _services.get(loop_id)
+    if service is None:
+        service = Service.create(settings_factory())
+        _services.clear()
+        _services[loop_id] = service
+    return service
+
+
+async def close_services() -> None:
+    """Close every `Service` built by `service_for_loop` (for hosts that shut down, the demo and tests)."""
+    services = list(_services.values())
+    _services.clear()
+    for service in services:
+        await service.close()
