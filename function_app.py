@@ -15,12 +15,14 @@ import os
 import azure.functions as func
 
 from rotation import http_api
+from rotation.reconcile import Reconciler
 from rotation.service import service_for_loop
 from rotation.settings import Settings
 
 app = func.FunctionApp()
 logger = logging.getLogger("rotation.function_app")
 JOB_QUEUE = "rotation-jobs"
+RECONCILE_JITTER_S = 30.0  # spread instances and apps started by the same schedule
 
 
 def _settings() -> Settings:
@@ -66,6 +68,16 @@ async def rotate_cluster(msg: func.QueueMessage, context: func.Context) -> None:
     await service.handle_job(
         msg.get_body(), dequeue_count=msg.dequeue_count or 1, invocation_id=context.invocation_id
     )
+
+
+@app.function_name("reconcile")
+@app.timer_trigger(arg_name="timer", schedule="%ROTATION_RECONCILE_SCHEDULE%", run_on_startup=False)
+async def reconcile(timer: func.TimerRequest) -> None:
+    """Level-triggered safety net: queue jobs for clusters behind the newest usable version, report drift."""
+    service = await service_for_loop(_settings)
+    await Reconciler(service, dry_run=service.settings.dry_run, jitter_s=RECONCILE_JITTER_S).run()
+    if timer.past_due:
+        logger.warning("rotation.reconcile_past_due")
 
 
 async def _http(handler: http_api.Handler, req: func.HttpRequest) -> func.HttpResponse:

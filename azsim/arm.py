@@ -288,7 +288,7 @@ def _operation_status(state: State, route: _Route, base: str, api_version: str) 
     op = _find_operation(state, route)
     if op is None:
         return _operation_missing(route)
-    status = op.status(time.time())
+    status = op.status(state.now())
     status_url, _ = _operation_urls(op, base, api_version)
     body: dict[str, Any] = {
         "id": urlsplit(status_url).path,
@@ -310,7 +310,7 @@ def _operation_result(state: State, route: _Route, base: str, api_version: str) 
     op = _find_operation(state, route)
     if op is None:
         return _operation_missing(route)
-    status = op.status(time.time())
+    status = op.status(state.now())
     if status == "InProgress":
         _, result_url = _operation_urls(op, base, api_version)
         return Reply(202, None, {"Location": result_url, **_poll_headers(state)})
@@ -374,7 +374,7 @@ def _write(  # noqa: PLR0911 - one return per check, in ARM's order
 
 
 def _start_operation(state: State, cluster: Cluster, plan: _Plan, *, kind: str) -> Operation:
-    now = time.time()
+    now = state.now()
     seconds = cluster.operation_seconds
     if seconds is None:
         seconds = state.config.operation_seconds

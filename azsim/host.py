@@ -116,17 +116,29 @@ class QueueHost:
         self.stats.succeeded += 1
         await self._queue.delete_message(message)
 
-    async def drain(self, *, idle_seconds: float = 2.0, limit_seconds: float = 120.0) -> HostStats:
-        """Process messages until the queue has shown nothing for ``idle_seconds`` (or ``limit_seconds``)."""
+    def _batch(self, max_invocations: int | None) -> int:
+        if max_invocations is None:
+            return self._concurrency
+        return max(1, min(self._concurrency, max_invocations - self.stats.invocations))
+
+    async def drain(
+        self, *, idle_seconds: float = 2.0, limit_seconds: float = 120.0, max_invocations: int | None = None
+    ) -> HostStats:
+        """Process messages until the queue has shown nothing for ``idle_seconds``.
+
+        Also stops after ``limit_seconds``, or once ``max_invocations`` messages were handed to the function.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limit_seconds
         idle_since: float | None = None
         while loop.time() < deadline:
+            if max_invocations is not None and self.stats.invocations >= max_invocations:
+                break
             batch = [
                 m
                 async for m in self._queue.receive_messages(
-                    messages_per_page=self._concurrency,
-                    max_messages=self._concurrency,
+                    messages_per_page=self._batch(max_invocations),
+                    max_messages=self._batch(max_invocations),
                     visibility_timeout=self._visibility,
                 )
             ]

@@ -171,6 +171,11 @@ class Simulator:
             if any(v is not None for v in (write_burst, write_refill_per_s, read_burst, read_refill_per_s)):
                 self._state.reset_buckets()
 
+    def advance(self, seconds: float) -> None:
+        """Move the clock of long-running operations forward (a 10-minute operation in no time)."""
+        with self._state.lock:
+            self._state.clock_offset += seconds
+
     def reset(self) -> None:
         """Back to the default configuration with full buckets and no faults (resources are kept)."""
         with self._state.lock:

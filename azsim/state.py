@@ -206,6 +206,7 @@ class State:
         self.requests: list[RequestRecord] = []
         self.refused_connects: list[str] = []
         self.faults = FaultPlan(seed=seed)
+        self.clock_offset = 0.0  # seconds operations are ahead of the wall clock (Simulator.advance)
         self._write_buckets: dict[str, TokenBucket] = {}
         self._read_buckets: dict[str, TokenBucket] = {}
 
@@ -320,10 +321,14 @@ class State:
 
     # -- clusters and operations ------------------------------------------------------------------
 
+    def now(self) -> float:
+        """The simulator's clock for long-running operations: wall time plus what `advance` added."""
+        return time.time() + self.clock_offset
+
     def settle(self, cluster: Cluster, now: float | None = None) -> None:
         """Apply the result of the cluster's operation if it has ended."""
         op = cluster.operation
-        moment = time.time() if now is None else now
+        moment = self.now() if now is None else now
         if op is None or moment < op.end:
             return
         op.settled = True
@@ -340,7 +345,7 @@ class State:
 
     def settle_all(self) -> None:
         """Settle every cluster whose operation has ended."""
-        now = time.time()
+        now = self.now()
         for cluster in self.clusters.values():
             self.settle(cluster, now)
 

@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--dry-run", action="store_true", help="decide and report; send no PUT")
     replay.add_argument("--json", action="store_true", help="machine output")
 
+    reconcile = sub.add_parser(
+        "reconcile", help="one reconcile pass: queue jobs for clusters behind, report drift"
+    )
+    reconcile.add_argument("--dry-run", action="store_true", help="report only; queue nothing")
+    reconcile.add_argument("--json", action="store_true", help="machine output only")
+
     history = sub.add_parser("history", help="a cluster's rotation history, newest first")
     history.add_argument("cluster_id", metavar="CLUSTER_ID")
     history.add_argument("--limit", type=int, default=50)
@@ -134,6 +140,7 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         "discover": commands.discover,
         "replay": commands.replay,
         "history": commands.history,
+        "reconcile": commands.reconcile,
     }
     return await handlers[args.command](args, settings)
 

@@ -279,3 +279,54 @@ async def rotate_recorded(args: argparse.Namespace, settings: Settings, job: Job
         return (await _run_all(service, [job], dry_run=True if args.dry_run else None))[0]
     finally:
         await service.close()
+
+
+class _ProgressBar:
+    """``reconcile [#####.....] 120/200`` on stderr, redrawn in place; only on a terminal."""
+
+    def __init__(self) -> None:
+        self._on = sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self._on:
+            return
+        width = 30
+        filled = width * done // total if total else width
+        sys.stderr.write(f"\rreconcile [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self._on:
+            sys.stderr.write("\n")
+
+
+async def reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    """One pass, waiting for completion; a table at the end (or JSON with --json)."""
+    from rotation.reconcile import Reconciler  # noqa: PLC0415
+
+    async def work(service: Service) -> int:
+        bar = _ProgressBar() if not args.json else None
+        try:
+            report = await Reconciler(service, dry_run=args.dry_run or settings.dry_run, progress=bar).run()
+        finally:
+            if bar is not None:
+                bar.close()
+        if args.json:
+            _json(report.to_dict())
+            return EXIT_OK
+        _out(f"{'CLUSTER':<24} {'KEY':<40} {'CURRENT':<9} {'NEWEST':<9} {'ACTION':<13} {'DRIFT':<18} DETAIL")
+        for c in report.clusters:
+            name = c.cluster_id.rsplit("/", 1)[-1]
+            current, newest = (c.current_version or "-")[:8], (c.newest_version or "-")[:8]
+            drift = c.drift or "-"
+            _out(f"{name:<24} {c.key:<40} {current:<9} {newest:<9} {c.action:<13} {drift:<18} {c.detail}")
+        summary = report.to_dict()["summary"]
+        _out(
+            f"{summary['clusters']} cluster(s), {summary['queued']} queued, {summary['drift']} with drift; "
+            f"{summary['arm_reads']} ARM reads, "
+            f"{summary['keyvault_reads']} Key Vault reads for {summary['keys']} key(s)"
+            + (" (dry run: nothing queued)" if report.dry_run else "")
+        )
+        return EXIT_OK
+
+    return await _with_service(settings, work)

@@ -110,7 +110,7 @@ async def history(service: Service, method: str, params: Mapping[str, str], body
     del method, body
     cluster_id = _cluster_id(params.get("clusterId"))
     raw_limit = params.get("limit", "50")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 500:  # noqa: PLR2004
+    if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= 500:  # noqa: PLR2004
         raise BadRequest("InvalidLimit", "limit must be an integer from 1 to 500")
     entries = await service.registry.history(cluster_id, limit=int(raw_limit))
     return 200, {"clusterId": str(cluster_id), "history": [e.to_dict() for e in entries]}

@@ -268,12 +268,15 @@ class Service:
     ) -> RotationResult:
         """Claim the cluster (rule 8), rotate, record, release; `ClusterBusy` when another worker holds it."""
         cluster_id = parse_cluster_id(job.cluster_id)
-        if not await self.registry.claim(cluster_id, owner=self.worker_id, ttl=CLAIM_TTL_S):
+        # One owner per execution, not per process: the host runs many invocations of one process at once,
+        # and a claim is re-entrant for its owner, so a process-wide owner would let two of them in.
+        owner = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"
+        if not await self.registry.claim(cluster_id, owner=owner, ttl=CLAIM_TTL_S):
             raise ClusterBusy(f"{job.cluster_id} is being rotated by another worker")
         try:
             return await self._run_job(job, cluster_id, invocation_id, dequeue_count, dry_run)
         finally:
-            await self.registry.release(cluster_id, owner=self.worker_id)
+            await self.registry.release(cluster_id, owner=owner)
 
     def resolve_jobs(self, event: KeyVersionEvent, watched: list[WatchedCluster]) -> list[Job]:
         """One job per watched cluster of the event's key."""

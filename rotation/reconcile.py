@@ -1,0 +1,341 @@
+"""Reconcile: the level-triggered safety net (timer and ``python -m rotation reconcile``).
+
+Events get lost (a deleted subscription, a day of downtime, dead-lettering after 24 h, a poisoned job), so
+every pass compares each watched cluster's *actual* key URL, read from ARM, with the newest usable version
+of its key in Key Vault, and queues a job (trigger ``reconcile``) for each cluster that is behind. Key Vault
+is read once per key per pass (one version listing, one GET of the newest candidate), never per cluster.
+
+The same pass reports drift: clusters not Ready (Inaccessible at ERROR), key versions expiring within 30 days
+with no newer usable version, clusters re-pointed to another key (registry updated, ``key-mismatch``),
+registered clusters that no longer exist, and ``pending`` clusters whose check job was lost (resumed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from rotation.errors import NotFoundError, ServiceError
+from rotation.ids import InvalidKeyUrl, KeyUrl, parse_cluster_id, parse_key_url
+from rotation.jobs import Job
+from rotation.keyvault import unusable_reason
+from rotation.outcomes import Outcome
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from rotation.keyvault import KeyVersion
+    from rotation.registry import WatchedCluster
+    from rotation.service import Service
+
+logger = logging.getLogger(__name__)
+
+EXPIRY_HORIZON = timedelta(days=30)
+PENDING_GRACE = timedelta(minutes=10)  # a pending cluster older than this has lost its check job
+
+
+@dataclass
+class ClusterReport:
+    """One cluster's line in the reconcile table."""
+
+    cluster_id: str
+    key: str
+    current_version: str | None
+    newest_version: str | None
+    action: str  # queued | up-to-date | versionless | check-queued | skipped
+    drift: str | None = (
+        None  # not-ready | inaccessible | expiring | key-mismatch | cluster-not-found | not-cmk ...
+    )
+    detail: str = ""
+    level: str = "INFO"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return asdict(self)
+
+
+@dataclass
+class ReconcileReport:
+    """What one pass found and did."""
+
+    dry_run: bool
+    clusters: list[ClusterReport] = field(default_factory=list)
+    arm_reads: int = 0
+    keyvault_reads: int = 0
+    keys: int = 0
+    jitter_s: float = 0.0
+    duration_s: float = 0.0
+
+    @property
+    def queued(self) -> int:
+        """Jobs queued (or, in a dry run, that would have been)."""
+        return sum(1 for c in self.clusters if c.action in {"queued", "would-queue", "check-queued"})
+
+    @property
+    def drift(self) -> int:
+        """Clusters with a drift finding."""
+        return sum(1 for c in self.clusters if c.drift)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return {
+            "dry_run": self.dry_run,
+            "clusters": [c.to_dict() for c in self.clusters],
+            "summary": {
+                "clusters": len(self.clusters),
+                "queued": self.queued,
+                "drift": self.drift,
+                "keys": self.keys,
+                "arm_reads": self.arm_reads,
+                "keyvault_reads": self.keyvault_reads,
+                "jitter_s": round(self.jitter_s, 3),
+                "duration_s": round(self.duration_s, 3),
+            },
+        }
+
+
+@dataclass(frozen=True)
+class _KeyState:
+    """One key's versions as this pass saw them."""
+
+    created: dict[str, datetime | None]
+    expires: dict[str, datetime | None]
+    newest: KeyVersion | None
+
+
+class Reconciler:
+    """One reconcile pass over the registry, with bounded concurrency."""
+
+    def __init__(
+        self,
+        service: Service,
+        *,
+        dry_run: bool = False,
+        jitter_s: float = 0.0,
+        page_size: int = 200,
+        progress: Callable[[int, int], None] | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        sleep: Callable[[float], Any] = asyncio.sleep,
+    ) -> None:
+        self._service = service
+        self._dry_run = dry_run
+        self._jitter_s = jitter_s
+        self._page_size = page_size
+        self._progress = progress
+        self._now = now
+        self._sleep = sleep
+        self._keys: dict[str, asyncio.Task[_KeyState]] = {}
+        self._report = ReconcileReport(dry_run=dry_run)
+        self._gate = asyncio.Semaphore(service.settings.max_concurrency)
+
+    async def run(self) -> ReconcileReport:
+        """Wait the jitter, then reconcile every watched cluster; return the report."""
+        started = time.perf_counter()
+        if self._jitter_s > 0:
+            self._report.jitter_s = random.uniform(0, self._jitter_s)  # noqa: S311 - spreading load, not security
+            await self._sleep(self._report.jitter_s)
+        logger.info(
+            "rotation.reconcile_started", extra={"dry_run": self._dry_run, "jitter_s": self._report.jitter_s}
+        )
+        done = 0
+        total = 0
+        tasks: list[asyncio.Task[None]] = []
+        async for watched in self._service.registry.list(page_size=self._page_size):
+            total += 1
+            tasks.append(asyncio.create_task(self._one(watched)))
+            if len(tasks) >= self._page_size:
+                await asyncio.gather(*tasks)
+                done += len(tasks)
+                tasks = []
+                self._tick(done, total)
+        await asyncio.gather(*tasks)
+        done += len(tasks)
+        self._tick(done, total)
+        self._report.keys = len(self._keys)
+        self._report.duration_s = time.perf_counter() - started
+        self._report.clusters.sort(key=lambda c: (c.key, c.cluster_id.lower()))
+        summary = self._report.to_dict()["summary"]
+        logger.info("rotation.reconcile_finished", extra={"dry_run": self._dry_run, **summary})
+        return self._report
+
+    def _tick(self, done: int, total: int) -> None:
+        if self._progress is not None:
+            self._progress(done, total)
+
+    async def _one(self, watched: WatchedCluster) -> None:
+        async with self._gate:
+            try:
+                line = await self._check(watched)
+            except ServiceError as exc:
+                line = ClusterReport(
+                    watched.cluster_id,
+                    watched.key,
+                    watched.current_version,
+                    None,
+                    "skipped",
+                    drift="unreachable",
+                    detail=str(exc),
+                    level="ERROR",
+                )
+        self._report.clusters.append(line)
+        if line.drift:
+            level = getattr(logging, line.level)
+            logger.log(
+                level,
+                "rotation.drift_detected",
+                extra={
+                    "cluster_id": line.cluster_id,
+                    "key": line.key,
+                    "reason": line.drift,
+                    "detail": line.detail,
+                    "from_version": line.current_version,
+                    "to_version": line.newest_version,
+                },
+            )
+
+    async def _check(self, watched: WatchedCluster) -> ClusterReport:
+        service = self._service
+        cluster_id = parse_cluster_id(watched.cluster_id)
+        self._report.arm_reads += 1
+        try:
+            cluster = await service.runtime.clusters.get(cluster_id)
+        except NotFoundError:
+            return self._skipped(
+                watched, "cluster-not-found", "registered cluster no longer exists", "WARNING"
+            )
+        if not cluster.is_cmk or cluster.key_url is None:
+            return self._skipped(
+                watched, Outcome.NOT_CMK.value, "cluster has no customer-managed key", "ERROR"
+            )
+        try:
+            actual = parse_key_url(cluster.key_url, allowed_suffixes=service.settings.allowed_vault_suffixes)
+        except InvalidKeyUrl as exc:
+            return self._skipped(watched, Outcome.KEY_MISMATCH.value, str(exc), "ERROR")
+        status = cluster.cluster_status or "unknown"
+        drift: tuple[str, str, str] | None = None
+        if status.lower() != "ready":
+            name = "inaccessible" if status.lower() == "inaccessible" else "not-ready"
+            drift = (name, f"clusterStatus is {status}", "ERROR" if name == "inaccessible" else "WARNING")
+        if (actual.host, actual.name.lower()) != (watched.vault_host.lower(), watched.key_name.lower()):
+            await service.registry.upsert(
+                cluster_id=cluster_id,
+                vault_host=actual.host,
+                key_name=actual.name,
+                current_version=actual.version,
+                identity=cluster.key_identity,
+                owner=watched.owner,
+            )
+            detail = (
+                f"cluster was re-pointed from {watched.key} to {actual.host}/{actual.name}; registry updated"
+            )
+            drift = (Outcome.KEY_MISMATCH.value, detail, "WARNING")
+        if actual.versionless:
+            line = ClusterReport(
+                watched.cluster_id, f"{actual.host}/{actual.name}", None, None, "versionless"
+            )
+            return self._with_drift(line, drift)
+        key = await self._key_state(actual)
+        newest = key.newest
+        line = ClusterReport(
+            watched.cluster_id,
+            f"{actual.host}/{actual.name}",
+            actual.version,
+            newest.version if newest else None,
+            "up-to-date",
+        )
+        if watched.state == "pending" and watched.operation_url and self._pending_lost(watched):
+            await self._queue(
+                Job.new(
+                    watched.cluster_id,
+                    trigger="check",
+                    target_key_url=watched.target_key_url,
+                    operation_url=watched.operation_url,
+                )
+            )
+            line.action = "check-queued" if not self._dry_run else "would-queue"
+            return self._with_drift(line, drift)
+        found = await self._compare(watched, line, actual, key)  # queues a job even when not Ready
+        drift = drift or found
+        return self._with_drift(line, drift)
+
+    async def _compare(
+        self, watched: WatchedCluster, line: ClusterReport, actual: KeyUrl, key: _KeyState
+    ) -> tuple[str, str, str] | None:
+        """Queue a job when a newer usable version exists; else report expiry or an unusable key."""
+        newest = key.newest
+        if newest is None:
+            return (Outcome.KEY_NOT_USABLE.value, "the key has no usable version", "ERROR")
+        current_created = key.created.get(actual.version or "")
+        forward = current_created is None or newest.created_on is None or newest.created_on > current_created
+        if newest.version != actual.version and forward:  # rule 2: never backwards
+            await self._queue(
+                Job.new(watched.cluster_id, trigger="reconcile", target_key_url=str(newest.url))
+            )
+            line.action = "queued" if not self._dry_run else "would-queue"
+            return None
+        expires = key.expires.get(actual.version or "")
+        if expires is not None and expires - self._now() < EXPIRY_HORIZON:
+            level = "ERROR" if expires - self._now() < timedelta(days=7) else "WARNING"
+            return (
+                "expiring",
+                f"key version expires {expires.isoformat()}; no newer usable version exists",
+                level,
+            )
+        return None
+
+    def _pending_lost(self, watched: WatchedCluster) -> bool:
+        return self._now() - watched.updated_at > PENDING_GRACE
+
+    async def _queue(self, job: Job) -> None:
+        if not self._dry_run:
+            await self._service.queue.send(job)
+
+    async def _key_state(self, key: KeyUrl) -> _KeyState:
+        """This pass's view of one key, fetched once however many clusters use it."""
+        ident = f"{key.host}/{key.name.lower()}"
+        task = self._keys.get(ident)
+        if task is None:
+            task = asyncio.create_task(self._fetch_key(key))
+            self._keys[ident] = task
+        return await task
+
+    async def _fetch_key(self, key: KeyUrl) -> _KeyState:
+        keys = self._service.runtime.keys
+        self._report.keyvault_reads += 1
+        versions = await keys.list_versions(key)
+        now = self._now()
+        newest: KeyVersion | None = None
+        for listed in sorted(
+            versions, key=lambda v: v.created_on or datetime.min.replace(tzinfo=UTC), reverse=True
+        ):
+            if not listed.enabled or (listed.not_before and listed.not_before > now):
+                continue
+            if listed.expires_on is not None and listed.expires_on <= now:
+                continue
+            self._report.keyvault_reads += 1
+            full = await keys.get_version(listed.url)
+            if unusable_reason(full, now) is None:
+                newest = full
+                break
+        return _KeyState(
+            created={v.version: v.created_on for v in versions},
+            expires={v.version: v.expires_on for v in versions},
+            newest=newest,
+        )
+
+    @staticmethod
+    def _skipped(watched: WatchedCluster, drift: str, detail: str, level: str) -> ClusterReport:
+        return ClusterReport(
+            watched.cluster_id, watched.key, watched.current_version, None, "skipped", drift, detail, level
+        )
+
+    @staticmethod
+    def _with_drift(line: ClusterReport, drift: tuple[str, str, str] | None) -> ClusterReport:
+        if drift is not None:
+            line.drift, line.detail, line.level = drift
+        return line
