@@ -18,6 +18,7 @@ from rotation import http_api
 from rotation.reconcile import Reconciler
 from rotation.service import service_for_loop
 from rotation.settings import Settings
+from rotation.telemetry import configure_telemetry
 
 app = func.FunctionApp()
 logger = logging.getLogger("rotation.function_app")
@@ -26,6 +27,7 @@ RECONCILE_JITTER_S = 30.0  # spread instances and apps started by the same sched
 
 
 def _settings() -> Settings:
+    configure_telemetry(os.environ)  # Application Insights when configured; once per process
     return Settings.from_env(os.environ)
 
 

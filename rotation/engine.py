@@ -60,6 +60,7 @@ class RotationRequest:
     event_id: str | None = None
     dry_run: bool = False
     operation_url: str | None = None  # an accepted operation to resume instead of PUTting (rule 7)
+    invocation_id: str | None = None  # the Functions invocation (or CLI run) doing the job, for the logs
 
 
 def build_body(cluster: Cluster, target: KeyUrl) -> dict[str, Any]:
@@ -179,9 +180,16 @@ class Rotator:
         )
         state.attempts += attempts
         state.request_id = accepted.request_id
+        state.correlation_id = accepted.correlation_id
         logger.info(
             "rotation.put_accepted",
-            extra={**state.log_fields(), "operation_url": accepted.url, "request_id": accepted.request_id},
+            extra={
+                **state.log_fields(),
+                "operation_url": accepted.url,
+                "request_id": accepted.request_id,
+                "correlation_id": accepted.correlation_id,
+                "attempt": attempts,
+            },
         )
         if accepted.url is None:
             await self._verify(request, state, target)
@@ -335,12 +343,14 @@ class _State:
         self.attempts = 0
         self.operation_url: str | None = None
         self.request_id: str | None = None
+        self.correlation_id: str | None = None
 
     def log_fields(self) -> dict[str, Any]:
         return {
             "cluster_id": str(self.request.cluster_id),
             "subscription": self.request.cluster_id.subscription,
             "event_id": self.request.event_id,
+            "invocation_id": self.request.invocation_id,
             "trigger": self.request.trigger,
             "key": self.key,
             "from_version": self.from_version,
@@ -362,6 +372,7 @@ class _State:
             error_code = error_code or error.code or (str(error.status) if error.status else None)
             error_message = error_message or error.message
             self.request_id = self.request_id or error.request_id
+            self.correlation_id = self.correlation_id or error.correlation_id
         return RotationResult(
             cluster_id=str(self.request.cluster_id),
             outcome=outcome,
@@ -376,6 +387,7 @@ class _State:
             error_message=error_message,
             operation_url=self.operation_url,
             request_id=self.request_id,
+            correlation_id=self.correlation_id,
             body=body,
         )
 
@@ -402,6 +414,7 @@ def _log_result(result: RotationResult, request: RotationRequest, *, transient: 
         **fields,
         "subscription": request.cluster_id.subscription,
         "event_id": request.event_id,
+        "invocation_id": request.invocation_id,
         "trigger": request.trigger,
     }
     if result.outcome is Outcome.DRY_RUN:

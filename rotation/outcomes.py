@@ -56,7 +56,8 @@ class RotationResult:
     error_code: str | None = None
     error_message: str | None = None
     operation_url: str | None = None
-    request_id: str | None = None
+    request_id: str | None = None  # ARM x-ms-request-id of the PUT (or of the failing call)
+    correlation_id: str | None = None  # ARM x-ms-correlation-request-id, what ARM support asks for
     body: dict[str, Any] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:

@@ -120,6 +120,7 @@ class HistoryEntry:
     error_message: str | None
     request_id: str | None
     operation_url: str | None
+    correlation_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; ``at`` in ISO 8601."""
@@ -139,6 +140,7 @@ class HistoryEntry:
             "error_code": self.error_code,
             "error_message": self.error_message,
             "request_id": self.request_id,
+            "correlation_id": self.correlation_id,
             "operation_url": self.operation_url,
         }
 
@@ -254,6 +256,7 @@ def _history_entity(entry: HistoryEntry, partition: str) -> dict[str, Any]:
         "ErrorCode": entry.error_code,
         "ErrorMessage": _clip(entry.error_message),
         "RequestId": entry.request_id,
+        "CorrelationId": entry.correlation_id,
         "OperationUrl": entry.operation_url,
     }
 
@@ -277,6 +280,7 @@ def _history_entry(entity: Mapping[str, Any]) -> HistoryEntry:
         error_code=_text(entity.get("ErrorCode")),
         error_message=_text(entity.get("ErrorMessage")),
         request_id=_text(entity.get("RequestId")),
+        correlation_id=_text(entity.get("CorrelationId")),
         operation_url=_text(entity.get("OperationUrl")),
     )
 
@@ -541,6 +545,7 @@ class Registry:
             error_code=result.error_code,
             error_message=result.error_message,
             request_id=result.request_id,
+            correlation_id=result.correlation_id,
             operation_url=result.operation_url,
         )
         row = _row_key_for_text(result.cluster_id)

@@ -87,10 +87,15 @@ class Service:
         *,
         worker_id: str | None = None,
         storage_credential: AsyncTokenCredential | None = None,
+        claim_ttl: float | None = None,
+        backoff_s: float | None = None,
     ) -> None:
         self.runtime = runtime
         self.registry = registry
         self.queue = queue
+        # None: the module defaults, read at call time (a short TTL/backoff is for chaos runs and tests)
+        self.claim_ttl = claim_ttl
+        self.backoff_s = backoff_s
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._storage_credential = storage_credential
 
@@ -244,7 +249,8 @@ class Service:
         except ClusterBusy:
             if job.backoffs >= MAX_BACKOFFS:
                 raise
-            await self.queue.send(replace(job, backoffs=job.backoffs + 1), delay=BACKOFF_S)
+            backoff = BACKOFF_S if self.backoff_s is None else self.backoff_s
+            await self.queue.send(replace(job, backoffs=job.backoffs + 1), delay=backoff)
             logger.info(
                 "rotation.job_deferred",
                 extra={
@@ -252,7 +258,7 @@ class Service:
                     "event_id": job.event_id,
                     "invocation_id": invocation_id,
                     "trigger": job.trigger,
-                    "wait_s": BACKOFF_S,
+                    "wait_s": backoff,
                     "attempt": job.backoffs + 1,
                 },
             )
@@ -271,7 +277,8 @@ class Service:
         # One owner per execution, not per process: the host runs many invocations of one process at once,
         # and a claim is re-entrant for its owner, so a process-wide owner would let two of them in.
         owner = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"
-        if not await self.registry.claim(cluster_id, owner=owner, ttl=CLAIM_TTL_S):
+        ttl = CLAIM_TTL_S if self.claim_ttl is None else self.claim_ttl
+        if not await self.registry.claim(cluster_id, owner=owner, ttl=ttl):
             raise ClusterBusy(f"{job.cluster_id} is being rotated by another worker")
         try:
             return await self._run_job(job, cluster_id, invocation_id, dequeue_count, dry_run)
@@ -309,6 +316,7 @@ class Service:
             event_id=job.event_id,
             dry_run=self.settings.dry_run if dry_run is None else dry_run,
             operation_url=operation_url,
+            invocation_id=invocation_id,
         )
 
         async def on_accepted(url: str, accepted_target: KeyUrl) -> None:

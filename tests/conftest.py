@@ -62,3 +62,44 @@ def azurite() -> Iterator[Azurite]:
     """One Azurite (blob, queue, table) for the session, in memory, stopped at the end."""
     with Azurite() as server:
         yield server
+
+
+@pytest.fixture
+async def stack(sim: Simulator, azurite: Azurite, monkeypatch: pytest.MonkeyPatch):
+    """A Service with its own tables and queue on Azurite, the simulator, and a vault and identity of its own."""
+    import uuid
+    from dataclasses import replace
+
+    from stack import Stack
+
+    from rotation.jobs import JobQueue
+    from rotation.registry import Registry
+    from rotation.runtime import Runtime
+    from rotation.service import Service
+    from rotation.settings import RetrySettings, Settings
+    from rotation.storage import storage_clients
+
+    monkeypatch.setenv("AzureWebJobsStorage", azurite.connection_string)
+    settings = replace(
+        Settings.from_env({"AzureWebJobsStorage": azurite.connection_string}),
+        retry=RetrySettings(max_attempts=4, max_seconds=20, initial_wait=0.02, max_wait=0.1),
+        poll_budget_seconds=20,
+        check_delay_seconds=0,
+        max_concurrency=4,
+    )
+    runtime = Runtime.create(settings)
+    tables, queues = storage_clients(settings)
+    suffix = uuid.uuid4().hex[:10]
+    queue_name = f"jobs-{suffix}"
+    service = Service(
+        runtime,
+        Registry(tables, watch_table=f"w{suffix}", history_table=f"h{suffix}"),
+        JobQueue(queues, name=queue_name),
+    )
+    sub = str(uuid.uuid4())
+    vault = f"kv-{suffix}"
+    simulator = sim
+    simulator.add_vault(vault, subscription=sub)
+    identity = simulator.add_identity(subscription=sub, resource_group="rg-data", name="id-cmk")
+    yield Stack(simulator, service, azurite.connection_string, queue_name, sub, vault, identity)
+    await service.close()

@@ -284,7 +284,7 @@ async def test_history_of_an_unwatched_cluster_is_kept(registry):
 
 
 async def test_history_entry_keeps_every_field(registry):
-    """A failed result's error code, message, request id and operation URL are in its history entry."""
+    """A failed result's error code, message, request and correlation ids and operation URL are in its history."""
     await registry.record(
         result(
             Outcome.FAILED,
@@ -295,6 +295,7 @@ async def test_history_entry_keeps_every_field(registry):
             error_code="InternalServerError",
             error_message="boom",
             request_id="req-1",
+            correlation_id="corr-1",
             operation_url=OP,
         ),
         trigger="reconcile",
@@ -318,6 +319,7 @@ async def test_history_entry_keeps_every_field(registry):
         "error_code": "InternalServerError",
         "error_message": "boom",
         "request_id": "req-1",
+        "correlation_id": "corr-1",
         "operation_url": OP,
     }
 

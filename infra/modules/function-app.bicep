@@ -111,6 +111,8 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         // The connection string holds no secret; ingestion is authorised by the identity (local auth is off).
         { name: 'APPLICATIONINSIGHTS_CONNECTION_STRING', value: appInsights.properties.ConnectionString }
         { name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING', value: 'ClientId=${identityClientId};Authorization=AAD' }
+        // the Python worker's records (with their fields as custom dimensions) go out through OpenTelemetry
+        { name: 'PYTHON_ENABLE_OPENTELEMETRY', value: 'true' }
         // DefaultAzureCredential picks the user-assigned identity from this.
         { name: 'AZURE_CLIENT_ID', value: identityClientId }
         { name: 'ROTATION_ARM_ENDPOINT', value: armEndpoint }
