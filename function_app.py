@@ -77,7 +77,9 @@ async def rotate_cluster(msg: func.QueueMessage, context: func.Context) -> None:
 async def reconcile(timer: func.TimerRequest) -> None:
     """Level-triggered safety net: queue jobs for clusters behind the newest usable version, report drift."""
     service = await service_for_loop(_settings)
-    await Reconciler(service, dry_run=service.settings.dry_run, jitter_s=RECONCILE_JITTER_S).run()
+    await Reconciler(
+        service, dry_run=service.settings.dry_run, jitter_s=RECONCILE_JITTER_S, doctor=True
+    ).run()
     if timer.past_due:
         logger.warning("rotation.reconcile_past_due")
 
@@ -107,6 +109,13 @@ async def history(req: func.HttpRequest) -> func.HttpResponse:
 async def rotate(req: func.HttpRequest) -> func.HttpResponse:
     """POST {clusterId, keyUrl?}: queue a rotation of one watched cluster now."""
     return await _http(http_api.rotate, req)
+
+
+@app.function_name("doctor")
+@app.route(route="doctor", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+async def doctor(req: func.HttpRequest) -> func.HttpResponse:
+    """GET [?clusterId=]: pass/warn/fail checks of one cluster, or of every watched cluster."""
+    return await _http(http_api.doctor, req)
 
 
 @app.function_name("health")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from azsim import resources
 from azsim.messages import Incoming, Reply, error_reply
 from azsim.state import Cluster, Operation, State, iso_z
 
@@ -177,25 +178,45 @@ def handle_arm(state: State, req: Incoming) -> Reply:
                 "MissingApiVersionParameter",
                 "The api-version query parameter (?api-version=) is required for all requests.",
             )
-        route = _route(req.path)
-        if route is None:
-            return error_reply(404, "NotFound", f"No route for {req.method} {req.path}.")
         method = req.method.upper()
-        write = method in {"PUT", "PATCH", "DELETE", "POST"}
-        granted, remaining, wait = state.bucket(route.subscription, write=write).take()
+        denial = state.denied("arm", method, req.path)
+        if denial is not None:
+            return _forbidden(state, req, denial.path_contains)
+        route = _route(req.path)
+        extra = resources.match(req) if route is None else None
+        if route is None and extra is None:
+            return error_reply(404, "NotFound", f"No route for {req.method} {req.path}.")
+        write = method in {"PUT", "PATCH", "DELETE", "POST"} and extra is None  # Resource Graph reads
+        subscription = route.subscription if route is not None else extra.subscription if extra else ""
+        granted, remaining, wait = state.bucket(subscription, write=write).take()
         header = "x-ms-ratelimit-remaining-subscription-" + ("writes" if write else "reads")
         if not granted:
             reply = error_reply(
                 429,
                 "TooManyRequests",
                 f"Number of {'write' if write else 'read'} requests for subscription "
-                f"'{route.subscription}' exceeded the limit. Please try again after {wait} seconds.",
+                f"'{subscription}' exceeded the limit. Please try again after {wait} seconds.",
                 {"Retry-After": str(wait)},
             )
-        else:
+        elif route is not None:
             reply = _dispatch(state, req, route, method, api_version)
+        else:
+            assert extra is not None  # noqa: S101 - narrowed above
+            reply = extra.handler(state, req)
         reply.headers[header] = str(remaining)
         return reply
+
+
+def _forbidden(state: State, req: Incoming, what: str) -> Reply:
+    """ARM's answer to a caller without the permission (see ``Simulator.deny``)."""
+    del state
+    return error_reply(
+        403,
+        "AuthorizationFailed",
+        f"The client does not have authorization to perform action '{req.method.upper()} {what}' over "
+        f"scope '{req.path}' or the scope is invalid. If access was recently granted, please refresh "
+        "your credentials.",
+    )
 
 
 def _dispatch(state: State, req: Incoming, route: _Route, method: str, api_version: str) -> Reply:

@@ -6,6 +6,7 @@ Requests without a valid token get the 401 challenge the SDK's ChallengeAuthPoli
 from __future__ import annotations
 
 import base64
+import copy
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -15,7 +16,7 @@ from azsim.messages import Incoming, Reply, error_reply
 if TYPE_CHECKING:
     from azsim.state import Key, KeyVersion, State, Vault
 
-__all__ = ["bundle", "handle_kv"]
+__all__ = ["bundle", "handle_kv", "rotation_policy_json"]
 
 _DEFAULT_MAX_RESULTS = 25
 
@@ -100,10 +101,19 @@ def handle_kv(state: State, req: Incoming) -> Reply:
         vault = state.vaults.get(host)
         if vault is None:
             return error_reply(404, "VaultNotFound", f"The vault '{host}' does not exist.")
+        if state.denied("kv", req.method, req.path) is not None:
+            reply = error_reply(
+                403,
+                "Forbidden",
+                "Caller is not authorized to perform action on resource. If role assignments, deny "
+                "assignments or role definitions were changed recently, please observe propagation time.",
+            )
+            reply.body["error"]["innererror"] = {"code": "ForbiddenByRbac"}
+            return reply
         return _dispatch(state, req, vault)
 
 
-def _dispatch(state: State, req: Incoming, vault: Vault) -> Reply:  # noqa: PLR0911 - a route table
+def _dispatch(state: State, req: Incoming, vault: Vault) -> Reply:  # noqa: PLR0911, C901 - a route table
     segs = [s for s in req.path.split("/") if s]
     method = req.method.upper()
     if not segs or segs[0].lower() != "keys":
@@ -121,6 +131,8 @@ def _dispatch(state: State, req: Incoming, vault: Vault) -> Reply:  # noqa: PLR0
         return _key_not_found(vault, name)
     if method == "GET" and action is not None and action.lower() == "versions":
         return _list_versions(state, req, vault, key)
+    if method == "GET" and action is not None and action.lower() == "rotationpolicy":
+        return _rotation_policy(vault, key)
     version = key.latest if action is None else key.versions.get(action.lower())
     if version is None:
         return _key_not_found(vault, f"{name}/{action}")
@@ -129,6 +141,29 @@ def _dispatch(state: State, req: Incoming, vault: Vault) -> Reply:  # noqa: PLR0
     if method == "PATCH":
         return _update(req, vault, key, version)
     return error_reply(405, "MethodNotAllowed", f"The method {method} is not supported on {req.path}.")
+
+
+def rotation_policy_json(vault: Vault, key: Key) -> dict[str, Any] | None:
+    """The rotation policy of a key in the Key Vault REST shape, or None when none is set."""
+    if key.rotation_policy is None:
+        return None
+    policy = copy.deepcopy(key.rotation_policy)
+    attrs = dict(policy.get("attributes") or {})
+    attrs.update(created=key.policy_created, updated=key.policy_updated)
+    return {
+        "id": f"{vault.url}/keys/{key.name}/rotationpolicy",
+        "lifetimeActions": policy.get("lifetimeActions") or [],
+        "attributes": attrs,
+    }
+
+
+def _rotation_policy(vault: Vault, key: Key) -> Reply:
+    body = rotation_policy_json(vault, key)
+    if body is None:
+        return error_reply(
+            404, "KeyRotationPolicyNotFound", f"A rotation policy for key {key.name} was not found."
+        )
+    return Reply(200, body)
 
 
 def _key_not_found(vault: Vault, name: str) -> Reply:

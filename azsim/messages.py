@@ -15,7 +15,9 @@ class RequestRecord:
 
     ``status`` is 0 when the connection was reset instead of answered. ``fault`` names the injected
     behaviour ("429", "409", "500", "503", "reset", "slow", "op-failed", or a status code of a scripted
-    fault), or is None. Tokens never appear here: ``body`` of an identity request is always None.
+    fault), or is None. ``received`` is when the request arrived and ``time`` when it was answered: a "slow"
+    request is handled after its delay, so a write the client gave up on is applied late, at ``time``.
+    Tokens never appear here: ``body`` of an identity request is always None.
     """
 
     time: float
@@ -28,6 +30,7 @@ class RequestRecord:
     fault: str | None
     body: Any
     client_request_id: str | None
+    received: float = 0.0  # when the request arrived; ``time`` is when it was answered (after any delay)
 
 
 @dataclass(frozen=True)

@@ -172,6 +172,7 @@ class Runtime:
         service: str,
         handler: Callable[[Incoming], Reply],
     ) -> web.StreamResponse:
+        received = time.time()
         raw = await request.read()
         host = request.host.rsplit(":", 1)[0] if request.host.count(":") == 1 else request.host
         incoming = Incoming(
@@ -194,7 +195,7 @@ class Runtime:
             if fault.kind == "slow":
                 await asyncio.sleep(fault.seconds)
             elif fault.kind == "reset":
-                self._record(incoming, service, 0, "reset")
+                self._record(incoming, service, 0, "reset", received)
                 if request.transport is not None:
                     request.transport.abort()
                 raise asyncio.CancelledError
@@ -203,7 +204,7 @@ class Runtime:
         if reply is None:
             reply = handler(incoming)
         self._decorate(incoming, service, reply)
-        self._record(incoming, service, reply.status, reply.fault or label)
+        self._record(incoming, service, reply.status, reply.fault or label, received)
         return _to_response(reply)
 
     @staticmethod
@@ -218,7 +219,9 @@ class Runtime:
         if client_request_id:
             headers.setdefault("x-ms-client-request-id", client_request_id)
 
-    def _record(self, incoming: Incoming, service: str, status: int, fault: str | None) -> None:
+    def _record(
+        self, incoming: Incoming, service: str, status: int, fault: str | None, received: float
+    ) -> None:
         body: Any = None
         if service != "identity":
             try:
@@ -236,6 +239,7 @@ class Runtime:
             fault=fault,
             body=body,
             client_request_id=incoming.headers.get("x-ms-client-request-id"),
+            received=received,
         )
         with self._state.lock:
             self._state.record(record)

@@ -36,12 +36,21 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
-from azsim.arm import cluster_json
+from azsim.arm import cluster_json, parse_key_url
 from azsim.faults import Fault
 from azsim.identity import TOKEN_PATH
 from azsim.messages import RequestRecord
 from azsim.server import Ports, Runtime
-from azsim.state import Cluster, Config, Identity, State, Vault
+from azsim.state import (
+    CRYPTO_SERVICE_ENCRYPTION_USER,
+    Cluster,
+    Config,
+    Denial,
+    Identity,
+    RoleDefinition,
+    State,
+    Vault,
+)
 from azsim.tls import CaFiles, ensure_ca
 
 if TYPE_CHECKING:
@@ -133,6 +142,24 @@ class Simulator:
         with self._state.lock:
             return list(self._state.refused_connects)
 
+    @property
+    def operations(self) -> list[dict[str, Any]]:
+        """Every accepted cluster operation, oldest first: cluster id, kind, start, end, failed, new key."""
+        with self._state.lock:
+            ops = sorted(self._state.operations.values(), key=lambda op: op.start)
+            return [
+                {
+                    "id": op.id,
+                    "cluster_id": op.cluster_key,
+                    "kind": op.kind,
+                    "start": op.start,
+                    "end": op.end,
+                    "failed": op.failed,
+                    "new_key_url": op.new_key_url,
+                }
+                for op in ops
+            ]
+
     def clear_requests(self) -> None:
         """Empty the request log."""
         with self._state.lock:
@@ -177,11 +204,12 @@ class Simulator:
             self._state.clock_offset += seconds
 
     def reset(self) -> None:
-        """Back to the default configuration with full buckets and no faults (resources are kept)."""
+        """Back to the default configuration with full buckets, no faults, no denials (resources are kept)."""
         with self._state.lock:
             self._state.config = Config()
             self._state.reset_buckets()
             self._state.faults.clear()
+            self._state.denials.clear()
 
     # -- Key Vault -------------------------------------------------------------------------------
 
@@ -267,6 +295,24 @@ class Simulator:
         with self._state.lock:
             return self._state.key(vault, key).latest.version
 
+    def key_versions(self, vault: str, key: str) -> list[dict[str, Any]]:
+        """Every version of ``key`` with the attributes rule 3 looks at, oldest first (no key material)."""
+        with self._state.lock:
+            ordered = sorted(self._state.key(vault, key).versions.values(), key=lambda v: v.created)
+            return [
+                {
+                    "version": v.version,
+                    "created": v.created,
+                    "enabled": v.enabled,
+                    "nbf": v.nbf,
+                    "exp": v.exp,
+                    "kty": v.kty,
+                    "size": v.size,
+                    "ops": list(v.ops),
+                }
+                for v in ordered
+            ]
+
     def emit_key_event(self, vault: str, key: str, version: str, event_type: str) -> dict[str, Any]:
         """Emit a Key Vault event (e.g. ``Microsoft.KeyVault.KeyNearExpiry``) for a version; return it."""
         with self._state.lock:
@@ -315,8 +361,14 @@ class Simulator:
         identity: str | None = None,
         extra_identities: list[str] | None = None,
         tags: dict[str, str] | None = None,
+        grant_key_access: bool = True,
     ) -> str:
-        """Add a cluster; ``key_url`` None makes it service-managed. Return its ARM id."""
+        """Add a cluster; ``key_url`` None makes it service-managed. Return its ARM id.
+
+        With ``grant_key_access`` (the default) and the key's vault in the simulator, the key identity is
+        given Key Vault Crypto Service Encryption User on the vault, as a correct setup has it, so a
+        freshly added cluster passes every check of ``rotation doctor``.
+        """
         cluster_id = (
             f"/subscriptions/{subscription}/resourceGroups/{resource_group}"
             f"/providers/Microsoft.DocumentDB/mongoClusters/{name}"
@@ -345,7 +397,151 @@ class Simulator:
                 key_identity=identities[0] if key_url is not None else None,
                 created_at=time.time(),
             )
+            if key_url is not None and grant_key_access:
+                self._grant_key_access(key_url, identities[0])
         return cluster_id
+
+    def _grant_key_access(self, key_url: str, identity_id: str) -> None:
+        host = parse_key_url(key_url)
+        vault = self._state.vaults.get(host.host) if host is not None else None
+        found = self._state.identity(identity_id)
+        if vault is not None and found is not None:
+            self._state.grant(vault.arm_id, found.principal_id, CRYPTO_SERVICE_ENCRYPTION_USER)
+
+    def set_cluster_identities(
+        self, cluster_id: str, identities: list[str], *, key_identity: str | None = None
+    ) -> None:
+        """Replace the cluster's attached identities (ids as given, even unknown ones) and key identity."""
+        with self._state.lock:
+            cluster = self._cluster(cluster_id)
+            cluster.identities = list(identities)
+            if key_identity is not None:
+                cluster.key_identity = key_identity
+
+    def set_identity_location(self, identity_id: str, location: str) -> None:
+        """Move a user-assigned identity to another region."""
+        with self._state.lock:
+            found = self._state.identity(identity_id)
+            if found is None:
+                raise KeyError(f"no identity {identity_id!r}")
+            found.location = location
+
+    def remove_identity(self, identity_id: str) -> None:
+        """Delete a user-assigned identity (clusters keep referring to it)."""
+        with self._state.lock:
+            if self._state.identities.pop(identity_id.lower(), None) is None:
+                raise KeyError(f"no identity {identity_id!r}")
+
+    def principal_id(self, identity_id: str) -> str:
+        """The principal (object) id of a user-assigned identity."""
+        with self._state.lock:
+            found = self._state.identity(identity_id)
+            if found is None:
+                raise KeyError(f"no identity {identity_id!r}")
+            return found.principal_id
+
+    # -- vault properties, RBAC and access policies -----------------------------------------------
+
+    _VAULT_PROPERTIES = frozenset(
+        {
+            "location",
+            "enable_soft_delete",
+            "soft_delete_retention_days",
+            "enable_purge_protection",
+            "enable_rbac_authorization",
+            "public_network_access",
+            "network_default_action",
+            "network_bypass",
+            "ip_rules",
+        }
+    )
+
+    def set_vault_properties(self, vault: str, **props: Any) -> None:  # noqa: ANN401
+        """Set ARM properties of a vault by their `azsim.state.Vault` field name.
+
+        ``location``, ``enable_soft_delete``, ``soft_delete_retention_days``, ``enable_purge_protection``,
+        ``enable_rbac_authorization``, ``public_network_access`` ("Enabled"/"Disabled"),
+        ``network_default_action`` ("Allow"/"Deny"), ``network_bypass`` ("AzureServices"/"None"),
+        ``ip_rules`` (list of CIDRs).
+        """
+        unknown = set(props) - self._VAULT_PROPERTIES
+        if unknown:
+            raise TypeError(f"unknown vault properties: {', '.join(sorted(unknown))}")
+        with self._state.lock:
+            found = self._state.vault(vault)
+            for name, value in props.items():
+                setattr(found, name, list(value) if name == "ip_rules" else value)
+
+    def add_access_policy(self, vault: str, object_id: str, key_permissions: list[str]) -> None:
+        """Add an access policy (used when the vault has ``enable_rbac_authorization=False``)."""
+        with self._state.lock:
+            self._state.vault(vault).access_policies.append(
+                {
+                    "tenantId": self.tenant_id,
+                    "objectId": object_id,
+                    "permissions": {"keys": list(key_permissions), "secrets": [], "certificates": []},
+                }
+            )
+
+    def add_role_assignment(
+        self, scope: str, principal_id: str, role_definition_id: str, *, condition: str | None = None
+    ) -> str:
+        """Assign a role (its GUID or full definition id) at ``scope``; return the assignment's GUID."""
+        guid = role_definition_id.rstrip("/").rsplit("/", 1)[-1].lower()
+        with self._state.lock:
+            if guid not in self._state.role_definitions:
+                raise KeyError(f"no role definition {guid!r}; add_role_definition first")
+            return self._state.grant(scope, principal_id, guid, condition=condition)
+
+    def remove_role_assignments(self, principal_id: str) -> None:
+        """Remove every role assignment of a principal."""
+        with self._state.lock:
+            self._state.role_assignments = [
+                a for a in self._state.role_assignments if a.principal_id.lower() != principal_id.lower()
+            ]
+
+    def add_role_definition(
+        self,
+        role_name: str,
+        *,
+        data_actions: list[str],
+        not_data_actions: list[str] | None = None,
+        guid: str | None = None,
+    ) -> str:
+        """Add a custom role definition; return its GUID."""
+        definition = RoleDefinition(
+            (guid or str(uuid.uuid4())).lower(),
+            role_name,
+            (),
+            tuple(data_actions),
+            tuple(not_data_actions or ()),
+            built_in=False,
+        )
+        with self._state.lock:
+            self._state.role_definitions[definition.guid] = definition
+        return definition.guid
+
+    def set_key_rotation_policy(self, vault: str, key: str, policy: dict[str, Any] | None) -> None:
+        """Set a key's rotation policy (``{"lifetimeActions": [...], "attributes": {"expiryTime": ...}}``).
+
+        None removes it: the rotation-policy GET then answers 404.
+        """
+        with self._state.lock:
+            found = self._state.key(vault, key)
+            found.rotation_policy = copy.deepcopy(policy)
+            now = int(time.time())
+            found.policy_created = found.policy_created or now
+            found.policy_updated = now
+
+    def deny(self, *, service: str, path_contains: str, method: str | None = None) -> None:
+        """Refuse the rotator (403, as a missing role does) on matching ARM or Key Vault requests.
+
+        Lasts until `reset`. Resource Graph also leaves out vaults whose ARM id matches an ARM denial.
+        """
+        if service not in {"arm", "kv"}:
+            raise ValueError("service must be 'arm' or 'kv'")
+        with self._state.lock:
+            self._state.denials.append(Denial(service, path_contains, method))
 
     def _cluster(self, cluster_id: str) -> Cluster:
         return self._state.cluster(cluster_id)

@@ -6,6 +6,7 @@ on the simulator's event-loop thread, tests call in from theirs. No method await
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import random
 import threading
@@ -20,13 +21,18 @@ if TYPE_CHECKING:
     from azsim.messages import RequestRecord
 
 __all__ = [
+    "BUILTIN_ROLES",
     "DEFAULT_OPS",
+    "DEFAULT_ROTATION_POLICY",
     "Cluster",
     "Config",
+    "Denial",
     "Identity",
     "Key",
     "KeyVersion",
     "Operation",
+    "RoleAssignment",
+    "RoleDefinition",
     "State",
     "Vault",
     "iso_z",
@@ -34,6 +40,15 @@ __all__ = [
 
 DEFAULT_OPS = ("encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey")
 KEY_EVENT_PREFIX = "Microsoft.KeyVault."
+# What a new key gets unless a test says otherwise: rotate 90 days after creation, notify 30 days before
+# expiry, new versions expire after 2 years (the Key Vault REST shape, without id and timestamps).
+DEFAULT_ROTATION_POLICY: dict[str, Any] = {
+    "lifetimeActions": [
+        {"trigger": {"timeAfterCreate": "P90D"}, "action": {"type": "Rotate"}},
+        {"trigger": {"timeBeforeExpiry": "P30D"}, "action": {"type": "Notify"}},
+    ],
+    "attributes": {"expiryTime": "P2Y"},
+}
 
 
 def iso_z(epoch: float) -> str:
@@ -77,10 +92,13 @@ class KeyVersion:
 
 @dataclass
 class Key:
-    """A Key Vault key: its versions in creation order."""
+    """A Key Vault key: its versions in creation order, and its rotation policy (None: never set)."""
 
     name: str
     versions: dict[str, KeyVersion] = field(default_factory=dict)
+    rotation_policy: dict[str, Any] | None = None
+    policy_created: int | None = None
+    policy_updated: int | None = None
 
     @property
     def latest(self) -> KeyVersion:
@@ -98,6 +116,16 @@ class Vault:
     location: str
     suffix: str
     keys: dict[str, Key] = field(default_factory=dict)
+    # ARM properties (Microsoft.KeyVault/vaults); the defaults pass every check of `rotation doctor`.
+    enable_soft_delete: bool = True
+    soft_delete_retention_days: int = 90
+    enable_purge_protection: bool = True
+    enable_rbac_authorization: bool = True
+    public_network_access: str = "Enabled"
+    network_default_action: str = "Allow"
+    network_bypass: str = "AzureServices"
+    ip_rules: list[str] = field(default_factory=list)
+    access_policies: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def host(self) -> str:
@@ -134,6 +162,82 @@ class Identity:
     location: str
     principal_id: str
     client_id: str
+
+
+@dataclass(frozen=True)
+class RoleDefinition:
+    """An Azure RBAC role definition (built-in or custom), by its GUID."""
+
+    guid: str
+    role_name: str
+    actions: tuple[str, ...] = ()
+    data_actions: tuple[str, ...] = ()
+    not_data_actions: tuple[str, ...] = ()
+    built_in: bool = True
+
+
+@dataclass(frozen=True)
+class RoleAssignment:
+    """A role assignment: ``principal_id`` holds ``role_guid`` at ``scope``."""
+
+    guid: str
+    scope: str
+    principal_id: str
+    role_guid: str
+    condition: str | None = None
+
+
+CRYPTO_SERVICE_ENCRYPTION_USER = "e147488a-f6f5-4113-8e2d-b22465e65bf6"
+BUILTIN_ROLES: dict[str, RoleDefinition] = {
+    role.guid: role
+    for role in (
+        RoleDefinition(
+            CRYPTO_SERVICE_ENCRYPTION_USER,
+            "Key Vault Crypto Service Encryption User",
+            ("Microsoft.EventGrid/eventSubscriptions/write", "Microsoft.EventGrid/eventSubscriptions/read"),
+            (
+                "Microsoft.KeyVault/vaults/keys/read",
+                "Microsoft.KeyVault/vaults/keys/wrap/action",
+                "Microsoft.KeyVault/vaults/keys/unwrap/action",
+            ),
+        ),
+        RoleDefinition(
+            "14b46e9e-c2b7-41b4-b07b-48a6ebf60603",
+            "Key Vault Crypto Officer",
+            ("Microsoft.Authorization/*/read", "Microsoft.KeyVault/*/read"),
+            ("Microsoft.KeyVault/vaults/keys/*", "Microsoft.KeyVault/vaults/keyrotationpolicies/*"),
+        ),
+        RoleDefinition(
+            "00482a5a-887f-4fb3-b363-3b7fe8e74483",
+            "Key Vault Administrator",
+            ("Microsoft.Authorization/*/read", "Microsoft.KeyVault/*/read"),
+            ("Microsoft.KeyVault/vaults/*",),
+        ),
+        RoleDefinition(
+            "21090545-7ca7-4776-b22c-e363652d74d2",
+            "Key Vault Reader",
+            ("Microsoft.Authorization/*/read", "Microsoft.KeyVault/vaults/*/read"),
+            ("Microsoft.KeyVault/vaults/*/read", "Microsoft.KeyVault/vaults/secrets/readMetadata/action"),
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Denial:
+    """The rotator's own identity is refused (403) on requests of ``service`` whose path contains this."""
+
+    service: str
+    path_contains: str
+    method: str | None = None
+
+    def matches(self, service: str, method: str, path: str) -> bool:
+        """Whether a request is refused by this denial."""
+        return (
+            self.service == service
+            and (self.method is None or self.method.upper() == method.upper())
+            and self.path_contains.lower() in path.lower()
+        )
 
 
 @dataclass
@@ -206,6 +310,9 @@ class State:
         self.requests: list[RequestRecord] = []
         self.refused_connects: list[str] = []
         self.faults = FaultPlan(seed=seed)
+        self.role_definitions: dict[str, RoleDefinition] = dict(BUILTIN_ROLES)  # by lower-case GUID
+        self.role_assignments: list[RoleAssignment] = []
+        self.denials: list[Denial] = []
         self.clock_offset = 0.0  # seconds operations are ahead of the wall clock (Simulator.advance)
         self._write_buckets: dict[str, TokenBucket] = {}
         self._read_buckets: dict[str, TokenBucket] = {}
@@ -261,8 +368,12 @@ class State:
         tags: dict[str, str] | None = None,
     ) -> KeyVersion:
         """Create a version (and the key when new); ``created`` strictly increases per key."""
-        key = vault.keys.setdefault(name.lower(), Key(name=name))
+        key = vault.keys.get(name.lower())
         now = int(time.time())
+        if key is None:
+            key = vault.keys.setdefault(name.lower(), Key(name=name))
+            key.rotation_policy = copy.deepcopy(DEFAULT_ROTATION_POLICY)
+            key.policy_created = key.policy_updated = now
         created = max([now] + [v.created + 1 for v in key.versions.values()])
         kty_upper = kty.upper()
         material: dict[str, bytes]
@@ -360,6 +471,23 @@ class State:
     def identity(self, identity_id: str) -> Identity | None:
         """The identity by id (case-insensitive), or None."""
         return self.identities.get(identity_id.lower())
+
+    def denied(self, service: str, method: str, path: str) -> Denial | None:
+        """The denial that refuses this request of the rotator, if any."""
+        return next((d for d in self.denials if d.matches(service, method, path)), None)
+
+    def grant(self, scope: str, principal_id: str, role_guid: str, *, condition: str | None = None) -> str:
+        """Add a role assignment (idempotent per scope, principal and role); return its GUID."""
+        for existing in self.role_assignments:
+            if (existing.scope.lower(), existing.principal_id, existing.role_guid) == (
+                scope.lower(),
+                principal_id,
+                role_guid.lower(),
+            ) and existing.condition == condition:
+                return existing.guid
+        assignment = RoleAssignment(str(uuid.uuid4()), scope, principal_id, role_guid.lower(), condition)
+        self.role_assignments.append(assignment)
+        return assignment.guid
 
     def record(self, record: RequestRecord) -> None:
         """Append to the request log."""

@@ -78,11 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reconcile.add_argument("--dry-run", action="store_true", help="report only; queue nothing")
     reconcile.add_argument("--json", action="store_true", help="machine output only")
+    reconcile.add_argument(
+        "--doctor", action="store_true", help="also run the doctor's checks and log warn/fail findings"
+    )
 
     history = sub.add_parser("history", help="a cluster's rotation history, newest first")
     history.add_argument("cluster_id", metavar="CLUSTER_ID")
     history.add_argument("--limit", type=int, default=50)
     history.add_argument("--json", action="store_true", help="machine output")
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="check a cluster (or every watched one): key, vault, identity, access; exit 1 on a fail",
+    )
+    doctor.add_argument("cluster_id", metavar="CLUSTER_ID", nargs="?", help="default: every watched cluster")
+    doctor.add_argument("--json", action="store_true", help="machine output")
 
     rotate = sub.add_parser("rotate", help="rotate one cluster, watched or not")
     rotate.add_argument("cluster_id", metavar="CLUSTER_ID")
@@ -128,6 +138,8 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return await _rotate(args, settings)
     from rotation import commands  # noqa: PLC0415 - storage clients only for the commands that need them
 
+    if args.command == "doctor" and args.cluster_id:
+        return await commands.doctor(args, settings)  # one named cluster: no registry needed
     if not settings.storage_configured:
         raise UsageError(
             "AzureWebJobsStorage is not set: the registry needs a connection string or "
@@ -141,6 +153,7 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         "replay": commands.replay,
         "history": commands.history,
         "reconcile": commands.reconcile,
+        "doctor": commands.doctor,
     }
     return await handlers[args.command](args, settings)
 

@@ -58,12 +58,12 @@ async def register(args: argparse.Namespace, settings: Settings) -> int:
 
     async def work(service: Service) -> int:
         try:
-            watched = await service.register(cluster_id, owner=args.owner)
+            watched, report = await service.register_and_check(cluster_id, owner=args.owner)
         except RegistrationRefused as exc:
             print(f"error: refused: {exc}", file=sys.stderr)  # noqa: T201
             return EXIT_FAILED
         if args.json:
-            _json(watched_dict(watched))
+            _json({**watched_dict(watched), "doctor": report.to_dict()})
         else:
             _out(f"watching {watched.cluster_id}")
             _out(f"  vault    https://{watched.vault_host}")
@@ -71,6 +71,10 @@ async def register(args: argparse.Namespace, settings: Settings) -> int:
             _out(f"  version  {watched.current_version or '(versionless)'}")
             _out(f"  identity {watched.identity}")
             _out(f"  owner    {watched.owner or '-'}")
+            problems = report.problems()
+            _out(f"  doctor   {len(report.findings) - len(problems)} of {len(report.findings)} checks pass")
+            for f in problems:
+                _out(f"  {f.status.value.upper():<4}     {f.check}  {f.reason}")
         return EXIT_OK
 
     return await _with_service(settings, work)
@@ -307,7 +311,9 @@ async def reconcile(args: argparse.Namespace, settings: Settings) -> int:
     async def work(service: Service) -> int:
         bar = _ProgressBar() if not args.json else None
         try:
-            report = await Reconciler(service, dry_run=args.dry_run or settings.dry_run, progress=bar).run()
+            report = await Reconciler(
+                service, dry_run=args.dry_run or settings.dry_run, progress=bar, doctor=args.doctor
+            ).run()
         finally:
             if bar is not None:
                 bar.close()
@@ -330,3 +336,33 @@ async def reconcile(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_OK
 
     return await _with_service(settings, work)
+
+
+async def doctor(args: argparse.Namespace, settings: Settings) -> int:
+    """`rotation doctor`: one line per check (or JSON); exit 1 when any check fails."""
+    from rotation.doctor import Doctor, DoctorReport, format_report  # noqa: PLC0415
+    from rotation.runtime import Runtime  # noqa: PLC0415
+
+    report: DoctorReport
+    if args.cluster_id:
+        cluster_id = _cluster_arg(args.cluster_id)
+        runtime = Runtime.create(settings)
+        try:
+            async with Doctor.for_runtime(runtime) as checker:
+                report = await checker.check_many([cluster_id])
+        finally:
+            await runtime.close()
+    else:
+
+        async def work(service: Service) -> int:
+            nonlocal report
+            report = await service.doctor()
+            return EXIT_OK
+
+        await _with_service(settings, work)
+    if args.json:
+        _json(report.to_dict())
+    else:
+        for line in format_report(report):
+            _out(line)
+    return EXIT_FAILED if report.failed else EXIT_OK

@@ -137,6 +137,16 @@ async def rotate(service: Service, method: str, params: Mapping[str, str], body:
     return 202, {"queued": json.loads(job.to_json())}
 
 
+@_guarded
+async def doctor(service: Service, method: str, params: Mapping[str, str], body: bytes) -> Response:
+    """GET [?clusterId=]: the doctor's report for one cluster (watched or not) or every watched cluster."""
+    del method, body
+    raw = params.get("clusterId")
+    ids = None if raw is None else [str(_cluster_id(raw))]
+    report = await service.doctor(ids)
+    return 200, report.to_dict()
+
+
 async def health(service: Service, method: str, params: Mapping[str, str], body: bytes) -> Response:
     """GET: the registry answers; reports dry-run mode."""
     del method, params, body

@@ -6,7 +6,8 @@
 4. creates a new key version in the simulator, which emits the Key Vault event;
 5. delivers the event to the Event Grid function as the Functions host would (real trigger object);
 6. runs the queue function on every queued job as the host would;
-7. prints the watched-cluster table (`python -m rotation list`), a history and the log, and stops everything.
+7. prints the watched-cluster table (`python -m rotation list`), a history, the log and a doctor report
+   (`python -m rotation doctor`) of one cluster, and stops everything.
 """
 
 from __future__ import annotations
@@ -164,6 +165,8 @@ def main() -> None:
         cli("list")
         banner("history of one cluster")
         cli("history", clusters[0])
+        banner("doctor: will that cluster's key keep working, and can the rotator keep it current?")
+        cli("doctor", clusters[0])
         puts = [r for r in sim.requests if r.method == "PUT"]
         banner(f"simulator saw {len(puts)} PUT(s) for {len(clusters)} registered clusters")
     banner(f"done in {time.monotonic() - started:.1f} s; Azurite and the simulator are stopped")
