@@ -95,6 +95,13 @@ def build_body(cluster: Cluster, target: KeyUrl) -> dict[str, Any]:
     }
 
 
+@dataclass
+class WriteFlag:
+    """Up while a PUT of this job may be on its way to ARM."""
+
+    in_flight: bool = False
+
+
 class _Done(Exception):  # internal control flow: a decision was reached early
     def __init__(self, outcome: Outcome, reason: str, **fields: Any) -> None:  # noqa: ANN401
         super().__init__(reason)
@@ -131,12 +138,17 @@ class Rotator:
         request: RotationRequest,
         *,
         on_accepted: Callable[[str, KeyUrl], Awaitable[None]] | None = None,
+        write_flag: WriteFlag | None = None,
     ) -> RotationResult:
-        """Run one job to an outcome; raise `TransientFailure` when retries are exhausted (redeliver it)."""
+        """Run one job to an outcome; raise `TransientFailure` when retries are exhausted (redeliver it).
+
+        ``on_accepted`` gets the operation URL before polling starts (rule 7); ``write_flag`` is up while a
+        PUT may be on its way to ARM, so a caller cancelled then knows a write could still land.
+        """
         started = self._clock()
         state = _State(request)
         try:
-            await self._run(request, state, on_accepted)
+            await self._run(request, state, on_accepted, write_flag or WriteFlag())
         except _Done as done:
             result = state.result(done.outcome, done.reason, self._clock() - started, **done.fields)
         except ServiceError as exc:
@@ -159,6 +171,7 @@ class Rotator:
         request: RotationRequest,
         state: _State,
         on_accepted: Callable[[str, KeyUrl], Awaitable[None]] | None,
+        write_flag: WriteFlag,
     ) -> None:
         cluster = await self._get_cluster(request.cluster_id, state)
         current = self._current_key(cluster)
@@ -175,9 +188,14 @@ class Rotator:
         body = build_body(cluster, target)
         if request.dry_run:
             raise _Done(Outcome.DRY_RUN, "dry run: PUT not sent", body=body)
-        accepted, attempts = await self._arm_write.call(
-            lambda: self._clusters.put(request.cluster_id, body), log_fields=state.log_fields()
-        )
+        write_flag.in_flight = True
+        try:
+            accepted, attempts = await self._arm_write.call(
+                lambda: self._clusters.put(request.cluster_id, body), log_fields=state.log_fields()
+            )
+        finally:
+            # An answer (or an error) came back: nothing of ours is on the wire. Cancelled: it may be.
+            write_flag.in_flight = _cancelling()
         state.attempts += attempts
         state.request_id = accepted.request_id
         state.correlation_id = accepted.correlation_id
@@ -330,6 +348,12 @@ class Rotator:
         if (cluster.provisioning_state or "").lower() != "succeeded":
             raise _Done(Outcome.FAILED, f"verification: provisioningState is {cluster.provisioning_state}")
         raise _Done(Outcome.ROTATED, "cluster verified on the target version")
+
+
+def _cancelling() -> bool:
+    """Whether the running task is being cancelled (then a PUT may still be on its way to ARM)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 class _State:

@@ -25,6 +25,7 @@ from rotation.ids import InvalidKeyUrl, KeyUrl, parse_cluster_id, parse_key_url
 from rotation.jobs import Job
 from rotation.keyvault import unusable_reason
 from rotation.outcomes import Outcome
+from rotation.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -121,8 +122,10 @@ class Reconciler:
         progress: Callable[[int, int], None] | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         sleep: Callable[[float], Any] = asyncio.sleep,
+        doctor: bool = False,
     ) -> None:
         self._service = service
+        self._doctor = doctor  # also run `rotation doctor` on every cluster and log its findings
         self._dry_run = dry_run
         self._jitter_s = jitter_s
         self._page_size = page_size
@@ -132,6 +135,8 @@ class Reconciler:
         self._keys: dict[str, asyncio.Task[_KeyState]] = {}
         self._report = ReconcileReport(dry_run=dry_run)
         self._gate = asyncio.Semaphore(service.settings.max_concurrency)
+        # The same one retry layer as a rotation (rule 6): one 429 must not skip a cluster for a whole pass.
+        self._retry = RetryPolicy("reconcile-read", service.settings.retry, sleep=sleep)
 
     async def run(self) -> ReconcileReport:
         """Wait the jitter, then reconcile every watched cluster; return the report."""
@@ -156,12 +161,26 @@ class Reconciler:
         await asyncio.gather(*tasks)
         done += len(tasks)
         self._tick(done, total)
+        if self._doctor:
+            await self._run_doctor()
         self._report.keys = len(self._keys)
         self._report.duration_s = time.perf_counter() - started
         self._report.clusters.sort(key=lambda c: (c.key, c.cluster_id.lower()))
         summary = self._report.to_dict()["summary"]
         logger.info("rotation.reconcile_finished", extra={"dry_run": self._dry_run, **summary})
         return self._report
+
+    async def _run_doctor(self) -> None:
+        """The doctor's checks on every cluster of the pass, warn/fail logged as ``rotation.doctor_finding``.
+
+        One `Doctor` per pass: each vault, identity, role list, key listing and policy is read once.
+        """
+        from rotation.doctor import Doctor, log_findings  # noqa: PLC0415 - only when asked for
+
+        async with Doctor.for_runtime(self._service.runtime) as doctor:
+            report = await doctor.check_many([c.cluster_id for c in self._report.clusters])
+        for cluster in report.clusters:
+            log_findings(cluster, context="reconcile")
 
     def _tick(self, done: int, total: int) -> None:
         if self._progress is not None:
@@ -201,13 +220,17 @@ class Reconciler:
     async def _check(self, watched: WatchedCluster) -> ClusterReport:
         service = self._service
         cluster_id = parse_cluster_id(watched.cluster_id)
-        self._report.arm_reads += 1
+        fields = {"cluster_id": watched.cluster_id, "trigger": "reconcile"}
         try:
-            cluster = await service.runtime.clusters.get(cluster_id)
-        except NotFoundError:
+            cluster, attempts = await self._retry.call(
+                lambda: service.runtime.clusters.get(cluster_id), log_fields=fields
+            )
+        except NotFoundError as exc:
+            self._report.arm_reads += exc.attempts
             return self._skipped(
                 watched, "cluster-not-found", "registered cluster no longer exists", "WARNING"
             )
+        self._report.arm_reads += attempts
         if not cluster.is_cmk or cluster.key_url is None:
             return self._skipped(
                 watched, Outcome.NOT_CMK.value, "cluster has no customer-managed key", "ERROR"
@@ -234,6 +257,17 @@ class Reconciler:
                 f"cluster was re-pointed from {watched.key} to {actual.host}/{actual.name}; registry updated"
             )
             drift = (Outcome.KEY_MISMATCH.value, detail, "WARNING")
+        elif (actual.version or None) != watched.current_version and not self._dry_run:
+            # The registry missed the version ARM reports (a worker stopped between verifying and recording):
+            # the registry follows the cluster, as it does for a re-pointed key.
+            await service.registry.upsert(
+                cluster_id=cluster_id,
+                vault_host=watched.vault_host,
+                key_name=watched.key_name,
+                current_version=actual.version,
+                identity=cluster.key_identity,
+                owner=watched.owner,
+            )
         if actual.versionless:
             line = ClusterReport(
                 watched.cluster_id, f"{actual.host}/{actual.name}", None, None, "versionless"
@@ -306,8 +340,9 @@ class Reconciler:
 
     async def _fetch_key(self, key: KeyUrl) -> _KeyState:
         keys = self._service.runtime.keys
-        self._report.keyvault_reads += 1
-        versions = await keys.list_versions(key)
+        fields = {"key": f"{key.host}/{key.name}", "trigger": "reconcile"}
+        versions, attempts = await self._retry.call(lambda: keys.list_versions(key), log_fields=fields)
+        self._report.keyvault_reads += attempts
         now = self._now()
         newest: KeyVersion | None = None
         for listed in sorted(
@@ -317,8 +352,12 @@ class Reconciler:
                 continue
             if listed.expires_on is not None and listed.expires_on <= now:
                 continue
-            self._report.keyvault_reads += 1
-            full = await keys.get_version(listed.url)
+            url = listed.url
+            full, attempts = await self._retry.call(
+                lambda: keys.get_version(url),  # noqa: B023 - awaited before the loop moves on
+                log_fields=fields,
+            )
+            self._report.keyvault_reads += attempts
             if unusable_reason(full, now) is None:
                 newest = full
                 break

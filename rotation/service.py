@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import socket
 import time
@@ -17,7 +18,8 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from rotation.engine import RotationRequest
+from rotation.doctor import ClusterReport, Doctor, DoctorReport, log_findings
+from rotation.engine import RotationRequest, WriteFlag
 from rotation.errors import NotFoundError, TransientFailure
 from rotation.events import EventIgnored, EventKind, EventRejected, KeyVersionEvent, parse_event
 from rotation.ids import InvalidKeyUrl, parse_cluster_id, parse_key_url
@@ -39,6 +41,7 @@ logger = logging.getLogger(__name__)
 CLAIM_TTL_S = 900.0  # longer than one invocation's polling budget, shorter than an on-call's patience
 BACKOFF_S = 15.0  # a job whose cluster another worker holds comes back after this long
 MAX_BACKOFFS = 40  # a claim lapses after CLAIM_TTL_S, so this is never reached by a healthy system
+ENQUEUE_CONCURRENCY = 64  # queue sends in flight while fanning an event out (one connection each)
 
 
 class RegistrationRefused(Exception):
@@ -208,9 +211,9 @@ class Service:
                 event_id=event.event_id,
                 enqueued_at=now,
             )
-            for w in watched
+            for w in _by_subscription_round_robin(watched)
         ]
-        await self.queue.send_many(jobs)
+        await self.queue.send_many(jobs, concurrency=ENQUEUE_CONCURRENCY)
         duration = time.perf_counter() - started
         logger.info(
             "rotation.jobs_enqueued",
@@ -247,9 +250,11 @@ class Service:
         try:
             return await self.execute(job, dequeue_count=dequeue_count, invocation_id=invocation_id)
         except ClusterBusy:
-            if job.backoffs >= MAX_BACKOFFS:
-                raise
             backoff = BACKOFF_S if self.backoff_s is None else self.backoff_s
+            ttl = CLAIM_TTL_S if self.claim_ttl is None else self.claim_ttl
+            # Defer at least until a dead worker's claim has lapsed (40 x 15 s alone is less than 900 s).
+            if job.backoffs >= max(MAX_BACKOFFS, math.ceil(ttl / max(backoff, 0.001)) + 1):
+                raise
             await self.queue.send(replace(job, backoffs=job.backoffs + 1), delay=backoff)
             logger.info(
                 "rotation.job_deferred",
@@ -280,10 +285,36 @@ class Service:
         ttl = CLAIM_TTL_S if self.claim_ttl is None else self.claim_ttl
         if not await self.registry.claim(cluster_id, owner=owner, ttl=ttl):
             raise ClusterBusy(f"{job.cluster_id} is being rotated by another worker")
+        writing = WriteFlag()  # up while the rotator's PUT may be on its way to ARM
+        keep = False
         try:
-            return await self._run_job(job, cluster_id, invocation_id, dequeue_count, dry_run)
+            return await self._run_job(
+                job,
+                cluster_id,
+                invocation_id=invocation_id,
+                dequeue_count=dequeue_count,
+                dry_run=dry_run,
+                write_flag=writing,
+            )
+        except asyncio.CancelledError:
+            # Cancelled with a PUT possibly still on its way to ARM: keep the claim, so that no other worker
+            # PUTs before it lands (a late arrival could take the cluster back a version); it lapses at TTL.
+            keep = writing.in_flight
+            if keep:
+                logger.warning(
+                    "rotation.claim_kept",
+                    extra={
+                        "cluster_id": job.cluster_id,
+                        "event_id": job.event_id,
+                        "invocation_id": invocation_id,
+                        "wait_s": ttl,
+                        "reason": "cancelled while a PUT was in flight",
+                    },
+                )
+            raise
         finally:
-            await self.registry.release(cluster_id, owner=owner)
+            if not keep:
+                await self.registry.release(cluster_id, owner=owner)
 
     def resolve_jobs(self, event: KeyVersionEvent, watched: list[WatchedCluster]) -> list[Job]:
         """One job per watched cluster of the event's key."""
@@ -296,9 +327,11 @@ class Service:
         self,
         job: Job,
         cluster_id: ResourceId,
+        *,
         invocation_id: str | None,
         dequeue_count: int,
-        dry_run: bool | None,  # noqa: FBT001 - private; passed through from execute's keyword
+        dry_run: bool | None,
+        write_flag: WriteFlag,
     ) -> RotationResult:
         target = parse_key_url(job.target_key_url, require_version=True) if job.target_key_url else None
         operation_url = job.operation_url
@@ -325,7 +358,9 @@ class Service:
             )
 
         try:
-            result = await self.runtime.rotator.rotate(request, on_accepted=on_accepted)
+            result = await self.runtime.rotator.rotate(
+                request, on_accepted=on_accepted, write_flag=write_flag
+            )
         except TransientFailure as exc:
             failed = RotationResult(
                 cluster_id=job.cluster_id,
@@ -393,6 +428,22 @@ class Service:
         )
         return watched
 
+    async def register_and_check(
+        self, raw_cluster_id: str, *, owner: str | None
+    ) -> tuple[WatchedCluster, ClusterReport]:
+        """`register`, then the doctor's checks on the cluster; findings are logged, never a refusal."""
+        watched = await self.register(raw_cluster_id, owner=owner)
+        [report] = (await self.doctor([watched.cluster_id])).clusters
+        log_findings(report, context="register")
+        return watched, report
+
+    async def doctor(self, cluster_ids: list[str] | None = None) -> DoctorReport:
+        """`rotation doctor` on these clusters (watched or not), or on every watched cluster."""
+        if cluster_ids is None:
+            cluster_ids = [w.cluster_id async for w in self.registry.list()]
+        async with Doctor.for_runtime(self.runtime) as doctor:
+            return await doctor.check_many(cluster_ids)
+
     def _cmk_key(self, cluster: Cluster) -> KeyUrl:
         if not cluster.is_cmk or cluster.key_url is None:
             raise RegistrationRefused("cluster is not encrypted with a customer-managed key (not-cmk)")
@@ -402,6 +453,23 @@ class Service:
             return parse_key_url(cluster.key_url, allowed_suffixes=self.settings.allowed_vault_suffixes)
         except InvalidKeyUrl as exc:
             raise RegistrationRefused(f"cluster key is outside the allowed vaults: {exc}") from exc
+
+
+def _by_subscription_round_robin(watched: list[WatchedCluster]) -> list[WatchedCluster]:
+    """One cluster of each subscription in turn.
+
+    The registry returns a key's clusters sorted by id, so grouped by subscription; each subscription has its
+    own ARM write budget, and workers take jobs roughly in queue order, so interleaving keeps every
+    subscription's budget in use from the start instead of draining one subscription after another.
+    """
+    groups: dict[str, list[WatchedCluster]] = {}
+    for w in watched:
+        groups.setdefault(w.subscription.lower(), []).append(w)
+    queues = list(groups.values())
+    out: list[WatchedCluster] = []
+    for i in range(max((len(q) for q in queues), default=0)):
+        out.extend(q[i] for q in queues if i < len(q))
+    return out
 
 
 def watched_dict(w: WatchedCluster) -> dict[str, Any]:

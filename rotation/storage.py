@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from azure.core.exceptions import (
     HttpResponseError,
@@ -44,6 +44,15 @@ _DEV_ENDPOINTS = {
     "blob": f"http://127.0.0.1:10000/{_DEV_ACCOUNT}",
     "queue": f"http://127.0.0.1:10001/{_DEV_ACCOUNT}",
     "table": f"http://127.0.0.1:10002/{_DEV_ACCOUNT}",
+}
+
+# The queue SDK's exponential retry with short waits: its default (15 s, 18 s, 24 s) keeps `on_key_event`
+# past Event Grid's 30 s when the queue is unreachable; the failure must reach the caller soon (rule 10).
+QUEUE_RETRY: dict[str, Any] = {
+    "retry_total": 2,
+    "initial_backoff": 1,
+    "increment_base": 2,
+    "random_jitter_range": 1,
 }
 
 
@@ -134,13 +143,13 @@ def storage_clients(
     if settings.storage_connection:
         conn = settings.storage_connection
         return TableServiceClient.from_connection_string(conn), QueueServiceClient.from_connection_string(
-            conn
+            conn, **QUEUE_RETRY
         )
     endpoints = storage_endpoints(settings)  # raises SettingsError when nothing is configured
     token = storage_credential(settings, credential)
     return (
         TableServiceClient(endpoints.table_url, credential=token),
-        QueueServiceClient(endpoints.queue_url, credential=token),
+        QueueServiceClient(endpoints.queue_url, credential=token, **QUEUE_RETRY),
     )
 
 

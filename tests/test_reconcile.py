@@ -325,3 +325,35 @@ def test_progress_bar_draws_counts_on_a_terminal(monkeypatch, capsys):
     out = fake.getvalue()
     assert "\rreconcile [" + "#" * 15 + "." * 15 + "] 5/10" in out
     assert out.endswith("] 10/10\n")
+
+
+async def test_worker_cancelled_during_put_keeps_its_claim(stack):
+    """Cancelled while its PUT may still reach ARM, a worker keeps the claim: no other worker PUTs meanwhile."""
+    from azsim.faults import Fault
+
+    key, v1 = stack.new_key()
+    cluster = stack.add_cluster(key, v1)
+    await stack.register(cluster)
+    v2 = stack.sim.create_key_version(stack.vault, key, emit_event=False)
+    stack.sim.inject(method="PUT", service="arm", faults=[Fault.slow(3.0)])
+    body = Job.new(cluster, trigger="event", target_key_url=stack.sim.key_url(stack.vault, key, v2)).to_json()
+    stack.sim.clear_requests()
+    worker = asyncio.create_task(stack.service.handle_job(body))
+    for _ in range(250):  # the decision reads both versions from Key Vault just before the PUT
+        if len([r for r in stack.sim.requests if r.service == "kv" and r.status == 200]) >= 2:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.5)  # the PUT is on the wire, its answer held back for 3 s
+    assert not worker.done()
+    worker.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await worker
+    assert await stack.service.handle_job(body, dequeue_count=2) is None  # deferred: the claim is still held
+    async with queue_client(stack.service.queue._service, stack.queue_name) as client:
+        assert (
+            await client.get_queue_properties()
+        ).approximate_message_count == 1  # back later, invisible now
+    assert not [r for r in stack.sim.requests if r.method == "PUT" and r.status == 201 and r.fault is None][
+        1:
+    ]
+    assert not await stack.service.registry.claim(parse_cluster_id(cluster), owner="someone-else", ttl=5)

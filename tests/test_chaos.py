@@ -1,0 +1,25 @@
+"""The chaos run (scripts/chaos.py) at a small size: `make test` runs this, `make chaos` a bigger one."""
+
+from __future__ import annotations
+
+import pytest
+from app_fixtures import user_function
+
+from scripts.chaos import run_chaos
+
+SEED = 20261128
+
+
+@pytest.mark.slow
+def test_small_chaos_run_has_no_violations(sim, azurite):
+    """12 clusters, 3 rotations a key, events 1-3 times shuffled, faults and killed workers: no violation."""
+    functions = {name: user_function(name) for name in ("on_key_event", "rotate_cluster")}
+    report = run_chaos(12, SEED, sim=sim, connection=azurite.connection_string, functions=functions)
+    assert report.violations == [], report.summary()
+    assert report.clusters == 12
+    assert report.deliveries >= report.events >= 9
+    assert report.unusable_versions >= 1
+    assert {"429", "500", "503", "reset"} & set(report.faults)
+    assert report.retries > 0
+    assert min(report.puts_per_cluster.values()) >= 1
+    assert report.tokens_scanned >= 1
