@@ -8,8 +8,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 AZURITE := node_modules/.bin/azurite
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
+CHAOS_ARGS ?= --clusters 40
 
-.PHONY: setup lint test unit demo infra-check clean
+.PHONY: setup lint test unit demo chaos bench infra-check clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +45,16 @@ unit: setup
 ## the main job on the local simulator, start to finish, leaving nothing running
 demo: setup
 	$(PY) scripts/demo.py
+
+## chaos run: clusters, rotations, duplicated shuffled events, faults, killed workers; exit 1 on a violation
+## (bigger: make chaos CHAOS_ARGS="--clusters 200 --keys 100 --rotations 5 --seed 2026")
+chaos: setup
+	$(PY) scripts/chaos.py $(CHAOS_ARGS)
+
+## the benchmark of the real path (Event Grid function, Azurite queue, worker process, simulator over TLS):
+## prints a table, writes build/bench.json and docs/benchmarks.md; sizes and scale: BENCH_ARGS="--help"
+bench: setup
+	$(PY) scripts/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -30,6 +30,7 @@ from azure.mgmt.core import AsyncARMPipelineClient
 from azure.mgmt.core.policies import ARMHttpLoggingPolicy, AsyncARMChallengeAuthenticationPolicy
 
 from rotation.errors import NotFoundError, ServiceError
+from rotation.pacing import ArmPacer, is_write, subscription_of
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -134,8 +135,11 @@ class ClustersClient:
         api_version: str,
         connection_timeout: float = 10.0,
         read_timeout: float = 60.0,
+        pacer: ArmPacer | None = None,
     ) -> None:
         self._endpoint = endpoint.rstrip("/")
+        # Per-subscription pacing from the throttling headers (rotation.pacing); share one per process.
+        self.pacer = pacer if pacer is not None else ArmPacer()
         self._host = (urlsplit(self._endpoint).hostname or "").lower()
         self._api_version = api_version
         self._timeouts = {"connection_timeout": connection_timeout, "read_timeout": read_timeout}
@@ -250,14 +254,24 @@ class ClustersClient:
     ) -> AsyncHttpResponse:
         params = {"api-version": self._api_version} if api_version else None
         request = HttpRequest(method, url, params=params, json=json)
+        subscription = subscription_of(_path(url))
+        ticket = None
+        if subscription is not None:
+            ticket = await self.pacer.acquire(subscription, write=is_write(method))
         try:
             response: AsyncHttpResponse = await self._client.send_request(
                 request,
                 connection_timeout=self._timeouts["connection_timeout"],
                 read_timeout=self._timeouts["read_timeout"],
             )
-        except (ServiceRequestError, ServiceResponseError) as exc:
-            raise ServiceError(f"{method} {_path(url)}: {type(exc).__name__}", service="arm") from exc
+        except BaseException as exc:
+            if ticket is not None:
+                self.pacer.release(ticket)  # no answer, no news about the budget
+            if isinstance(exc, ServiceRequestError | ServiceResponseError):
+                raise ServiceError(f"{method} {_path(url)}: {type(exc).__name__}", service="arm") from exc
+            raise
+        if ticket is not None:
+            self.pacer.observe(ticket, response.status_code, response.headers)
         return response
 
     def _check_same_host(self, url: str) -> None:

@@ -10,6 +10,8 @@ and no cryptographic operation is ever requested.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TypeVar
@@ -36,6 +38,10 @@ if TYPE_CHECKING:
 RSA_TYPES = frozenset({"RSA", "RSA-HSM"})
 RSA_SIZES = frozenset({2048, 3072, 4096})
 REQUIRED_OPS = ("wrapKey", "unwrapKey")
+# How long a version's properties read from Key Vault are reused by this process. A fan-out of one key to
+# many clusters then reads each version once (per process), not once per cluster; a version disabled in
+# the vault is seen by rotations starting after this, as by one that read it just before the change.
+VERSION_CACHE_SECONDS = 15.0
 _T = TypeVar("_T")
 
 
@@ -81,10 +87,22 @@ def unusable_reason(key: KeyVersion, now: datetime) -> str | None:
 class KeyVaultKeys:
     """Reads key versions from any number of vaults; one `KeyClient` per vault, reused for the process."""
 
-    def __init__(self, credential: AsyncTokenCredential, *, read_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        credential: AsyncTokenCredential,
+        *,
+        read_timeout: float = 30.0,
+        cache_seconds: float = VERSION_CACHE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._credential = credential
         self._clients: dict[str, KeyClient] = {}
         self._read_timeout = read_timeout
+        self._cache_seconds = cache_seconds
+        self._clock = clock
+        # version URL -> (read at, properties); and the reads in flight, shared by concurrent callers
+        self._versions: dict[str, tuple[float, KeyVersion]] = {}
+        self._reading: dict[str, asyncio.Future[KeyVersion]] = {}
 
     async def close(self) -> None:
         """Close every vault client."""
@@ -106,9 +124,36 @@ class KeyVaultKeys:
         return client
 
     async def get_version(self, key: KeyUrl) -> KeyVersion:
-        """Properties of one version (``key`` must be versioned); `NotFoundError` when it does not exist."""
-        result = await _call(lambda: self._client(key).get_key(key.name, key.version), key)
-        return _from_sdk_key(key, result)
+        """Properties of one version (``key`` must be versioned); `NotFoundError` when it does not exist.
+
+        Reused for ``cache_seconds``; concurrent callers for one version share one read. Failures are not
+        kept: the next caller reads again.
+        """
+        url = str(key).lower()
+        cached = self._versions.get(url)
+        if cached is not None and self._clock() - cached[0] < self._cache_seconds:
+            return cached[1]
+        reading = self._reading.get(url)
+        if reading is not None:
+            return await asyncio.shield(reading)
+        future: asyncio.Future[KeyVersion] = asyncio.get_running_loop().create_future()
+        self._reading[url] = future
+        try:
+            result = _from_sdk_key(
+                key, await _call(lambda: self._client(key).get_key(key.name, key.version), key)
+            )
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                future.cancel()
+            else:
+                future.set_exception(exc)
+                future.exception()  # retrieved: no "never retrieved" warning when nobody else waited
+            raise
+        finally:
+            self._reading.pop(url, None)
+        self._versions[url] = (self._clock(), result)
+        future.set_result(result)
+        return result
 
     async def list_versions(self, key: KeyUrl) -> list[KeyVersion]:
         """Every version's properties (no key type or size: the list call does not return them)."""

@@ -14,6 +14,7 @@ from azure.identity.aio import DefaultAzureCredential
 from rotation.arm import ClustersClient
 from rotation.engine import Rotator
 from rotation.keyvault import KeyVaultKeys
+from rotation.pacing import ArmPacer
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
@@ -35,7 +36,14 @@ class Runtime:
     def create(cls, settings: Settings) -> Runtime:
         """Build the clients; nothing is contacted until the first call."""
         credential = DefaultAzureCredential()
-        clusters = ClustersClient(settings.arm_endpoint, credential, api_version=settings.arm_api_version)
+        # One pacer for the process: every job on a subscription shares its ARM budget.
+        pacer = ArmPacer(
+            write_refill_per_s=settings.arm_write_refill_per_s,
+            read_refill_per_s=settings.arm_read_refill_per_s,
+        )
+        clusters = ClustersClient(
+            settings.arm_endpoint, credential, api_version=settings.arm_api_version, pacer=pacer
+        )
         keys = KeyVaultKeys(credential)
         rotator = Rotator(clusters=clusters, keys=keys, settings=settings)
         return cls(settings=settings, credential=credential, clusters=clusters, keys=keys, rotator=rotator)

@@ -47,6 +47,8 @@ class Settings:
     reconcile_schedule: str = DEFAULT_RECONCILE_SCHEDULE
     poll_budget_seconds: float = 240.0
     check_delay_seconds: float = 60.0
+    arm_write_refill_per_s: float = 10.0  # ARM's write refill per subscription (rotation.pacing)
+    arm_read_refill_per_s: float = 25.0  # ARM's read refill per subscription
     retry: RetrySettings = field(default_factory=RetrySettings)
 
     @property
@@ -86,6 +88,8 @@ class Settings:
             or DEFAULT_RECONCILE_SCHEDULE,
             poll_budget_seconds=_float(env, "ROTATION_POLL_BUDGET_SECONDS", 240.0),
             check_delay_seconds=_float(env, "ROTATION_CHECK_DELAY_SECONDS", 60.0),
+            arm_write_refill_per_s=_positive(env, "ROTATION_ARM_WRITE_REFILL_PER_S", 10.0),
+            arm_read_refill_per_s=_positive(env, "ROTATION_ARM_READ_REFILL_PER_S", 25.0),
             retry=retry,
         )
 
@@ -140,4 +144,17 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
     if not value >= 0 or value == float("inf"):
         raise SettingsError(f"{name} must be a finite, non-negative number, got {raw!r}")
+    return value
+
+
+def _positive(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise SettingsError(f"{name} must be a positive number, got {raw!r}")
     return value
