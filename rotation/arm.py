@@ -143,19 +143,7 @@ class ClustersClient:
         self._host = (urlsplit(self._endpoint).hostname or "").lower()
         self._api_version = api_version
         self._timeouts = {"connection_timeout": connection_timeout, "read_timeout": read_timeout}
-        policies: list[Any] = [
-            RequestIdPolicy(),
-            HeadersPolicy({"Accept": "application/json"}),
-            UserAgentPolicy(base_user_agent=USER_AGENT),
-            ContentDecodePolicy(),
-            AsyncRetryPolicy(retry_total=0),  # rule 6: tenacity is the only retry layer
-            AsyncARMChallengeAuthenticationPolicy(credential, self._endpoint + "/.default"),
-            ARMHttpLoggingPolicy(),  # headers are redacted by azure-core; Authorization is never logged
-            DistributedTracingPolicy(),
-        ]
-        self._client: AsyncARMPipelineClient[Any, Any] = AsyncARMPipelineClient(
-            base_url=self._endpoint, policies=policies
-        )
+        self._client = arm_pipeline(self._endpoint, credential)
 
     async def __aenter__(self) -> Self:
         return self
@@ -282,21 +270,41 @@ class ClustersClient:
 
     @staticmethod
     def _raise_for_status(response: AsyncHttpResponse, *, what: str) -> None:
-        status = response.status_code
-        if status < 400:  # noqa: PLR2004
-            return
-        code, message = _arm_error(response)
-        kwargs: dict[str, Any] = {
-            "service": "arm",
-            "status": status,
-            "code": code,
-            "retry_after": retry_after_seconds(response.headers),
-            "request_id": response.headers.get("x-ms-request-id"),
-            "correlation_id": response.headers.get("x-ms-correlation-request-id"),
-        }
-        if status == 404:  # noqa: PLR2004
-            raise NotFoundError(message or f"{what} not found", **kwargs)
-        raise ServiceError(message or f"HTTP {status}", **kwargs)
+        raise_for_arm_status(response, what=what)
+
+
+def arm_pipeline(endpoint: str, credential: AsyncTokenCredential) -> AsyncARMPipelineClient[Any, Any]:
+    """azure-mgmt-core's async ARM pipeline, azure-core's retry off (rule 6: tenacity is the one layer)."""
+    policies: list[Any] = [
+        RequestIdPolicy(),
+        HeadersPolicy({"Accept": "application/json"}),
+        UserAgentPolicy(base_user_agent=USER_AGENT),
+        ContentDecodePolicy(),
+        AsyncRetryPolicy(retry_total=0),
+        AsyncARMChallengeAuthenticationPolicy(credential, endpoint.rstrip("/") + "/.default"),
+        ARMHttpLoggingPolicy(),  # headers are redacted by azure-core; Authorization is never logged
+        DistributedTracingPolicy(),
+    ]
+    return AsyncARMPipelineClient(base_url=endpoint.rstrip("/"), policies=policies)
+
+
+def raise_for_arm_status(response: AsyncHttpResponse, *, what: str) -> None:
+    """Translate an ARM error answer into `NotFoundError` (404) or `ServiceError`, with ARM's code and ids."""
+    status = response.status_code
+    if status < 400:  # noqa: PLR2004
+        return
+    code, message = _arm_error(response)
+    kwargs: dict[str, Any] = {
+        "service": "arm",
+        "status": status,
+        "code": code,
+        "retry_after": retry_after_seconds(response.headers),
+        "request_id": response.headers.get("x-ms-request-id"),
+        "correlation_id": response.headers.get("x-ms-correlation-request-id"),
+    }
+    if status == 404:  # noqa: PLR2004
+        raise NotFoundError(message or f"{what} not found", **kwargs)
+    raise ServiceError(message or f"HTTP {status} for {what}", **kwargs)
 
 
 def retry_after_seconds(headers: Any) -> float | None:  # noqa: ANN401 - any case-insensitive mapping

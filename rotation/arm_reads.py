@@ -17,20 +17,10 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 from urllib.parse import urlsplit
 
 from azure.core.exceptions import ServiceRequestError, ServiceResponseError
-from azure.core.pipeline.policies import (
-    AsyncRetryPolicy,
-    ContentDecodePolicy,
-    DistributedTracingPolicy,
-    HeadersPolicy,
-    RequestIdPolicy,
-    UserAgentPolicy,
-)
 from azure.core.rest import HttpRequest
-from azure.mgmt.core import AsyncARMPipelineClient
-from azure.mgmt.core.policies import ARMHttpLoggingPolicy, AsyncARMChallengeAuthenticationPolicy
 
-from rotation.arm import USER_AGENT, retry_after_seconds
-from rotation.errors import NotFoundError, ServiceError
+from rotation.arm import arm_pipeline, raise_for_arm_status
+from rotation.errors import ServiceError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -158,19 +148,7 @@ class ArmReads:
         self._endpoint = endpoint.rstrip("/")
         self._host = (urlsplit(self._endpoint).hostname or "").lower()
         self._timeouts = {"connection_timeout": connection_timeout, "read_timeout": read_timeout}
-        policies: list[Any] = [
-            RequestIdPolicy(),
-            HeadersPolicy({"Accept": "application/json"}),
-            UserAgentPolicy(base_user_agent=USER_AGENT),
-            ContentDecodePolicy(),
-            AsyncRetryPolicy(retry_total=0),  # rule 6: tenacity is the only retry layer
-            AsyncARMChallengeAuthenticationPolicy(credential, self._endpoint + "/.default"),
-            ARMHttpLoggingPolicy(),
-            DistributedTracingPolicy(),
-        ]
-        self._client: AsyncARMPipelineClient[Any, Any] = AsyncARMPipelineClient(
-            base_url=self._endpoint, policies=policies
-        )
+        self._client = arm_pipeline(self._endpoint, credential)
 
     async def __aenter__(self) -> Self:
         return self
@@ -286,7 +264,7 @@ class ArmReads:
             )
         except (ServiceRequestError, ServiceResponseError) as exc:
             raise ServiceError(f"{method} {parts.path}: {type(exc).__name__}", service="arm") from exc
-        _raise_for_status(response, what)
+        raise_for_arm_status(response, what=what)
         try:
             doc = response.json()
         except ValueError:
@@ -294,33 +272,6 @@ class ArmReads:
         if not isinstance(doc, dict):
             raise ServiceError(f"unreadable answer for {what}", service="arm", status=response.status_code)
         return doc
-
-
-def _raise_for_status(response: AsyncHttpResponse, what: str) -> None:
-    status = response.status_code
-    if status < 400:  # noqa: PLR2004
-        return
-    code: str | None = None
-    message: str | None = None
-    try:
-        doc = response.json()
-    except ValueError:
-        doc = None
-    error = _dict(doc).get("error")
-    if isinstance(error, dict):
-        code = error.get("code") if isinstance(error.get("code"), str) else None
-        message = error.get("message") if isinstance(error.get("message"), str) else None
-    kwargs: dict[str, Any] = {
-        "service": "arm",
-        "status": status,
-        "code": code,
-        "retry_after": retry_after_seconds(response.headers),
-        "request_id": response.headers.get("x-ms-request-id"),
-        "correlation_id": response.headers.get("x-ms-correlation-request-id"),
-    }
-    if status == 404:  # noqa: PLR2004
-        raise NotFoundError(message or f"{what} not found", **kwargs)
-    raise ServiceError(message or f"HTTP {status} for {what}", **kwargs)
 
 
 def _parsed(parse: Callable[[object], _T], doc: dict[str, Any]) -> _T:

@@ -26,7 +26,7 @@ from rotation.arm_reads import ArmReads, IdentityInfo, RoleAssignmentInfo, RoleD
 from rotation.errors import NotFoundError, ServiceError
 from rotation.ids import DEFAULT_VAULT_SUFFIXES, InvalidKeyUrl, KeyUrl, parse_cluster_id, parse_key_url
 from rotation.key_policy import KeyPolicies, RotationPolicy, parse_duration
-from rotation.keyvault import RSA_SIZES, RSA_TYPES, KeyVersion, unusable_reason
+from rotation.keyvault import RSA_SIZES, RSA_TYPES, KeyVersion, candidates, unusable_reason
 from rotation.retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -681,7 +681,7 @@ class Doctor:
             clusters=runtime.clusters,
             keys=runtime.keys,
             arm=ArmReads(settings.arm_endpoint, runtime.credential),
-            policies=KeyPolicies(runtime.credential),
+            policies=KeyPolicies(runtime.keys),
             settings=settings,
             owns=True,
         )
@@ -750,13 +750,7 @@ class Doctor:
 
     async def _newest_usable(self, versions: list[KeyVersion], now: datetime) -> KeyVersion | None:
         """As `KeyVaultKeys.newest_usable`, over the listing already read and the cached GETs."""
-        for listed in sorted(
-            versions, key=lambda v: v.created_on or datetime.min.replace(tzinfo=UTC), reverse=True
-        ):
-            if not listed.enabled or (listed.not_before and listed.not_before > now):
-                continue
-            if listed.expires_on is not None and listed.expires_on <= now:
-                continue
+        for listed in candidates(versions, now):
             url = listed.url
             full: Read[KeyVersion] = await self._read(
                 ("key", str(url).lower()), functools.partial(self.keys.get_version, url)

@@ -11,23 +11,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from azure.core.exceptions import (
-    HttpResponseError,
-    ResourceNotFoundError,
-    ServiceRequestError,
-    ServiceResponseError,
-)
-from azure.keyvault.keys.aio import KeyClient
-
-from rotation.arm import retry_after_seconds
-from rotation.errors import ServiceError
+from rotation.errors import NotFoundError
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
-    from azure.core.credentials_async import AsyncTokenCredential
-
     from rotation.ids import KeyUrl
+    from rotation.keyvault import KeyVaultKeys
 
 _DURATION = re.compile(
     r"^P(?:(?P<y>\d+)Y)?(?:(?P<mo>\d+)M)?(?:(?P<w>\d+)W)?(?:(?P<d>\d+)D)?"
@@ -69,48 +57,20 @@ class RotationPolicy:
 
 
 class KeyPolicies:
-    """Reads rotation policies from any number of vaults; one `KeyClient` per vault."""
+    """Reads rotation policies, through the same vault clients and error mapping as `KeyVaultKeys`."""
 
-    def __init__(self, credential: AsyncTokenCredential, *, read_timeout: float = 30.0) -> None:
-        self._credential = credential
-        self._read_timeout = read_timeout
-        self._clients: dict[str, KeyClient] = {}
+    def __init__(self, keys: KeyVaultKeys) -> None:
+        self._keys = keys
 
     async def close(self) -> None:
-        """Close every vault client."""
-        clients, self._clients = self._clients, {}
-        for client in clients.values():
-            await client.close()
+        """Nothing of its own to close: the clients belong to the `KeyVaultKeys` it reads through."""
 
     async def get(self, key: KeyUrl) -> RotationPolicy | None:
         """The key's rotation policy, or None when it has none (404)."""
-        client = self._clients.get(key.vault_url)
-        if client is None:
-            client = KeyClient(
-                key.vault_url,
-                self._credential,
-                retry_total=0,
-                connection_timeout=10,
-                read_timeout=self._read_timeout,
-            )
-            self._clients[key.vault_url] = client
         try:
-            policy = await client.get_key_rotation_policy(key.name)
-        except ResourceNotFoundError:
+            policy = await self._keys.rotation_policy(key)
+        except NotFoundError:
             return None
-        except HttpResponseError as exc:
-            headers: Mapping[str, str] = getattr(exc.response, "headers", None) or {}
-            error = getattr(exc, "error", None)
-            code = getattr(error, "code", None)
-            raise ServiceError(
-                f"{key.host}/{key.name} rotation policy: {exc.reason or 'error'}",
-                service="keyvault",
-                status=exc.status_code,
-                code=code if isinstance(code, str) else None,
-                retry_after=retry_after_seconds(headers),
-            ) from exc
-        except (ServiceRequestError, ServiceResponseError) as exc:
-            raise ServiceError(f"{key.host}: {type(exc).__name__}", service="keyvault") from exc
         actions = tuple(
             LifetimeAction(
                 action=str(getattr(a.action, "value", a.action)),

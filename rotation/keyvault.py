@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
 
     from azure.core.credentials_async import AsyncTokenCredential
-    from azure.keyvault.keys import KeyProperties, KeyVaultKey
+    from azure.keyvault.keys import KeyProperties, KeyRotationPolicy, KeyVaultKey
 
     from rotation.ids import KeyUrl
 
@@ -84,6 +84,22 @@ def unusable_reason(key: KeyVersion, now: datetime) -> str | None:
     return reason
 
 
+def candidates(versions: list[KeyVersion], now: datetime) -> list[KeyVersion]:
+    """Listed versions whose listed attributes (enabled, nbf, exp) do not already fail rule 3, newest first.
+
+    A listing carries no key type, size or operations: each candidate still needs its GET and
+    `unusable_reason` before it is used.
+    """
+    alive = [
+        v
+        for v in versions
+        if v.enabled
+        and (v.not_before is None or v.not_before <= now)
+        and (v.expires_on is None or v.expires_on > now)
+    ]
+    return sorted(alive, key=lambda v: v.created_on or datetime.min.replace(tzinfo=UTC), reverse=True)
+
+
 class KeyVaultKeys:
     """Reads key versions from any number of vaults; one `KeyClient` per vault, reused for the process."""
 
@@ -122,6 +138,11 @@ class KeyVaultKeys:
             )
             self._clients[key.vault_url] = client
         return client
+
+    async def rotation_policy(self, key: KeyUrl) -> KeyRotationPolicy:
+        """The key's rotation policy (``keys/getrotationpolicy``); `NotFoundError` when it has none."""
+        client = self._client(key)
+        return await _call(lambda: client.get_key_rotation_policy(key.name), key)
 
     async def get_version(self, key: KeyUrl) -> KeyVersion:
         """Properties of one version (``key`` must be versioned); `NotFoundError` when it does not exist.
@@ -172,15 +193,7 @@ class KeyVaultKeys:
         attributes (enabled, nbf, exp) already rule them out; usually one GET in all.
         """
         now = now or datetime.now(UTC)
-        versions = await self.list_versions(key)
-        versions.sort(key=lambda v: v.created_on or datetime.min.replace(tzinfo=UTC), reverse=True)
-        for listed in versions:
-            if not listed.enabled:
-                continue
-            if listed.not_before is not None and listed.not_before > now:
-                continue
-            if listed.expires_on is not None and listed.expires_on <= now:
-                continue
+        for listed in candidates(await self.list_versions(key), now):
             full = await self.get_version(listed.url)
             if unusable_reason(full, now) is None:
                 return full

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from rotation.errors import NotFoundError, ServiceError
 from rotation.ids import InvalidKeyUrl, KeyUrl, parse_cluster_id, parse_key_url
 from rotation.jobs import Job
-from rotation.keyvault import unusable_reason
+from rotation.keyvault import candidates, unusable_reason
 from rotation.outcomes import Outcome
 from rotation.retry import RetryPolicy
 
@@ -345,13 +345,7 @@ class Reconciler:
         self._report.keyvault_reads += attempts
         now = self._now()
         newest: KeyVersion | None = None
-        for listed in sorted(
-            versions, key=lambda v: v.created_on or datetime.min.replace(tzinfo=UTC), reverse=True
-        ):
-            if not listed.enabled or (listed.not_before and listed.not_before > now):
-                continue
-            if listed.expires_on is not None and listed.expires_on <= now:
-                continue
+        for listed in candidates(versions, now):
             url = listed.url
             full, attempts = await self._retry.call(
                 lambda: keys.get_version(url),  # noqa: B023 - awaited before the loop moves on

@@ -88,8 +88,8 @@ class Settings:
             or DEFAULT_RECONCILE_SCHEDULE,
             poll_budget_seconds=_float(env, "ROTATION_POLL_BUDGET_SECONDS", 240.0),
             check_delay_seconds=_float(env, "ROTATION_CHECK_DELAY_SECONDS", 60.0),
-            arm_write_refill_per_s=_positive(env, "ROTATION_ARM_WRITE_REFILL_PER_S", 10.0),
-            arm_read_refill_per_s=_positive(env, "ROTATION_ARM_READ_REFILL_PER_S", 25.0),
+            arm_write_refill_per_s=_float(env, "ROTATION_ARM_WRITE_REFILL_PER_S", 10.0, positive=True),
+            arm_read_refill_per_s=_float(env, "ROTATION_ARM_READ_REFILL_PER_S", 25.0, positive=True),
             retry=retry,
         )
 
@@ -134,20 +134,8 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> in
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise SettingsError(f"{name} must be a finite, non-negative number, got {raw!r}")
-    return value
-
-
-def _positive(env: Mapping[str, str], name: str, default: float) -> float:
+def _float(env: Mapping[str, str], name: str, default: float, *, positive: bool = False) -> float:
+    """A finite number from ``env``: at least 0, or above 0 when ``positive``."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -155,6 +143,8 @@ def _positive(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise SettingsError(f"{name} must be a number, got {raw!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise SettingsError(f"{name} must be a positive number, got {raw!r}")
+    low_ok = value > 0 if positive else value >= 0
+    if not low_ok or value == float("inf"):
+        kind = "positive" if positive else "non-negative"
+        raise SettingsError(f"{name} must be a finite, {kind} number, got {raw!r}")
     return value
