@@ -164,11 +164,15 @@ class KeyVaultKeys:
                 key, await _call(lambda: self._client(key).get_key(key.name, key.version), key)
             )
         except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                future.cancel()
-            else:
-                future.set_exception(exc)
-                future.exception()  # retrieved: no "never retrieved" warning when nobody else waited
+            # The reader's own cancellation must not cancel the callers sharing its read: they get a transient
+            # error instead, which their retry policy answers with a read of their own.
+            shared = (
+                ServiceError(f"{key.host}/{key.name}: shared read was cancelled", service="keyvault")
+                if isinstance(exc, asyncio.CancelledError)
+                else exc
+            )
+            future.set_exception(shared)
+            future.exception()  # retrieved: no "never retrieved" warning when nobody else waited
             raise
         finally:
             self._reading.pop(url, None)

@@ -316,3 +316,28 @@ async def test_key_vault_challenge_and_token_reuse(world, runtime):
     assert all(r.status == 200 for r in kv[1:])
     identity = [r for r in world.sim.requests if r.service == "identity"]
     assert 1 <= len(identity) <= 2  # one token for ARM, one for Key Vault
+
+
+async def test_cancelling_a_shared_key_read_does_not_cancel_the_other_reader(world, runtime):
+    """Two callers share one Key Vault read; cancelling its owner gives the other a transient error, not a cancel."""
+    import asyncio
+
+    from rotation.errors import ServiceError
+
+    v2 = world.new_version()
+    target = parse_key_url(world.key_url(v2))
+    await runtime.keys.get_version(
+        parse_key_url(world.key_url(world.v1))
+    )  # challenge and token out of the way
+    world.sim.inject(method="GET", service="kv", path_contains=v2, faults=[Fault.slow(2.0)])
+    owner = asyncio.create_task(runtime.keys.get_version(target))
+    await asyncio.sleep(0.3)
+    sharer = asyncio.create_task(runtime.keys.get_version(target))
+    await asyncio.sleep(0.1)
+    owner.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await owner
+    with pytest.raises(ServiceError) as info:
+        await sharer
+    assert info.value.transient
+    assert (await runtime.keys.get_version(target)).version == v2  # the next caller reads again
