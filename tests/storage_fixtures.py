@@ -1,34 +1,21 @@
-"""Azurite for the storage tests: one process per test session, shared by every module that imports it.
+"""Azurite for the storage tests: the session's one Azurite, shared with every other test.
 
 Tests isolate themselves with unique table and queue names (`unique_name`), never by restarting Azurite.
 """
 
 from __future__ import annotations
 
-import atexit
 import uuid
 
 import pytest
 
 from azsim.azurite import Azurite
 
-_server: Azurite | None = None
-
-
-def _shared() -> Azurite:
-    global _server  # noqa: PLW0603 - one Azurite per process, whichever module asks first
-    if _server is None:
-        server = Azurite()
-        server.start()
-        atexit.register(server.stop)
-        _server = server
-    return _server
-
 
 @pytest.fixture(scope="session")
-def azurite_server() -> Azurite:
-    """A running Azurite (started once per session)."""
-    return _shared()
+def azurite_server(azurite: Azurite) -> Azurite:
+    """The session's one Azurite (the `azurite` fixture of tests/conftest.py), as the storage tests name it."""
+    return azurite
 
 
 def unique_name(prefix: str) -> str:
