@@ -124,7 +124,71 @@ class OperationStatus:
         return self.status.lower() == "succeeded"
 
 
-class ClustersClient:
+class ArmConnection:
+    """One ARM pipeline to one endpoint, shared by the ARM clients.
+
+    The token never goes to another host, transport errors become `ServiceError`, and requests wait for the
+    per-subscription pacer when there is one.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        credential: AsyncTokenCredential,
+        *,
+        connection_timeout: float,
+        read_timeout: float,
+        pacer: ArmPacer | None = None,
+    ) -> None:
+        self._endpoint = endpoint.rstrip("/")
+        self._host = (urlsplit(self._endpoint).hostname or "").lower()
+        self._timeouts = {"connection_timeout": connection_timeout, "read_timeout": read_timeout}
+        self._client = arm_pipeline(self._endpoint, credential)
+        self.pacer = pacer
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._client.close()
+
+    def _check_same_host(self, url: str) -> None:
+        """Never send the ARM token to a host other than the configured endpoint."""
+        parts = urlsplit(url)
+        if parts.scheme != "https" or (parts.hostname or "").lower() != self._host:
+            raise ServiceError(f"URL on unexpected host: {parts.hostname!r}", service="arm")
+
+    async def _request(
+        self, method: str, url: str, *, params: dict[str, str] | None, json: dict[str, Any] | None
+    ) -> AsyncHttpResponse:
+        """Send one request (after the pacer allows it); `ServiceError` when no answer comes back."""
+        request = HttpRequest(method, url, params=params, json=json)
+        subscription = subscription_of(_path(url)) if self.pacer is not None else None
+        ticket = None
+        if self.pacer is not None and subscription is not None:
+            ticket = await self.pacer.acquire(subscription, write=is_write(method))
+        try:
+            response: AsyncHttpResponse = await self._client.send_request(
+                request,
+                connection_timeout=self._timeouts["connection_timeout"],
+                read_timeout=self._timeouts["read_timeout"],
+            )
+        except BaseException as exc:
+            if self.pacer is not None and ticket is not None:
+                self.pacer.release(ticket)  # no answer, no news about the budget
+            if isinstance(exc, ServiceRequestError | ServiceResponseError):
+                raise ServiceError(f"{method} {_path(url)}: {type(exc).__name__}", service="arm") from exc
+            raise
+        if self.pacer is not None and ticket is not None:
+            self.pacer.observe(ticket, response.status_code, response.headers)
+        return response
+
+
+class ClustersClient(ArmConnection):
     """Async client for the mongoClusters calls a rotation makes; one instance per process."""
 
     def __init__(
@@ -137,23 +201,15 @@ class ClustersClient:
         read_timeout: float = 60.0,
         pacer: ArmPacer | None = None,
     ) -> None:
-        self._endpoint = endpoint.rstrip("/")
         # Per-subscription pacing from the throttling headers (rotation.pacing); share one per process.
-        self.pacer = pacer if pacer is not None else ArmPacer()
-        self._host = (urlsplit(self._endpoint).hostname or "").lower()
+        super().__init__(
+            endpoint,
+            credential,
+            connection_timeout=connection_timeout,
+            read_timeout=read_timeout,
+            pacer=pacer if pacer is not None else ArmPacer(),
+        )
         self._api_version = api_version
-        self._timeouts = {"connection_timeout": connection_timeout, "read_timeout": read_timeout}
-        self._client = arm_pipeline(self._endpoint, credential)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        """Close the connection pool."""
-        await self._client.close()
 
     async def get(self, cluster_id: ResourceId) -> Cluster:
         """GET the cluster; raise `NotFoundError` when it does not exist."""
@@ -241,32 +297,7 @@ class ClustersClient:
         api_version: bool = True,
     ) -> AsyncHttpResponse:
         params = {"api-version": self._api_version} if api_version else None
-        request = HttpRequest(method, url, params=params, json=json)
-        subscription = subscription_of(_path(url))
-        ticket = None
-        if subscription is not None:
-            ticket = await self.pacer.acquire(subscription, write=is_write(method))
-        try:
-            response: AsyncHttpResponse = await self._client.send_request(
-                request,
-                connection_timeout=self._timeouts["connection_timeout"],
-                read_timeout=self._timeouts["read_timeout"],
-            )
-        except BaseException as exc:
-            if ticket is not None:
-                self.pacer.release(ticket)  # no answer, no news about the budget
-            if isinstance(exc, ServiceRequestError | ServiceResponseError):
-                raise ServiceError(f"{method} {_path(url)}: {type(exc).__name__}", service="arm") from exc
-            raise
-        if ticket is not None:
-            self.pacer.observe(ticket, response.status_code, response.headers)
-        return response
-
-    def _check_same_host(self, url: str) -> None:
-        """Never send the ARM token to a host other than the configured endpoint."""
-        parts = urlsplit(url)
-        if parts.scheme != "https" or (parts.hostname or "").lower() != self._host:
-            raise ServiceError(f"operation URL on unexpected host: {parts.hostname!r}", service="arm")
+        return await self._request(method, url, params=params, json=json)
 
     @staticmethod
     def _raise_for_status(response: AsyncHttpResponse, *, what: str) -> None:

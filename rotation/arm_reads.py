@@ -13,20 +13,15 @@ userAssignedIdentities/read`` (`get_identity`). Resource Graph returns only what
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Self, TypeVar
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from azure.core.exceptions import ServiceRequestError, ServiceResponseError
-from azure.core.rest import HttpRequest
-
-from rotation.arm import arm_pipeline, raise_for_arm_status
+from rotation.arm import ArmConnection, raise_for_arm_status
 from rotation.errors import ServiceError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from azure.core.credentials_async import AsyncTokenCredential
-    from azure.core.rest import AsyncHttpResponse
 
 VAULT_API = "2023-07-01"
 IDENTITY_API = "2023-01-31"
@@ -134,7 +129,7 @@ class RoleDefinitionInfo:
     not_data_actions: tuple[str, ...]
 
 
-class ArmReads:
+class ArmReads(ArmConnection):
     """Async client for the read-only ARM calls of ``rotation doctor``; one per doctor run."""
 
     def __init__(
@@ -145,20 +140,9 @@ class ArmReads:
         connection_timeout: float = 10.0,
         read_timeout: float = 30.0,
     ) -> None:
-        self._endpoint = endpoint.rstrip("/")
-        self._host = (urlsplit(self._endpoint).hostname or "").lower()
-        self._timeouts = {"connection_timeout": connection_timeout, "read_timeout": read_timeout}
-        self._client = arm_pipeline(self._endpoint, credential)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        """Close the connection pool."""
-        await self._client.close()
+        super().__init__(
+            endpoint, credential, connection_timeout=connection_timeout, read_timeout=read_timeout
+        )
 
     async def find_vault(self, name: str) -> str | None:
         """The ARM id of the Key Vault named ``name`` (names are global), via Resource Graph, or None."""
@@ -249,21 +233,11 @@ class ArmReads:
         params: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         url = path_or_url if path_or_url.startswith("https://") else self._endpoint + path_or_url
-        parts = urlsplit(url)
-        if (parts.hostname or "").lower() != self._host:
-            raise ServiceError(f"link on unexpected host: {parts.hostname!r}", service="arm")
+        self._check_same_host(url)
         query = dict(params or {})
         if api_version is not None:
             query["api-version"] = api_version
-        request = HttpRequest(method, url, params=query or None, json=body)
-        try:
-            response: AsyncHttpResponse = await self._client.send_request(
-                request,
-                connection_timeout=self._timeouts["connection_timeout"],
-                read_timeout=self._timeouts["read_timeout"],
-            )
-        except (ServiceRequestError, ServiceResponseError) as exc:
-            raise ServiceError(f"{method} {parts.path}: {type(exc).__name__}", service="arm") from exc
+        response = await self._request(method, url, params=query or None, json=body)
         raise_for_arm_status(response, what=what)
         try:
             doc = response.json()
