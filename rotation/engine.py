@@ -97,9 +97,14 @@ def build_body(cluster: Cluster, target: KeyUrl) -> dict[str, Any]:
 
 @dataclass
 class WriteFlag:
-    """Up while a PUT of this job may be on its way to ARM."""
+    """Up while a PUT of this job may be on its way to ARM; ``guard`` runs before each PUT attempt.
+
+    The guard is where the caller re-asserts its claim on the cluster (rule 8): it raises to stop a PUT
+    that another writer could overtake, e.g. when this job ran past its claim's expiry.
+    """
 
     in_flight: bool = False
+    guard: Callable[[], Awaitable[None]] | None = None
 
 
 class _Done(Exception):  # internal control flow: a decision was reached early
@@ -188,11 +193,15 @@ class Rotator:
         body = build_body(cluster, target)
         if request.dry_run:
             raise _Done(Outcome.DRY_RUN, "dry run: PUT not sent", body=body)
+
+        async def put() -> AcceptedOperation:
+            if write_flag.guard is not None:
+                await write_flag.guard()
+            return await self._clusters.put(request.cluster_id, body)
+
         write_flag.in_flight = True
         try:
-            accepted, attempts = await self._arm_write.call(
-                lambda: self._clusters.put(request.cluster_id, body), log_fields=state.log_fields()
-            )
+            accepted, attempts = await self._arm_write.call(put, log_fields=state.log_fields())
         finally:
             # An answer (or an error) came back: nothing of ours is on the wire. Cancelled: it may be.
             write_flag.in_flight = _cancelling()

@@ -285,7 +285,14 @@ class Service:
         ttl = CLAIM_TTL_S if self.claim_ttl is None else self.claim_ttl
         if not await self.registry.claim(cluster_id, owner=owner, ttl=ttl):
             raise ClusterBusy(f"{job.cluster_id} is being rotated by another worker")
-        writing = WriteFlag()  # up while the rotator's PUT may be on its way to ARM
+
+        async def still_ours() -> None:
+            # Refresh the claim right before each PUT: a job that ran past its claim's expiry must not PUT
+            # over the worker that took the cluster since (it could move the cluster back a version).
+            if not await self.registry.claim(cluster_id, owner=owner, ttl=ttl):
+                raise ClusterBusy(f"{job.cluster_id}: the claim lapsed and another worker holds the cluster")
+
+        writing = WriteFlag(guard=still_ours)  # in_flight: up while the rotator's PUT may be on its way
         keep = False
         try:
             return await self._run_job(

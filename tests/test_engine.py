@@ -390,3 +390,27 @@ async def test_transient_key_vault_read_is_retried(arm, kv, fake_time):
     cid = arm.add(cluster(key=key_url(1)))
     assert (await rotate(make_rotator(arm, kv, fake_time), cid, key_url(2))).outcome is Outcome.ROTATED
     assert 1.0 in fake_time.sleeps
+
+
+async def test_guard_runs_before_each_put_and_can_stop_it(arm, kv, fake_time):
+    """Rule 8: the caller's guard runs before every PUT attempt; when it raises, no PUT is sent."""
+    from rotation.engine import WriteFlag
+
+    class Lost(Exception):
+        pass
+
+    calls: list[int] = []
+
+    async def guard() -> None:
+        calls.append(len(arm.puts))
+        if len(calls) == 2:
+            raise Lost
+
+    arm.errors["put"].append(transient(503))  # first attempt fails before reaching the fake's log
+    cid = arm.add(cluster(key=key_url(1)))
+    with pytest.raises(Lost):
+        await make_rotator(arm, kv, fake_time).rotate(
+            RotationRequest(cluster_id=cid, target=key_url(2)), write_flag=WriteFlag(guard=guard)
+        )
+    assert calls == [0, 0]
+    assert arm.puts == []

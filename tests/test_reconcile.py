@@ -357,3 +357,21 @@ async def test_worker_cancelled_during_put_keeps_its_claim(stack):
         1:
     ]
     assert not await stack.service.registry.claim(parse_cluster_id(cluster), owner="someone-else", ttl=5)
+
+
+async def test_job_that_outlives_its_claim_does_not_put_over_the_new_holder(stack):
+    """Rule 8: a job whose claim lapsed and was taken by another worker is deferred before its PUT."""
+    from azsim.faults import Fault
+
+    stack.service.claim_ttl = 1.0
+    key, v1 = stack.new_key()
+    cluster = stack.add_cluster(key, v1)
+    await stack.register(cluster)
+    v2 = stack.sim.create_key_version(stack.vault, key, emit_event=False)
+    stack.sim.inject(method="GET", service="kv", path_contains=v2, faults=[Fault.slow(2.5)])
+    body = Job.new(cluster, trigger="event", target_key_url=stack.sim.key_url(stack.vault, key, v2)).to_json()
+    worker = asyncio.create_task(stack.service.handle_job(body))
+    await asyncio.sleep(1.5)  # past the 1 s claim, while the job still reads Key Vault
+    assert await stack.service.registry.claim(parse_cluster_id(cluster), owner="another-worker", ttl=60)
+    assert await worker is None  # deferred, not rotated
+    assert [r for r in stack.sim.requests if r.method == "PUT" and r.path.lower() == cluster.lower()] == []
