@@ -244,30 +244,27 @@ class Reconciler:
         if status.lower() != "ready":
             name = "inaccessible" if status.lower() == "inaccessible" else "not-ready"
             drift = (name, f"clusterStatus is {status}", "ERROR" if name == "inaccessible" else "WARNING")
-        if (actual.host, actual.name.lower()) != (watched.vault_host.lower(), watched.key_name.lower()):
+        repointed = (actual.host, actual.name.lower()) != (
+            watched.vault_host.lower(),
+            watched.key_name.lower(),
+        )
+        # The registry follows the cluster: a re-pointed key always; a version it missed (a worker stopped
+        # between verifying and recording) outside dry runs.
+        if repointed or ((actual.version or None) != watched.current_version and not self._dry_run):
+            host, name = (actual.host, actual.name) if repointed else (watched.vault_host, watched.key_name)
             await service.registry.upsert(
                 cluster_id=cluster_id,
-                vault_host=actual.host,
-                key_name=actual.name,
+                vault_host=host,
+                key_name=name,
                 current_version=actual.version,
                 identity=cluster.key_identity,
                 owner=watched.owner,
             )
+        if repointed:
             detail = (
                 f"cluster was re-pointed from {watched.key} to {actual.host}/{actual.name}; registry updated"
             )
             drift = (Outcome.KEY_MISMATCH.value, detail, "WARNING")
-        elif (actual.version or None) != watched.current_version and not self._dry_run:
-            # The registry missed the version ARM reports (a worker stopped between verifying and recording):
-            # the registry follows the cluster, as it does for a re-pointed key.
-            await service.registry.upsert(
-                cluster_id=cluster_id,
-                vault_host=watched.vault_host,
-                key_name=watched.key_name,
-                current_version=actual.version,
-                identity=cluster.key_identity,
-                owner=watched.owner,
-            )
         if actual.versionless:
             line = ClusterReport(
                 watched.cluster_id, f"{actual.host}/{actual.name}", None, None, "versionless"
