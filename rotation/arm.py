@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from azure.core.credentials_async import AsyncTokenCredential
+    from azure.core.pipeline.transport import AsyncHttpTransport
     from azure.core.rest import AsyncHttpResponse
 
     from rotation.ids import ResourceId
@@ -139,11 +140,12 @@ class ArmConnection:
         connection_timeout: float,
         read_timeout: float,
         pacer: ArmPacer | None = None,
+        transport: AsyncHttpTransport[Any, Any] | None = None,
     ) -> None:
         self._endpoint = endpoint.rstrip("/")
         self._host = (urlsplit(self._endpoint).hostname or "").lower()
         self._timeouts = {"connection_timeout": connection_timeout, "read_timeout": read_timeout}
-        self._client = arm_pipeline(self._endpoint, credential)
+        self._client = arm_pipeline(self._endpoint, credential, transport=transport)
         self.pacer = pacer
 
     async def __aenter__(self) -> Self:
@@ -200,6 +202,7 @@ class ClustersClient(ArmConnection):
         connection_timeout: float = 10.0,
         read_timeout: float = 60.0,
         pacer: ArmPacer | None = None,
+        transport: AsyncHttpTransport[Any, Any] | None = None,
     ) -> None:
         # Per-subscription pacing from the throttling headers (rotation.pacing); share one per process.
         super().__init__(
@@ -208,6 +211,7 @@ class ClustersClient(ArmConnection):
             connection_timeout=connection_timeout,
             read_timeout=read_timeout,
             pacer=pacer if pacer is not None else ArmPacer(),
+            transport=transport,
         )
         self._api_version = api_version
 
@@ -304,8 +308,13 @@ class ClustersClient(ArmConnection):
         raise_for_arm_status(response, what=what)
 
 
-def arm_pipeline(endpoint: str, credential: AsyncTokenCredential) -> AsyncARMPipelineClient[Any, Any]:
-    """azure-mgmt-core's async ARM pipeline, azure-core's retry off (rule 6: tenacity is the one layer)."""
+def arm_pipeline(
+    endpoint: str, credential: AsyncTokenCredential, *, transport: AsyncHttpTransport[Any, Any] | None = None
+) -> AsyncARMPipelineClient[Any, Any]:
+    """azure-mgmt-core's async ARM pipeline, azure-core's retry off (rule 6: tenacity is the one layer).
+
+    ``transport``: the process's shared one (`rotation.transport`); None gives the pipeline its own.
+    """
     policies: list[Any] = [
         RequestIdPolicy(),
         HeadersPolicy({"Accept": "application/json"}),
@@ -316,7 +325,9 @@ def arm_pipeline(endpoint: str, credential: AsyncTokenCredential) -> AsyncARMPip
         ARMHttpLoggingPolicy(),  # headers are redacted by azure-core; Authorization is never logged
         DistributedTracingPolicy(),
     ]
-    return AsyncARMPipelineClient(base_url=endpoint.rstrip("/"), policies=policies)
+    if transport is None:
+        return AsyncARMPipelineClient(base_url=endpoint.rstrip("/"), policies=policies)
+    return AsyncARMPipelineClient(base_url=endpoint.rstrip("/"), policies=policies, transport=transport)
 
 
 def raise_for_arm_status(response: AsyncHttpResponse, *, what: str) -> None:

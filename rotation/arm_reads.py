@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from azure.core.credentials_async import AsyncTokenCredential
+    from azure.core.pipeline.transport import AsyncHttpTransport
 
 VAULT_API = "2023-07-01"
 IDENTITY_API = "2023-01-31"
@@ -139,9 +140,14 @@ class ArmReads(ArmConnection):
         *,
         connection_timeout: float = 10.0,
         read_timeout: float = 30.0,
+        transport: AsyncHttpTransport[Any, Any] | None = None,
     ) -> None:
         super().__init__(
-            endpoint, credential, connection_timeout=connection_timeout, read_timeout=read_timeout
+            endpoint,
+            credential,
+            connection_timeout=connection_timeout,
+            read_timeout=read_timeout,
+            transport=transport,
         )
 
     async def find_vault(self, name: str) -> str | None:

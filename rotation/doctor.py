@@ -680,7 +680,7 @@ class Doctor:
         return cls(
             clusters=runtime.clusters,
             keys=runtime.keys,
-            arm=ArmReads(settings.arm_endpoint, runtime.credential),
+            arm=ArmReads(settings.arm_endpoint, runtime.credential, transport=runtime.http.transport()),
             policies=KeyPolicies(runtime.keys),
             settings=settings,
             owns=True,

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from azure.keyvault.keys import KeyProperties, KeyRotationPolicy, KeyVaultKey
 
     from rotation.ids import KeyUrl
+    from rotation.transport import SharedHttp
 
 RSA_TYPES = frozenset({"RSA", "RSA-HSM"})
 RSA_SIZES = frozenset({2048, 3072, 4096})
@@ -110,8 +111,10 @@ class KeyVaultKeys:
         read_timeout: float = 30.0,
         cache_seconds: float = VERSION_CACHE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        http: SharedHttp | None = None,
     ) -> None:
         self._credential = credential
+        self._http = http
         self._clients: dict[str, KeyClient] = {}
         self._read_timeout = read_timeout
         self._cache_seconds = cache_seconds
@@ -129,12 +132,14 @@ class KeyVaultKeys:
     def _client(self, key: KeyUrl) -> KeyClient:
         client = self._clients.get(key.vault_url)
         if client is None:
+            shared = {"transport": self._http.transport()} if self._http is not None else {}
             client = KeyClient(
                 key.vault_url,
                 self._credential,
                 retry_total=0,
                 connection_timeout=10,
                 read_timeout=self._read_timeout,
+                **shared,
             )
             self._clients[key.vault_url] = client
         return client

@@ -15,6 +15,7 @@ from rotation.arm import ClustersClient
 from rotation.engine import Rotator
 from rotation.keyvault import KeyVaultKeys
 from rotation.pacing import ArmPacer
+from rotation.transport import SharedHttp
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
@@ -27,6 +28,7 @@ class Runtime:
     """The clients of one process."""
 
     settings: Settings
+    http: SharedHttp
     credential: AsyncTokenCredential
     clusters: ClustersClient
     keys: KeyVaultKeys
@@ -35,21 +37,29 @@ class Runtime:
     @classmethod
     def create(cls, settings: Settings) -> Runtime:
         """Build the clients; nothing is contacted until the first call."""
-        credential = DefaultAzureCredential()
+        http = SharedHttp()  # one connection pool for every client of the process
+        credential = DefaultAzureCredential(transport=http.transport())
         # One pacer for the process: every job on a subscription shares its ARM budget.
         pacer = ArmPacer(
             write_refill_per_s=settings.arm_write_refill_per_s,
             read_refill_per_s=settings.arm_read_refill_per_s,
         )
         clusters = ClustersClient(
-            settings.arm_endpoint, credential, api_version=settings.arm_api_version, pacer=pacer
+            settings.arm_endpoint,
+            credential,
+            api_version=settings.arm_api_version,
+            pacer=pacer,
+            transport=http.transport(),
         )
-        keys = KeyVaultKeys(credential)
+        keys = KeyVaultKeys(credential, http=http)
         rotator = Rotator(clusters=clusters, keys=keys, settings=settings)
-        return cls(settings=settings, credential=credential, clusters=clusters, keys=keys, rotator=rotator)
+        return cls(
+            settings=settings, http=http, credential=credential, clusters=clusters, keys=keys, rotator=rotator
+        )
 
     async def close(self) -> None:
         """Close every client and the credential."""
         await self.clusters.close()
         await self.keys.close()
         await self.credential.close()
+        await self.http.close()

@@ -111,8 +111,12 @@ class Service:
     def create(cls, settings: Settings) -> Service:
         """Build every client for ``settings`` (no I/O until the first call)."""
         runtime = Runtime.create(settings)
-        credential = None if settings.storage_connection else storage_credential(settings, runtime.credential)
-        tables, queues = storage_clients(settings, credential)
+        credential = (
+            None
+            if settings.storage_connection
+            else storage_credential(settings, runtime.credential, http=runtime.http)
+        )
+        tables, queues = storage_clients(settings, credential, http=runtime.http)
         own = credential if credential is not None and credential is not runtime.credential else None
         return cls(runtime, Registry(tables), JobQueue(queues), storage_credential=own)
 

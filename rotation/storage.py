@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
 
     from rotation.settings import Settings
+    from rotation.transport import SharedHttp
 
 SERVICE = "storage"
 _DEV_ACCOUNT = "devstoreaccount1"
@@ -116,7 +117,7 @@ def storage_endpoints(settings: Settings) -> StorageEndpoints:
 
 
 def storage_credential(
-    settings: Settings, credential: AsyncTokenCredential | None = None
+    settings: Settings, credential: AsyncTokenCredential | None = None, *, http: SharedHttp | None = None
 ) -> AsyncTokenCredential:
     """The token credential for identity-based storage, as the Functions host chooses it.
 
@@ -126,30 +127,37 @@ def storage_credential(
     `storage_clients` to be able to close it.
     """
     identity = settings.storage_identity
+    shared: dict[str, Any] = {"transport": http.transport()} if http is not None else {}
     if identity.get("credential", "").strip().lower() == "managedidentity":
         client_id = identity.get("clientId", "").strip() or None
-        return ManagedIdentityCredential(client_id=client_id)
-    return credential if credential is not None else DefaultAzureCredential()
+        return ManagedIdentityCredential(client_id=client_id, **shared)
+    return credential if credential is not None else DefaultAzureCredential(**shared)
 
 
 def storage_clients(
-    settings: Settings, credential: AsyncTokenCredential | None = None
+    settings: Settings, credential: AsyncTokenCredential | None = None, *, http: SharedHttp | None = None
 ) -> tuple[TableServiceClient, QueueServiceClient]:
     """Table and queue service clients for ``AzureWebJobsStorage``; nothing is contacted yet.
 
     A connection string wins over identity-based settings. Neither set: `SettingsError`. Queue messages
-    must be base64 text: take queue clients from `queue_client`, which sets that encoding.
+    must be base64 text: take queue clients from `queue_client`, which sets that encoding. ``http``: the
+    process's shared connection pool (`rotation.transport`); None gives each client its own.
     """
+
+    def shared() -> dict[str, Any]:
+        return {"transport": http.transport()} if http is not None else {}
+
     if settings.storage_connection:
         conn = settings.storage_connection
-        return TableServiceClient.from_connection_string(conn), QueueServiceClient.from_connection_string(
-            conn, **QUEUE_RETRY
+        return (
+            TableServiceClient.from_connection_string(conn, **shared()),
+            QueueServiceClient.from_connection_string(conn, **QUEUE_RETRY, **shared()),
         )
     endpoints = storage_endpoints(settings)  # raises SettingsError when nothing is configured
-    token = storage_credential(settings, credential)
+    token = storage_credential(settings, credential, http=http)
     return (
-        TableServiceClient(endpoints.table_url, credential=token),
-        QueueServiceClient(endpoints.queue_url, credential=token, **QUEUE_RETRY),
+        TableServiceClient(endpoints.table_url, credential=token, **shared()),
+        QueueServiceClient(endpoints.queue_url, credential=token, **QUEUE_RETRY, **shared()),
     )
 
 

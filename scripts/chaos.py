@@ -78,6 +78,7 @@ from rotation.runtime import Runtime  # noqa: E402
 from rotation.service import Service  # noqa: E402
 from rotation.settings import RetrySettings, Settings  # noqa: E402
 from rotation.storage import storage_clients  # noqa: E402
+from rotation.transport import SharedHttp  # noqa: E402
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -315,18 +316,22 @@ def _make_service(connection: str, suffix: str) -> Service:
         check_delay_seconds=0.5,
         max_concurrency=16,
     )
-    credential = DefaultAzureCredential()
+    http = SharedHttp()  # one connection pool per worker, as `Runtime.create` builds it
+    credential = DefaultAzureCredential(transport=http.transport())
     clusters = ClustersClient(
         settings.arm_endpoint,
         credential,
         api_version=settings.arm_api_version,
         connection_timeout=2.0,
         read_timeout=READ_TIMEOUT_S,
+        transport=http.transport(),
     )
-    keys = KeyVaultKeys(credential, read_timeout=READ_TIMEOUT_S)
+    keys = KeyVaultKeys(credential, read_timeout=READ_TIMEOUT_S, http=http)
     rotator = Rotator(clusters=clusters, keys=keys, settings=settings)
-    runtime = Runtime(settings=settings, credential=credential, clusters=clusters, keys=keys, rotator=rotator)
-    tables, queues = storage_clients(settings)
+    runtime = Runtime(
+        settings=settings, http=http, credential=credential, clusters=clusters, keys=keys, rotator=rotator
+    )
+    tables, queues = storage_clients(settings, http=http)
     return Service(
         runtime,
         Registry(tables, watch_table=f"chaosw{suffix}", history_table=f"chaosh{suffix}"),

@@ -88,7 +88,7 @@ async def stack(sim: Simulator, azurite: Azurite, monkeypatch: pytest.MonkeyPatc
         max_concurrency=4,
     )
     runtime = Runtime.create(settings)
-    tables, queues = storage_clients(settings)
+    tables, queues = storage_clients(settings, http=runtime.http)  # the production path: one pool
     suffix = uuid.uuid4().hex[:10]
     queue_name = f"jobs-{suffix}"
     service = Service(

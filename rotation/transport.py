@@ -1,0 +1,126 @@
+"""One HTTP connection pool per process for every Azure SDK client the rotator builds.
+
+By default azure-core gives each client its own aiohttp session with ``trust_env=True``. aiohttp then looks
+for a ``.netrc`` file on a worker thread before every request (aiohttp 3.10 and later), and each client
+keeps its own pool of connections. On the queue worker's path (about a dozen storage and ARM requests per
+job) that thread hop and file lookup was about a third of the CPU a request cost
+(`make bench`; docs/benchmarks.md).
+
+Here the proxy settings are read once from the same environment variables that azure-core and aiohttp
+honour (``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY``, any case; parsed by `urllib.request`), the proxy is
+chosen per host, and one aiohttp session serves ARM, Key Vault, the managed-identity endpoint and storage.
+A proxy URL may carry ``user:password@``; credentials in ``.netrc`` are not read.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.request
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from azure.core.pipeline.transport._aiohttp import AioHttpTransport  # the public name is a lazy Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from azure.core.rest import AsyncHttpResponse, HttpRequest
+
+# Connections the process keeps open at most, over all hosts. The queue worker runs up to a few hundred
+# invocations at once; each has at most one request in flight.
+CONNECTION_LIMIT = 256
+
+
+# urllib's NO_PROXY matcher (suffixes, ports, '*'), the one aiohttp uses; not in the type stubs.
+_proxy_bypass: Callable[[str, dict[str, str]], bool] = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+
+
+class EnvironmentProxies:
+    """The proxy for each URL, from the process environment as read when this was built."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        env = os.environ if environ is None else environ
+        # As urllib.request.getproxies_environment: ``*_proxy`` names in any case, lower case winning.
+        found: dict[str, str] = {}
+        for lower_wins in (False, True):
+            for name, value in env.items():
+                if name.lower().endswith("_proxy") and (name == name.lower()) == lower_wins:
+                    scheme = name.lower().removesuffix("_proxy")
+                    if value:
+                        found[scheme] = value
+                    else:
+                        found.pop(scheme, None)
+        self._proxies = {scheme: url for scheme, url in found.items() if scheme in {"http", "https", "no"}}
+        self._by_origin: dict[tuple[str, str], str | None] = {}
+
+    def for_url(self, url: str) -> str | None:
+        """The proxy URL to send ``url`` through, or None to connect directly."""
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        netloc = parts.netloc.rpartition("@")[2].lower()
+        origin = (scheme, netloc)
+        if origin not in self._by_origin:
+            proxy = self._proxies.get(scheme)
+            if proxy and _proxy_bypass(netloc, self._proxies):
+                proxy = None
+            self._by_origin[origin] = proxy or None
+        return self._by_origin[origin]
+
+
+class SharedHttp:
+    """The process's aiohttp session (created on first use, inside the running loop) and its transports."""
+
+    def __init__(self, *, environ: Mapping[str, str] | None = None, limit: int = CONNECTION_LIMIT) -> None:
+        self.proxies = EnvironmentProxies(environ)
+        self._limit = limit
+        self._session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        """The session, opened now if needed (must be called from the event loop that will use it)."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._limit),
+                trust_env=False,  # proxies come from `EnvironmentProxies`; no per-request .netrc lookup
+                cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False,  # as azure-core's own sessions: its pipeline decodes
+            )
+        return self._session
+
+    def transport(self, **connection: Any) -> SharedTransport:  # noqa: ANN401 - azure-core's settings
+        """A transport for one SDK client; closing it leaves the shared session open."""
+        return SharedTransport(self, **connection)
+
+    async def close(self) -> None:
+        """Close the session and its connections (after every client using it is closed)."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+class SharedTransport(AioHttpTransport):
+    """azure-core's aiohttp transport over the `SharedHttp` session, with the proxy chosen per host."""
+
+    def __init__(self, shared: SharedHttp, **connection: Any) -> None:  # noqa: ANN401
+        super().__init__(session_owner=True, use_env_settings=False, **connection)
+        self._shared = shared
+
+    async def open(self) -> None:
+        """Use the shared session (azure-core would otherwise open one of its own)."""
+        if self.session is None:
+            self.session = self._shared.session()
+        self._has_been_opened = True
+
+    async def close(self) -> None:
+        """Forget the session; it belongs to the `SharedHttp`, which other clients still use."""
+        self.session = None
+        self._has_been_opened = False
+
+    async def send(self, request: HttpRequest, **config: Any) -> AsyncHttpResponse:  # type: ignore[override]  # noqa: ANN401
+        """Send ``request`` through the proxy the environment names for its host (unless one is given)."""
+        if config.get("proxy") is None and not config.get("proxies"):
+            proxy = self._shared.proxies.for_url(request.url)
+            if proxy is not None:
+                config["proxy"] = proxy
+        response: AsyncHttpResponse = await super().send(request, **config)
+        return response
