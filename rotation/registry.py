@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -143,6 +144,33 @@ class HistoryEntry:
             "correlation_id": self.correlation_id,
             "operation_url": self.operation_url,
         }
+
+
+@dataclass
+class Claim:
+    """A claim this process holds on one cluster (rule 8), and what taking it told about the cluster.
+
+    Kept by the job that took it: with the ETag of its last write, renewing and releasing the claim are
+    one conditional write each, and ``key_partition`` (the cluster row's pointer) finds the watch row
+    without reading the cluster row again. A write that finds the row changed falls back to reading it.
+    """
+
+    cluster_id: ResourceId
+    owner: str
+    ttl: float
+    etag: str | None
+    key_partition: str | None  # the watch partition the cluster row pointed at; None when unwatched
+    asserted_at: float  # time.monotonic() just before the claim was last written
+
+    def fresh(self, now: float | None = None) -> bool:
+        """Whether the claim was written less than a quarter of its TTL ago.
+
+        No other worker can take a claim before it expires, so a fresh claim needs no renewal before a
+        PUT; the other three quarters of the TTL cover the request itself and the clocks of other workers
+        running ahead of this one.
+        """
+        elapsed = (time.monotonic() if now is None else now) - self.asserted_at
+        return 0 <= elapsed < self.ttl / 4
 
 
 def key_partition(vault_host: str, key_name: str) -> str:
@@ -290,6 +318,12 @@ def _etag(entity: TableEntity) -> str | None:
     return etag if isinstance(etag, str) else None
 
 
+def _meta_etag(meta: Mapping[str, Any]) -> str | None:
+    """The ETag in a write's response metadata."""
+    etag = meta.get("etag")
+    return etag if isinstance(etag, str) else None
+
+
 class Registry:
     """Watched clusters, their claims and their rotation history.
 
@@ -351,6 +385,18 @@ class Registry:
     async def get(self, cluster_id: ResourceId) -> WatchedCluster | None:
         """The registered cluster, or None when it is not watched."""
         _, entity = await self._locate(cluster_row_key(cluster_id))
+        return _watched(entity, _etag(entity)) if entity is not None else None
+
+    async def get_claimed(self, claim: Claim) -> WatchedCluster | None:
+        """`get` for a cluster under ``claim``: one read, at the watch row the claim's pointer names.
+
+        While the claim is held the cluster is rotated by no one else; a re-registration meanwhile moves
+        the row, and the next write through `record` or `set_operation` finds it again.
+        """
+        if claim.key_partition is None:
+            return None
+        watch, _ = await self._tables()
+        entity = await self._read(watch, claim.key_partition, cluster_row_key(claim.cluster_id))
         return _watched(entity, _etag(entity)) if entity is not None else None
 
     async def for_key(self, vault_host: str, key_name: str) -> builtins.list[WatchedCluster]:
@@ -454,8 +500,7 @@ class Registry:
                 if old is not None and moved:
                     with contextlib.suppress(ResourceNotFoundError):
                         await watch.delete_entity(old["PartitionKey"], row)
-            etag = meta.get("etag")
-            return replace(cluster, etag=etag if isinstance(etag, str) else None)
+            return replace(cluster, etag=_meta_etag(meta))
         raise _conflict(f"register {cluster_id}")
 
     async def _point(self, row: str, cluster_id: str, partition: str) -> None:
@@ -491,28 +536,38 @@ class Registry:
     # -- outcomes ----------------------------------------------------------------------------------
 
     async def _update_watched(
-        self, row: str, action: str, change: Callable[[WatchedCluster], WatchedCluster]
-    ) -> bool:
-        """Read-modify-REPLACE the watch row of ``row`` conditionally; False when it is not watched."""
+        self,
+        row: str,
+        action: str,
+        change: Callable[[WatchedCluster], WatchedCluster],
+        known: WatchedCluster | None = None,
+    ) -> WatchedCluster | None:
+        """Read-modify-REPLACE the watch row of ``row`` conditionally; None when it is not watched.
+
+        ``known``: the row as last read or written by the caller; its ETag saves the reads, and a row
+        changed since costs one failed write and a read. Returns the row as written, with its new ETag.
+        """
         watch, _ = await self._tables()
+        current = known if known is not None and known.etag is not None else None
         for _attempt in range(_WRITE_ATTEMPTS):
-            _, entity = await self._locate(row)
-            if entity is None:
-                return False
-            updated = change(_watched(entity, _etag(entity)))
+            if current is None:
+                _, entity = await self._locate(row)
+                if entity is None:
+                    return None
+                current = _watched(entity, _etag(entity))
+            updated = change(current)
             with storage_errors(action):
                 try:
-                    await watch.update_entity(
+                    meta = await watch.update_entity(
                         _watch_entity(updated),
                         mode=UpdateMode.REPLACE,
-                        etag=_etag(entity),
+                        etag=current.etag,
                         match_condition=MatchConditions.IfNotModified,
                     )
-                except ResourceModifiedError:
+                except (ResourceModifiedError, ResourceNotFoundError):  # changed, moved or unregistered
+                    current = None
                     continue
-                except ResourceNotFoundError:  # unregistered or moved meanwhile: read again
-                    continue
-            return True
+            return replace(updated, etag=_meta_etag(meta))
         raise _conflict(action)
 
     async def record(
@@ -522,11 +577,13 @@ class Registry:
         trigger: str | None,
         event_id: str | None,
         invocation_id: str | None,
-    ) -> None:
+        known: WatchedCluster | None = None,
+    ) -> WatchedCluster | None:
         """Append ``result`` to the history and, when the cluster is watched, update its row.
 
         The row gets the last outcome; its current version follows a `rotated` or `already-current`
         result; a `pending` result keeps the operation to resume (state ``pending``), any other clears it.
+        ``known`` is the row as the caller last saw it (see `_update_watched`); returns the row as written.
         """
         now = _now()
         entry = HistoryEntry(
@@ -570,12 +627,20 @@ class Registry:
                 target_key_url=(result.target_key_url or cluster.target_key_url) if pending else None,
             )
 
-        await self._update_watched(row, f"record outcome of {result.cluster_id}", change)
+        return await self._update_watched(row, f"record outcome of {result.cluster_id}", change, known)
 
-    async def set_operation(self, cluster_id: ResourceId, *, operation_url: str, target_key_url: str) -> None:
+    async def set_operation(
+        self,
+        cluster_id: ResourceId,
+        *,
+        operation_url: str,
+        target_key_url: str,
+        known: WatchedCluster | None = None,
+    ) -> WatchedCluster | None:
         """Record an accepted operation before polling it (rule 7); state becomes ``pending``.
 
-        A cluster that is not watched has no row to hold it: nothing is written.
+        A cluster that is not watched has no row to hold it: nothing is written (None). ``known`` is the
+        row as the caller last saw it (see `_update_watched`); returns the row as written.
         """
 
         def change(cluster: WatchedCluster) -> WatchedCluster:
@@ -587,7 +652,9 @@ class Registry:
                 updated_at=_now(),
             )
 
-        await self._update_watched(cluster_row_key(cluster_id), f"record operation of {cluster_id}", change)
+        return await self._update_watched(
+            cluster_row_key(cluster_id), f"record operation of {cluster_id}", change, known
+        )
 
     # -- claims (rule 8) ---------------------------------------------------------------------------
 
@@ -598,8 +665,16 @@ class Registry:
         is ETag-conditional (or an insert), so of two racing claimants exactly one wins. Works the same
         for unwatched clusters (their cluster row holds only the claim).
         """
+        return await self.take(cluster_id, owner=owner, ttl=ttl) is not None
+
+    async def take(self, cluster_id: ResourceId, *, owner: str, ttl: float = 600.0) -> Claim | None:
+        """`claim`, returning the `Claim` to renew and release it with (None: another owner holds it).
+
+        One read of the cluster row and one conditional write (or insert).
+        """
         row = cluster_row_key(cluster_id)
         watch, _ = await self._tables()
+        asserted = time.monotonic()
         now = _now()
         claim = {
             "PartitionKey": CLUSTER_PARTITION,
@@ -611,24 +686,89 @@ class Registry:
         with storage_errors(f"claim {cluster_id}"):
             if current is None:
                 try:
-                    await watch.create_entity({**claim, "ClusterId": str(cluster_id), "KeyPartition": ""})
+                    meta = await watch.create_entity(
+                        {**claim, "ClusterId": str(cluster_id), "KeyPartition": ""}
+                    )
                 except ResourceExistsError:
-                    return False
-                return True
+                    return None
+                return Claim(cluster_id, owner, ttl, _meta_etag(meta), None, asserted)
             holder = _text(current.get("ClaimOwner"))
             expires = _utc(current.get("ClaimExpires"))
             if holder is not None and holder != owner and expires is not None and expires > now:
-                return False
+                return None
             try:
-                await watch.update_entity(
+                meta = await watch.update_entity(
                     claim,
                     mode=UpdateMode.MERGE,
                     etag=_etag(current),
                     match_condition=MatchConditions.IfNotModified,
                 )
             except (ResourceModifiedError, ResourceNotFoundError):
-                return False
+                return None
+        partition = _text(current.get("KeyPartition"))
+        return Claim(cluster_id, owner, ttl, _meta_etag(meta), partition, asserted)
+
+    async def renew(self, claim: Claim) -> bool:
+        """Write ``claim`` again for another TTL; False when another owner took the cluster meanwhile.
+
+        One conditional write while the row is as this claim last wrote it; otherwise (a registration
+        changed the pointer, or the claim lapsed) the row is read and claimed again as `take` does.
+        """
+        row = cluster_row_key(claim.cluster_id)
+        watch, _ = await self._tables()
+        if claim.etag is not None:
+            asserted = time.monotonic()
+            fields = {
+                "PartitionKey": CLUSTER_PARTITION,
+                "RowKey": row,
+                "ClaimOwner": claim.owner,
+                "ClaimExpires": _now() + timedelta(seconds=claim.ttl),
+            }
+            with storage_errors(f"claim {claim.cluster_id}"):
+                try:
+                    meta = await watch.update_entity(
+                        fields,
+                        mode=UpdateMode.MERGE,
+                        etag=claim.etag,
+                        match_condition=MatchConditions.IfNotModified,
+                    )
+                except (ResourceModifiedError, ResourceNotFoundError):
+                    pass
+                else:
+                    claim.etag, claim.asserted_at = _meta_etag(meta), asserted
+                    return True
+        again = await self.take(claim.cluster_id, owner=claim.owner, ttl=claim.ttl)
+        if again is None:
+            return False
+        claim.etag, claim.asserted_at = again.etag, again.asserted_at
+        claim.key_partition = again.key_partition
         return True
+
+    async def release_claim(self, claim: Claim) -> None:
+        """`release` for a claim this process holds: one conditional write while the row is unchanged."""
+        if claim.etag is not None:
+            watch, _ = await self._tables()
+            with storage_errors(f"release {claim.cluster_id}"):
+                try:
+                    await watch.update_entity(
+                        {
+                            "PartitionKey": CLUSTER_PARTITION,
+                            "RowKey": cluster_row_key(claim.cluster_id),
+                            "ClaimOwner": "",
+                            "ClaimExpires": _EPOCH,
+                        },
+                        mode=UpdateMode.MERGE,
+                        etag=claim.etag,
+                        match_condition=MatchConditions.IfNotModified,
+                    )
+                except ResourceModifiedError:
+                    pass  # changed since our write: read it and clear the claim only if still ours
+                except ResourceNotFoundError:
+                    return
+                else:
+                    claim.etag = None
+                    return
+        await self.release(claim.cluster_id, owner=claim.owner)
 
     async def release(self, cluster_id: ResourceId, *, owner: str) -> None:
         """Drop ``owner``'s claim on the cluster; someone else's claim is left alone."""

@@ -25,7 +25,7 @@ from rotation.events import EventIgnored, EventKind, EventRejected, KeyVersionEv
 from rotation.ids import InvalidKeyUrl, parse_cluster_id, parse_key_url
 from rotation.jobs import Job, JobQueue, JobRejected
 from rotation.outcomes import Outcome, RotationResult
-from rotation.registry import Registry, WatchedCluster
+from rotation.registry import Claim, Registry, WatchedCluster
 from rotation.runtime import Runtime
 from rotation.storage import storage_clients, storage_credential
 
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
 
     from rotation.arm import Cluster
-    from rotation.ids import KeyUrl, ResourceId
+    from rotation.ids import KeyUrl
     from rotation.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -287,13 +287,15 @@ class Service:
         # and a claim is re-entrant for its owner, so a process-wide owner would let two of them in.
         owner = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"
         ttl = CLAIM_TTL_S if self.claim_ttl is None else self.claim_ttl
-        if not await self.registry.claim(cluster_id, owner=owner, ttl=ttl):
+        claim = await self.registry.take(cluster_id, owner=owner, ttl=ttl)
+        if claim is None:
             raise ClusterBusy(f"{job.cluster_id} is being rotated by another worker")
 
         async def still_ours() -> None:
-            # Refresh the claim right before each PUT: a job that ran past its claim's expiry must not PUT
-            # over the worker that took the cluster since (it could move the cluster back a version).
-            if not await self.registry.claim(cluster_id, owner=owner, ttl=ttl):
+            # Before each PUT, a claim that is no longer fresh is renewed: a job that ran past its claim's
+            # expiry must not PUT over the worker that took the cluster since (it could move the cluster
+            # back a version). A fresh claim cannot have been taken (see `Claim.fresh`).
+            if not claim.fresh() and not await self.registry.renew(claim):
                 raise ClusterBusy(f"{job.cluster_id}: the claim lapsed and another worker holds the cluster")
 
         writing = WriteFlag(guard=still_ours)  # in_flight: up while the rotator's PUT may be on its way
@@ -301,7 +303,7 @@ class Service:
         try:
             return await self._run_job(
                 job,
-                cluster_id,
+                claim,
                 invocation_id=invocation_id,
                 dequeue_count=dequeue_count,
                 dry_run=dry_run,
@@ -325,7 +327,7 @@ class Service:
             raise
         finally:
             if not keep:
-                await self.registry.release(cluster_id, owner=owner)
+                await self.registry.release_claim(claim)
 
     def resolve_jobs(self, event: KeyVersionEvent, watched: list[WatchedCluster]) -> list[Job]:
         """One job per watched cluster of the event's key."""
@@ -337,22 +339,23 @@ class Service:
     async def _run_job(
         self,
         job: Job,
-        cluster_id: ResourceId,
+        claim: Claim,
         *,
         invocation_id: str | None,
         dequeue_count: int,
         dry_run: bool | None,
         write_flag: WriteFlag,
     ) -> RotationResult:
+        cluster_id = claim.cluster_id
         target = parse_key_url(job.target_key_url, require_version=True) if job.target_key_url else None
         operation_url = job.operation_url
-        if operation_url is None:
-            # Rule 7: a redelivered job whose operation was already accepted resumes it, never PUTs again.
-            watched = await self.registry.get(cluster_id)
-            if watched is not None and watched.operation_url and watched.target_key_url:
-                recorded = parse_key_url(watched.target_key_url, require_version=True)
-                if target is None or recorded == target:
-                    operation_url, target = watched.operation_url, recorded
+        # The watch row as last read or written: its ETag makes each later registry write a single request.
+        watched = await self.registry.get_claimed(claim)
+        # Rule 7: a redelivered job whose operation was already accepted resumes it, never PUTs again.
+        if operation_url is None and watched is not None and watched.operation_url and watched.target_key_url:
+            recorded = parse_key_url(watched.target_key_url, require_version=True)
+            if target is None or recorded == target:
+                operation_url, target = watched.operation_url, recorded
         request = RotationRequest(
             cluster_id=cluster_id,
             target=target,
@@ -364,8 +367,9 @@ class Service:
         )
 
         async def on_accepted(url: str, accepted_target: KeyUrl) -> None:
-            await self.registry.set_operation(
-                cluster_id, operation_url=url, target_key_url=str(accepted_target)
+            nonlocal watched
+            watched = await self.registry.set_operation(
+                cluster_id, operation_url=url, target_key_url=str(accepted_target), known=watched
             )
 
         try:
@@ -384,11 +388,11 @@ class Service:
                 request_id=exc.cause.request_id,
             )
             await self.registry.record(
-                failed, trigger=job.trigger, event_id=job.event_id, invocation_id=invocation_id
+                failed, trigger=job.trigger, event_id=job.event_id, invocation_id=invocation_id, known=watched
             )
             raise
         await self.registry.record(
-            result, trigger=job.trigger, event_id=job.event_id, invocation_id=invocation_id
+            result, trigger=job.trigger, event_id=job.event_id, invocation_id=invocation_id, known=watched
         )
         if result.outcome is Outcome.PENDING and result.operation_url:
             check = Job.new(

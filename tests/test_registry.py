@@ -469,6 +469,140 @@ async def test_unregister_keeps_a_live_claim(registry):
     assert await registry.claim(cid(), owner="w2") is False
 
 
+# -- claim handles: one request per renewal, release and row write -----------------------------------
+
+
+@pytest.fixture
+async def counted(azurite_server):
+    """A registry whose table requests are counted (method, partition of the URL)."""
+    sent: list[tuple[str, str]] = []
+
+    def hook(request) -> None:
+        sent.append((request.http_request.method, request.http_request.url))
+
+    tables = TableServiceClient.from_connection_string(
+        azurite_server.connection_string, raw_request_hook=hook
+    )
+    reg = Registry(tables, watch_table=unique_name("watch"), history_table=unique_name("hist"))
+    await reg.get(cid("warm-up"))  # creates the tables
+    sent.clear()
+    yield reg, sent
+    await reg.close()
+
+
+async def test_a_job_s_registry_traffic_is_seven_requests(counted):
+    """take, watch row, set_operation, history, record, release: 7 requests (15 with plain reads)."""
+    reg, sent = counted
+    await register(reg)
+    sent.clear()
+    claim = await reg.take(cid(), owner="w1", ttl=60)
+    assert claim is not None
+    assert claim.key_partition == key_partition(VAULT, KEY)
+    watched = await reg.get_claimed(claim)
+    assert watched is not None
+    assert watched.current_version == V1
+    watched = await reg.set_operation(
+        cid(), operation_url=OP, target_key_url=f"https://{VAULT}/keys/{KEY}/{V2}", known=watched
+    )
+    assert watched is not None
+    assert watched.state == "pending"
+    await reg.record(
+        result(Outcome.ROTATED, to_version=V2),
+        trigger="event",
+        event_id="e",
+        invocation_id=None,
+        known=watched,
+    )
+    await reg.release_claim(claim)
+    assert [m for m, _ in sent] == [
+        "GET",
+        "PATCH",
+        "GET",
+        "PUT",
+        "POST",
+        "PUT",
+        "PATCH",
+    ]  # MERGE goes as PATCH
+    got = await reg.get(cid())
+    assert got is not None
+    assert (got.current_version, got.state, got.operation_url) == (V2, "watching", None)
+    assert await reg.claim(cid(), owner="w2", ttl=60)  # released
+
+
+async def test_a_stale_known_row_costs_one_failed_write_and_loses_nothing(counted):
+    """A re-registration between the read and the write: the write reads again and keeps the new owner."""
+    reg, sent = counted
+    await register(reg)
+    claim = await reg.take(cid(), owner="w1", ttl=60)
+    assert claim is not None
+    known = await reg.get_claimed(claim)
+    await register(reg, owner="team-payments")  # changes the row's ETag
+    sent.clear()
+    written = await reg.record(
+        result(Outcome.ROTATED, to_version=V2), trigger="event", event_id="e", invocation_id=None, known=known
+    )
+    assert written is not None
+    assert (written.owner, written.current_version) == ("team-payments", V2)
+    assert [m for m, _ in sent] == [
+        "POST",
+        "PUT",
+        "GET",
+        "GET",
+        "PUT",
+    ]  # history, 412, cluster row, watch row, write
+    got = await reg.get(cid())
+    assert got is not None
+    assert (got.owner, got.current_version) == ("team-payments", V2)
+
+
+async def test_renew_is_one_write_and_survives_a_pointer_change(counted):
+    """Renewing after a registration rewrote the cluster row reads it once and keeps the claim."""
+    reg, sent = counted
+    await register(reg)
+    claim = await reg.take(cid(), owner="w1", ttl=60)
+    assert claim is not None
+    sent.clear()
+    assert await reg.renew(claim)
+    assert [m for m, _ in sent] == ["PATCH"]
+    await register(reg, key_name="cmk-new")  # moves the watch row and rewrites the pointer
+    assert await reg.renew(claim)
+    assert claim.key_partition == key_partition(VAULT, "cmk-new")
+    assert await reg.claim(cid(), owner="w2") is False  # still w1's
+
+
+async def test_renew_fails_once_another_owner_took_the_lapsed_claim(registry):
+    """A claim that lapsed and was taken cannot be renewed, and its release leaves the new claim alone."""
+    await register(registry)
+    claim = await registry.take(cid(), owner="slow", ttl=0.2)
+    assert claim is not None
+    await asyncio.sleep(0.4)
+    assert await registry.claim(cid(), owner="w2", ttl=60)
+    assert await registry.renew(claim) is False
+    await registry.release_claim(claim)
+    assert await registry.claim(cid(), owner="w3") is False  # w2 still holds it
+
+
+async def test_release_claim_after_a_pointer_change_still_releases(registry):
+    """release_claim whose ETag is stale (a registration wrote the row) reads it and clears our claim."""
+    await register(registry)
+    claim = await registry.take(cid(), owner="w1", ttl=60)
+    assert claim is not None
+    await registry.remove(cid())  # rewrites the cluster row's pointer
+    await registry.release_claim(claim)
+    assert await registry.claim(cid(), owner="w2") is True
+
+
+def test_a_claim_is_fresh_for_a_quarter_of_its_ttl():
+    """Within ttl/4 of its write no other worker can have taken it; past that it must be renewed."""
+    from rotation.registry import Claim
+
+    claim = Claim(cid(), "w1", ttl=900.0, etag="e", key_partition=None, asserted_at=1000.0)
+    assert claim.fresh(now=1000.0)
+    assert claim.fresh(now=1224.9)
+    assert not claim.fresh(now=1225.0)
+    assert not claim.fresh(now=999.0)  # a clock that went backwards proves nothing
+
+
 # -- keys and failures -------------------------------------------------------------------------------
 
 
