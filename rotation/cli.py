@@ -14,7 +14,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from rotation.errors import RotationError, TransientFailure
+from rotation.errors import ClusterBusy, RotationError, TransientFailure
 from rotation.ids import InvalidKeyUrl, InvalidResourceId, parse_cluster_id, parse_key_url
 from rotation.logs import configure_cli_logging
 from rotation.outcomes import Outcome, RotationResult
@@ -186,6 +186,8 @@ async def _rotate(args: argparse.Namespace, settings: Settings) -> int:
         result = await runtime.rotator.rotate(
             RotationRequest(cluster_id=cluster_id, target=target, dry_run=args.dry_run or settings.dry_run)
         )
+    except ClusterBusy as exc:
+        result = RotationResult(cluster_id=str(cluster_id), outcome=Outcome.FAILED, reason=str(exc))
     except TransientFailure as exc:
         result = RotationResult(
             cluster_id=str(cluster_id),

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rotation.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, format_result
-from rotation.errors import NotFoundError, TransientFailure
+from rotation.errors import ClusterBusy, NotFoundError, TransientFailure
 from rotation.events import EventIgnored, EventKind, EventRejected, KeyVersionEvent, parse_payload
 from rotation.ids import InvalidResourceId, parse_cluster_id
 from rotation.outcomes import Outcome, RotationResult
-from rotation.service import ClusterBusy, RegistrationRefused, Service, watched_dict
+from rotation.service import RegistrationRefused, Service, watched_dict
 
 if TYPE_CHECKING:
     import argparse

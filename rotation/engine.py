@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from rotation.errors import NotFoundError, ServiceError, TransientFailure
+from rotation.errors import ClusterBusy, NotFoundError, ServiceError, TransientFailure
 from rotation.ids import InvalidKeyUrl, KeyUrl, parse_key_url
 from rotation.keyvault import unusable_reason
 from rotation.outcomes import Outcome, RotationResult
@@ -189,12 +189,26 @@ class Rotator:
             state.operation_url = request.operation_url
             await self._follow(request, state, request.operation_url, request.target)
             return
+        _raise_if_operation_running(request.cluster_id, cluster)
         target = await self._decide_target(request, current, state)
         body = build_body(cluster, target)
         if request.dry_run:
             raise _Done(Outcome.DRY_RUN, "dry run: PUT not sent", body=body)
+        tries = 0
 
         async def put() -> AcceptedOperation:
+            nonlocal tries
+            tries += 1
+            if tries > 1:
+                # The last attempt failed: 409 (another operation), or 5xx or no answer (ours may have
+                # started). Retrying the same body is only safe on the cluster the decision was made on;
+                # else an operation that ended meanwhile could be followed by this older version (rule 2).
+                now = await self._clusters.get(request.cluster_id)
+                _raise_if_operation_running(request.cluster_id, now)
+                if (now.key_url or "").lower() != (cluster.key_url or "").lower():
+                    raise ClusterBusy(
+                        f"{request.cluster_id}: the cluster moved to {now.key_url} while its PUT was retried"
+                    )
             if write_flag.guard is not None:
                 await write_flag.guard()
             return await self._clusters.put(request.cluster_id, body)
@@ -357,6 +371,23 @@ class Rotator:
         if (cluster.provisioning_state or "").lower() != "succeeded":
             raise _Done(Outcome.FAILED, f"verification: provisioningState is {cluster.provisioning_state}")
         raise _Done(Outcome.ROTATED, "cluster verified on the target version")
+
+
+_SETTLED_STATES = frozenset({"", "succeeded", "failed", "canceled", "cancelled"})
+
+
+def _raise_if_operation_running(cluster_id: ResourceId, cluster: Cluster) -> None:
+    """`ClusterBusy` while an operation runs on the cluster (``provisioningState`` Updating, InProgress...).
+
+    That operation was not found in the registry to resume (rule 7), so it is another job's or another
+    tool's: deciding now, on the key it is about to replace, could move the cluster back (rule 2).
+    """
+    state = (cluster.provisioning_state or "").lower()
+    if state not in _SETTLED_STATES:
+        raise ClusterBusy(
+            f"{cluster_id}: an operation is running on the cluster (provisioningState "
+            f"{cluster.provisioning_state}); the job decides again once it ends"
+        )
 
 
 def _cancelling() -> bool:

@@ -63,6 +63,14 @@ class NotFoundError(ServiceError):
     """The resource (cluster, key, key version) does not exist."""
 
 
+class ClusterBusy(RotationError):
+    """The cluster cannot be rotated now; the job is deferred and decides again later.
+
+    Another worker holds the cluster's claim (rule 8), or an operation is running on the cluster (its
+    ``provisioningState`` is not terminal): a decision taken now could be overtaken by that operation.
+    """
+
+
 class TransientFailure(RotationError):
     """Retries are exhausted on a transient error: the job must be redelivered, not acknowledged."""
 

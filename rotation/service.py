@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from rotation.doctor import ClusterReport, Doctor, DoctorReport, log_findings
 from rotation.engine import RotationRequest, WriteFlag
-from rotation.errors import NotFoundError, TransientFailure
+from rotation.errors import ClusterBusy, NotFoundError, TransientFailure
 from rotation.events import EventIgnored, EventKind, EventRejected, KeyVersionEvent, parse_event
 from rotation.ids import InvalidKeyUrl, parse_cluster_id, parse_key_url
 from rotation.jobs import Job, JobQueue, JobRejected
@@ -46,10 +46,6 @@ ENQUEUE_CONCURRENCY = 64  # queue sends in flight while fanning an event out (on
 
 class RegistrationRefused(Exception):
     """The cluster cannot be watched; the message is the one-line reason."""
-
-
-class ClusterBusy(Exception):
-    """Another worker holds the cluster's claim (rule 8); try again later."""
 
 
 @dataclass(frozen=True)
@@ -253,7 +249,7 @@ class Service:
             return None
         try:
             return await self.execute(job, dequeue_count=dequeue_count, invocation_id=invocation_id)
-        except ClusterBusy:
+        except ClusterBusy as exc:
             backoff = BACKOFF_S if self.backoff_s is None else self.backoff_s
             ttl = CLAIM_TTL_S if self.claim_ttl is None else self.claim_ttl
             # Defer at least until a dead worker's claim has lapsed (40 x 15 s alone is less than 900 s).
@@ -269,6 +265,7 @@ class Service:
                     "trigger": job.trigger,
                     "wait_s": backoff,
                     "attempt": job.backoffs + 1,
+                    "reason": str(exc),
                 },
             )
             return None

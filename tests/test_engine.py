@@ -20,7 +20,7 @@ from fakes import (
 
 from rotation.arm import OperationStatus
 from rotation.engine import RotationRequest, Rotator, build_body
-from rotation.errors import ServiceError, TransientFailure
+from rotation.errors import ClusterBusy, ServiceError, TransientFailure
 from rotation.outcomes import Outcome
 from rotation.settings import RetrySettings, Settings
 
@@ -414,3 +414,55 @@ async def test_guard_runs_before_each_put_and_can_stop_it(arm, kv, fake_time):
         )
     assert calls == [0, 0]
     assert arm.puts == []
+
+
+# -- operations already running on the cluster (rule 2 against a concurrent operation) ------------------
+
+
+async def test_an_operation_running_on_the_cluster_defers_the_job(arm, kv, fake_time):
+    """An operation not ours to resume runs on the cluster: decide after it ends, never PUT over it."""
+    cid = arm.add(cluster(key=key_url(1), provisioning_state="Updating"))
+    with pytest.raises(ClusterBusy, match="provisioningState Updating"):
+        await rotate(make_rotator(arm, kv, fake_time), cid, key_url(2))
+    assert arm.puts == []
+
+
+async def test_a_put_retried_after_another_operation_ended_is_not_sent(arm, kv, fake_time):
+    """409 on the PUT, and the operation behind it moved the cluster to a newer version: no retry PUT."""
+    cid = arm.add(cluster(key=key_url(1)))
+    real_put = arm.put
+
+    async def conflicting_put(cluster_id, body):
+        if not arm.puts and arm.gets == 1:  # the first attempt: the other operation ends meanwhile
+            arm.clusters[cid.normalized] = replace(arm.clusters[cid.normalized], key_url=str(key_url(3)))
+            raise transient(409, code="Conflict")
+        return await real_put(cluster_id, body)
+
+    arm.put = conflicting_put
+    with pytest.raises(ClusterBusy, match="moved to"):
+        await rotate(make_rotator(arm, kv, fake_time), cid, key_url(2))
+    assert arm.puts == []
+    assert arm.gets == 2  # the decision's GET, and the GET before the retry
+
+
+async def test_a_put_whose_answer_was_lost_while_its_operation_runs_defers(arm, kv, fake_time):
+    """503 after our PUT started an operation: the GET before the retry sees it running and defers."""
+    cid = arm.add(cluster(key=key_url(1)))
+
+    async def started_then_lost(cluster_id, body):
+        arm.clusters[cid.normalized] = replace(arm.clusters[cid.normalized], provisioning_state="Updating")
+        raise transient(503)
+
+    arm.put = started_then_lost
+    with pytest.raises(ClusterBusy, match="provisioningState Updating"):
+        await rotate(make_rotator(arm, kv, fake_time), cid, key_url(2))
+
+
+async def test_a_put_retried_on_an_unchanged_cluster_is_sent_again(arm, kv, fake_time):
+    """409 and the cluster is as it was: the same body goes again after one more GET."""
+    arm.errors["put"].append(transient(409, code="Conflict"))
+    cid = arm.add(cluster(key=key_url(1)))
+    result = await rotate(make_rotator(arm, kv, fake_time), cid, key_url(2))
+    assert result.outcome is Outcome.ROTATED
+    assert len(arm.puts) == 1
+    assert arm.gets == 3  # decision, before the retry, verification

@@ -375,3 +375,38 @@ async def test_job_that_outlives_its_claim_does_not_put_over_the_new_holder(stac
     assert await stack.service.registry.claim(parse_cluster_id(cluster), owner="another-worker", ttl=60)
     assert await worker is None  # deferred, not rotated
     assert [r for r in stack.sim.requests if r.method == "PUT" and r.path.lower() == cluster.lower()] == []
+
+
+async def test_a_stale_job_waits_for_an_operation_running_on_the_cluster(stack):
+    """Rule 2 under concurrency: a late job for v2 waits for a running operation to v3.
+
+    The operation is another tool's, or a job's past its polling budget: the job is deferred instead of
+    PUTting, and the cluster ends on v3, never back on v2.
+    """
+    from rotation.engine import build_body
+    from rotation.ids import parse_key_url
+
+    key, v1 = stack.new_key()
+    cluster = stack.add_cluster(key, v1)
+    await stack.register(cluster)
+    v2 = stack.sim.create_key_version(stack.vault, key, emit_event=False)
+    v3 = stack.sim.create_key_version(stack.vault, key, emit_event=False)
+    stack.sim.configure(operation_seconds=3.0, poll_interval=0.5)
+    stack.service.backoff_s = 0.2
+    clusters = stack.service.runtime.clusters
+    rid = parse_cluster_id(cluster)
+    await clusters.put(
+        rid, build_body(await clusters.get(rid), parse_key_url(stack.sim.key_url(stack.vault, key, v3)))
+    )
+    stack.sim.clear_requests()
+    body = Job.new(cluster, trigger="event", target_key_url=stack.sim.key_url(stack.vault, key, v2)).to_json()
+    assert await stack.service.handle_job(body) is None  # deferred
+    assert stack.puts() == []
+    stack.sim.advance(5.0)
+    assert stack.key_of(cluster).lower().endswith(v3.lower())
+    # The deferred job comes back once the operation ended and finds the cluster past its version.
+    await stack.drain(idle=1.0)
+    assert stack.puts() == []
+    assert stack.key_of(cluster).lower().endswith(v3.lower())
+    [latest, *_] = await stack.service.registry.history(rid)
+    assert latest.outcome == "stale-event"
