@@ -44,8 +44,8 @@ param allowedVaultSuffixes string = '.vault.azure.net,.vault.azure.cn,.vault.usg
 
 @minValue(1)
 @maxValue(64)
-@description('Clusters in flight per app instance (ROTATION_MAX_CONCURRENCY).')
-param maxConcurrency int = 16
+@description('Clusters in flight per app instance (ROTATION_MAX_CONCURRENCY); host.json lets the queue trigger run 512 at once.')
+param maxConcurrency int = 512
 
 @description('NCRONTAB schedule of the reconcile timer (ROTATION_RECONCILE_SCHEDULE).')
 param reconcileSchedule string = '0 */15 * * * *'

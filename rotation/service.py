@@ -97,6 +97,9 @@ class Service:
         self.backoff_s = backoff_s
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._storage_credential = storage_credential
+        # ROTATION_MAX_CONCURRENCY: clusters in flight in this process; queued jobs past it wait here
+        # (the host may hand over more at once: host.json's batchSize + newBatchThreshold).
+        self._job_slots = asyncio.Semaphore(runtime.settings.max_concurrency)
 
     @property
     def settings(self) -> Settings:
@@ -233,7 +236,7 @@ class Service:
     async def handle_job(
         self, body: str | bytes, *, dequeue_count: int = 1, invocation_id: str | None = None
     ) -> RotationResult | None:
-        """The queue function's work: parse the message, then `execute` it.
+        """The queue function's work: parse the message, then `execute` it (ROTATION_MAX_CONCURRENCY at once).
 
         Returns None when the job was deferred (another worker holds the cluster: the job is queued again
         with a delay) or malformed (logged, acknowledged). Raises `TransientFailure` after tenacity gives up,
@@ -248,7 +251,8 @@ class Service:
             )
             return None
         try:
-            return await self.execute(job, dequeue_count=dequeue_count, invocation_id=invocation_id)
+            async with self._job_slots:
+                return await self.execute(job, dequeue_count=dequeue_count, invocation_id=invocation_id)
         except ClusterBusy as exc:
             backoff = BACKOFF_S if self.backoff_s is None else self.backoff_s
             ttl = CLAIM_TTL_S if self.claim_ttl is None else self.claim_ttl

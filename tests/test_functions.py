@@ -108,6 +108,11 @@ def test_host_json():
     assert max_dequeue_count() == doc["extensions"]["queues"]["maxDequeueCount"]
     hours, minutes, seconds = (int(p) for p in doc["functionTimeout"].split(":"))
     assert 0 < hours * 3600 + minutes * 60 + seconds <= 3600
+    queues = doc["extensions"]["queues"]
+    assert 1 <= queues["batchSize"] <= 32  # the queue extension's range
+    # Rotations wait on ARM, not the CPU: the deployment's ROTATION_MAX_CONCURRENCY is what one instance runs.
+    bicep = (ROOT / "infra" / "main.bicep").read_text()
+    assert f"param maxConcurrency int = {queues['batchSize'] + queues['newBatchThreshold']}" in bicep
 
 
 # ---- Event Grid trigger -------------------------------------------------------------------------------

@@ -410,3 +410,35 @@ async def test_a_stale_job_waits_for_an_operation_running_on_the_cluster(stack):
     assert stack.key_of(cluster).lower().endswith(v3.lower())
     [latest, *_] = await stack.service.registry.history(rid)
     assert latest.outcome == "stale-event"
+
+
+async def test_queued_jobs_rotate_at_most_max_concurrency_at_once(stack, monkeypatch):
+    """ROTATION_MAX_CONCURRENCY bounds the clusters in flight in one process, queued jobs included."""
+    from rotation.service import Service
+
+    settings = replace(stack.service.settings, max_concurrency=2)
+    service = Service(
+        replace(stack.service.runtime, settings=settings), stack.service.registry, stack.service.queue
+    )
+    running = 0
+    most = 0
+
+    async def execute(job, **_kw):
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.05)
+        running -= 1
+
+    monkeypatch.setattr(service, "execute", execute)
+    key, v1 = stack.new_key()
+    bodies = [
+        Job.new(
+            stack.add_cluster(key, v1),
+            trigger="event",
+            target_key_url=stack.sim.key_url(stack.vault, key, v1),
+        ).to_json()
+        for _ in range(7)
+    ]
+    await asyncio.gather(*(service.handle_job(b) for b in bodies))
+    assert most == 2

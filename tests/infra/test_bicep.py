@@ -326,7 +326,7 @@ def test_rotation_defaults_match_the_app_defaults():
     parameters = parse("main.bicep")["parameters"]
     assert parameters["armApiVersion"]["default"] == "2025-07-01-preview"
     assert parameters["dryRun"]["default"] is False
-    assert parameters["maxConcurrency"]["default"] == 16
+    assert parameters["maxConcurrency"]["default"] == 512  # host.json: batchSize 32 + newBatchThreshold 480
     assert parameters["reconcileSchedule"]["default"] == "0 */15 * * * *"
 
 
