@@ -52,7 +52,7 @@ chaos: setup
 	$(PY) scripts/chaos.py $(CHAOS_ARGS)
 
 ## the benchmark of the real path (Event Grid function, Azurite queue, worker process, simulator over TLS):
-## prints a table, writes build/bench.json and docs/benchmarks.md; sizes and scale: BENCH_ARGS="--help"
+## prints a table, writes docs/benchmarks.json and docs/benchmarks.md; sizes and scale: BENCH_ARGS="--help"
 bench: setup
 	$(PY) scripts/bench.py $(BENCH_ARGS)
 

@@ -25,6 +25,8 @@ def test_bench_runs_at_a_tiny_size(tmp_path: Path) -> None:
     argv = [
         "--sizes", "10", "--subscriptions", "2", "--event-sizes", "10", "--event-repeats", "2",
         "--naive-size", "2", "--import-runs", "1", "--concurrency", "16",
+        "--operation", "1", "--poll-interval", "0.5", "--stress-sizes", "4", "--stress-operation", "0.5",
+        "--stress-poll-interval", "0.25",
         "--json", str(out_json), "--markdown", str(out_md),
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in {"SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"}}
@@ -52,7 +54,11 @@ def test_bench_runs_at_a_tiny_size(tmp_path: Path) -> None:
         "scale",
         "command",
     } <= set(result)
-    [fan] = result["fanout"]
+    [fan, stress] = result["fanout"]
+    assert (stress["clusters"], stress["verified"], stress["stress"]) == (4, 4, True)
+    assert (stress["operation_s"], stress["poll_interval_s"]) == (0.5, 0.25)
+    assert stress["lower_bound_s"] >= 0.5
+    assert "stress fan-out N=4, operation 0.5 s" in proc.stdout
     assert fan["clusters"] == 10
     assert fan["verified"] == 10
     assert fan["makespan_s"] > 0
