@@ -25,7 +25,7 @@ from rotation.events import EventIgnored, EventKind, EventRejected, KeyVersionEv
 from rotation.ids import InvalidKeyUrl, parse_cluster_id, parse_key_url
 from rotation.jobs import Job, JobQueue, JobRejected
 from rotation.outcomes import Outcome, RotationResult
-from rotation.registry import Claim, Registry, WatchedCluster
+from rotation.registry import Claim, KeyMember, Registry, WatchedCluster
 from rotation.runtime import Runtime
 from rotation.storage import storage_clients, storage_credential
 
@@ -179,7 +179,7 @@ class Service:
             "to_version": event.key_url.version,
         }
         logger.info("rotation.event_received", extra=base)
-        watched = await self.registry.for_key(event.key_url.host, event.key_url.name)
+        watched = await self.registry.members_of_key(event.key_url.host, event.key_url.name)
         ids = [w.cluster_id for w in watched]
         if event.kind is not EventKind.NEW_VERSION:
             level = logging.WARNING if event.kind is EventKind.NEAR_EXPIRY else logging.ERROR
@@ -471,18 +471,18 @@ class Service:
             raise RegistrationRefused(f"cluster key is outside the allowed vaults: {exc}") from exc
 
 
-def _by_subscription_round_robin(watched: list[WatchedCluster]) -> list[WatchedCluster]:
+def _by_subscription_round_robin(watched: list[KeyMember]) -> list[KeyMember]:
     """One cluster of each subscription in turn.
 
     The registry returns a key's clusters sorted by id, so grouped by subscription; each subscription has its
     own ARM write budget, and workers take jobs roughly in queue order, so interleaving keeps every
     subscription's budget in use from the start instead of draining one subscription after another.
     """
-    groups: dict[str, list[WatchedCluster]] = {}
+    groups: dict[str, list[KeyMember]] = {}
     for w in watched:
         groups.setdefault(w.subscription.lower(), []).append(w)
     queues = list(groups.values())
-    out: list[WatchedCluster] = []
+    out: list[KeyMember] = []
     for i in range(max((len(q) for q in queues), default=0)):
         out.extend(q[i] for q in queues if i < len(q))
     return out

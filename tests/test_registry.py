@@ -236,6 +236,12 @@ async def test_for_key_over_1000_rows_is_one_single_partition_request(azurite_se
         assert len(urls) == 1
         assert "PartitionKey%20eq" in urls[0] or "PartitionKey eq" in urls[0]
         assert elapsed < 5.0  # generous; the measured figure is reported, not asserted
+        urls.clear()
+        members = await reg.members_of_key(VAULT, KEY)  # what an event's fan-out reads
+        assert sorted(m.cluster_id for m in members) == sorted(c.cluster_id for c in found)
+        assert {m.subscription for m in members} == {SUB}
+        assert len(urls) == 1
+        assert "$select=ClusterId%2CSubscription" in urls[0]
     finally:
         await reg.close()
 
