@@ -106,6 +106,8 @@ def worker_main(args: argparse.Namespace) -> None:  # noqa: C901 - one process's
     class FeedingHost(QueueHost):
         """QueueHost that keeps up to ``concurrency`` invocations in flight instead of batch by batch."""
 
+        slowest_receive_s = 0.0  # the longest receive call (Azurite's answer, or the SDK's retries)
+
         async def feed(self, stop: asyncio.Event, concurrency: int) -> None:
             running: set[asyncio.Task[None]] = set()
             while not stop.is_set():
@@ -113,12 +115,14 @@ def worker_main(args: argparse.Namespace) -> None:  # noqa: C901 - one process's
                 if room <= 0:
                     await asyncio.wait(running, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
                     continue
+                started = time.monotonic()
                 batch = [
                     m
                     async for m in self._queue.receive_messages(
                         messages_per_page=min(32, room), max_messages=min(32, room), visibility_timeout=600
                     )
                 ]
+                self.slowest_receive_s = max(self.slowest_receive_s, time.monotonic() - started)
                 if not batch:
                     await asyncio.sleep(0.1)  # QueueHost's polling interval while the queue is empty
                     continue
@@ -168,6 +172,7 @@ def worker_main(args: argparse.Namespace) -> None:  # noqa: C901 - one process's
             "succeeded": host.stats.succeeded,
             "failed": host.stats.failed,
             "errors": host.stats.errors[:5],
+            "slowest_receive_s": round(host.slowest_receive_s, 3),
             "pacer": pacer,
         }
 
@@ -231,6 +236,7 @@ def merge_workers(results: list[dict[str, Any]]) -> dict[str, Any]:
         "succeeded": sum(r["succeeded"] for r in results),
         "failed": sum(r["failed"] for r in results),
         "errors": [e for r in results for e in r["errors"]][:5],
+        "slowest_receive_s": max(r["slowest_receive_s"] for r in results),
         "pacer": pacer,
         "peak_rss_mb": max(r["peak_rss_mb"] for r in results),
         "cpu_s": [r["cpu_s"] for r in results],
@@ -725,9 +731,10 @@ def rows(result: dict[str, Any], args: argparse.Namespace) -> list[tuple[str, st
         )
     w = result["worker"]
     add(
-        "worker: invocations ok / failed; pacer waits (all fan-outs)",
+        "worker: invocations ok / failed; pacer waits (all fan-outs); slowest queue receive",
         f"{w['succeeded']} / {w['failed']}; "
-        f"{w['pacer'].get('waited', 0)} waited {w['pacer'].get('wait_seconds', 0)} s",
+        f"{w['pacer'].get('waited', 0)} waited {w['pacer'].get('wait_seconds', 0)} s; "
+        f"{w['slowest_receive_s']:.2f} s",
     )
     targets = {100: 0.3, 1000: 2.0}
     for e in result["events"]:
