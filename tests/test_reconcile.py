@@ -377,7 +377,7 @@ async def test_job_that_outlives_its_claim_does_not_put_over_the_new_holder(stac
     assert [r for r in stack.sim.requests if r.method == "PUT" and r.path.lower() == cluster.lower()] == []
 
 
-async def test_a_stale_job_waits_for_an_operation_running_on_the_cluster(stack):
+async def test_a_stale_job_waits_for_an_operation_running_on_the_cluster(stack, caplog):
     """Rule 2 under concurrency: a late job for v2 waits for a running operation to v3.
 
     The operation is another tool's, or a job's past its polling budget: the job is deferred instead of
@@ -400,7 +400,10 @@ async def test_a_stale_job_waits_for_an_operation_running_on_the_cluster(stack):
     )
     stack.sim.clear_requests()
     body = Job.new(cluster, trigger="event", target_key_url=stack.sim.key_url(stack.vault, key, v2)).to_json()
-    assert await stack.service.handle_job(body) is None  # deferred
+    with caplog.at_level(logging.INFO, logger="rotation"):
+        assert await stack.service.handle_job(body) is None  # deferred
+    [deferred] = [r for r in caplog.records if r.getMessage() == "rotation.job_deferred"]
+    assert "provisioningState Updating" in deferred.reason
     assert stack.puts() == []
     stack.sim.advance(5.0)
     assert stack.key_of(cluster).lower().endswith(v3.lower())
