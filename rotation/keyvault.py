@@ -26,6 +26,7 @@ from azure.keyvault.keys.aio import KeyClient
 
 from rotation.arm import retry_after_seconds
 from rotation.errors import NotFoundError, ServiceError
+from rotation.transport import transport_kwargs
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
@@ -132,14 +133,13 @@ class KeyVaultKeys:
     def _client(self, key: KeyUrl) -> KeyClient:
         client = self._clients.get(key.vault_url)
         if client is None:
-            shared = {"transport": self._http.transport()} if self._http is not None else {}
             client = KeyClient(
                 key.vault_url,
                 self._credential,
                 retry_total=0,
                 connection_timeout=10,
                 read_timeout=self._read_timeout,
-                **shared,
+                **transport_kwargs(self._http),
             )
             self._clients[key.vault_url] = client
         return client

@@ -30,6 +30,7 @@ from azure.storage.queue.aio import QueueClient, QueueServiceClient
 from rotation.arm import retry_after_seconds
 from rotation.errors import NotFoundError, ServiceError
 from rotation.settings import STORAGE_SETTING, SettingsError
+from rotation.transport import transport_kwargs
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -127,11 +128,10 @@ def storage_credential(
     `storage_clients` to be able to close it.
     """
     identity = settings.storage_identity
-    shared: dict[str, Any] = {"transport": http.transport()} if http is not None else {}
     if identity.get("credential", "").strip().lower() == "managedidentity":
         client_id = identity.get("clientId", "").strip() or None
-        return ManagedIdentityCredential(client_id=client_id, **shared)
-    return credential if credential is not None else DefaultAzureCredential(**shared)
+        return ManagedIdentityCredential(client_id=client_id, **transport_kwargs(http))
+    return credential if credential is not None else DefaultAzureCredential(**transport_kwargs(http))
 
 
 def storage_clients(
@@ -143,21 +143,17 @@ def storage_clients(
     must be base64 text: take queue clients from `queue_client`, which sets that encoding. ``http``: the
     process's shared connection pool (`rotation.transport`); None gives each client its own.
     """
-
-    def shared() -> dict[str, Any]:
-        return {"transport": http.transport()} if http is not None else {}
-
     if settings.storage_connection:
         conn = settings.storage_connection
         return (
-            TableServiceClient.from_connection_string(conn, **shared()),
-            QueueServiceClient.from_connection_string(conn, **QUEUE_RETRY, **shared()),
+            TableServiceClient.from_connection_string(conn, **transport_kwargs(http)),
+            QueueServiceClient.from_connection_string(conn, **QUEUE_RETRY, **transport_kwargs(http)),
         )
     endpoints = storage_endpoints(settings)  # raises SettingsError when nothing is configured
     token = storage_credential(settings, credential, http=http)
     return (
-        TableServiceClient(endpoints.table_url, credential=token, **shared()),
-        QueueServiceClient(endpoints.queue_url, credential=token, **QUEUE_RETRY, **shared()),
+        TableServiceClient(endpoints.table_url, credential=token, **transport_kwargs(http)),
+        QueueServiceClient(endpoints.queue_url, credential=token, **QUEUE_RETRY, **transport_kwargs(http)),
     )
 
 

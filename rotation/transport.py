@@ -87,9 +87,9 @@ class SharedHttp:
             )
         return self._session
 
-    def transport(self, **connection: Any) -> SharedTransport:  # noqa: ANN401 - azure-core's settings
+    def transport(self) -> SharedTransport:
         """A transport for one SDK client; closing it leaves the shared session open."""
-        return SharedTransport(self, **connection)
+        return SharedTransport(self)
 
     async def close(self) -> None:
         """Close the session and its connections (after every client using it is closed)."""
@@ -98,17 +98,21 @@ class SharedHttp:
             self._session = None
 
 
+def transport_kwargs(http: SharedHttp | None) -> dict[str, Any]:
+    """``transport=`` for an SDK client on ``http``'s pool; nothing (its own pool) when ``http`` is None."""
+    return {"transport": http.transport()} if http is not None else {}
+
+
 class SharedTransport(AioHttpTransport):
     """azure-core's aiohttp transport over the `SharedHttp` session, with the proxy chosen per host."""
 
-    def __init__(self, shared: SharedHttp, **connection: Any) -> None:  # noqa: ANN401
-        super().__init__(session_owner=True, use_env_settings=False, **connection)
+    def __init__(self, shared: SharedHttp) -> None:
+        super().__init__(session_owner=True, use_env_settings=False)
         self._shared = shared
 
     async def open(self) -> None:
-        """Use the shared session (azure-core would otherwise open one of its own)."""
-        if self.session is None:
-            self.session = self._shared.session()
+        """Use the shared session as it is now (azure-core would otherwise open one of its own)."""
+        self.session = self._shared.session()
         self._has_been_opened = True
 
     async def close(self) -> None:
