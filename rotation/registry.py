@@ -322,8 +322,7 @@ def _history_entry(entity: Mapping[str, Any]) -> HistoryEntry:
 
 
 def _etag(entity: TableEntity) -> str | None:
-    etag = entity.metadata.get("etag")
-    return etag if isinstance(etag, str) else None
+    return _meta_etag(entity.metadata)
 
 
 def _meta_etag(meta: Mapping[str, Any]) -> str | None:
@@ -412,14 +411,7 @@ class Registry:
 
         One single-partition query (paged by the service past 1000 rows).
         """
-        watch, _ = await self._tables()
-        with storage_errors(f"query {watch.table_name} for key {vault_host}/{key_name}"):
-            pages = watch.query_entities(
-                "PartitionKey eq @pk",
-                parameters={"pk": key_partition(vault_host, key_name)},
-                results_per_page=1000,
-            )
-            return [_watched(entity, _etag(entity)) async for entity in pages]
+        return [_watched(entity, _etag(entity)) async for entity in self._key_rows(vault_host, key_name)]
 
     async def members_of_key(self, vault_host: str, key_name: str) -> builtins.list[KeyMember]:
         """`for_key` reduced to each cluster's id and subscription: what fanning an event out needs.
@@ -427,17 +419,22 @@ class Registry:
         The same single-partition query, selecting two properties: the SDK then parses no timestamps, which
         was most of the CPU of reading 1000 rows.
         """
+        rows = self._key_rows(vault_host, key_name, select=["ClusterId", "Subscription"])
+        return [KeyMember(str(e.get("ClusterId", "")), str(e.get("Subscription", ""))) async for e in rows]
+
+    async def _key_rows(
+        self, vault_host: str, key_name: str, *, select: builtins.list[str] | None = None
+    ) -> AsyncIterator[TableEntity]:
+        """The watch rows of one key: a single-partition query, 1000 rows per page (``select``: columns)."""
         watch, _ = await self._tables()
         with storage_errors(f"query {watch.table_name} for key {vault_host}/{key_name}"):
-            pages = watch.query_entities(
+            async for entity in watch.query_entities(
                 "PartitionKey eq @pk",
                 parameters={"pk": key_partition(vault_host, key_name)},
-                select=["ClusterId", "Subscription"],
+                select=select,
                 results_per_page=1000,
-            )
-            return [
-                KeyMember(str(e.get("ClusterId", "")), str(e.get("Subscription", ""))) async for e in pages
-            ]
+            ):
+                yield entity
 
     async def list(self, *, page_size: int = 200) -> AsyncIterator[WatchedCluster]:
         """Every watched cluster, grouped by key, ``page_size`` rows per storage request."""
@@ -702,18 +699,17 @@ class Registry:
         watch, _ = await self._tables()
         asserted = time.monotonic()
         now = _now()
-        claim = {
-            "PartitionKey": CLUSTER_PARTITION,
-            "RowKey": row,
-            "ClaimOwner": owner,
-            "ClaimExpires": now + timedelta(seconds=ttl),
-        }
+        expires_at = now + timedelta(seconds=ttl)
         current = await self._read(watch, CLUSTER_PARTITION, row)
         with storage_errors(f"claim {cluster_id}"):
             if current is None:
                 try:
                     meta = await watch.create_entity(
-                        {**claim, "ClusterId": str(cluster_id), "KeyPartition": ""}
+                        {
+                            **_claim_entity(row, owner, expires_at),
+                            "ClusterId": str(cluster_id),
+                            "KeyPartition": "",
+                        }
                     )
                 except ResourceExistsError:
                     return None
@@ -723,16 +719,10 @@ class Registry:
             if holder is not None and holder != owner and expires is not None and expires > now:
                 return None
             try:
-                meta = await watch.update_entity(
-                    claim,
-                    mode=UpdateMode.MERGE,
-                    etag=_etag(current),
-                    match_condition=MatchConditions.IfNotModified,
-                )
+                etag = await self._merge_claim(watch, row, owner, expires_at, etag=_etag(current))
             except (ResourceModifiedError, ResourceNotFoundError):
                 return None
-        partition = _text(current.get("KeyPartition"))
-        return Claim(cluster_id, owner, ttl, _meta_etag(meta), partition, asserted)
+        return Claim(cluster_id, owner, ttl, etag, _text(current.get("KeyPartition")), asserted)
 
     async def renew(self, claim: Claim) -> bool:
         """Write ``claim`` again for another TTL; False when another owner took the cluster meanwhile.
@@ -740,28 +730,19 @@ class Registry:
         One conditional write while the row is as this claim last wrote it; otherwise (a registration
         changed the pointer, or the claim lapsed) the row is read and claimed again as `take` does.
         """
-        row = cluster_row_key(claim.cluster_id)
-        watch, _ = await self._tables()
         if claim.etag is not None:
+            watch, _ = await self._tables()
             asserted = time.monotonic()
-            fields = {
-                "PartitionKey": CLUSTER_PARTITION,
-                "RowKey": row,
-                "ClaimOwner": claim.owner,
-                "ClaimExpires": _now() + timedelta(seconds=claim.ttl),
-            }
+            expires_at = _now() + timedelta(seconds=claim.ttl)
             with storage_errors(f"claim {claim.cluster_id}"):
                 try:
-                    meta = await watch.update_entity(
-                        fields,
-                        mode=UpdateMode.MERGE,
-                        etag=claim.etag,
-                        match_condition=MatchConditions.IfNotModified,
+                    etag = await self._merge_claim(
+                        watch, cluster_row_key(claim.cluster_id), claim.owner, expires_at, etag=claim.etag
                     )
                 except (ResourceModifiedError, ResourceNotFoundError):
                     pass
                 else:
-                    claim.etag, claim.asserted_at = _meta_etag(meta), asserted
+                    claim.etag, claim.asserted_at = etag, asserted
                     return True
         again = await self.take(claim.cluster_id, owner=claim.owner, ttl=claim.ttl)
         if again is None:
@@ -776,16 +757,8 @@ class Registry:
             watch, _ = await self._tables()
             with storage_errors(f"release {claim.cluster_id}"):
                 try:
-                    await watch.update_entity(
-                        {
-                            "PartitionKey": CLUSTER_PARTITION,
-                            "RowKey": cluster_row_key(claim.cluster_id),
-                            "ClaimOwner": "",
-                            "ClaimExpires": _EPOCH,
-                        },
-                        mode=UpdateMode.MERGE,
-                        etag=claim.etag,
-                        match_condition=MatchConditions.IfNotModified,
+                    await self._merge_claim(
+                        watch, cluster_row_key(claim.cluster_id), "", _EPOCH, etag=claim.etag
                     )
                 except ResourceModifiedError:
                     pass  # changed since our write: read it and clear the claim only if still ours
@@ -806,23 +779,34 @@ class Registry:
                 return
             with storage_errors(f"release {cluster_id}"):
                 try:
-                    await watch.update_entity(
-                        {
-                            "PartitionKey": CLUSTER_PARTITION,
-                            "RowKey": row,
-                            "ClaimOwner": "",
-                            "ClaimExpires": _EPOCH,
-                        },
-                        mode=UpdateMode.MERGE,
-                        etag=_etag(current),
-                        match_condition=MatchConditions.IfNotModified,
-                    )
+                    await self._merge_claim(watch, row, "", _EPOCH, etag=_etag(current))
                 except ResourceModifiedError:
                     continue  # the row changed (a pointer write?): read again, still only ours to clear
                 except ResourceNotFoundError:
                     return
             return
         raise _conflict(f"release {cluster_id}")
+
+    @staticmethod
+    async def _merge_claim(
+        watch: TableClient, row: str, owner: str, expires_at: datetime, *, etag: str | None
+    ) -> str | None:
+        """MERGE the claim fields into the cluster row if it is unchanged since ``etag``; the new ETag.
+
+        ``owner=""`` clears the claim. The caller handles `ResourceModifiedError` and `ResourceNotFoundError`.
+        """
+        meta = await watch.update_entity(
+            _claim_entity(row, owner, expires_at),
+            mode=UpdateMode.MERGE,
+            etag=etag,
+            match_condition=MatchConditions.IfNotModified,
+        )
+        return _meta_etag(meta)
+
+
+def _claim_entity(row: str, owner: str, expires_at: datetime) -> dict[str, Any]:
+    """The claim fields of a cluster row (``owner=""`` with the epoch: no claim)."""
+    return {"PartitionKey": CLUSTER_PARTITION, "RowKey": row, "ClaimOwner": owner, "ClaimExpires": expires_at}
 
 
 def _conflict(action: str) -> ServiceError:
