@@ -297,20 +297,17 @@ def analyse(
     arm = [r for r in records if r.service == "arm" and r.time >= t0]
     kv = [r for r in records if r.service == "kv" and r.time >= t0]
     identity = [r for r in records if r.service == "identity" and r.time >= t0]
-    put_ok: dict[str, float] = {}
-    verify: dict[str, float] = {}
+    progress = Progress(cluster_ids, operation)
+    progress.verified(arm)
+    put_ok, verify = progress.put_ok, progress.verified_at
     gets: dict[str, int] = dict.fromkeys(paths, 0)
     puts: dict[str, int] = dict.fromkeys(paths, 0)
     for r in arm:
         path = r.path.lower()
         if path in paths and r.method == "PUT":
             puts[path] += 1
-            if 200 <= r.status < 300:  # noqa: PLR2004
-                put_ok[path] = r.time
         elif path in paths and r.method == "GET":
             gets[path] += 1
-            if r.status == 200 and path in put_ok and r.time >= put_ok[path] + operation:  # noqa: PLR2004
-                verify[path] = r.time
     polls = [r for r in arm if r.method == "GET" and is_poll(r.path)]
     writes = [r for r in arm if r.method in {"PUT", "PATCH"}]
     reads = [r for r in arm if r.method == "GET"]
@@ -384,34 +381,35 @@ def analyse(
 
 
 class Progress:
-    """How many clusters of a fan-out have their verifying GET, read incrementally off the request log.
+    """Each cluster's last accepted PUT and verifying GET, read incrementally off the request log.
 
-    The simulator runs in this process: re-reading its whole log every half second would take CPU from it.
+    The fan-out polls it every half second while the simulator runs in this process (re-reading the whole log
+    would take CPU from it); `analyse` reads the whole log through it once.
     """
 
     def __init__(self, cluster_ids: list[str], operation: float) -> None:
         self._paths = {c.lower() for c in cluster_ids}
         self._operation = operation
         self._seen = 0
-        self._put_ok: dict[str, float] = {}
-        self._verified: set[str] = set()
+        self.put_ok: dict[str, float] = {}  # cluster path -> time of its last 2xx PUT
+        self.verified_at: dict[str, float] = {}  # -> its last 200 GET at least one operation after that
 
     def verified(self, records: list[Any]) -> int:
-        """Clusters verified so far (a 200 GET at least one operation after their accepted PUT)."""
+        """Clusters verified so far, reading the records not seen yet (the list only grows)."""
         for r in records[self._seen :]:
             path = r.path.lower()
             if path not in self._paths or r.service != "arm":
                 continue
             if r.method == "PUT" and 200 <= r.status < 300:  # noqa: PLR2004
-                self._put_ok[path] = r.time
+                self.put_ok[path] = r.time
             elif (
                 r.method == "GET"
                 and r.status == 200  # noqa: PLR2004
-                and r.time >= self._put_ok.get(path, float("inf")) + self._operation
+                and r.time >= self.put_ok.get(path, float("inf")) + self._operation
             ):
-                self._verified.add(path)
+                self.verified_at[path] = r.time
         self._seen = len(records)
-        return len(self._verified)
+        return len(self.verified_at)
 
 
 # ---- the scenarios -----------------------------------------------------------------------------------
