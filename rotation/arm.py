@@ -11,6 +11,7 @@ Permissions (Azure RBAC on the cluster's scope): ``Microsoft.DocumentDB/mongoClu
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
@@ -19,7 +20,6 @@ from urllib.parse import urlsplit
 from azure.core.exceptions import ServiceRequestError, ServiceResponseError
 from azure.core.pipeline.policies import (
     AsyncRetryPolicy,
-    ContentDecodePolicy,
     DistributedTracingPolicy,
     HeadersPolicy,
     RequestIdPolicy,
@@ -30,7 +30,9 @@ from azure.mgmt.core import AsyncARMPipelineClient
 from azure.mgmt.core.policies import ARMHttpLoggingPolicy, AsyncARMChallengeAuthenticationPolicy
 
 from rotation.errors import NotFoundError, ServiceError
+from rotation.ids import UnsafeUrl, check_same_origin
 from rotation.pacing import ArmPacer, is_write, subscription_of
+from rotation.untrusted import JsonRefused, check_json
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -44,6 +46,9 @@ if TYPE_CHECKING:
 USER_AGENT = "cmk-rotator/0.1"
 _TERMINAL = frozenset({"succeeded", "failed", "canceled", "cancelled"})
 _DEFAULT_POLL_SECONDS = 5.0
+MAX_ANSWER_BYTES = 4 * 1024 * 1024  # an ARM answer larger than this is refused, not read
+MAX_LIST_PAGES = 200  # a listing longer than this (a nextLink loop?) is refused, as `arm_reads` does
+_LOCATION_OPERATIONS = frozenset({"operationresults", "mongoclusteroperationresults"})
 
 
 @dataclass(frozen=True)
@@ -141,10 +146,12 @@ class ArmConnection:
         read_timeout: float,
         pacer: ArmPacer | None = None,
         transport: AsyncHttpTransport[Any, Any] | None = None,
+        deadline: float | None = None,
     ) -> None:
         self._endpoint = endpoint.rstrip("/")
-        self._host = (urlsplit(self._endpoint).hostname or "").lower()
         self._timeouts = {"connection_timeout": connection_timeout, "read_timeout": read_timeout}
+        # The read timeout bounds each wait for a byte; this bounds the whole request (a trickled answer).
+        self._deadline = deadline if deadline is not None else connection_timeout + read_timeout
         self._client = arm_pipeline(self._endpoint, credential, transport=transport)
         self.pacer = pacer
 
@@ -158,11 +165,14 @@ class ArmConnection:
         """Close the connection pool."""
         await self._client.close()
 
-    def _check_same_host(self, url: str) -> None:
-        """Never send the ARM token to a host other than the configured endpoint."""
-        parts = urlsplit(url)
-        if parts.scheme != "https" or (parts.hostname or "").lower() != self._host:
-            raise ServiceError(f"URL on unexpected host: {parts.hostname!r}", service="arm")
+    def _check_same_host(self, url: str) -> str:
+        """The path of ``url``; refused unless on the configured endpoint (scheme, host, port 443)."""
+        try:
+            return check_same_origin(url, self._endpoint)
+        except UnsafeUrl as exc:
+            raise ServiceError(
+                f"refused to follow {exc}", service="arm", status=502, code="UnsafeUrl"
+            ) from None
 
     async def _request(
         self, method: str, url: str, *, params: dict[str, str] | None, json: dict[str, Any] | None
@@ -174,19 +184,33 @@ class ArmConnection:
         if self.pacer is not None and subscription is not None:
             ticket = await self.pacer.acquire(subscription, write=is_write(method))
         try:
-            response: AsyncHttpResponse = await self._client.send_request(
-                request,
-                connection_timeout=self._timeouts["connection_timeout"],
-                read_timeout=self._timeouts["read_timeout"],
-            )
+            async with asyncio.timeout(self._deadline):
+                response: AsyncHttpResponse = await self._client.send_request(
+                    request,
+                    connection_timeout=self._timeouts["connection_timeout"],
+                    read_timeout=self._timeouts["read_timeout"],
+                )
         except BaseException as exc:
             if self.pacer is not None and ticket is not None:
                 self.pacer.release(ticket)  # no answer, no news about the budget
             if isinstance(exc, ServiceRequestError | ServiceResponseError):
                 raise ServiceError(f"{method} {_path(url)}: {type(exc).__name__}", service="arm") from exc
+            if isinstance(exc, TimeoutError):
+                raise ServiceError(
+                    f"{method} {_path(url)}: no complete answer within {self._deadline:g} s", service="arm"
+                ) from None
             raise
         if self.pacer is not None and ticket is not None:
             self.pacer.observe(ticket, response.status_code, response.headers)
+        try:
+            check_json(response.content, what="ARM answer", max_bytes=MAX_ANSWER_BYTES)
+        except JsonRefused as exc:
+            raise ServiceError(
+                f"{method} {_path(url)}: {exc}",
+                service="arm",
+                status=response.status_code,
+                code="AnswerRefused",
+            ) from None
         return response
 
 
@@ -245,7 +269,7 @@ class ClustersClient(ArmConnection):
 
     async def operation_status(self, url: str) -> OperationStatus:
         """GET an ``Azure-AsyncOperation`` URL once."""
-        self._check_same_host(url)
+        path = self._check_same_host(url)
         response = await self._send("GET", url, api_version=False)
         self._raise_for_status(response, what="operation")
         retry_after = retry_after_seconds(response.headers) or _DEFAULT_POLL_SECONDS
@@ -257,8 +281,17 @@ class ClustersClient(ArmConnection):
             doc = {}
         doc = doc if isinstance(doc, dict) else {}
         status = doc.get("status")
-        if not isinstance(status, str):
-            # A Location URL answers 200/204 with the resource once done.
+        if not isinstance(status, str) or not status:
+            # A Location URL answers 200/204 with the resource once done; any other answer without a status
+            # says nothing about the operation, and is never taken for Succeeded.
+            kind = path.rstrip("/").split("/")[-2].lower() if path.count("/") > 1 else ""
+            if kind not in _LOCATION_OPERATIONS:
+                raise ServiceError(
+                    "operation answer has no status",
+                    service="arm",
+                    status=response.status_code,
+                    code="NoStatus",
+                )
             status = "Succeeded"
         error = _dig(doc, "error")
         return OperationStatus(
@@ -274,7 +307,16 @@ class ClustersClient(ArmConnection):
             f"{self._endpoint}/subscriptions/{subscription}/providers/Microsoft.DocumentDB/mongoClusters"
         )
         first = True
+        pages = 0
         while url:
+            pages += 1
+            if pages > MAX_LIST_PAGES:
+                raise ServiceError(
+                    f"subscription {subscription}: listing ran past {MAX_LIST_PAGES} pages",
+                    service="arm",
+                    status=200,
+                    code="TooManyPages",
+                )
             response = await self._send("GET", url, api_version=first)
             self._raise_for_status(response, what=f"subscription {subscription}")
             doc = response.json()
@@ -319,7 +361,7 @@ def arm_pipeline(
         RequestIdPolicy(),
         HeadersPolicy({"Accept": "application/json"}),
         UserAgentPolicy(base_user_agent=USER_AGENT),
-        ContentDecodePolicy(),
+        # No ContentDecodePolicy: each caller parses the answer itself, after `check_json` bounded it.
         AsyncRetryPolicy(retry_total=0),
         AsyncARMChallengeAuthenticationPolicy(credential, endpoint.rstrip("/") + "/.default"),
         ARMHttpLoggingPolicy(),  # headers are redacted by azure-core; Authorization is never logged
