@@ -227,6 +227,7 @@ class ClustersClient(ArmConnection):
         read_timeout: float = 60.0,
         pacer: ArmPacer | None = None,
         transport: AsyncHttpTransport[Any, Any] | None = None,
+        deadline: float | None = None,
     ) -> None:
         # Per-subscription pacing from the throttling headers (rotation.pacing); share one per process.
         super().__init__(
@@ -236,6 +237,7 @@ class ClustersClient(ArmConnection):
             read_timeout=read_timeout,
             pacer=pacer if pacer is not None else ArmPacer(),
             transport=transport,
+            deadline=deadline,
         )
         self._api_version = api_version
 

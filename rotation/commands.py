@@ -38,7 +38,7 @@ def _err(line: str) -> None:
 
 
 def _json(doc: object) -> None:
-    _out(json.dumps(doc, indent=2, default=str))
+    print(json.dumps(doc, indent=2, default=str))  # noqa: T201 - ASCII-only: control characters are escaped
 
 
 def _cluster_arg(raw: str) -> str:
