@@ -545,7 +545,12 @@ class Service:
         if not entry.operation_url or not entry.key or not entry.to_version:
             return None, None
         try:
-            target = parse_key_url(f"https://{entry.key}/{entry.to_version}", require_version=True)
+            host, _, name = entry.key.partition("/")  # `RotationResult.key`: "{vault host}/{key name}"
+            target = parse_key_url(
+                f"https://{host}/keys/{name}/{entry.to_version}",
+                allowed_suffixes=self.settings.allowed_vault_suffixes,
+                require_version=True,
+            )
         except InvalidKeyUrl:
             return None, None
         return entry.operation_url, target
