@@ -107,9 +107,18 @@ def check_json(
 def loads_bounded(
     data: str | bytes, *, what: str, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH
 ) -> Any:  # noqa: ANN401 - any JSON value
-    """`json.loads` after `check_json`; `JsonRefused` or `json.JSONDecodeError` (both `ValueError`)."""
+    """`json.loads` after `check_json`; `JsonRefused` or `json.JSONDecodeError` (both `ValueError`).
+
+    Bytes must be UTF-8 (`json.loads` would otherwise guess UTF-16 or UTF-32 from leading NUL bytes).
+    """
     raw = check_json(data, what=what, max_bytes=max_bytes, max_depth=max_depth)
-    return json.loads(raw)
+    if isinstance(data, str):
+        return json.loads(data)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise JsonRefused(f"{what} is not UTF-8 text") from None
+    return json.loads(text)
 
 
 def bounded_value(value: object, *, what: str, max_depth: int = MAX_JSON_DEPTH) -> None:

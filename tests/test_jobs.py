@@ -275,6 +275,8 @@ def test_new_job_is_enqueued_now_in_utc():
         ),
         ("[" * 100_000 + "]" * 100_000, "bytes; the limit is 65536"),
         ("[" * 20_000 + "]" * 20_000, "nested 20000 deep; the limit is 64"),
+        (b"\x00 not a job", "is not JSON"),  # json.loads(bytes) would guess UTF-16 and raise
+        (b"\x00\x00\x00{", "is not JSON"),
         ('{"cluster_id": ' + "[" * 20_000 + "]" * 20_000 + "}", "nested 20001 deep"),
     ],
 )
