@@ -506,9 +506,9 @@ class _Run:
             self.rng.shuffle(held)
             cut = int(len(held) * self.rng.uniform(0.5, 0.8))
             now, held = held[:cut], held[cut:]
+            self._interrupt(world)  # before the wave's jobs: the operator's rotate usually claims first
             await asyncio.gather(*(deliver(e) for e in now))
             await self._forge(world)
-            self._interrupt(world)
             await asyncio.sleep(self.rng.uniform(0.1, 0.6))
         self.rng.shuffle(held)
         await asyncio.gather(*(deliver(e) for e in held))
@@ -562,11 +562,18 @@ class _Run:
         self.report.forged_messages += len(messages)
 
     def _interrupt(self, world: _World) -> None:
-        """Start a CLI-style `rotate` of a watched cluster and cancel it once ARM accepted its PUT."""
-        cluster = self.rng.choice([c for c in world.clusters if c.watched])
-        self.interrupts.append(asyncio.create_task(self._interrupted_rotate(cluster)))
+        """Start CLI-style `rotate`s of watched clusters; cancel the first one whose PUT ARM accepted."""
+        clusters = self.rng.sample([c for c in world.clusters if c.watched], 3)
 
-    async def _interrupted_rotate(self, cluster: _Cluster) -> None:
+        async def until_one_interrupted() -> None:
+            for cluster in clusters:
+                if await self._interrupted_rotate(cluster):
+                    return
+
+        self.interrupts.append(asyncio.create_task(until_one_interrupted()))
+
+    async def _interrupted_rotate(self, cluster: _Cluster) -> bool:
+        """`rotate` the cluster, Ctrl-C once ARM accepted the PUT; False when it ended or stalled before."""
         service = self._service
         started = time.time()
         job = Job.new(cluster.id, trigger="manual")
@@ -577,7 +584,7 @@ class _Run:
                 r
                 for r in self.sim.requests
                 if r.method == "PUT" and r.path.lower() == cluster.id.lower() and r.received >= started
-                and r.status == 201  # noqa: PLR2004
+                and r.status in {200, 201, 202}
             ]  # fmt: skip
             if accepted:
                 await asyncio.sleep(0.05)  # the answer reaches the client: it records and polls
@@ -585,8 +592,12 @@ class _Run:
                 self.report.interrupted_rotations += 1
                 break
             await asyncio.sleep(0.02)
+        interrupted = task.cancelled() or not task.done()
+        if not task.done():
+            task.cancel()  # stalled (faults): an interruption all the same
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
+        return interrupted
 
     # -- the run -------------------------------------------------------------------------------------
 
