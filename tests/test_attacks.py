@@ -123,10 +123,14 @@ async def test_forged_check_job_cannot_make_the_worker_read_another_resource(sta
     current = stack.sim.key_url(stack.vault, key, v1)
     for url in (
         f"{ARM}{stack.identity}",
-        f"{ARM}/subscriptions/{uuid.uuid4()}/providers/Microsoft.DocumentDB/locations/westeurope"
-        "/operationsStatus/victim",
-        f"{ARM}/subscriptions/{stack.subscription}/providers/Microsoft.Storage/locations/westeurope"
-        "/operationsStatus/x",
+        (
+            f"{ARM}/subscriptions/{uuid.uuid4()}/providers/Microsoft.DocumentDB/locations/westeurope"
+            "/operationsStatus/victim"
+        ),
+        (
+            f"{ARM}/subscriptions/{stack.subscription}/providers/Microsoft.Storage/locations/westeurope"
+            "/operationsStatus/x"
+        ),
         "https://evil.example/subscriptions/x",
     ):
         result = await stack.service.handle_job(
@@ -152,7 +156,8 @@ async def test_check_jobs_of_one_operation_are_bounded(stack):
     first = await stack.service.handle_job(
         Job.new(cid, trigger="manual", target_key_url=stack.sim.key_url(stack.vault, key, v2)).to_json()
     )
-    assert first is not None and first.outcome is Outcome.PENDING
+    assert first is not None
+    assert first.outcome is Outcome.PENDING
     [check] = await stack.queued()
     assert (check.trigger, check.checks) == ("check", 1)
     last = replace(check, checks=MAX_CHECKS)
@@ -168,7 +173,10 @@ async def test_operation_answer_without_a_status_is_not_succeeded(sim):
     """An Azure-AsyncOperation answer with no `status` is refused, never taken for Succeeded."""
     path = f"/subscriptions/{uuid.uuid4()}/providers/Microsoft.DocumentDB/locations/westeurope/operationsStatus/op1"
     sim.inject(service="arm", path_contains=path, faults=[Fault.answer(200, json.dumps({"id": path}))])
-    async with DefaultAzureCredential() as credential, ClustersClient(ARM, credential, api_version="x") as arm:
+    async with (
+        DefaultAzureCredential() as credential,
+        ClustersClient(ARM, credential, api_version="x") as arm,
+    ):
         with pytest.raises(ServiceError) as caught:
             await arm.operation_status(ARM + path)
     assert (caught.value.code, caught.value.transient) == ("NoStatus", False)
@@ -236,7 +244,10 @@ async def test_arm_listing_whose_next_link_loops_is_refused(sim, monkeypatch):
     url = f"{ARM}/subscriptions/{sub}/providers/Microsoft.DocumentDB/mongoClusters?api-version=x"
     page = json.dumps({"value": [], "nextLink": url})
     sim.inject(service="arm", path_contains=sub, faults=[Fault.answer(200, page)] * 10)
-    async with DefaultAzureCredential() as credential, ClustersClient(ARM, credential, api_version="x") as arm:
+    async with (
+        DefaultAzureCredential() as credential,
+        ClustersClient(ARM, credential, api_version="x") as arm,
+    ):
         with pytest.raises(ServiceError) as caught:
             _ = [c async for c in arm.list_clusters(sub)]
     assert caught.value.code == "TooManyPages"
@@ -311,7 +322,9 @@ def test_the_arm_origin_itself_passes_with_or_without_port_443():
     assert check_same_origin(f"{ARM}/a/b?x=1", ARM) == "/a/b"
     assert check_same_origin("https://MANAGEMENT.azure.com:443/a", ARM) == "/a"
     sub, other = "aaaaaaaa-0000-0000-0000-000000000001", "aaaaaaaa-0000-0000-0000-000000000002"
-    cid = parse_cluster_id(f"/subscriptions/{sub}/resourceGroups/rg/providers/Microsoft.DocumentDB/mongoClusters/cluster-1")
+    cid = parse_cluster_id(
+        f"/subscriptions/{sub}/resourceGroups/rg/providers/Microsoft.DocumentDB/mongoClusters/cluster-1"
+    )
     for kind in ("mongoClusterAzureAsyncOperation", "mongoClusterOperationResults", "operationsStatus"):
         ops = f"/providers/Microsoft.DocumentDB/locations/westeurope/{kind}/1"
         check_operation_path(f"/subscriptions/{sub.upper()}{ops}", cid)
@@ -329,7 +342,10 @@ def test_the_arm_origin_itself_passes_with_or_without_port_443():
 )
 async def test_hostile_operation_url_never_leaves_the_process(sim, url):
     """The adapter refuses the URL itself: no CONNECT is attempted, so no token goes anywhere."""
-    async with DefaultAzureCredential() as credential, ClustersClient(ARM, credential, api_version="x") as arm:
+    async with (
+        DefaultAzureCredential() as credential,
+        ClustersClient(ARM, credential, api_version="x") as arm,
+    ):
         with pytest.raises(ServiceError) as caught:
             await arm.operation_status(url)
     assert caught.value.code == "UnsafeUrl"
@@ -348,7 +364,12 @@ async def test_trickled_answer_is_cut_by_the_request_deadline(stack):
     async with (
         DefaultAzureCredential() as credential,
         ClustersClient(
-            ARM, credential, api_version="2025-07-01-preview", read_timeout=1, deadline=2, transport=http.transport()
+            ARM,
+            credential,
+            api_version="2025-07-01-preview",
+            read_timeout=1,
+            deadline=2,
+            transport=http.transport(),
         ) as arm,
     ):
         started = time.monotonic()
@@ -379,4 +400,3 @@ async def test_oversized_answer_is_refused_before_it_is_read(sim):
         causes.append(type(error).__name__)
         error = error.__cause__ or getattr(error, "inner_exception", None)
     assert "ResponseTooLarge" in causes, causes
-

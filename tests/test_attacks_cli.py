@@ -78,7 +78,8 @@ async def test_replay_file_with_a_deep_event_still_handles_the_good_one(sim, cli
     assert "Traceback" not in proc.stderr
     lines = proc.stdout.splitlines()
     assert len(lines) == 2, proc.stdout
-    assert "rejected" in lines[0] and "nested" in lines[0]
+    assert "rejected" in lines[0]
+    assert "nested" in lines[0]
     assert lines[1].startswith(f"event={event['id']} rotated")
     assert cmk_url(sim.cluster(cluster)) == world.key_url(v2)
 
@@ -113,7 +114,9 @@ class Interruptible(Cli):
 async def check_jobs(connection: str, cluster: str) -> list[dict]:
     """Check jobs for ``cluster`` in ``rotation-jobs`` (peeked; other tests' jobs are left alone)."""
     async with QueueClient.from_connection_string(connection, "rotation-jobs") as queue:
-        found = [json.loads(base64.b64decode(m.content)) async for m in queue.receive_messages(max_messages=32)]
+        found = [
+            json.loads(base64.b64decode(m.content)) async for m in queue.receive_messages(max_messages=32)
+        ]
     return [j for j in found if j["cluster_id"] == cluster and j["trigger"] == "check"]
 
 
@@ -138,7 +141,8 @@ async def interrupted_rotation(sim, cli, *, watched: bool) -> None:
     history, holder = await in_process(cli, state)
     assert holder == (None, None)  # the dead run's claim was released
     assert (history[0].outcome, history[0].to_version) == ("pending", v2)
-    assert history[0].operation_url and history[0].operation_url in line
+    assert history[0].operation_url
+    assert history[0].operation_url in line
     checks = await check_jobs(cli.env["AzureWebJobsStorage"], cluster)
     assert len(checks) == (1 if watched else 0)  # an unwatched cluster's check job would be refused
 
@@ -184,4 +188,3 @@ async def test_busy_cluster_names_its_holder_and_when_the_claim_ends(sim, cli):
         await service.registry.release(parse_cluster_id(cluster), owner="ops-laptop:4242")
 
     await in_process(cli, release)
-

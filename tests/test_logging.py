@@ -101,7 +101,8 @@ async def test_duplicate_delivery_is_logged_once_and_queues_nothing(watched, rec
     )
     assert (report.outcome, report.jobs) == ("duplicate", [])
     [dup] = [r for r in by_event(records, event_id) if r.getMessage() == "rotation.event_duplicate"]
-    assert dup.levelno == logging.INFO and "duplicate" in dup.reason
+    assert dup.levelno == logging.INFO
+    assert "duplicate" in dup.reason
     assert await watched.queued() == []
 
 
