@@ -170,8 +170,9 @@ class ArmConnection:
         try:
             return check_same_origin(url, self._endpoint)
         except UnsafeUrl as exc:
+            # 421 Misdirected Request: not an answer ARM gave, and never retried (the same URL stays refused).
             raise ServiceError(
-                f"refused to follow {exc}", service="arm", status=502, code="UnsafeUrl"
+                f"refused to follow {exc}", service="arm", status=421, code="UnsafeUrl"
             ) from None
 
     async def _request(

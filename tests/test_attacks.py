@@ -348,7 +348,7 @@ async def test_hostile_operation_url_never_leaves_the_process(sim, url):
     ):
         with pytest.raises(ServiceError) as caught:
             await arm.operation_status(url)
-    assert caught.value.code == "UnsafeUrl"
+    assert (caught.value.code, caught.value.transient) == ("UnsafeUrl", False)
     assert (sim.refused_connects, sim.requests) == ([], [])
 
 
