@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import urlsplit
@@ -48,6 +49,7 @@ _TERMINAL = frozenset({"succeeded", "failed", "canceled", "cancelled"})
 _DEFAULT_POLL_SECONDS = 5.0
 MAX_ANSWER_BYTES = 4 * 1024 * 1024  # an ARM answer larger than this is refused, not read
 MAX_LIST_PAGES = 200  # a listing longer than this (a nextLink loop?) is refused, as `arm_reads` does
+LIST_DEADLINE_SECONDS = 300.0  # the whole of one listing, however its pages come
 _LOCATION_OPERATIONS = frozenset({"operationresults", "mongoclusteroperationresults"})
 
 
@@ -311,11 +313,13 @@ class ClustersClient(ArmConnection):
         )
         first = True
         pages = 0
+        ends = time.monotonic() + LIST_DEADLINE_SECONDS
         while url:
             pages += 1
-            if pages > MAX_LIST_PAGES:
+            if pages > MAX_LIST_PAGES or time.monotonic() > ends:
                 raise ServiceError(
-                    f"subscription {subscription}: listing ran past {MAX_LIST_PAGES} pages",
+                    f"subscription {subscription}: listing ran past {MAX_LIST_PAGES} pages or "
+                    f"{LIST_DEADLINE_SECONDS:g} s",
                     service="arm",
                     status=200,
                     code="TooManyPages",
