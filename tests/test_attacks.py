@@ -400,3 +400,13 @@ async def test_oversized_answer_is_refused_before_it_is_read(sim):
         causes.append(type(error).__name__)
         error = error.__cause__ or getattr(error, "inner_exception", None)
     assert "ResponseTooLarge" in causes, causes
+
+
+async def test_deep_key_vault_answer_is_refused_with_a_reason(stack):
+    """A Key Vault answer nested 20,000 deep is a permanent one-line error, not a RecursionError."""
+    key, v1 = stack.new_key()
+    stack.sim.inject(service="kv", path_contains=f"/keys/{key}/{v1}", faults=[Fault.answer(200, DEEP)] * 2)
+    with pytest.raises(ServiceError) as caught:
+        await stack.service.runtime.keys.get_version(parse_key_url(stack.sim.key_url(stack.vault, key, v1)))
+    assert caught.value.transient is False
+    assert "nested too deeply" in str(caught.value)
