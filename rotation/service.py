@@ -57,6 +57,7 @@ FANOUT_WINDOW = timedelta(minutes=15)
 # ROTATION_CHECK_DELAY_SECONDS): about two hours at the defaults, far past any cluster update.
 MAX_CHECKS = 24
 NOT_WATCHED = "not watched: the app acts only on registered clusters"
+HAND_OFF_SECONDS = 10.0  # the most a cancelled job spends recording its accepted operation
 
 
 class RegistrationRefused(Exception):
@@ -662,9 +663,6 @@ class Service:
             return parse_key_url(cluster.key_url, allowed_suffixes=self.settings.allowed_vault_suffixes)
         except InvalidKeyUrl as exc:
             raise RegistrationRefused(f"cluster key is outside the allowed vaults: {exc}") from exc
-
-
-HAND_OFF_SECONDS = 10.0  # the most a cancelled job spends recording its accepted operation
 
 
 @dataclass
