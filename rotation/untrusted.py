@@ -98,7 +98,9 @@ def check_json(
     raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
     if len(raw) > max_bytes:
         raise JsonRefused(f"{what} is {len(raw)} bytes; the limit is {max_bytes}")
-    depth = json_depth(raw)
+    # Fewer brackets in all than the limit cannot nest past it: most answers skip the byte-by-byte scan.
+    brackets = raw.count(b"[") + raw.count(b"{")
+    depth = json_depth(raw) if brackets > max_depth else 0
     if depth > max_depth:
         raise JsonRefused(f"{what} is nested {depth} deep; the limit is {max_depth}")
     return raw
