@@ -36,7 +36,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
-from azsim.arm import cluster_json, parse_key_url
+from azsim.arm import WRITE_ANSWERS, cluster_json, parse_key_url
 from azsim.faults import Fault
 from azsim.identity import TOKEN_PATH
 from azsim.messages import RequestRecord
@@ -178,9 +178,22 @@ class Simulator:
         read_burst: int | None = None,
         read_refill_per_s: float | None = None,
         list_page_size: int | None = None,
+        write_answer: str | None = None,
+        put_resets_omitted: bool | None = None,
+        encryption_updatable_from: str | None = None,
     ) -> None:
-        """Change behaviour; None leaves a setting as it is. Changing a bucket refills every bucket."""
+        """Change behaviour; None leaves a setting as it is. Changing a bucket refills every bucket.
+
+        ``write_answer``: "both" (Azure-AsyncOperation and Location, as the spec's examples), "location"
+        or "none" (the client follows the resource). ``put_resets_omitted``: a PUT also resets the service
+        properties it leaves out. ``encryption_updatable_from``: an api-version; writes changing the key
+        at an older one are refused as create-only ("" turns it off).
+        """
+        if write_answer is not None and write_answer not in WRITE_ANSWERS:
+            raise ValueError(f"write_answer must be one of {', '.join(WRITE_ANSWERS)}, got {write_answer!r}")
         changes: dict[str, Any] = {
+            "write_answer": write_answer,
+            "put_resets_omitted": put_resets_omitted,
             "operation_seconds": operation_seconds,
             "poll_interval": poll_interval,
             "latency": latency,
@@ -195,6 +208,8 @@ class Simulator:
             for name, value in changes.items():
                 if value is not None:
                     setattr(config, name, value)
+            if encryption_updatable_from is not None:
+                config.encryption_updatable_from = encryption_updatable_from or None
             if any(v is not None for v in (write_burst, write_refill_per_s, read_burst, read_refill_per_s)):
                 self._state.reset_buckets()
 
