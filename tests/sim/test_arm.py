@@ -231,9 +231,10 @@ async def test_put_to_unknown_cluster_creates_it_with_201(world, arm):
         "Succeeded",
         "Ready",
     )
-    assert _cmk(created)["keyEncryptionKeyUrl"] == world.put_body()["properties"]["encryption"][
-        "customerManagedKeyEncryption"
-    ]["keyEncryptionKeyUrl"]
+    assert (
+        _cmk(created)["keyEncryptionKeyUrl"]
+        == world.put_body()["properties"]["encryption"]["customerManagedKeyEncryption"]["keyEncryptionKeyUrl"]
+    )
 
 
 async def test_patch_to_unknown_cluster_is_404(world, arm):
