@@ -33,7 +33,7 @@ from azure.mgmt.core import AsyncARMPipelineClient
 from azure.mgmt.core.policies import ARMHttpLoggingPolicy, AsyncARMChallengeAuthenticationPolicy
 
 from rotation.errors import NotFoundError, ServiceError
-from rotation.lro import OperationKind, check_operation_url, is_terminal
+from rotation.lro import DEFAULT_POLL_SECONDS, OperationKind, check_operation_url, is_terminal
 from rotation.pacing import ArmPacer, is_write, subscription_of
 
 if TYPE_CHECKING:
@@ -46,7 +46,6 @@ if TYPE_CHECKING:
     from rotation.ids import ResourceId
 
 USER_AGENT = "cmk-rotator/0.1"
-_DEFAULT_POLL_SECONDS = 5.0
 _ACCEPTED = frozenset({200, 201, 202, 204})  # ARMPolling's valid answers to a long-running write
 
 
@@ -130,10 +129,10 @@ class AcceptedOperation:
 
 @dataclass(frozen=True)
 class OperationStatus:
-    """One poll of a long-running operation."""
+    """One poll of a long-running operation; ``retry_after`` None when the answer named no wait."""
 
     status: str
-    retry_after: float
+    retry_after: float | None
     error_code: str | None = None
     error_message: str | None = None
 
@@ -269,7 +268,7 @@ class ClustersClient(ArmConnection):
             )
         base = AcceptedOperation(
             url=None,
-            retry_after=retry_after_seconds(headers) or _DEFAULT_POLL_SECONDS,
+            retry_after=retry_after_seconds(headers) or DEFAULT_POLL_SECONDS,
             request_id=headers.get("x-ms-request-id"),
             correlation_id=headers.get("x-ms-correlation-request-id"),
             status_code=status_code,
@@ -306,7 +305,7 @@ class ClustersClient(ArmConnection):
         else:
             response = await self._send("GET", url, api_version=False)
         self._raise_for_status(response, what="operation")
-        retry_after = retry_after_seconds(response.headers) or _DEFAULT_POLL_SECONDS
+        retry_after = retry_after_seconds(response.headers)  # a resource GET names none
         if response.status_code == 202:  # noqa: PLR2004 - running, whatever the kind
             return OperationStatus(status="InProgress", retry_after=retry_after)
         try:

@@ -23,6 +23,7 @@ from rotation.collateral import changed_paths
 from rotation.errors import ClusterBusy, NotFoundError, ServiceError, TransientFailure
 from rotation.ids import InvalidKeyUrl, KeyUrl, parse_key_url
 from rotation.keyvault import unusable_reason
+from rotation.lro import DEFAULT_POLL_SECONDS
 from rotation.outcomes import Outcome, RotationResult
 from rotation.retry import RetryPolicy
 
@@ -422,6 +423,7 @@ class Rotator:
         """
         deadline = self._clock() + self._settings.poll_budget_seconds
         wait = first_wait
+        pace = first_wait if first_wait is not None else DEFAULT_POLL_SECONDS
         while True:
             if wait is not None:
                 if self._clock() + wait > deadline:
@@ -443,7 +445,10 @@ class Rotator:
                         error_message=status.error_message,
                     )
                 break
-            wait = status.retry_after
+            # Retry-After of this answer; else the last one the server named (a resource GET names none).
+            if status.retry_after is not None:
+                pace = status.retry_after
+            wait = pace
         await self._verify(request, state, target)
 
     async def _verify(self, request: RotationRequest, state: _State, target: KeyUrl) -> None:

@@ -29,8 +29,17 @@ from rotation.errors import ServiceError
 if TYPE_CHECKING:
     from rotation.ids import ResourceId
 
-__all__ = ["TERMINAL_STATES", "OperationKind", "check_operation_url", "operation_kind"]
+__all__ = [
+    "DEFAULT_POLL_SECONDS",
+    "TERMINAL_STATES",
+    "OperationKind",
+    "OperationUrlRefused",
+    "check_operation_url",
+    "operation_kind",
+]
 
+# The wait between polls when ARM names none (a resource GET never does; ARMPolling's default is 30 s).
+DEFAULT_POLL_SECONDS = 5.0
 TERMINAL_STATES = frozenset({"succeeded", "failed", "canceled", "cancelled"})
 _HTTPS_PORT = 443
 _OPERATION_PATH = re.compile(
@@ -43,6 +52,21 @@ _OPERATION_PATH = re.compile(
 _LOCATION_TYPE = "mongoclusteroperationresults"
 
 
+class OperationUrlRefused(ServiceError):
+    """ARM named an operation URL the rotator will not follow: a permanent failure, never retried.
+
+    Retrying would repeat the write (rule 7 forbids it) and the URL would not change; the job fails loudly.
+    """
+
+    @property
+    def transient(self) -> bool:
+        """Never: the same answer cannot become followable."""
+        return False
+
+    def __str__(self) -> str:
+        return f"{self.service} refused: {self.message}"
+
+
 class OperationKind(StrEnum):
     """How an accepted write is followed (ARM's three ways, in ARMPolling's order)."""
 
@@ -52,7 +76,7 @@ class OperationKind(StrEnum):
 
 
 def check_operation_url(url: str, *, host: str, cluster_id: ResourceId) -> OperationKind:
-    """Refuse (`ServiceError`) an operation URL the rotator must not follow; return the kind its path names.
+    """Refuse (`OperationUrlRefused`) an operation URL not to follow; return the kind its path names.
 
     ``host`` is the configured ARM endpoint's host. The checks hold for both header kinds and for a
     recorded URL being resumed.
@@ -61,22 +85,24 @@ def check_operation_url(url: str, *, host: str, cluster_id: ResourceId) -> Opera
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise ServiceError(f"operation URL is not a URL: {exc}", service="arm") from exc
+        raise OperationUrlRefused(f"operation URL is not a URL: {exc}", service="arm") from exc
     hostname = (parts.hostname or "").lower()
     if parts.scheme.lower() != "https" or hostname != host.lower():
-        raise ServiceError(f"operation URL on unexpected host: {parts.hostname!r}", service="arm")
+        raise OperationUrlRefused(f"operation URL on unexpected host: {parts.hostname!r}", service="arm")
     if port not in {None, _HTTPS_PORT} or parts.username is not None or parts.password is not None:
-        raise ServiceError(f"operation URL on unexpected port or with credentials: {port!r}", service="arm")
+        raise OperationUrlRefused(
+            f"operation URL on unexpected port or with credentials: {port!r}", service="arm"
+        )
     path = unquote(parts.path)
     if path.rstrip("/").lower() == str(cluster_id).lower():
         return OperationKind.RESOURCE
     match = _OPERATION_PATH.fullmatch(path)
     if match is None:
-        raise ServiceError(
+        raise OperationUrlRefused(
             f"operation URL is not a DocumentDB mongoCluster operation: {path[:120]!r}", service="arm"
         )
     if match.group("sub").lower() != cluster_id.subscription.lower():
-        raise ServiceError(
+        raise OperationUrlRefused(
             f"operation URL is in subscription {match.group('sub')[:40]!r}, not the cluster's", service="arm"
         )
     if match.group("type").lower() == _LOCATION_TYPE:
