@@ -272,3 +272,25 @@ async def test_operation_url_outside_the_checks_is_never_followed(world, header,
     assert result.outcome is Outcome.FAILED
     assert "operation URL" in result.reason
     assert world.polls() == []
+
+
+async def test_collateral_change_is_in_the_cluster_history(stack):
+    """A watched cluster's history row names the paths a resetting PUT changed, and the outcome is rotated."""
+    from rotation.jobs import Job
+
+    key, v1 = stack.new_key()
+    cluster = stack.add_cluster(key, v1)
+    await stack.register(cluster)
+    stack.sim.configure(put_resets_omitted=True)
+    v2 = stack.sim.create_key_version(stack.vault, key, emit_event=False)
+    job = Job.new(cluster, trigger="manual", target_key_url=stack.sim.key_url(stack.vault, key, v2))
+    result = await stack.service.execute(job)
+    assert result.outcome is Outcome.ROTATED, result.reason
+    (entry,) = await stack.service.registry.history(parse_cluster_id(cluster))
+    assert entry.outcome == "rotated"
+    assert set(entry.collateral_changes) == {
+        "properties.highAvailability.targetMode",
+        "properties.publicNetworkAccess",
+        "properties.authConfig.allowedModes",
+    }
+    assert entry.to_dict()["collateral_changes"] == sorted(entry.collateral_changes)
