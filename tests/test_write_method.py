@@ -16,6 +16,7 @@ CLUSTER = parse_cluster_id(
     f"/subscriptions/{SUB}/resourceGroups/rg-data/providers/Microsoft.DocumentDB/mongoClusters/orders-prod"
 )
 OPS = f"https://management.azure.com/subscriptions/{SUB}/providers/Microsoft.DocumentDB/locations/westeurope"
+UPPER_443 = OPS.upper().replace("HTTPS://MANAGEMENT.AZURE.COM", "https://management.azure.com:443")
 
 
 @pytest.mark.parametrize(
@@ -105,8 +106,7 @@ def test_not_updatable_recognises_the_create_only_refusal(status, code, message,
     [
         (f"{OPS}/mongoClusterAzureAsyncOperation/1?api-version=2025-09-01", OperationKind.ASYNC_OPERATION),
         (f"{OPS}/mongoClusterOperationResults/1?api-version=2025-09-01", OperationKind.LOCATION),
-        (f"{OPS.upper().replace('HTTPS://MANAGEMENT.AZURE.COM', 'https://management.azure.com:443')}"
-         "/MONGOCLUSTEROPERATIONRESULTS/1", OperationKind.LOCATION),
+        (UPPER_443 + "/MONGOCLUSTEROPERATIONRESULTS/1", OperationKind.LOCATION),
         (f"https://management.azure.com{CLUSTER}", OperationKind.RESOURCE),
     ],
 )  # fmt: skip
