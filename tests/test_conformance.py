@@ -294,3 +294,39 @@ async def test_collateral_change_is_in_the_cluster_history(stack):
         "properties.authConfig.allowedModes",
     }
     assert entry.to_dict()["collateral_changes"] == sorted(entry.collateral_changes)
+
+
+def test_cli_reports_the_create_only_refusal_with_the_next_step(world):
+    """`rotate` exits 1 and its line (and its log) says which setting to change when ARM refuses the key change."""
+    from test_cli import run_cli
+
+    world.sim.configure(encryption_updatable_from="2025-08-01-preview")
+    v2 = world.new_version()
+    proc = run_cli("rotate", world.cluster_id, "--key-url", world.key_url(v2))
+    assert proc.returncode == 1, proc.stderr
+    (line,) = proc.stdout.strip().splitlines()
+    assert line.startswith("failed")
+    assert "set ROTATION_ARM_API_VERSION=2025-09-01" in line
+    assert "ROTATION_WRITE_METHOD=patch" in line
+    assert "rotation.cluster_failed" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    ok = run_cli(
+        "rotate",
+        world.cluster_id,
+        "--key-url",
+        world.key_url(v2),
+        env={"ROTATION_WRITE_METHOD": "patch", "ROTATION_ARM_API_VERSION": "2025-09-01"},
+    )
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.startswith("rotated")
+
+
+def test_cli_refuses_patch_with_an_old_api_version_in_one_line(world):
+    """ROTATION_WRITE_METHOD=patch with 2025-07-01-preview stops at start-up: exit 2, one line, no write."""
+    from test_cli import run_cli
+
+    proc = run_cli("rotate", world.cluster_id, env={"ROTATION_WRITE_METHOD": "patch"})
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert "ROTATION_WRITE_METHOD=patch needs ROTATION_ARM_API_VERSION 2025-08-01-preview" in proc.stderr
+    assert world.writes() == []
