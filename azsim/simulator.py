@@ -377,6 +377,7 @@ class Simulator:
         extra_identities: list[str] | None = None,
         tags: dict[str, str] | None = None,
         grant_key_access: bool = True,
+        identity_type: str = "UserAssigned",
     ) -> str:
         """Add a cluster; ``key_url`` None makes it service-managed. Return its ARM id.
 
@@ -411,6 +412,7 @@ class Simulator:
                 key_url=key_url,
                 key_identity=identities[0] if key_url is not None else None,
                 created_at=time.time(),
+                identity_type=identity_type,
             )
             if key_url is not None and grant_key_access:
                 self._grant_key_access(key_url, identities[0])

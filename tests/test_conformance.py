@@ -330,3 +330,28 @@ def test_cli_refuses_patch_with_an_old_api_version_in_one_line(world):
     assert proc.stderr.count("\n") == 1, proc.stderr
     assert "ROTATION_WRITE_METHOD=patch needs ROTATION_ARM_API_VERSION 2025-08-01-preview" in proc.stderr
     assert world.writes() == []
+
+
+@pytest.mark.parametrize("method", METHODS)
+async def test_system_and_user_assigned_identity_type_is_kept(sim, method):
+    """A cluster with `SystemAssigned,UserAssigned` keeps both after a PUT or PATCH rotation."""
+    sub = str(uuid.uuid4())
+    vault = f"kv-{uuid.uuid4().hex[:10]}"
+    sim.add_vault(vault, subscription=sub)
+    v1 = sim.create_key_version(vault, "cmk", emit_event=False)
+    identity = sim.add_identity(subscription=sub, resource_group="rg-data", name="id-cmk")
+    cluster_id = sim.add_cluster(
+        subscription=sub,
+        resource_group="rg-data",
+        name="orders-sys",
+        key_url=sim.key_url(vault, "cmk", v1),
+        identity=identity,
+        identity_type="SystemAssigned,UserAssigned",
+    )
+    world = World(sim, sub, vault, identity, cluster_id)
+    v2 = world.new_version()
+    result = await rotate(world, world.key_url(v2), settings(method))
+    assert result.outcome is Outcome.ROTATED, result.reason
+    assert world.writes()[0].body["identity"]["type"] == "SystemAssigned,UserAssigned"
+    assert world.cluster()["identity"]["type"] == "SystemAssigned,UserAssigned"
+    assert result.collateral_changes == ()
