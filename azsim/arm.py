@@ -601,7 +601,9 @@ def _plan_properties(state: State, properties: object, *, partial: bool) -> dict
 def _encryption_not_updatable(state: State, cluster: Cluster, cmk: object, api_version: str) -> Reply | None:
     """The 400 of an api-version whose spec marks ``properties.encryption`` create-only (opt-in mode).
 
-    In the 2025-07-01-preview swagger `encryption` has ``x-ms-mutability: [read, create]``; from
+    In the 2025-07-01-preview swagger (``specification/mongocluster/resource-manager/Microsoft.DocumentDB/
+    MongoCluster/preview/2025-07-01-preview/mongoCluster.json``, ``MongoClusterProperties.encryption``) it has
+    ``x-ms-mutability: [read, create]`` and ``MongoClusterUpdateProperties`` has no ``encryption``; from
     2025-08-01-preview on it is updatable. The wording of the real refusal is not published: this one says
     "cannot be updated", ARM's usual phrasing for a create-only property.
     """

@@ -17,7 +17,8 @@ DEFAULT_RECONCILE_SCHEDULE = "0 */15 * * * *"
 WRITE_METHODS = ("put", "patch")
 # The first api-version whose spec makes `properties.encryption` updatable and has MongoClusters_PatchCMK
 # (Azure/azure-rest-api-specs, specification/mongocluster/.../examples/2025-08-01-preview/): before it the
-# swagger marks encryption create-only and the PATCH model has no encryption.
+# swagger (preview/2025-07-01-preview/mongoCluster.json) marks MongoClusterProperties.encryption
+# x-ms-mutability [read, create] and MongoClusterUpdateProperties has no encryption.
 PATCH_MIN_API_VERSION = "2025-08-01-preview"
 STORAGE_SETTING = "AzureWebJobsStorage"
 
