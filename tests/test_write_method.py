@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import UTC, datetime
+
 import pytest
-from fakes import OTHER_UAMI, SUB, UAMI, cluster, key_url
+from fakes import OTHER_UAMI, SUB, UAMI, FakeClusters, FakeKeys, cluster, key_url, key_version
 
 from rotation.collateral import changed_paths
-from rotation.engine import NOT_UPDATABLE_NEXT_STEP, build_body, build_patch_body, not_updatable
+from rotation.engine import (
+    NOT_UPDATABLE_NEXT_STEP,
+    RotationRequest,
+    Rotator,
+    build_body,
+    build_patch_body,
+    not_updatable,
+)
 from rotation.errors import ServiceError
 from rotation.ids import parse_cluster_id
 from rotation.lro import OperationKind, OperationUrlRefused, check_operation_url
+from rotation.outcomes import Outcome
 from rotation.settings import Settings, SettingsError
 
 CLUSTER = parse_cluster_id(
@@ -163,3 +174,46 @@ def test_collateral_diff_names_paths_never_values():
     assert "secret-owner" not in repr(paths)
     assert changed_paths(before, before) == []
     assert changed_paths({"tags": {}}, {}) == []
+
+
+class _DoneAtOnce(FakeClusters):
+    """ARM answers the write with no operation header and a terminal provisioningState in the body."""
+
+    def __init__(self, state: str) -> None:
+        super().__init__()
+        self.state = state
+
+    def _accept(self, cluster_id, body):
+        accepted = super()._accept(cluster_id, body)
+        url = f"https://management.azure.com{cluster_id}"
+        if self.state == "Succeeded":
+            self.clusters[cluster_id.normalized] = replace(
+                self.clusters[cluster_id.normalized],
+                key_url=body["properties"]["encryption"]["customerManagedKeyEncryption"][
+                    "keyEncryptionKeyUrl"
+                ],
+            )
+        return replace(accepted, url=url, kind=OperationKind.RESOURCE, status=self.state, status_code=200)
+
+
+@pytest.mark.parametrize(("state", "outcome"), [("Succeeded", Outcome.ROTATED), ("Failed", Outcome.FAILED)])
+async def test_a_write_answered_with_a_terminal_state_is_not_polled(state, outcome):
+    """200 with no header and a terminal provisioningState: verified at once (or failed), no poll (ARMPolling)."""
+    arm = _DoneAtOnce(state)
+    cid = arm.add(cluster(key=key_url(1)))
+    rotator = Rotator(
+        clusters=arm,
+        keys=FakeKeys(key_version(1), key_version(2)),
+        settings=Settings(),
+        sleep=_no_sleep,
+        now=lambda: datetime(2026, 11, 28, tzinfo=UTC),
+    )
+    result = await rotator.rotate(RotationRequest(cluster_id=cid, target=key_url(2)))
+    assert result.outcome is outcome, result.reason
+    assert arm.polls == 0
+    if outcome is Outcome.FAILED:
+        assert "provisioningState Failed" in result.reason
+
+
+async def _no_sleep(_: float) -> None:
+    return None
