@@ -15,7 +15,8 @@ Seed format (``Simulator.seed``, ``POST /_sim/seed``, ``python -m azsim serve --
       "clusters": [{"subscription": "2222...", "resource_group": "rg-data", "name": "orders-prod",
                     "location": "westeurope", "tags": {"team": "orders"},
                     "key": {"vault": "contoso-kv", "name": "cmk-docdb", "versionless": false},
-                    "identity": "id-docdb-cmk", "extra_identities": []}]
+                    "identity": "id-docdb-cmk", "extra_identities": [],
+                    "identity_type": "UserAssigned"}]
     }
 
 Only ``name``/``subscription``/``resource_group`` (and ``vault`` for keys) are required. A cluster takes
@@ -701,6 +702,7 @@ class Simulator:
                 identity=names.get(identity, identity) if identity else None,
                 extra_identities=[names.get(i, i) for i in item.get("extra_identities", [])],
                 tags=item.get("tags"),
+                identity_type=item.get("identity_type", "UserAssigned"),
             )
         return result
 
