@@ -136,7 +136,7 @@ def _encryption(cluster: Cluster, target: KeyUrl) -> dict[str, Any]:
 # it is PropertyChangeNotAllowed; providers also answer in words.
 _NOT_UPDATABLE = re.compile(
     r"cannot be updated|can ?not be (?:updated|modified)|not updatable|is not allowed to be updated"
-    r"|propertychangenotallowed|read-?only propert|create-?only",
+    r"|propertychangenotallowed|create-?only",
     re.IGNORECASE,
 )
 NOT_UPDATABLE_NEXT_STEP = (
