@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import re
+from typing import Any
 
 import pytest
 from sdk_oracle import as_cluster, as_update, contract, shape
@@ -179,3 +180,33 @@ async def test_encryption_update_is_refused_before_its_api_version_in_that_mode(
     assert refused.status == 400
     assert "cannot be updated" in refused.body["error"]["message"]
     assert (await arm.call("PUT", world.cluster_id, body=body, api_version="2025-09-01")).status == 200
+
+
+@pytest.mark.parametrize("answer_mode", ["both", "location", "none"])
+@pytest.mark.parametrize("method", ["put", "patch"])
+async def test_the_official_sdk_drives_each_write_to_completion(world, credential, method, answer_mode):
+    """azure-mgmt-mongocluster's own client and ARMPolling finish a key change in each write-answer mode."""
+    from azure.mgmt.mongocluster.aio import MongoClusterMgmtClient
+
+    world.sim.configure(write_answer=answer_mode, operation_seconds=0.1, poll_interval=0.02)
+    new_url = world.key_url(world.sim.create_key_version(world.vault, world.key))
+    name = world.cluster_id.rsplit("/", 1)[1]
+    async with MongoClusterMgmtClient(credential, world.subscription) as client:
+        if method == "put":
+            body = {**world.put_body(new_url), "tags": {"team": "orders"}}
+            poller = await client.mongo_clusters.begin_create_or_update(
+                "rg-data", name, body, polling_interval=0.02
+            )
+        else:
+            body = world.put_body(new_url)
+            del body["location"]
+            poller = await client.mongo_clusters.begin_update("rg-data", name, body, polling_interval=0.02)
+        result = await asyncio.wait_for(poller.result(), 10)
+    assert result.properties.encryption.customer_managed_key_encryption.key_encryption_key_url == new_url
+    assert result.properties.provisioning_state == "Succeeded"
+    assert result.tags == {"team": "orders"}
+    assert _cmk_of(world.sim.cluster(world.cluster_id)) == new_url
+
+
+def _cmk_of(body: dict[str, Any]) -> str:
+    return body["properties"]["encryption"]["customerManagedKeyEncryption"]["keyEncryptionKeyUrl"]
