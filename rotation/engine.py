@@ -141,7 +141,7 @@ _NOT_UPDATABLE = re.compile(
 )
 NOT_UPDATABLE_NEXT_STEP = (
     "next step: set ROTATION_ARM_API_VERSION=2025-09-01 (encryption is updatable from 2025-08-01-preview on) "
-    "or ROTATION_WRITE_METHOD=patch"
+    "or ROTATION_WRITE_METHOD=patch (with such an api-version)"
 )
 
 
