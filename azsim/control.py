@@ -16,7 +16,8 @@
   ``{"status": 429, "error_code", "message", "headers"}``, ``{"reset": true}``, ``{"slow": 1.5}``,
   ``{"trickle": 0.5}`` (the real answer, one byte per 0.5 s) or ``{"answer": {"status", "body",
   "headers"}}`` (this raw body instead: a tampered listing, a deep document, a hostile header)) |
-| ``POST /_sim/config`` | ``configure`` (plus ``operation_failure_rate``) |
+| ``POST /_sim/config`` | ``configure`` (plus ``operation_failure_rate``): e.g. ``write_answer`` ("both",
+  "location", "none"), ``put_resets_omitted``, ``encryption_updatable_from`` |
 | ``POST /_sim/reset`` | ``reset`` |
 | ``GET /_sim/cluster?id=...`` | the cluster's ARM JSON |
 | ``POST /_sim/cluster-status`` | ``set_cluster_status`` (body: id, status) |

@@ -407,18 +407,11 @@ class UnsafeUrl(ValueError):
     """A URL an answer handed over (an operation URL, a ``nextLink``) must not be followed; says why."""
 
 
-# The operation URLs ARM's DocumentDB provider hands out for mongoClusters writes: the REST spec's examples
-# (Azure/azure-rest-api-specs, specification/mongocluster/.../examples: ``Azure-AsyncOperation:
+# The operation URLs ARM's DocumentDB provider hands out for mongoClusters writes, as the REST spec's examples
+# answer them (Azure/azure-rest-api-specs, specification/mongocluster/.../examples: ``Azure-AsyncOperation:
 # .../locations/{loc}/mongoClusterAzureAsyncOperation/{id}``, ``Location: .../mongoClusterOperationResults
-# /{id}``) and ARM's generic provider-level names (``operationsStatus``, ``operationResults``).
-OPERATION_TYPES = frozenset(
-    {
-        "mongoclusterazureasyncoperation",
-        "mongoclusteroperationresults",
-        "operationsstatus",
-        "operationresults",
-    }
-)
+# /{id}``); the same two `rotation.lro` follows.
+OPERATION_TYPES = frozenset({"mongoclusterazureasyncoperation", "mongoclusteroperationresults"})
 _OPERATION_SEGMENTS = 8  # subscriptions/{sub}/providers/Microsoft.DocumentDB/locations/{loc}/{type}/{id}
 _OPERATION_PART = re.compile(r"[A-Za-z0-9_.()-]{1,128}")
 

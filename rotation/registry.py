@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 import time
 from dataclasses import dataclass, replace
@@ -134,6 +135,7 @@ class HistoryEntry:
     request_id: str | None
     operation_url: str | None
     correlation_id: str | None = None
+    collateral_changes: tuple[str, ...] = ()  # paths that changed besides the key (rule 9)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; ``at`` in ISO 8601."""
@@ -155,6 +157,7 @@ class HistoryEntry:
             "request_id": self.request_id,
             "correlation_id": self.correlation_id,
             "operation_url": self.operation_url,
+            "collateral_changes": list(self.collateral_changes),
         }
 
 
@@ -221,6 +224,15 @@ def _utc(value: object) -> datetime | None:
 def _text(value: object) -> str | None:
     """A stored string; empty means absent."""
     return value if isinstance(value, str) and value else None
+
+
+def _paths(raw: object) -> tuple[str, ...]:
+    """The collateral-change paths of a history entity (a JSON list), () when absent or unreadable."""
+    try:
+        value = json.loads(raw) if isinstance(raw, str) else []
+    except ValueError:
+        return ()
+    return tuple(str(p) for p in value) if isinstance(value, list) else ()
 
 
 def _clip(value: str | None) -> str | None:
@@ -298,6 +310,7 @@ def _history_entity(entry: HistoryEntry, partition: str) -> dict[str, Any]:
         "RequestId": entry.request_id,
         "CorrelationId": entry.correlation_id,
         "OperationUrl": entry.operation_url,
+        "CollateralChanges": json.dumps(list(entry.collateral_changes)) if entry.collateral_changes else None,
     }
 
 
@@ -322,6 +335,7 @@ def _history_entry(entity: Mapping[str, Any]) -> HistoryEntry:
         request_id=_text(entity.get("RequestId")),
         correlation_id=_text(entity.get("CorrelationId")),
         operation_url=_text(entity.get("OperationUrl")),
+        collateral_changes=_paths(entity.get("CollateralChanges")),
     )
 
 
@@ -633,6 +647,7 @@ class Registry:
             request_id=result.request_id,
             correlation_id=result.correlation_id,
             operation_url=result.operation_url,
+            collateral_changes=result.collateral_changes,
         )
         row = _row_key_for_text(result.cluster_id)
         _, history = await self._tables()

@@ -531,7 +531,7 @@ class _Run:
         )
         foreign_op = (
             f"/subscriptions/{other}/providers/Microsoft.DocumentDB/locations/westeurope"
-            f"/operationsStatus/{uuid.uuid4().hex}"
+            f"/mongoClusterAzureAsyncOperation/{uuid.uuid4().hex}"
         )
         target = self.sim.key_url(victim.vault, victim.key, self.sim.latest_version(victim.vault, victim.key))
         stamp = "2026-11-29T00:00:00+00:00"
@@ -758,7 +758,7 @@ class _Run:
                 out.append(f"PUT to a cluster the run does not know: {record.path}")
                 continue
             puts[cid] += 1
-            accepted[cid] += record.status == 201  # noqa: PLR2004
+            accepted[cid] += 200 <= record.status < 300  # noqa: PLR2004 - 200 update, 201 create (the spec)
             if not cluster.watched:
                 out.append(f"PUT to unwatched cluster {cluster.id}")
             out += self._check_put(cluster, record, ops[cid], versions, order)
@@ -804,7 +804,7 @@ class _Run:
             self._version_at(ops, order[(cluster.vault, cluster.key)], moment)
             for moment in (record.received, record.time)
         )
-        if index < applied and index >= sent and record.status == 201:  # noqa: PLR2004
+        if index < applied and index >= sent and 200 <= record.status < 300:  # noqa: PLR2004 - accepted
             self.late_writes.append(
                 f"{cluster.id}: a PUT of version #{index} sent when the cluster had #{sent} was applied "
                 f"{record.time - record.received:.1f} s later, over #{applied}"

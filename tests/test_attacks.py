@@ -32,6 +32,8 @@ from rotation.transport import SharedHttp
 
 ARM = "https://management.azure.com"
 DEEP = "[" * 20_000 + "]" * 20_000  # 40 KB, 20,000 deep
+SUB = "aaaaaaaa-0000-0000-0000-00000000000a"
+CLUSTER = f"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.DocumentDB/mongoClusters/db-1"
 
 
 def arm_requests(sim, method: str | None = None) -> list:
@@ -125,7 +127,7 @@ async def test_forged_check_job_cannot_make_the_worker_read_another_resource(sta
         f"{ARM}{stack.identity}",
         (
             f"{ARM}/subscriptions/{uuid.uuid4()}/providers/Microsoft.DocumentDB/locations/westeurope"
-            "/operationsStatus/victim"
+            "/mongoClusterAzureAsyncOperation/victim"
         ),
         (
             f"{ARM}/subscriptions/{stack.subscription}/providers/Microsoft.Storage/locations/westeurope"
@@ -171,14 +173,18 @@ async def test_check_jobs_of_one_operation_are_bounded(stack):
 
 async def test_operation_answer_without_a_status_is_not_succeeded(sim):
     """An Azure-AsyncOperation answer with no `status` is refused, never taken for Succeeded."""
-    path = f"/subscriptions/{uuid.uuid4()}/providers/Microsoft.DocumentDB/locations/westeurope/operationsStatus/op1"
+    sub = str(uuid.uuid4())
+    cluster_id = parse_cluster_id(
+        f"/subscriptions/{sub}/resourceGroups/rg/providers/Microsoft.DocumentDB/mongoClusters/db-1"
+    )
+    path = f"/subscriptions/{sub}/providers/Microsoft.DocumentDB/locations/westeurope/mongoClusterAzureAsyncOperation/op1"
     sim.inject(service="arm", path_contains=path, faults=[Fault.answer(200, json.dumps({"id": path}))])
     async with (
         DefaultAzureCredential() as credential,
         ClustersClient(ARM, credential, api_version="x") as arm,
     ):
         with pytest.raises(ServiceError) as caught:
-            await arm.operation_status(ARM + path)
+            await arm.operation_status(ARM + path, cluster_id=cluster_id)
     assert (caught.value.code, caught.value.transient) == ("NoStatus", False)
 
 
@@ -325,7 +331,7 @@ def test_the_arm_origin_itself_passes_with_or_without_port_443():
     cid = parse_cluster_id(
         f"/subscriptions/{sub}/resourceGroups/rg/providers/Microsoft.DocumentDB/mongoClusters/cluster-1"
     )
-    for kind in ("mongoClusterAzureAsyncOperation", "mongoClusterOperationResults", "operationsStatus"):
+    for kind in ("mongoClusterAzureAsyncOperation", "mongoClusterOperationResults"):
         ops = f"/providers/Microsoft.DocumentDB/locations/westeurope/{kind}/1"
         check_operation_path(f"/subscriptions/{sub.upper()}{ops}", cid)
         with pytest.raises(UnsafeUrl):
@@ -335,8 +341,14 @@ def test_the_arm_origin_itself_passes_with_or_without_port_443():
 @pytest.mark.parametrize(
     "url",
     [
-        "https://management.azure.com:8443/subscriptions/s/providers/Microsoft.DocumentDB/locations/x/operationsStatus/1",
-        "https://evil.example\\@management.azure.com/subscriptions/s/providers/Microsoft.DocumentDB/locations/x/operationsStatus/1",
+        (
+            f"https://management.azure.com:8443/subscriptions/{SUB}/providers/Microsoft.DocumentDB/locations/x"
+            "/mongoClusterAzureAsyncOperation/1"
+        ),
+        (
+            f"https://evil.example\\@management.azure.com/subscriptions/{SUB}/providers/Microsoft.DocumentDB"
+            "/locations/x/mongoClusterAzureAsyncOperation/1"
+        ),
     ],
     ids=["port-8443", "backslash-userinfo"],
 )
@@ -347,7 +359,7 @@ async def test_hostile_operation_url_never_leaves_the_process(sim, url):
         ClustersClient(ARM, credential, api_version="x") as arm,
     ):
         with pytest.raises(ServiceError) as caught:
-            await arm.operation_status(url)
+            await arm.operation_status(url, cluster_id=parse_cluster_id(CLUSTER))
     assert (caught.value.code, caught.value.transient) == ("UnsafeUrl", False)
     assert (sim.refused_connects, sim.requests) == ([], [])
 
