@@ -4,7 +4,8 @@
 |---|---|
 | ``GET /_sim/health`` | ``{"ok": true}`` |
 | ``POST /_sim/seed`` | ``Simulator.seed(body)`` |
-| ``POST /_sim/keys/{vault}/{key}/versions`` | ``create_key_version`` (body: its keyword options);
+| ``POST /_sim/keys/{vault}/{key}/versions`` | ``create_key_version`` (body: its keyword options, e.g.
+  ``{"tie": true}`` for a version created in the same second as the newest);
   answers ``{"version", "key_url", "event"}`` |
 | ``PATCH /_sim/keys/{vault}/{key}/{version}`` | ``update_key_version`` (body: enabled, nbf, exp, ops) |
 | ``POST /_sim/key-events`` | ``emit_key_event`` (body: vault, key, version, event_type) |
@@ -12,7 +13,9 @@
 | ``GET /_sim/requests``, ``DELETE /_sim/requests`` | the request log / clear it |
 | ``POST /_sim/faults`` | ``set_fault_rates`` (body: rates, service, methods, slow_seconds, seed) |
 | ``POST /_sim/inject`` | ``inject`` (body: method, service, path_contains, faults: a list of
-  ``{"status": 429, "error_code", "message", "headers"}``, ``{"reset": true}`` or ``{"slow": 1.5}``) |
+  ``{"status": 429, "error_code", "message", "headers"}``, ``{"reset": true}``, ``{"slow": 1.5}``,
+  ``{"trickle": 0.5}`` (the real answer, one byte per 0.5 s) or ``{"answer": {"status", "body",
+  "headers"}}`` (this raw body instead: a tampered listing, a deep document, a hostile header)) |
 | ``POST /_sim/config`` | ``configure`` (plus ``operation_failure_rate``): e.g. ``write_answer`` ("both",
   "location", "none"), ``put_resets_omitted``, ``encryption_updatable_from`` |
 | ``POST /_sim/reset`` | ``reset`` |
@@ -77,6 +80,15 @@ def _fault(spec: dict[str, Any]) -> Fault:
         return Fault.reset()
     if "slow" in spec:
         return Fault.slow(float(spec["slow"]))
+    if "trickle" in spec:
+        return Fault.trickle(float(spec["trickle"]))
+    if "answer" in spec:
+        answer = spec["answer"]
+        return Fault.answer(
+            int(answer.get("status", 200)),
+            str(answer.get("body", "")),
+            headers={str(k): str(v) for k, v in (answer.get("headers") or {}).items()},
+        )
     if "status" in spec:
         return Fault.status(
             int(spec["status"]),

@@ -30,12 +30,13 @@ RANDOM_KINDS = ("429", "409", "500", "503", "reset", "slow")
 class Fault:
     """One injected behaviour: an error status, a connection reset, or a delay before the normal answer."""
 
-    kind: str  # "status" | "reset" | "slow"
+    kind: str  # "status" | "reset" | "slow" | "answer" | "trickle"
     status_code: int = 0
     error_code: str = ""
     message: str = ""
     headers: tuple[tuple[str, str], ...] = ()
     seconds: float = 0.0
+    body: str | None = None  # "answer": the raw body text sent instead of the real answer
 
     @classmethod
     def status(
@@ -64,6 +65,16 @@ class Fault:
     def slow(cls, seconds: float) -> Fault:
         """Wait this long, then answer normally."""
         return cls(kind="slow", seconds=seconds)
+
+    @classmethod
+    def answer(cls, code: int, body: str = "", *, headers: dict[str, str] | None = None) -> Fault:
+        """Answer with exactly this status, raw body text and headers: a tampered or hostile answer."""
+        return cls(kind="answer", status_code=code, body=body, headers=tuple((headers or {}).items()))
+
+    @classmethod
+    def trickle(cls, seconds_per_byte: float) -> Fault:
+        """Answer normally, but send the body one byte at a time, ``seconds_per_byte`` apart."""
+        return cls(kind="trickle", seconds=seconds_per_byte)
 
     @property
     def label(self) -> str:

@@ -192,6 +192,13 @@ class Runtime:
         reply: Reply | None = None
         if fault is not None:
             label = fault.label
+            if fault.kind == "answer":
+                self._record(incoming, service, fault.status_code, label, received)
+                return web.Response(
+                    status=fault.status_code,
+                    headers={"Content-Type": "application/json", **dict(fault.headers)},
+                    body=(fault.body or "").encode("utf-8"),
+                )
             if fault.kind == "slow":
                 await asyncio.sleep(fault.seconds)
             elif fault.kind == "reset":
@@ -199,12 +206,14 @@ class Runtime:
                 if request.transport is not None:
                     request.transport.abort()
                 raise asyncio.CancelledError
-            else:
+            elif fault.kind != "trickle":  # a trickle answers normally, slowly (below)
                 reply = fault.reply()
         if reply is None:
             reply = handler(incoming)
         self._decorate(incoming, service, reply)
         self._record(incoming, service, reply.status, reply.fault or label, received)
+        if fault is not None and fault.kind == "trickle":
+            return await _trickle(request, _to_response(reply), fault.seconds)
         return _to_response(reply)
 
     @staticmethod
@@ -243,6 +252,23 @@ class Runtime:
         )
         with self._state.lock:
             self._state.record(record)
+
+
+async def _trickle(request: web.Request, response: web.Response, seconds: float) -> web.StreamResponse:
+    """Send ``response``'s body one byte at a time, ``seconds`` apart (chunked: no Content-Length)."""
+    body = response.body if isinstance(response.body, bytes) else b""
+    stream = web.StreamResponse(status=response.status, headers=response.headers)
+    stream.headers.pop("Content-Length", None)
+    stream.enable_chunked_encoding()
+    await stream.prepare(request)
+    try:
+        for index in range(len(body)):
+            await stream.write(body[index : index + 1])
+            await asyncio.sleep(seconds)
+        await stream.write_eof()
+    except ConnectionResetError:
+        pass  # the client gave up on the trickle: what the fault is for
+    return stream
 
 
 def _to_response(reply: Reply) -> web.Response:

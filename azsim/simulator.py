@@ -261,12 +261,18 @@ class Simulator:
         nbf: int | None = None,
         exp: int | None = None,
         emit_event: bool = True,
+        tie: bool = False,
     ) -> str:
-        """Create a new version of ``key`` (and the key if new); return the version."""
+        """Create a new version of ``key`` (and the key if new); return the version.
+
+        ``tie``: created in the same second as the key's newest version. Key Vault's ``created`` is whole
+        seconds (KeyAttributes.created, "Creation time in UTC", an integer of Unix seconds in the REST
+        spec, specification/keyvault/data-plane/.../keys.json), so two versions can share one.
+        """
         with self._state.lock:
             found = self._state.vault(vault)
             version = self._state.new_key_version(
-                found, key, kty=kty, size=size, ops=ops, enabled=enabled, nbf=nbf, exp=exp
+                found, key, kty=kty, size=size, ops=ops, enabled=enabled, nbf=nbf, exp=exp, tie=tie
             )
             if emit_event:
                 self._state.key_event(found, found.keys[key.lower()], version, "KeyNewVersionCreated")

@@ -405,8 +405,12 @@ class State:
         nbf: int | None,
         exp: int | None,
         tags: dict[str, str] | None = None,
+        tie: bool = False,
     ) -> KeyVersion:
-        """Create a version (and the key when new); ``created`` strictly increases per key."""
+        """Create a version (and the key when new); ``created`` strictly increases per key.
+
+        ``tie``: the same ``created`` as the newest version instead (whole seconds: versions can share one).
+        """
         key = vault.keys.get(name.lower())
         now = int(time.time())
         if key is None:
@@ -414,6 +418,8 @@ class State:
             key.rotation_policy = copy.deepcopy(DEFAULT_ROTATION_POLICY)
             key.policy_created = key.policy_updated = now
         created = max([now] + [v.created + 1 for v in key.versions.values()])
+        if tie and key.versions:
+            created = max(v.created for v in key.versions.values())
         kty_upper = kty.upper()
         material: dict[str, bytes]
         crv: str | None = None

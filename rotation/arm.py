@@ -13,8 +13,10 @@ Which URL an accepted write is followed through, and how, is `rotation.lro`.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import math
+import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import urlsplit
@@ -22,7 +24,6 @@ from urllib.parse import urlsplit
 from azure.core.exceptions import ServiceRequestError, ServiceResponseError
 from azure.core.pipeline.policies import (
     AsyncRetryPolicy,
-    ContentDecodePolicy,
     DistributedTracingPolicy,
     HeadersPolicy,
     RequestIdPolicy,
@@ -33,8 +34,10 @@ from azure.mgmt.core import AsyncARMPipelineClient
 from azure.mgmt.core.policies import ARMHttpLoggingPolicy, AsyncARMChallengeAuthenticationPolicy
 
 from rotation.errors import NotFoundError, ServiceError
+from rotation.ids import UnsafeUrl, check_same_origin
 from rotation.lro import DEFAULT_POLL_SECONDS, OperationKind, check_operation_url, is_terminal
 from rotation.pacing import ArmPacer, is_write, subscription_of
+from rotation.untrusted import JsonRefused, check_json
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
@@ -47,6 +50,9 @@ if TYPE_CHECKING:
 
 USER_AGENT = "cmk-rotator/0.1"
 _ACCEPTED = frozenset({200, 201, 202, 204})  # ARMPolling's valid answers to a long-running write
+MAX_ANSWER_BYTES = 4 * 1024 * 1024  # an ARM answer larger than this is refused, not read
+MAX_LIST_PAGES = 200  # a listing longer than this (a nextLink loop?) is refused, as `arm_reads` does
+LIST_DEADLINE_SECONDS = 300.0  # the whole of one listing, however its pages come
 
 
 @dataclass(frozen=True)
@@ -163,10 +169,13 @@ class ArmConnection:
         read_timeout: float,
         pacer: ArmPacer | None = None,
         transport: AsyncHttpTransport[Any, Any] | None = None,
+        deadline: float | None = None,
     ) -> None:
         self._endpoint = endpoint.rstrip("/")
         self._host = (urlsplit(self._endpoint).hostname or "").lower()
         self._timeouts = {"connection_timeout": connection_timeout, "read_timeout": read_timeout}
+        # The read timeout bounds each wait for a byte; this bounds the whole request (a trickled answer).
+        self._deadline = deadline if deadline is not None else connection_timeout + read_timeout
         self._client = arm_pipeline(self._endpoint, credential, transport=transport)
         self.pacer = pacer
 
@@ -180,11 +189,15 @@ class ArmConnection:
         """Close the connection pool."""
         await self._client.close()
 
-    def _check_same_host(self, url: str) -> None:
-        """Never send the ARM token to a host other than the configured endpoint."""
-        parts = urlsplit(url)
-        if parts.scheme != "https" or (parts.hostname or "").lower() != self._host:
-            raise ServiceError(f"URL on unexpected host: {parts.hostname!r}", service="arm")
+    def _check_same_host(self, url: str) -> str:
+        """The path of ``url``; refused unless on the configured endpoint (scheme, host, port 443)."""
+        try:
+            return check_same_origin(url, self._endpoint)
+        except UnsafeUrl as exc:
+            # 421 Misdirected Request: not an answer ARM gave, and never retried (the same URL stays refused).
+            raise ServiceError(
+                f"refused to follow {exc}", service="arm", status=421, code="UnsafeUrl"
+            ) from None
 
     async def _request(
         self, method: str, url: str, *, params: dict[str, str] | None, json: dict[str, Any] | None
@@ -196,19 +209,33 @@ class ArmConnection:
         if self.pacer is not None and subscription is not None:
             ticket = await self.pacer.acquire(subscription, write=is_write(method))
         try:
-            response: AsyncHttpResponse = await self._client.send_request(
-                request,
-                connection_timeout=self._timeouts["connection_timeout"],
-                read_timeout=self._timeouts["read_timeout"],
-            )
+            async with asyncio.timeout(self._deadline):
+                response: AsyncHttpResponse = await self._client.send_request(
+                    request,
+                    connection_timeout=self._timeouts["connection_timeout"],
+                    read_timeout=self._timeouts["read_timeout"],
+                )
         except BaseException as exc:
             if self.pacer is not None and ticket is not None:
                 self.pacer.release(ticket)  # no answer, no news about the budget
             if isinstance(exc, ServiceRequestError | ServiceResponseError):
                 raise ServiceError(f"{method} {_path(url)}: {type(exc).__name__}", service="arm") from exc
+            if isinstance(exc, TimeoutError):
+                raise ServiceError(
+                    f"{method} {_path(url)}: no complete answer within {self._deadline:g} s", service="arm"
+                ) from None
             raise
         if self.pacer is not None and ticket is not None:
             self.pacer.observe(ticket, response.status_code, response.headers)
+        try:
+            check_json(response.content, what="ARM answer", max_bytes=MAX_ANSWER_BYTES)
+        except JsonRefused as exc:
+            raise ServiceError(
+                f"{method} {_path(url)}: {exc}",
+                service="arm",
+                status=response.status_code,
+                code="AnswerRefused",
+            ) from None
         return response
 
 
@@ -225,6 +252,7 @@ class ClustersClient(ArmConnection):
         read_timeout: float = 60.0,
         pacer: ArmPacer | None = None,
         transport: AsyncHttpTransport[Any, Any] | None = None,
+        deadline: float | None = None,
     ) -> None:
         # Per-subscription pacing from the throttling headers (rotation.pacing); share one per process.
         super().__init__(
@@ -234,6 +262,7 @@ class ClustersClient(ArmConnection):
             read_timeout=read_timeout,
             pacer=pacer if pacer is not None else ArmPacer(),
             transport=transport,
+            deadline=deadline,
         )
         self._api_version = api_version
 
@@ -298,6 +327,7 @@ class ClustersClient(ArmConnection):
         self, url: str, *, cluster_id: ResourceId, kind: OperationKind | None = None
     ) -> OperationStatus:
         """Poll an accepted operation once; ``kind`` None: the kind its checked URL names (rule 7)."""
+        self._check_same_host(url)  # one strict parse: scheme, host, port 443, no user info or backslash
         named = check_operation_url(url, host=self._host, cluster_id=cluster_id)
         kind = kind or named
         if kind is OperationKind.RESOURCE:
@@ -317,6 +347,11 @@ class ClustersClient(ArmConnection):
             state = _str_or_none(_dig(doc, "properties").get("provisioningState"))
             return OperationStatus(status=state or "Succeeded", retry_after=retry_after)
         status = doc.get("status") if kind is OperationKind.ASYNC_OPERATION else None
+        if kind is OperationKind.ASYNC_OPERATION and (not isinstance(status, str) or not status):
+            # An Azure-AsyncOperation answer without a status tells nothing of the operation: not Succeeded.
+            raise ServiceError(
+                "operation answer has no status", service="arm", status=response.status_code, code="NoStatus"
+            )
         if not isinstance(status, str):
             status = "Succeeded"  # a Location URL answers 200/204 (with the resource) once done
         error = _dig(doc, "error")
@@ -333,7 +368,18 @@ class ClustersClient(ArmConnection):
             f"{self._endpoint}/subscriptions/{subscription}/providers/Microsoft.DocumentDB/mongoClusters"
         )
         first = True
+        pages = 0
+        ends = time.monotonic() + LIST_DEADLINE_SECONDS
         while url:
+            pages += 1
+            if pages > MAX_LIST_PAGES or time.monotonic() > ends:
+                raise ServiceError(
+                    f"subscription {subscription}: listing ran past {MAX_LIST_PAGES} pages or "
+                    f"{LIST_DEADLINE_SECONDS:g} s",
+                    service="arm",
+                    status=200,
+                    code="TooManyPages",
+                )
             response = await self._send("GET", url, api_version=first)
             self._raise_for_status(response, what=f"subscription {subscription}")
             doc = response.json()
@@ -378,7 +424,7 @@ def arm_pipeline(
         RequestIdPolicy(),
         HeadersPolicy({"Accept": "application/json"}),
         UserAgentPolicy(base_user_agent=USER_AGENT),
-        ContentDecodePolicy(),
+        # No ContentDecodePolicy: each caller parses the answer itself, after `check_json` bounded it.
         AsyncRetryPolicy(retry_total=0),
         AsyncARMChallengeAuthenticationPolicy(credential, endpoint.rstrip("/") + "/.default"),
         ARMHttpLoggingPolicy(),  # headers are redacted by azure-core; Authorization is never logged

@@ -14,11 +14,12 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from rotation.errors import ClusterBusy, RotationError, TransientFailure
+from rotation.errors import ClusterBusy, Interrupted, RotationError, TransientFailure
 from rotation.ids import InvalidKeyUrl, InvalidResourceId, parse_cluster_id, parse_key_url
 from rotation.logs import configure_cli_logging
 from rotation.outcomes import Outcome, RotationResult
 from rotation.settings import Settings, SettingsError
+from rotation.untrusted import printable
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # the shell's code for SIGINT
 
 logger = logging.getLogger(__name__)
 
@@ -122,12 +124,15 @@ def main(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) -
     except TransientFailure as exc:
         _error(f"failed: {exc}")
         return EXIT_FAILED
+    except Interrupted as exc:
+        _error(str(exc))
+        return EXIT_INTERRUPTED
     except RotationError as exc:
         _error(str(exc))
         return EXIT_FAILED
     except KeyboardInterrupt:
         _error("interrupted")
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - the contract is one line, never a traceback
         _error(f"unexpected error: {type(exc).__name__}: {exc}")
         return EXIT_FAILED
@@ -182,10 +187,20 @@ async def _rotate(args: argparse.Namespace, settings: Settings) -> int:
         _print_results([result], as_json=args.json)
         return EXIT_FAILED if result.outcome.needs_attention else EXIT_OK
     runtime = Runtime.create(settings)
+    accepted: list[str] = []
+
+    async def on_accepted(url: str, _target: object) -> None:
+        accepted.append(url)
+
     try:
         result = await runtime.rotator.rotate(
-            RotationRequest(cluster_id=cluster_id, target=target, dry_run=args.dry_run or settings.dry_run)
+            RotationRequest(cluster_id=cluster_id, target=target, dry_run=args.dry_run or settings.dry_run),
+            on_accepted=on_accepted,
         )
+    except asyncio.CancelledError:
+        if accepted:  # nothing to record it in without storage: say what is still running
+            raise Interrupted(still_running(accepted[-1])) from None
+        raise
     except ClusterBusy as exc:
         result = RotationResult(cluster_id=str(cluster_id), outcome=Outcome.FAILED, reason=str(exc))
     except TransientFailure as exc:
@@ -203,13 +218,18 @@ async def _rotate(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_FAILED if result.outcome.needs_attention else EXIT_OK
 
 
+def still_running(operation_url: str | None) -> str:
+    """What an interrupted ``rotate`` says when ARM had accepted its write."""
+    return f"operation {operation_url} is still running; `rotate` again resumes it"
+
+
 def _print_results(results: list[RotationResult], *, as_json: bool) -> None:
     if as_json:
         docs: Any = [r.to_dict() for r in results]
         print(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2))  # noqa: T201
         return
     for r in results:
-        print(format_result(r))  # noqa: T201
+        print(printable(format_result(r)))  # noqa: T201
         if r.body is not None:
             print(json.dumps(r.body, indent=2))  # noqa: T201
 
@@ -230,4 +250,4 @@ def _short(version: str | None) -> str:
 
 def _error(message: str) -> None:
     first = message.strip().splitlines()[0] if message.strip() else "error"
-    print(f"error: {first}", file=sys.stderr)  # noqa: T201
+    print(f"error: {printable(first)}", file=sys.stderr)  # noqa: T201

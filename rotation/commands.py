@@ -13,12 +13,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rotation.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, format_result
-from rotation.errors import ClusterBusy, NotFoundError, TransientFailure
+from rotation.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, format_result, still_running
+from rotation.errors import ClusterBusy, Interrupted, NotFoundError, TransientFailure
 from rotation.events import EventIgnored, EventKind, EventRejected, KeyVersionEvent, parse_payload
 from rotation.ids import InvalidResourceId, parse_cluster_id
 from rotation.outcomes import Outcome, RotationResult
 from rotation.service import RegistrationRefused, Service, watched_dict
+from rotation.untrusted import MAX_JSON_BYTES, JsonRefused, array_items, loads_bounded, printable
 
 if TYPE_CHECKING:
     import argparse
@@ -29,11 +30,15 @@ if TYPE_CHECKING:
 
 
 def _out(line: str = "") -> None:
-    print(line)  # noqa: T201
+    print(printable(line))  # noqa: T201 - answers and stored text may hold terminal escapes: never raw
+
+
+def _err(line: str) -> None:
+    print(printable(line), file=sys.stderr)  # noqa: T201
 
 
 def _json(doc: object) -> None:
-    _out(json.dumps(doc, indent=2, default=str))
+    print(json.dumps(doc, indent=2, default=str))  # noqa: T201 - ASCII-only: control characters are escaped
 
 
 def _cluster_arg(raw: str) -> str:
@@ -60,7 +65,7 @@ async def register(args: argparse.Namespace, settings: Settings) -> int:
         try:
             watched, report = await service.register_and_check(cluster_id, owner=args.owner)
         except RegistrationRefused as exc:
-            print(f"error: refused: {exc}", file=sys.stderr)  # noqa: T201
+            _err(f"error: refused: {exc}")
             return EXIT_FAILED
         if args.json:
             _json({**watched_dict(watched), "doctor": report.to_dict()})
@@ -86,7 +91,7 @@ async def unregister(args: argparse.Namespace, settings: Settings) -> int:
 
     async def work(service: Service) -> int:
         if not await service.registry.remove(parse_cluster_id(cluster_id)):
-            print(f"error: not watched: {cluster_id}", file=sys.stderr)  # noqa: T201
+            _err(f"error: not watched: {cluster_id}")
             return EXIT_FAILED
         _out(f"unregistered {cluster_id}")
         return EXIT_OK
@@ -143,7 +148,7 @@ async def discover(args: argparse.Namespace, settings: Settings) -> int:
                     }
                 )
         except NotFoundError as exc:
-            print(f"error: subscription not found: {exc}", file=sys.stderr)  # noqa: T201
+            _err(f"error: subscription not found: {exc}")
             return EXIT_FAILED
         cmk = [f for f in found if f["cmk"]]
         if args.json:
@@ -188,14 +193,32 @@ async def history(args: argparse.Namespace, settings: Settings) -> int:
 def load_events(path: str) -> list[KeyVersionEvent | EventRejected | EventIgnored]:
     """Read FILE (an event, an array, or dead-letter records); UsageError if it is not JSON."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        raw = Path(path).read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
     try:
-        payload = json.loads(text)
+        payload = loads_bounded(raw, what=path)
     except json.JSONDecodeError as exc:
         raise UsageError(f"{path} is not JSON: {exc.msg} at line {exc.lineno}") from None
+    except JsonRefused as exc:
+        items = array_items(raw) if len(raw) <= MAX_JSON_BYTES else None
+        if items is None:
+            raise UsageError(str(exc)) from None
+        return _load_items(path, items)  # one event too deep: refuse it, keep the others
     return parse_payload(payload)
+
+
+def _load_items(path: str, items: list[bytes]) -> list[KeyVersionEvent | EventRejected | EventIgnored]:
+    """Each element of a top-level array parsed on its own; one that cannot be read is rejected in place."""
+    events: list[KeyVersionEvent | EventRejected | EventIgnored] = []
+    for number, item in enumerate(items, start=1):
+        try:
+            value = loads_bounded(item, what=f"{path} element {number}")
+        except ValueError as exc:
+            events.append(EventRejected(str(exc).splitlines()[0]))
+            continue
+        events.extend(parse_payload(value) if isinstance(value, dict) else parse_payload([value]))
+    return events
 
 
 async def replay(args: argparse.Namespace, settings: Settings) -> int:
@@ -253,14 +276,18 @@ def _result_fields(line: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-async def _run_all(service: Service, jobs: list[Job], *, dry_run: bool | None) -> list[RotationResult]:
+async def _run_all(
+    service: Service, jobs: list[Job], *, dry_run: bool | None, watched_only: bool = True
+) -> list[RotationResult]:
     """Run jobs concurrently (bounded by ROTATION_MAX_CONCURRENCY), each to an outcome."""
     gate = asyncio.Semaphore(service.settings.max_concurrency)
 
     async def one(job: Job) -> RotationResult:
         async with gate:
             try:
-                return await service.execute(job, invocation_id="cli", dry_run=dry_run)
+                return await service.execute(
+                    job, invocation_id="cli", dry_run=dry_run, watched_only=watched_only
+                )
             except ClusterBusy as exc:
                 return RotationResult(job.cluster_id, Outcome.FAILED, str(exc))
             except TransientFailure as exc:
@@ -277,10 +304,18 @@ async def _run_all(service: Service, jobs: list[Job], *, dry_run: bool | None) -
 
 
 async def rotate_recorded(args: argparse.Namespace, settings: Settings, job: Job) -> RotationResult:
-    """`rotate` with storage configured: the same claimed, recorded path as a queued job."""
+    """`rotate` with storage configured: the same claimed, recorded path as a queued job, on any cluster.
+
+    Interrupted (Ctrl-C) after ARM accepted the write: the operation is recorded and handed on (see
+    `Service.execute`), and `Interrupted` says what is still running.
+    """
     service = Service.create(settings)
     try:
-        return (await _run_all(service, [job], dry_run=True if args.dry_run else None))[0]
+        return (await _run_all(service, [job], dry_run=True if args.dry_run else None, watched_only=False))[0]
+    except asyncio.CancelledError:
+        if service.handed_off:
+            raise Interrupted(still_running(service.handed_off[-1].operation_url)) from None
+        raise
     finally:
         await service.close()
 

@@ -377,26 +377,43 @@ class Rotator:
             raise _Done(Outcome.ALREADY_CURRENT, "cluster already uses this version")
         if target_info is None:
             target_info = await self._target_version(target, state)
+        elif target_info.ambiguous:
+            raise _Done(
+                Outcome.STALE_EVENT,
+                "same creation second: the newest versions share one, so which is newer is not known; "
+                "the cluster keeps its version",
+            )
+        # Rule 2 before rule 3: a job for an older version is stale whatever that version's state now.
+        await self._raise_if_not_newer(current, target_info, state)
         reason = unusable_reason(target_info, now)
         if reason is not None:
             raise _Done(Outcome.KEY_NOT_USABLE, reason)
+        return target
+
+    async def _raise_if_not_newer(self, current: KeyUrl, target: KeyVersion, state: _State) -> None:
+        """Rule 2: `stale-event` unless ``target`` was created strictly after the cluster's current version.
+
+        Key Vault's ``created`` is whole seconds: an equal value, or a missing one, says nothing about which
+        version is newer, so the cluster keeps the one it has. A current version that no longer exists
+        cannot be newer than one that does.
+        """
         try:
             current_info, _ = await self._kv_read.call(
                 lambda: self._keys.get_version(current), log_fields=state.log_fields()
             )
         except NotFoundError:
-            current_info = None  # the current version is gone: moving to an existing one is forward
-        if (
-            current_info is not None
-            and current_info.created_on is not None
-            and target_info.created_on is not None
-            and current_info.created_on > target_info.created_on
-        ):
+            return  # the current version is gone: moving to an existing one is forward
+        before, after = current_info.created_on, target.created_on
+        if before is None or after is None:
+            raise _Done(Outcome.STALE_EVENT, "creation order unknown: a version has no creation time")
+        if before == after:
             raise _Done(
                 Outcome.STALE_EVENT,
-                f"cluster uses a newer version (created {current_info.created_on.isoformat()})",
+                f"same creation second ({after.isoformat()}): which version is newer is not known; "
+                "the cluster keeps its version",
             )
-        return target
+        if before > after:
+            raise _Done(Outcome.STALE_EVENT, f"cluster uses a newer version (created {before.isoformat()})")
 
     async def _target_version(self, target: KeyUrl, state: _State) -> KeyVersion:
         try:

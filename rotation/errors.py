@@ -79,3 +79,7 @@ class TransientFailure(RotationError):
         self.cluster_id = cluster_id
         self.cause = cause
         self.attempts = attempts
+
+
+class Interrupted(RotationError):
+    """The operator interrupted a run after ARM accepted a write; the message says what is still running."""

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from rotation.ids import InvalidKeyUrl, InvalidResourceId, parse_cluster_id, parse_key_url
 from rotation.jobs import Job
 from rotation.service import RegistrationRefused, watched_dict
+from rotation.untrusted import JsonRefused, loads_bounded
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
@@ -55,7 +56,9 @@ def _body(body: bytes) -> dict[str, Any]:
     if len(body) > MAX_BODY:
         raise BadRequest("BodyTooLarge", f"body is {len(body)} bytes; the limit is {MAX_BODY}", 413)
     try:
-        doc = json.loads(body or b"{}")
+        doc = loads_bounded(body or b"{}", what="body", max_bytes=MAX_BODY)
+    except JsonRefused as exc:
+        raise BadRequest("InvalidJson", str(exc)) from None
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise BadRequest("InvalidJson", "body is not valid UTF-8 JSON") from None
     if not isinstance(doc, dict):
@@ -118,7 +121,7 @@ async def history(service: Service, method: str, params: Mapping[str, str], body
 
 @_guarded
 async def rotate(service: Service, method: str, params: Mapping[str, str], body: bytes) -> Response:
-    """POST {clusterId, keyUrl?}: queue a manual rotation of one cluster; 202 with the job."""
+    """POST {clusterId, keyUrl?}: queue a rotation of one watched cluster; 202 with the job, else 404."""
     del method, params
     doc = _body(body)
     cluster_id = _cluster_id(doc.get("clusterId"))
@@ -129,6 +132,8 @@ async def rotate(service: Service, method: str, params: Mapping[str, str], body:
             key_url = str(parse_key_url(key_url, allowed_suffixes=suffixes, require_version=True))
         except InvalidKeyUrl as exc:
             raise BadRequest("InvalidKeyUrl", str(exc)) from None
+    if await service.registry.get(cluster_id) is None:  # rule 11: the app acts only on watched clusters
+        raise BadRequest("NotWatched", "cluster is not watched: register it first", 404)
     job = Job.new(str(cluster_id), trigger="manual", target_key_url=key_url)
     await service.queue.send(job)
     logger.info(

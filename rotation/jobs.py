@@ -26,6 +26,7 @@ from rotation.ids import (
     parse_key_url,
 )
 from rotation.storage import queue_client, storage_errors
+from rotation.untrusted import JsonRefused, loads_bounded
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 QUEUE_NAME = "rotation-jobs"
 TRIGGERS = frozenset({"event", "reconcile", "manual", "replay", "check"})
 MAX_DELAY_SECONDS = 7 * 24 * 3600  # the queue's limit on a message's initial invisibility
+MAX_MESSAGE_BYTES = 64 * 1024  # Azure Queue storage's own limit on a message
 _QUOTE_LIMIT = 80
 
 
@@ -53,6 +55,7 @@ class Job:
     enqueued_at: datetime
     operation_url: str | None = None  # set on "check" jobs: resume polling this operation (rule 7), never PUT
     backoffs: int = 0  # times this job was re-queued because another worker held the cluster
+    checks: int = 0  # on "check" jobs: how many check jobs of this operation came before this one
 
     @classmethod
     def new(
@@ -85,6 +88,7 @@ class Job:
                 "enqueued_at": self.enqueued_at.astimezone(UTC).isoformat(),
                 "operation_url": self.operation_url,
                 "backoffs": self.backoffs,
+                "checks": self.checks,
             },
             separators=(",", ":"),
         )
@@ -116,7 +120,8 @@ class Job:
             event_id=_optional_str(data, "event_id"),
             enqueued_at=_enqueued_at(data),
             operation_url=operation_url,
-            backoffs=_backoffs(data),
+            backoffs=_count(data, "backoffs"),
+            checks=_count(data, "checks"),
         )
 
 
@@ -127,11 +132,11 @@ def _load_object(text: str | bytes) -> dict[str, Any]:
         except UnicodeDecodeError:
             raise JobRejected("job message is not UTF-8 text") from None
     try:
-        data = json.loads(text)
+        data = loads_bounded(text, what="job message", max_bytes=MAX_MESSAGE_BYTES)
     except json.JSONDecodeError as exc:
         raise JobRejected(f"job message is not JSON: {exc.msg} at position {exc.pos}") from None
-    except RecursionError:
-        raise JobRejected("job message is not JSON: nested too deeply") from None
+    except JsonRefused as exc:
+        raise JobRejected(str(exc)) from None
     if not isinstance(data, dict):
         raise JobRejected(f"job message is a JSON {_json_type(data)}, expected an object")
     return data
@@ -149,12 +154,12 @@ def _trigger_and_operation(data: dict[str, Any]) -> tuple[str, str | None]:
     return trigger, operation_url
 
 
-def _backoffs(data: dict[str, Any]) -> int:
-    value = data.get("backoffs")
+def _count(data: dict[str, Any], name: str) -> int:
+    value = data.get(name)
     if value is None:
         return 0
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise JobRejected(f"job backoffs must be a non-negative integer, got {_quote(json.dumps(value))}")
+        raise JobRejected(f"job {name} must be a non-negative integer, got {_quote(json.dumps(value))}")
     return value
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TypeVar
 
@@ -44,6 +44,11 @@ REQUIRED_OPS = ("wrapKey", "unwrapKey")
 # many clusters then reads each version once (per process), not once per cluster; a version disabled in
 # the vault is seen by rotations starting after this, as by one that read it just before the change.
 VERSION_CACHE_SECONDS = 15.0
+# A key's version listing longer than this many pages (25 versions each) is refused: a nextLink that leads
+# back to itself would otherwise page forever. Key Vault keeps at most a few hundred versions of a key.
+MAX_LIST_PAGES = 200
+# The whole of one adapter call (every page of a listing, every byte of an answer), however slowly it comes.
+CALL_DEADLINE_SECONDS = 60.0
 _T = TypeVar("_T")
 
 
@@ -59,6 +64,9 @@ class KeyVersion:
     key_type: str | None = None
     size: int | None = None
     operations: tuple[str, ...] = ()
+    # Set by `newest_usable`: another candidate was created in the same second (Key Vault's ``created`` is
+    # whole seconds), or this one has no creation time, so which of them is newest is not known (rule 2).
+    ambiguous: bool = False
 
     @property
     def version(self) -> str:
@@ -102,6 +110,19 @@ def candidates(versions: list[KeyVersion], now: datetime) -> list[KeyVersion]:
     return sorted(alive, key=lambda v: v.created_on or datetime.min.replace(tzinfo=UTC), reverse=True)
 
 
+def same_second(chosen: KeyVersion, listed: list[KeyVersion], now: datetime) -> bool:
+    """Whether the order of ``chosen`` among the listed candidates is unknown (rule 2).
+
+    True when it has no creation time, or another candidate (by its listed attributes) was created in the
+    same second: ``created`` is whole seconds, and an equal value says nothing about which is newer.
+    """
+    if chosen.created_on is None:
+        return True
+    return any(
+        v.version != chosen.version and v.created_on == chosen.created_on for v in candidates(listed, now)
+    )
+
+
 class KeyVaultKeys:
     """Reads key versions from any number of vaults; one `KeyClient` per vault, reused for the process."""
 
@@ -113,8 +134,12 @@ class KeyVaultKeys:
         cache_seconds: float = VERSION_CACHE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         http: SharedHttp | None = None,
+        deadline: float = CALL_DEADLINE_SECONDS,
+        max_pages: int = MAX_LIST_PAGES,
     ) -> None:
         self._credential = credential
+        self._deadline = deadline
+        self._max_pages = max_pages
         self._http = http
         self._clients: dict[str, KeyClient] = {}
         self._read_timeout = read_timeout
@@ -147,7 +172,7 @@ class KeyVaultKeys:
     async def rotation_policy(self, key: KeyUrl) -> KeyRotationPolicy:
         """The key's rotation policy (``keys/getrotationpolicy``); `NotFoundError` when it has none."""
         client = self._client(key)
-        return await _call(lambda: client.get_key_rotation_policy(key.name), key)
+        return await _call(lambda: client.get_key_rotation_policy(key.name), key, self._deadline)
 
     async def get_version(self, key: KeyUrl) -> KeyVersion:
         """Properties of one version (``key`` must be versioned); `NotFoundError` when it does not exist.
@@ -166,7 +191,8 @@ class KeyVaultKeys:
         self._reading[url] = future
         try:
             result = _from_sdk_key(
-                key, await _call(lambda: self._client(key).get_key(key.name, key.version), key)
+                key,
+                await _call(lambda: self._client(key).get_key(key.name, key.version), key, self._deadline),
             )
         except BaseException as exc:
             # The reader's own cancellation must not cancel the callers sharing its read: they get a transient
@@ -190,9 +216,21 @@ class KeyVaultKeys:
         client = self._client(key)
 
         async def collect() -> list[KeyProperties]:
-            return [props async for props in client.list_properties_of_key_versions(key.name)]
+            found: list[KeyProperties] = []
+            pages = 0
+            async for page in client.list_properties_of_key_versions(key.name).by_page():
+                pages += 1
+                if pages > self._max_pages:
+                    raise ServiceError(
+                        f"{key.host}/{key.name}: version listing ran past {self._max_pages} pages",
+                        service="keyvault",
+                        status=200,
+                        code="TooManyPages",
+                    )
+                found.extend([props async for props in page])
+            return found
 
-        items = await _call(collect, key)
+        items = await _call(collect, key, self._deadline)
         return [_from_properties(key, props) for props in items if props.version]
 
     async def newest_usable(self, key: KeyUrl, now: datetime | None = None) -> KeyVersion | None:
@@ -202,16 +240,30 @@ class KeyVaultKeys:
         attributes (enabled, nbf, exp) already rule them out; usually one GET in all.
         """
         now = now or datetime.now(UTC)
-        for listed in candidates(await self.list_versions(key), now):
+        versions = await self.list_versions(key)
+        for listed in candidates(versions, now):
             full = await self.get_version(listed.url)
             if unusable_reason(full, now) is None:
-                return full
+                return replace(full, ambiguous=True) if same_second(listed, versions, now) else full
         return None
 
 
-async def _call(func: Callable[[], Awaitable[_T]], key: KeyUrl) -> _T:
+async def _call(func: Callable[[], Awaitable[_T]], key: KeyUrl, deadline: float) -> _T:
+    """``func()`` within ``deadline`` seconds, azure-core's errors translated into `ServiceError`."""
     try:
-        return await func()
+        async with asyncio.timeout(deadline):
+            return await func()
+    except TimeoutError:
+        raise ServiceError(
+            f"{key.host}/{key.name}: no complete answer within {deadline:g} s", service="keyvault"
+        ) from None
+    except RecursionError:
+        raise ServiceError(
+            f"{key.host}/{key.name}: answer nested too deeply",
+            service="keyvault",
+            status=200,
+            code="AnswerRefused",
+        ) from None
     except ResourceNotFoundError as exc:
         raise NotFoundError(f"{key} not found", service="keyvault", status=404, code=_code(exc)) from exc
     except HttpResponseError as exc:

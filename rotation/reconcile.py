@@ -16,14 +16,14 @@ import asyncio
 import logging
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from rotation.errors import NotFoundError, ServiceError
 from rotation.ids import InvalidKeyUrl, KeyUrl, parse_cluster_id, parse_key_url
 from rotation.jobs import Job
-from rotation.keyvault import candidates, unusable_reason
+from rotation.keyvault import candidates, same_second, unusable_reason
 from rotation.outcomes import Outcome
 from rotation.retry import RetryPolicy
 
@@ -38,6 +38,9 @@ logger = logging.getLogger(__name__)
 
 EXPIRY_HORIZON = timedelta(days=30)
 PENDING_GRACE = timedelta(minutes=10)  # a pending cluster older than this has lost its check job
+# One cluster's share of a pass (its ARM read, its key's reads, its job): past this it is reported and the
+# pass goes on, so an answer that never ends costs that cluster, not the pass.
+CLUSTER_DEADLINE_S = 180.0
 
 
 @dataclass
@@ -123,8 +126,10 @@ class Reconciler:
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         sleep: Callable[[float], Any] = asyncio.sleep,
         doctor: bool = False,
+        cluster_deadline: float = CLUSTER_DEADLINE_S,
     ) -> None:
         self._service = service
+        self._cluster_deadline = cluster_deadline
         self._doctor = doctor  # also run `rotation doctor` on every cluster and log its findings
         self._dry_run = dry_run
         self._jitter_s = jitter_s
@@ -189,7 +194,19 @@ class Reconciler:
     async def _one(self, watched: WatchedCluster) -> None:
         async with self._gate:
             try:
-                line = await self._check(watched)
+                async with asyncio.timeout(self._cluster_deadline):
+                    line = await self._check(watched)
+            except TimeoutError:
+                line = ClusterReport(
+                    watched.cluster_id,
+                    watched.key,
+                    watched.current_version,
+                    None,
+                    "skipped",
+                    drift="unreachable",
+                    detail=f"no answer within {self._cluster_deadline:g} s; the next pass tries again",
+                    level="ERROR",
+                )
             except ServiceError as exc:
                 line = ClusterReport(
                     watched.cluster_id,
@@ -301,9 +318,19 @@ class Reconciler:
         newest = key.newest
         if newest is None:
             return (Outcome.KEY_NOT_USABLE.value, "the key has no usable version", "ERROR")
+        if newest.version != actual.version and newest.ambiguous:
+            detail = "the newest versions share a creation second: which is newer is not known; kept"
+            return ("same-creation-second", detail, "WARNING")
+        # Rule 2: strictly newer only. A current version missing from the listing is gone: anything is
+        # forward from it; one listed without a creation time, or in the same second, is not behind.
+        gone = (actual.version or "") not in key.created
         current_created = key.created.get(actual.version or "")
-        forward = current_created is None or newest.created_on is None or newest.created_on > current_created
-        if newest.version != actual.version and forward:  # rule 2: never backwards
+        forward = gone or (
+            current_created is not None
+            and newest.created_on is not None
+            and newest.created_on > current_created
+        )
+        if newest.version != actual.version and forward:
             await self._queue(
                 Job.new(watched.cluster_id, trigger="reconcile", target_key_url=str(newest.url))
             )
@@ -333,7 +360,8 @@ class Reconciler:
         if task is None:
             task = asyncio.create_task(self._fetch_key(key))
             self._keys[ident] = task
-        return await task
+        # Shielded: one cluster running out of time must not cancel the read the key's other clusters share.
+        return await asyncio.shield(task)
 
     async def _fetch_key(self, key: KeyUrl) -> _KeyState:
         keys = self._service.runtime.keys
@@ -350,7 +378,7 @@ class Reconciler:
             )
             self._report.keyvault_reads += attempts
             if unusable_reason(full, now) is None:
-                newest = full
+                newest = replace(full, ambiguous=True) if same_second(listed, versions, now) else full
                 break
         return _KeyState(
             created={v.version: v.created_on for v in versions},

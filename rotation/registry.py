@@ -55,6 +55,10 @@ _MAX_TEXT = 8000  # characters kept of a reason or error message (a table string
 _WRITE_ATTEMPTS = 5  # read-modify-write rounds before giving up on a row others keep changing
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _UPDATES_OUTCOME_VERSION = frozenset({Outcome.ROTATED, Outcome.ALREADY_CURRENT})
+# Fan-out markers live in their key's watch partition, under RowKeys that sort after every cluster row
+# (those start with '|'), so queries for watch rows stop before them (``RowKey lt '~'``).
+FANOUT_PREFIX = "~fanout~"
+_WATCH_ROWS = "RowKey lt '~'"
 
 
 class ClaimState(StrEnum):
@@ -443,7 +447,7 @@ class Registry:
         watch, _ = await self._tables()
         with storage_errors(f"query {watch.table_name} for key {vault_host}/{key_name}"):
             async for entity in watch.query_entities(
-                "PartitionKey eq @pk",
+                f"PartitionKey eq @pk and {_WATCH_ROWS}",
                 parameters={"pk": key_partition(vault_host, key_name)},
                 select=select,
                 results_per_page=1000,
@@ -455,7 +459,9 @@ class Registry:
         watch, _ = await self._tables()
         with storage_errors(f"list {watch.table_name}"):
             pages = watch.query_entities(
-                "PartitionKey ne @pk", parameters={"pk": CLUSTER_PARTITION}, results_per_page=page_size
+                f"PartitionKey ne @pk and {_WATCH_ROWS}",
+                parameters={"pk": CLUSTER_PARTITION},
+                results_per_page=page_size,
             )
             async for entity in pages:
                 yield _watched(entity, _etag(entity))
@@ -694,7 +700,45 @@ class Registry:
             cluster_row_key(cluster_id), f"record operation of {cluster_id}", change, known
         )
 
+    # -- fan-out memory ----------------------------------------------------------------------------
+
+    async def fanned_out_at(self, vault_host: str, key_name: str, version: str) -> datetime | None:
+        """When an event for this key version was last fanned out to its clusters (None: not recently).
+
+        One point read of the marker `remember_fanout` wrote in the key's watch partition.
+        """
+        watch, _ = await self._tables()
+        entity = await self._read(
+            watch, key_partition(vault_host, key_name), FANOUT_PREFIX + version.strip().lower()
+        )
+        return _utc(entity.get("At")) if entity is not None else None
+
+    async def remember_fanout(self, vault_host: str, key_name: str, version: str) -> None:
+        """Record that this key version's jobs were just queued (one upsert; the newest time wins)."""
+        watch, _ = await self._tables()
+        with storage_errors(f"remember fan-out of {vault_host}/{key_name}"):
+            await watch.upsert_entity(
+                {
+                    "PartitionKey": key_partition(vault_host, key_name),
+                    "RowKey": FANOUT_PREFIX + version.strip().lower(),
+                    "At": _now(),
+                },
+                mode=UpdateMode.REPLACE,
+            )
+
     # -- claims (rule 8) ---------------------------------------------------------------------------
+
+    async def holder(self, cluster_id: ResourceId) -> tuple[str | None, datetime | None]:
+        """Who holds the cluster's claim and until when (``(None, None)`` when nobody does)."""
+        watch, _ = await self._tables()
+        current = await self._read(watch, CLUSTER_PARTITION, cluster_row_key(cluster_id))
+        if current is None:
+            return None, None
+        owner = _text(current.get("ClaimOwner"))
+        expires = _utc(current.get("ClaimExpires"))
+        if owner is None or expires is None or expires <= _now():
+            return None, None
+        return owner, expires
 
     async def claim(self, cluster_id: ResourceId, *, owner: str, ttl: float = 600.0) -> bool:
         """Claim the cluster for ``owner`` for ``ttl`` seconds: one writer per cluster (rule 8).

@@ -15,25 +15,33 @@ import socket
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from rotation.doctor import ClusterReport, Doctor, DoctorReport, log_findings
 from rotation.engine import RotationRequest, WriteFlag
-from rotation.errors import ClusterBusy, NotFoundError, TransientFailure
+from rotation.errors import ClusterBusy, NotFoundError, ServiceError, TransientFailure
 from rotation.events import EventIgnored, EventKind, EventRejected, KeyVersionEvent, parse_event
-from rotation.ids import InvalidKeyUrl, parse_cluster_id, parse_key_url
+from rotation.ids import (
+    InvalidKeyUrl,
+    UnsafeUrl,
+    check_operation_path,
+    check_same_origin,
+    parse_cluster_id,
+    parse_key_url,
+)
 from rotation.jobs import Job, JobQueue, JobRejected
 from rotation.outcomes import Outcome, RotationResult
 from rotation.registry import Claim, KeyMember, Registry, WatchedCluster
 from rotation.runtime import Runtime
 from rotation.storage import storage_clients, storage_credential
+from rotation.untrusted import JsonRefused, bounded_value
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
 
     from rotation.arm import Cluster
-    from rotation.ids import KeyUrl
+    from rotation.ids import KeyUrl, ResourceId
     from rotation.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -42,6 +50,14 @@ CLAIM_TTL_S = 900.0  # longer than one invocation's polling budget, shorter than
 BACKOFF_S = 15.0  # a job whose cluster another worker holds comes back after this long
 MAX_BACKOFFS = 40  # a claim lapses after CLAIM_TTL_S, so this is never reached by a healthy system
 ENQUEUE_CONCURRENCY = 64  # queue sends in flight while fanning an event out (one connection each)
+# A delivery of a key version fanned out less than this long ago queues nothing again (Event Grid delivers
+# at least once; reconcile catches what a skipped duplicate could have reached).
+FANOUT_WINDOW = timedelta(minutes=15)
+# Check jobs one accepted operation may chain (each follows it for ROTATION_POLL_BUDGET_SECONDS, then waits
+# ROTATION_CHECK_DELAY_SECONDS): about two hours at the defaults, far past any cluster update.
+MAX_CHECKS = 24
+NOT_WATCHED = "not watched: the app acts only on registered clusters"
+HAND_OFF_SECONDS = 10.0  # the most a cancelled job spends recording its accepted operation
 
 
 class RegistrationRefused(Exception):
@@ -53,7 +69,7 @@ class EventReport:
     """What one event led to: the outcome for the event itself and the clusters it reached."""
 
     event_id: str | None
-    outcome: str  # "queued", Outcome.IGNORED, Outcome.REJECTED, "warned"
+    outcome: str  # "queued", Outcome.IGNORED, Outcome.REJECTED, "warned", "duplicate"
     reason: str
     event_type: str | None = None
     key: str | None = None
@@ -100,6 +116,8 @@ class Service:
         # ROTATION_MAX_CONCURRENCY: clusters in flight in this process; queued jobs past it wait here
         # (the host may hand over more at once: host.json's batchSize + newBatchThreshold).
         self._job_slots = asyncio.Semaphore(runtime.settings.max_concurrency)
+        # Jobs cancelled after ARM accepted their write, recorded `pending` and handed on (see `execute`).
+        self.handed_off: list[RotationResult] = []
 
     @property
     def settings(self) -> Settings:
@@ -132,7 +150,10 @@ class Service:
     def parse(self, raw: object) -> KeyVersionEvent | EventRejected | EventIgnored:
         """Parse one raw event, returning the rejection or ignore reason instead of raising it."""
         try:
+            bounded_value(raw, what="event")
             return parse_event(raw, allowed_suffixes=self.settings.allowed_vault_suffixes)
+        except JsonRefused as exc:
+            return EventRejected(str(exc))
         except (EventRejected, EventIgnored) as exc:
             return exc
 
@@ -179,7 +200,21 @@ class Service:
             "to_version": event.key_url.version,
         }
         logger.info("rotation.event_received", extra=base)
-        watched = await self.registry.members_of_key(event.key_url.host, event.key_url.name)
+        host, name, version = event.key_url.host, event.key_url.name, event.key_url.version or ""
+        if event.kind is EventKind.NEW_VERSION:
+            last = await self.registry.fanned_out_at(host, name, version)
+            if last is not None and datetime.now(UTC) - last < FANOUT_WINDOW:
+                reason = f"jobs for this version were queued at {last.isoformat()}; a duplicate delivery"
+                logger.info("rotation.event_duplicate", extra={**base, "reason": reason})
+                return EventReport(
+                    event.event_id,
+                    "duplicate",
+                    reason,
+                    event.event_type,
+                    key,
+                    duration_s=time.perf_counter() - started,
+                )
+        watched = await self.registry.members_of_key(host, name)
         ids = [w.cluster_id for w in watched]
         if event.kind is not EventKind.NEW_VERSION:
             level = logging.WARNING if event.kind is EventKind.NEAR_EXPIRY else logging.ERROR
@@ -217,6 +252,8 @@ class Service:
             for w in _by_subscription_round_robin(watched)
         ]
         await self.queue.send_many(jobs, concurrency=ENQUEUE_CONCURRENCY)
+        # Only once every job is queued: a delivery that failed before this is redelivered in full.
+        await self.registry.remember_fanout(host, name, version)
         duration = time.perf_counter() - started
         logger.info(
             "rotation.jobs_enqueued",
@@ -281,8 +318,16 @@ class Service:
         dequeue_count: int = 1,
         invocation_id: str | None = None,
         dry_run: bool | None = None,
+        watched_only: bool = True,
     ) -> RotationResult:
-        """Claim the cluster (rule 8), rotate, record, release; `ClusterBusy` when another worker holds it."""
+        """Claim the cluster (rule 8), rotate, record, release; `ClusterBusy` when another worker holds it.
+
+        ``watched_only`` (rule 11): a cluster that is not registered is answered `rejected`, with no ARM
+        call; only the CLI's ``rotate`` (an operator's own credentials) passes False.
+        Cancelled after ARM accepted the write: the operation is recorded `pending` in the history (and the
+        watch row), a check job takes it over, the claim is released, and the result is kept in
+        `handed_off` for the caller to report; the cancellation then goes on.
+        """
         cluster_id = parse_cluster_id(job.cluster_id)
         # One owner per execution, not per process: the host runs many invocations of one process at once,
         # and a claim is re-entrant for its owner, so a process-wide owner would let two of them in.
@@ -290,7 +335,13 @@ class Service:
         ttl = CLAIM_TTL_S if self.claim_ttl is None else self.claim_ttl
         claim = await self.registry.take(cluster_id, owner=owner, ttl=ttl)
         if claim is None:
-            raise ClusterBusy(f"{job.cluster_id} is being rotated by another worker")
+            holder, until = await self.registry.holder(cluster_id)
+            if holder is None or until is None:
+                raise ClusterBusy(f"{job.cluster_id} is being rotated by another worker")
+            raise ClusterBusy(
+                f"{job.cluster_id} is being rotated by {holder} (its claim ends "
+                f"{until.strftime('%Y-%m-%d %H:%M:%S')} UTC, or when that run finishes)"
+            )
 
         async def still_ours() -> None:
             # Before each PUT, a claim that is no longer fresh is renewed: a job that ran past its claim's
@@ -301,6 +352,7 @@ class Service:
 
         writing = WriteFlag(guard=still_ours)  # in_flight: up while the rotator's PUT may be on its way
         keep = False
+        run = _JobRun()
         try:
             return await self._run_job(
                 job,
@@ -309,11 +361,15 @@ class Service:
                 dequeue_count=dequeue_count,
                 dry_run=dry_run,
                 write_flag=writing,
+                watched_only=watched_only,
+                run=run,
             )
         except asyncio.CancelledError:
             # Cancelled with a PUT possibly still on its way to ARM: keep the claim, so that no other worker
             # PUTs before it lands (a late arrival could take the cluster back a version); it lapses at TTL.
             keep = writing.in_flight
+            if not keep and run.accepted is not None:
+                await self._hand_off(job, run, invocation_id=invocation_id)
             if keep:
                 logger.warning(
                     "rotation.claim_kept",
@@ -346,17 +402,27 @@ class Service:
         dequeue_count: int,
         dry_run: bool | None,
         write_flag: WriteFlag,
+        watched_only: bool = True,
+        run: _JobRun | None = None,
     ) -> RotationResult:
         cluster_id = claim.cluster_id
+        run = run if run is not None else _JobRun()
         target = parse_key_url(job.target_key_url, require_version=True) if job.target_key_url else None
         operation_url = job.operation_url
         # The watch row as last read or written: its ETag makes each later registry write a single request.
         watched = await self.registry.get_claimed(claim)
-        # Rule 7: a redelivered job whose operation was already accepted resumes it, never PUTs again.
-        if operation_url is None and watched is not None and watched.operation_url and watched.target_key_url:
-            recorded = parse_key_url(watched.target_key_url, require_version=True)
-            if target is None or recorded == target:
-                operation_url, target = watched.operation_url, recorded
+        if watched is None and claim.key_partition is not None:
+            watched = await self.registry.get(cluster_id)  # re-registered since the claim was taken
+        run.watched = watched
+        if watched is None and watched_only:
+            return _rejected(job, NOT_WATCHED, invocation_id)  # rule 11: no ARM call, nothing recorded
+        if operation_url is not None:
+            refusal = self._check_refusal(job, operation_url, watched)
+            if refusal is not None:
+                return _rejected(job, refusal, invocation_id)
+        operation_url, target = await self._to_resume(cluster_id, operation_url, target, watched)
+        if operation_url is not None and target is not None:
+            run.accepted = (operation_url, target)  # resuming: an interruption hands it on again
         request = RotationRequest(
             cluster_id=cluster_id,
             target=target,
@@ -369,6 +435,7 @@ class Service:
 
         async def on_accepted(url: str, accepted_target: KeyUrl) -> None:
             nonlocal watched
+            run.accepted = (url, accepted_target)
             watched = await self.registry.set_operation(
                 cluster_id, operation_url=url, target_key_url=str(accepted_target), known=watched
             )
@@ -392,16 +459,28 @@ class Service:
                 failed, trigger=job.trigger, event_id=job.event_id, invocation_id=invocation_id, known=watched
             )
             raise
+        checks = job.checks + 1 if job.trigger == "check" else 1
+        if result.outcome is Outcome.PENDING and checks > MAX_CHECKS:
+            result = replace(
+                result,
+                outcome=Outcome.FAILED,
+                reason=f"operation still running after {MAX_CHECKS} check jobs; no more are queued: "
+                "reconcile or `rotate` decides again once it ends",
+            )
+        run.accepted = None  # recorded below: nothing left to hand off
         await self.registry.record(
             result, trigger=job.trigger, event_id=job.event_id, invocation_id=invocation_id, known=watched
         )
         if result.outcome is Outcome.PENDING and result.operation_url:
-            check = Job.new(
-                job.cluster_id,
-                trigger="check",
-                target_key_url=result.target_key_url,
-                event_id=job.event_id,
-                operation_url=result.operation_url,
+            check = replace(
+                Job.new(
+                    job.cluster_id,
+                    trigger="check",
+                    target_key_url=result.target_key_url,
+                    event_id=job.event_id,
+                    operation_url=result.operation_url,
+                ),
+                checks=checks,
             )
             await self.queue.send(check, delay=self.settings.check_delay_seconds)
             logger.info(
@@ -414,6 +493,121 @@ class Service:
                 },
             )
         return result
+
+    async def _to_resume(
+        self,
+        cluster_id: ResourceId,
+        operation_url: str | None,
+        target: KeyUrl | None,
+        watched: WatchedCluster | None,
+    ) -> tuple[str | None, KeyUrl | None]:
+        """The operation to resume (rule 7) and its target, or ``(None, target)`` to decide afresh."""
+        recorded = (
+            parse_key_url(watched.target_key_url, require_version=True)
+            if watched is not None and watched.operation_url and watched.target_key_url
+            else None
+        )
+        if operation_url is not None:
+            # A check job: its own target, else the one recorded with the operation.
+            return operation_url, target or (
+                recorded if watched and watched.operation_url == operation_url else None
+            )
+        # A redelivered job whose operation was already accepted resumes it, never PUTs again.
+        if watched is not None and recorded is not None and (target is None or recorded == target):
+            return watched.operation_url, recorded
+        if watched is None and target is None:
+            # An unwatched cluster (CLI `rotate`) has no watch row: an interrupted operation is in history.
+            return await self._pending_in_history(cluster_id)
+        return None, target
+
+    def _check_refusal(self, job: Job, operation_url: str, watched: WatchedCluster | None) -> str | None:
+        """Why a job's operation URL must not be followed (rule 11), or None.
+
+        Followed: the operation the rotator recorded for this cluster (its watch row), or a URL on the ARM
+        endpoint whose path is a Microsoft.DocumentDB operation of the cluster's own subscription.
+        """
+        if watched is not None and watched.operation_url == operation_url:
+            return None
+        cluster_id = parse_cluster_id(job.cluster_id)
+        try:
+            check_operation_path(check_same_origin(operation_url, self.settings.arm_endpoint), cluster_id)
+        except UnsafeUrl as exc:
+            return f"operation URL refused: {exc}"
+        if job.target_key_url is None:
+            return "a job that resumes an operation needs its target_key_url"
+        return None
+
+    async def _pending_in_history(self, cluster_id: ResourceId) -> tuple[str | None, KeyUrl | None]:
+        """The operation the last history entry left `pending` (an interrupted CLI `rotate`), if any."""
+        entries = await self.registry.history(cluster_id, limit=1)
+        if not entries or entries[0].outcome != Outcome.PENDING.value:
+            return None, None
+        entry = entries[0]
+        if not entry.operation_url or not entry.key or not entry.to_version:
+            return None, None
+        try:
+            host, _, name = entry.key.partition("/")  # `RotationResult.key`: "{vault host}/{key name}"
+            target = parse_key_url(
+                f"https://{host}/keys/{name}/{entry.to_version}",
+                allowed_suffixes=self.settings.allowed_vault_suffixes,
+                require_version=True,
+            )
+        except InvalidKeyUrl:
+            return None, None
+        return entry.operation_url, target
+
+    async def _hand_off(self, job: Job, run: _JobRun, *, invocation_id: str | None) -> None:
+        """Record an accepted operation whose job was cancelled, and queue a check job to follow it.
+
+        Runs while the cancellation unwinds; bounded in time, and a failure here leaves the watch row's
+        operation (written before polling began) for reconcile to find.
+        """
+        assert run.accepted is not None  # noqa: S101 - the caller checked
+        url, target = run.accepted
+        watched = run.watched
+        result = RotationResult(
+            cluster_id=job.cluster_id,
+            outcome=Outcome.PENDING,
+            reason="interrupted while the operation ran; a check job or `rotate` resumes it",
+            from_version=watched.current_version if watched is not None else None,
+            to_version=target.version,
+            key=f"{target.host}/{target.name}",
+            target_key_url=str(target),
+            operation_url=url,
+        )
+        try:
+            async with asyncio.timeout(HAND_OFF_SECONDS):
+                await self.registry.record(
+                    result, trigger=job.trigger, event_id=job.event_id, invocation_id=invocation_id
+                )
+                if watched is not None:
+                    await self.queue.send(
+                        Job.new(
+                            job.cluster_id,
+                            trigger="check",
+                            target_key_url=str(target),
+                            event_id=job.event_id,
+                            operation_url=url,
+                        )
+                    )
+        except (TimeoutError, ServiceError) as exc:
+            logger.warning(
+                "rotation.hand_off_failed",
+                extra={"cluster_id": job.cluster_id, "operation_url": url, "reason": str(exc)},
+            )
+            return
+        self.handed_off.append(result)
+        logger.warning(
+            "rotation.operation_handed_off",
+            extra={
+                "cluster_id": job.cluster_id,
+                "event_id": job.event_id,
+                "invocation_id": invocation_id,
+                "operation_url": url,
+                "to_version": target.version,
+                "reason": "cancelled after ARM accepted the write",
+            },
+        )
 
     # ---- registry -----------------------------------------------------------------------------------
 
@@ -469,6 +663,30 @@ class Service:
             return parse_key_url(cluster.key_url, allowed_suffixes=self.settings.allowed_vault_suffixes)
         except InvalidKeyUrl as exc:
             raise RegistrationRefused(f"cluster key is outside the allowed vaults: {exc}") from exc
+
+
+@dataclass
+class _JobRun:
+    """What one execution learnt that its cancellation handler needs: the row, the accepted operation."""
+
+    watched: WatchedCluster | None = None
+    accepted: tuple[str, KeyUrl] | None = None  # (operation URL, target) once ARM accepted the write
+
+
+def _rejected(job: Job, reason: str, invocation_id: str | None) -> RotationResult:
+    """A job the app must not act on (rule 11): logged at ERROR, acknowledged, nothing recorded."""
+    logger.error(
+        "rotation.job_rejected",
+        extra={
+            "cluster_id": job.cluster_id,
+            "event_id": job.event_id,
+            "invocation_id": invocation_id,
+            "trigger": job.trigger,
+            "reason": reason,
+            "outcome": Outcome.REJECTED.value,
+        },
+    )
+    return RotationResult(cluster_id=job.cluster_id, outcome=Outcome.REJECTED, reason=reason)
 
 
 def _by_subscription_round_robin(watched: list[KeyMember]) -> list[KeyMember]:

@@ -30,6 +30,30 @@ if TYPE_CHECKING:
 # Connections the process keeps open at most, over all hosts. The queue worker runs up to a few hundred
 # invocations at once; each has at most one request in flight.
 CONNECTION_LIMIT = 256
+# No answer the rotator reads is near this; a larger declared body is refused before it is read.
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+
+
+class ResponseTooLarge(aiohttp.ClientResponseError):
+    """An answer declared a body larger than `MAX_RESPONSE_BYTES` (azure-core: ServiceResponseError)."""
+
+
+async def _refuse_large_answers(
+    session: aiohttp.ClientSession, context: object, params: aiohttp.TraceRequestEndParams
+) -> None:
+    """Refuse an answer whose Content-Length is over the limit, before its body is read."""
+    del session, context
+    response = params.response
+    length = response.content_length
+    limit = MAX_RESPONSE_BYTES
+    if length is not None and length > limit:
+        response.close()
+        raise ResponseTooLarge(
+            response.request_info,
+            response.history,
+            status=response.status,
+            message=f"answer of {length} bytes is over the {limit}-byte limit",
+        )
 
 
 # urllib's NO_PROXY matcher (suffixes, ports, '*'), the one aiohttp uses; not in the type stubs.
@@ -79,7 +103,10 @@ class SharedHttp:
     def session(self) -> aiohttp.ClientSession:
         """The session, opened now if needed (must be called from the event loop that will use it)."""
         if self._session is None or self._session.closed:
+            limits = aiohttp.TraceConfig()
+            limits.on_request_end.append(_refuse_large_answers)
             self._session = aiohttp.ClientSession(
+                trace_configs=[limits],
                 connector=aiohttp.TCPConnector(limit=self._limit),
                 trust_env=False,  # proxies come from `EnvironmentProxies`; no per-request .netrc lookup
                 cookie_jar=aiohttp.DummyCookieJar(),

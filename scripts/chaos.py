@@ -18,7 +18,14 @@ from the rotator's own report:
   poison queue with its reason (a ``failed`` history row); the job queue ends empty;
 - no unhandled exception (anything other than exhausted retries or a killed worker);
 - no token, ``Bearer`` credential or identity header in any log record, history row, registry row or
-  poison message.
+  poison message;
+- ties: some versions are created in the same second as the one before (Key Vault's ``created`` is whole
+  seconds); no PUT names a version created in the same second as the cluster's version when it arrived;
+- forged queue messages (check jobs pointing at an identity, at another subscription's operation, at another
+  port; jobs for unwatched clusters; a 20,000-deep document; garbage) are each answered ``rejected``, and
+  no ARM request ever goes to a path a forged message named;
+- interrupted CLI rotations (cancelled once ARM accepted the PUT) leave their operation in the history as
+  ``pending`` and the cluster converges like every other.
 
 Usage: ``python scripts/chaos.py --clusters 200 --keys 100 --rotations 5 --seed 7`` (exit 1 on a violation).
 """
@@ -58,7 +65,7 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError  # no
 from azure.functions import meta  # noqa: E402
 from azure.functions.eventgrid import EventGridEventInConverter  # noqa: E402
 from azure.identity.aio import DefaultAzureCredential  # noqa: E402
-from azure.storage.queue import TextBase64DecodePolicy  # noqa: E402
+from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy  # noqa: E402
 from azure.storage.queue.aio import QueueClient  # noqa: E402
 
 from azsim.azurite import ACCOUNT_KEY, Azurite  # noqa: E402
@@ -116,6 +123,11 @@ class ChaosReport:
     keys: int = 0
     events: int = 0
     unusable_versions: int = 0
+    tied_versions: int = 0
+    forged_messages: int = 0
+    rejected_jobs: int = 0
+    interrupted_rotations: int = 0
+    handed_off: int = 0
     deliveries: int = 0
     cloud_event_deliveries: int = 0
     job_invocations: int = 0
@@ -158,7 +170,15 @@ class ChaosReport:
                 f"clusters             {self.clusters} watched + {self.unwatched} unwatched, "
                 f"{self.subscriptions} subscriptions, {self.keys} keys"
             ),
-            f"events               {self.events} key versions ({self.unusable_versions} not usable)",
+            (
+                f"events               {self.events} key versions ({self.unusable_versions} not usable, "
+                f"{self.tied_versions} in the same second as the one before)"
+            ),
+            f"forged messages      {self.forged_messages} sent, {self.rejected_jobs} job rejections logged",
+            (
+                f"interrupted rotates  {self.interrupted_rotations} cancelled after the PUT, "
+                f"{self.handed_off} handed on"
+            ),
             (
                 f"deliveries           {self.deliveries} event deliveries ({self.cloud_event_deliveries} as "
                 f"CloudEvents), {self.job_invocations} job invocations on {self.workers} workers"
@@ -202,6 +222,8 @@ class _Capture(logging.Handler):
         self.lines: list[str] = []
         self.retries = 0
         self.deferred_invocations: set[str] = set()
+        self.rejected_invocations: set[str] = set()
+        self.rejected = 0
         self.unhandled: list[str] = []
         self._text = TextFormatter()
         self._json = JsonFormatter()
@@ -220,6 +242,9 @@ class _Capture(logging.Handler):
             self.retries += 1
         elif message == "rotation.job_deferred":
             self.deferred_invocations.add(str(getattr(record, "invocation_id", "")))
+        elif message == "rotation.job_rejected":
+            self.rejected += 1
+            self.rejected_invocations.add(str(getattr(record, "invocation_id", "")))
         if record.name.startswith("asyncio") and record.levelno >= logging.ERROR:
             self.unhandled.append(f"asyncio: {message[:200]}")
 
@@ -375,6 +400,8 @@ class _Run:
         self.suffix = uuid.UUID(int=self.rng.getrandbits(128)).hex[:10]
         self._poison_lines: list[str] = []
         self.late_writes: list[str] = []
+        self.forged_paths: set[str] = set()  # ARM paths named by forged messages: never to be requested
+        self.interrupts: list[asyncio.Task[None]] = []
 
     # -- the workers ---------------------------------------------------------------------------------
 
@@ -464,6 +491,11 @@ class _Run:
                 usable = not last and self.rng.random() >= 0.05  # noqa: PLR2004
                 self.sim.create_key_version(vault, key, enabled=usable)
                 self.report.unusable_versions += not usable
+                # Ties only before the last two waves: the newest usable version must be unambiguous at the
+                # end, or rule 2 rightly keeps clusters where they are.
+                if wave < self.rotations - 2 and (i == 0 or self.rng.random() < 0.4):  # noqa: PLR2004
+                    self.sim.create_key_version(vault, key, tie=True)
+                    self.report.tied_versions += 1
             events = self.sim.events[before:]
             self.report.events += len(events)
             for event in events:
@@ -474,10 +506,98 @@ class _Run:
             self.rng.shuffle(held)
             cut = int(len(held) * self.rng.uniform(0.5, 0.8))
             now, held = held[:cut], held[cut:]
+            self._interrupt(world)  # before the wave's jobs: the operator's rotate usually claims first
             await asyncio.gather(*(deliver(e) for e in now))
+            await self._forge(world)
             await asyncio.sleep(self.rng.uniform(0.1, 0.6))
         self.rng.shuffle(held)
         await asyncio.gather(*(deliver(e) for e in held))
+        await asyncio.gather(*self.interrupts)
+
+    # -- the attacks ---------------------------------------------------------------------------------
+
+    async def _forge(self, world: _World) -> None:
+        """Put forged messages on the job queue, as someone with write access to it could."""
+        service = self._service
+        watched = [c for c in world.clusters if c.watched]
+        unwatched = [c for c in world.clusters if not c.watched]
+        victim = self.rng.choice(watched)
+        sub = parse_cluster_id(victim.id).subscription
+        other = next(s for s in world.subscriptions if s.lower() != sub.lower())
+        arm = service.settings.arm_endpoint
+        identity = (
+            f"/subscriptions/{sub}/resourceGroups/rg-data/providers/Microsoft.ManagedIdentity"
+            "/userAssignedIdentities/id-cmk"
+        )
+        foreign_op = (
+            f"/subscriptions/{other}/providers/Microsoft.DocumentDB/locations/westeurope"
+            f"/mongoClusterAzureAsyncOperation/{uuid.uuid4().hex}"
+        )
+        target = self.sim.key_url(victim.vault, victim.key, self.sim.latest_version(victim.vault, victim.key))
+        stamp = "2026-11-29T00:00:00+00:00"
+        messages: list[str] = [
+            json.dumps(
+                {"cluster_id": victim.id, "trigger": "check", "operation_url": arm + path,
+                 "target_key_url": target, "enqueued_at": stamp}
+            )
+            for path in (identity, foreign_op)
+        ]  # fmt: skip
+        other_port = arm.replace("management.azure.com", "management.azure.com:8443")
+        messages.append(
+            json.dumps(
+                {"cluster_id": victim.id, "trigger": "check", "target_key_url": target, "enqueued_at": stamp,
+                 "operation_url": other_port + foreign_op}
+            )
+        )  # fmt: skip
+        self.forged_paths |= {identity.lower(), foreign_op.lower()}
+        if unwatched:
+            stranger = self.rng.choice(unwatched)
+            messages.append(Job.new(stranger.id, trigger="manual").to_json())
+        messages += ['{"cluster_id": ' + "[" * 20_000 + "]" * 20_000 + "}", "\x00 not a job"]
+        async with QueueClient.from_connection_string(
+            self.connection, service.queue.name, message_encode_policy=TextBase64EncodePolicy()
+        ) as queue:
+            for message in messages:
+                await queue.send_message(message)
+        self.report.forged_messages += len(messages)
+
+    def _interrupt(self, world: _World) -> None:
+        """Start CLI-style `rotate`s of watched clusters; cancel the first one whose PUT ARM accepted."""
+        clusters = self.rng.sample([c for c in world.clusters if c.watched], 3)
+
+        async def until_one_interrupted() -> None:
+            for cluster in clusters:
+                if await self._interrupted_rotate(cluster):
+                    return
+
+        self.interrupts.append(asyncio.create_task(until_one_interrupted()))
+
+    async def _interrupted_rotate(self, cluster: _Cluster) -> bool:
+        """`rotate` the cluster, Ctrl-C once ARM accepted the PUT; False when it ended or stalled before."""
+        service = self._service
+        started = time.time()
+        job = Job.new(cluster.id, trigger="manual")
+        task = asyncio.ensure_future(service.execute(job, invocation_id="cli", watched_only=False))
+        deadline = time.monotonic() + 5
+        while not task.done() and time.monotonic() < deadline:
+            accepted = [
+                r
+                for r in self.sim.requests
+                if r.method == "PUT" and r.path.lower() == cluster.id.lower() and r.received >= started
+                and r.status in {200, 201, 202}
+            ]  # fmt: skip
+            if accepted:
+                await asyncio.sleep(0.05)  # the answer reaches the client: it records and polls
+                task.cancel()
+                self.report.interrupted_rotations += 1
+                break
+            await asyncio.sleep(0.02)
+        interrupted = task.cancelled() or not task.done()
+        if not task.done():
+            task.cancel()  # stalled (faults): an interruption all the same
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        return interrupted
 
     # -- the run -------------------------------------------------------------------------------------
 
@@ -485,6 +605,7 @@ class _Run:
         started = time.monotonic()
         world = _build_world(self.sim, self.rng, self.size, self.keys)
         service = _make_service(self.connection, self.suffix)
+        self._service = service
         self._instrument_puts(service)
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(lambda _loop, ctx: self.capture.unhandled.append(str(ctx.get("message"))))
@@ -577,6 +698,7 @@ class _Run:
             if kind not in EXPECTED_ERRORS
         ]
         violations += await self._check_secrets(world, service)
+        violations += await self._check_attacks(service, requests)
         self.report.late_writes = self.late_writes
 
     def _newest_usable(self, vault: str, key: str) -> str | None:
@@ -687,9 +809,10 @@ class _Run:
                 f"{cluster.id}: a PUT of version #{index} sent when the cluster had #{sent} was applied "
                 f"{record.time - record.received:.1f} s later, over #{applied}"
             )
-        current = sent
-        if index < current:
-            return [f"PUT to {cluster.id} names version #{index}, older than its #{current}: {url}"]
+        # Older (by order of creation), or created in the same second: never "newer" (rule 2).
+        had = versions[(cluster.vault, cluster.key)][sent]
+        if index < sent or (index != sent and info["created"] <= had["created"]):
+            return [f"PUT to {cluster.id} names version #{index}, not newer than its #{sent}: {url}"]
         return []
 
     @staticmethod
@@ -715,7 +838,7 @@ class _Run:
         self.report.history_rows = len(rows)
         self.report.outcomes = dict(Counter(h.outcome for h in rows))
         with_rows = {h.invocation_id for h in rows}
-        ended = with_rows | self.capture.deferred_invocations
+        ended = with_rows | self.capture.deferred_invocations | self.capture.rejected_invocations
         missing = self.completed_invocations - ended
         if missing:
             out.append(f"{len(missing)} completed invocation(s) left no outcome and no deferral")
@@ -725,7 +848,11 @@ class _Run:
             with contextlib.suppress(ResourceNotFoundError):
                 async for message in poison.receive_messages(max_messages=32):
                     self._poison_lines.append(message.content)
-                    job = Job.from_json(message.content)
+                    try:
+                        job = Job.from_json(message.content)
+                    except ValueError:
+                        out.append(f"a message that is not a job was poisoned: {message.content[:60]!r}")
+                        continue
                     reasons = [
                         h
                         for h in history.get(job.cluster_id.lower(), [])
@@ -737,6 +864,28 @@ class _Run:
                         out.append(
                             f"poisoned job of {job.cluster_id} has no failed history row with its reason"
                         )
+        return out
+
+    async def _check_attacks(self, service: Service, requests: list[RequestRecord]) -> list[str]:
+        """Forged messages: each rejected, none reached ARM. Interrupted rotations: their operation kept."""
+        out: list[str] = []
+        self.report.rejected_jobs = self.capture.rejected
+        if self.capture.rejected < self.report.forged_messages:
+            out.append(
+                f"{self.report.forged_messages} forged messages but {self.capture.rejected} job rejections"
+            )
+        out += [
+            f"{r.method} {r.path}: a path only a forged message named"
+            for r in requests
+            if r.service == "arm" and r.path.lower() in self.forged_paths
+        ]
+        self.report.handed_off = len(service.handed_off)
+        for result in service.handed_off:
+            history = await service.registry.history(parse_cluster_id(result.cluster_id), limit=500)
+            if not any(h.outcome == "pending" and h.operation_url == result.operation_url for h in history):
+                out.append(
+                    f"interrupted rotation of {result.cluster_id} left no pending row for its operation"
+                )
         return out
 
     async def _check_secrets(self, world: _World, service: Service) -> list[str]:

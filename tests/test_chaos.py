@@ -12,7 +12,7 @@ SEED = 20261128
 
 @pytest.mark.slow
 def test_small_chaos_run_has_no_violations(sim, azurite):
-    """12 clusters, 3 rotations a key, events 1-3 times shuffled, faults and killed workers: no violation."""
+    """12 clusters, tied versions, duplicated events, faults, killed workers, forged jobs, Ctrl-C: no violation."""
     functions = {name: user_function(name) for name in ("on_key_event", "rotate_cluster")}
     report = run_chaos(12, SEED, sim=sim, connection=azurite.connection_string, functions=functions)
     assert report.violations == [], report.summary()
@@ -23,3 +23,6 @@ def test_small_chaos_run_has_no_violations(sim, azurite):
     assert report.retries > 0
     assert min(report.puts_per_cluster.values()) >= 1
     assert report.tokens_scanned >= 1
+    assert report.tied_versions >= 1
+    assert report.forged_messages >= 6
+    assert report.rejected_jobs >= report.forged_messages

@@ -191,10 +191,25 @@ async def test_rotate_queues_a_job_and_history_shows_it(app):
 
 async def test_rotate_without_key_url_queues_newest_version_job(app):
     """POST rotate without keyUrl queues a job with no target (newest usable version)."""
-    status, _ = await call("rotate", "POST", body={"clusterId": VALID_ID})
+    world = make_world(app.sim, subscriptions=1, per_subscription=1)
+    [cluster] = world.clusters
+    await call("clusters", "POST", body={"clusterId": cluster})
+    status, _ = await call("rotate", "POST", body={"clusterId": cluster})
     assert status == 202
     [job] = await app.take_jobs()
-    assert (job["cluster_id"], job["target_key_url"]) == (VALID_ID, None)
+    assert (job["cluster_id"], job["target_key_url"]) == (cluster, None)
+
+
+async def test_rotate_of_an_unwatched_cluster_is_404_and_queues_nothing(app):
+    """Rule 11: POST rotate for a cluster nobody registered (it exists, it is CMK) is a one-line 404."""
+    world = make_world(app.sim, subscriptions=1, per_subscription=1)
+    [cluster] = world.clusters
+    v2 = app.sim.create_key_version(world.vault, "cmk", emit_event=False)
+    status, doc = await call("rotate", "POST", body={"clusterId": cluster, "keyUrl": world.key_url(v2)})
+    assert_error(status, doc, 404, "NotWatched")
+    assert "\n" not in doc["error"]["message"]
+    assert await app.count() == 0
+    assert puts(app.sim) == []
 
 
 @pytest.mark.parametrize(

@@ -83,6 +83,7 @@ async def test_job_round_trips_through_the_queue_as_base64_json(jobs, reader, az
         "enqueued_at": "2026-11-01T12:30:00+00:00",
         "operation_url": None,
         "backoffs": 2,
+        "checks": 0,
     }
     assert " " not in message.content  # compact
     assert Job.from_json(message.content) == sent
@@ -272,7 +273,11 @@ def test_new_job_is_enqueued_now_in_utc():
             ),
             "backoffs must be a non-negative integer",
         ),
-        ("[" * 100_000 + "]" * 100_000, "is not JSON"),
+        ("[" * 100_000 + "]" * 100_000, "bytes; the limit is 65536"),
+        ("[" * 20_000 + "]" * 20_000, "nested 20000 deep; the limit is 64"),
+        (b"\x00 not a job", "is not JSON"),  # json.loads(bytes) would guess UTF-16 and raise
+        (b"\x00\x00\x00{", "is not JSON"),
+        ('{"cluster_id": ' + "[" * 20_000 + "]" * 20_000 + "}", "nested 20001 deep"),
     ],
 )
 def test_from_json_rejects_malformed_messages_with_a_one_line_reason(body, reason):

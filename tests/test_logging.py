@@ -9,6 +9,7 @@ import re
 import pytest
 
 from azsim.faults import Fault
+from rotation.jobs import Job
 from rotation.logs import JsonFormatter, TextFormatter, record_fields
 
 BEARER_CREDENTIAL = re.compile(r"Bearer\s+(?!authorization=)[A-Za-z0-9._~+/=-]{12,}")
@@ -78,14 +79,31 @@ async def test_one_rotation_can_be_followed_by_event_id_alone(watched, records):
 
 
 async def test_skip_is_logged_with_outcome_and_reason(watched, records):
-    """A duplicate delivery is one cluster_skipped line per cluster with outcome already-current."""
-    event_id, _ = await deliver(watched, records)
-    await watched.service.handle_event(watched.service.parse(watched.sim.events[-1]), invocation_id="inv-dup")
+    """A duplicate job is one cluster_skipped line per cluster with outcome already-current."""
+    event_id, version = await deliver(watched, records)
+    target = watched.sim.key_url(watched.vault, watched.key, version)
+    for cluster in watched.clusters:  # the jobs a duplicate past the fan-out memory would queue
+        await watched.service.queue.send(
+            Job.new(cluster, trigger="event", target_key_url=target, event_id=event_id)
+        )
     await watched.drain(idle=0.3)
     skipped = [r for r in by_event(records, event_id) if r.getMessage() == "rotation.cluster_skipped"]
     assert len(skipped) == 2
     assert {r.outcome for r in skipped} == {"already-current"}
     assert all(r.levelno == logging.INFO and r.reason for r in skipped)
+
+
+async def test_duplicate_delivery_is_logged_once_and_queues_nothing(watched, records):
+    """A second delivery of a fanned-out event logs rotation.event_duplicate and queues no job."""
+    event_id, _ = await deliver(watched, records)
+    report = await watched.service.handle_event(
+        watched.service.parse(watched.sim.events[-1]), invocation_id="inv-dup"
+    )
+    assert (report.outcome, report.jobs) == ("duplicate", [])
+    [dup] = [r for r in by_event(records, event_id) if r.getMessage() == "rotation.event_duplicate"]
+    assert dup.levelno == logging.INFO
+    assert "duplicate" in dup.reason
+    assert await watched.queued() == []
 
 
 async def test_retry_is_logged_with_attempt_wait_and_status(watched, records):

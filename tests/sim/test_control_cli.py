@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import aiohttp
@@ -153,3 +154,30 @@ def test_cli_serve_prints_env_and_answers(tmp_path):
         out, err = proc.communicate(timeout=15)
     assert proc.returncode == 0, err
     assert "azsim: stopped" in out
+
+
+async def test_control_api_ties_versions_tampers_answers_and_trickles(world, arm):
+    """Through the control API: a version in the same second, a raw hostile answer, a trickled answer."""
+    base = os.environ["AZSIM_CONTROL_URL"]
+    status, tied = await _call("POST", f"{base}/_sim/keys/{world.vault}/cmk/versions", {"tie": True})
+    assert status == 200
+    created = {v["version"]: v["created"] for v in world.sim.key_versions(world.vault, "cmk")}
+    assert len(set(created.values())) == 1  # the new version shares the first one's second
+    assert tied["version"] in created
+
+    hostile = {"Azure-AsyncOperation": "https://management.azure.com:8443/x"}
+    faults = [
+        {"answer": {"status": 200, "body": '{"nextLink": "loop"}', "headers": hostile}},
+        {"trickle": 0.02},
+    ]
+    assert (await _call("POST", f"{base}/_sim/inject", {"service": "arm", "faults": faults}))[0] == 200
+    answer = await arm.call("GET", world.cluster_id)
+    assert (answer.status, answer.body) == (200, {"nextLink": "loop"})
+    assert answer.headers["azure-asyncoperation"] == hostile["Azure-AsyncOperation"]
+    missing = world.cluster_id.replace("/orders", "/gone")
+    started = time.monotonic()
+    slow = await arm.call("GET", missing)  # a short real answer (404), byte by byte
+    assert slow.status == 404
+    assert slow.body["error"]["code"] == "ResourceNotFound"
+    assert time.monotonic() - started >= 0.01 * len(json.dumps(slow.body)) * 0.9
+    assert [r.fault for r in world.sim.requests if r.service == "arm"] == ["answer", "trickle"]
