@@ -777,3 +777,20 @@ def test_hooks_are_shellcheck_clean():
         [shellcheck, "-x", "-s", "sh", *hooks], capture_output=True, text=True, check=False, cwd=ROOT
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_deploy_guide_states_the_required_azd_version_and_walks_the_deploy_paths():
+    """docs/deploy.md names the azd version azure.yaml requires and walks the four operator paths."""
+    guide = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    required = re.search(r'azd:\s*"(>= [\d.]+)"', (ROOT / "azure.yaml").read_text(encoding="utf-8"))
+    assert required
+    assert f'azd: "{required.group(1)}"' in guide
+    for heading in (
+        "## A first deploy",
+        "## A second environment on the same vault",
+        "## Removing a watched scope",
+        "## Remove: `azd down`",
+    ):
+        assert heading in guide, heading
+    for hook in ("preprovision", "postprovision", "postdeploy", "postdown"):
+        assert f"`{hook}`" in guide, hook
