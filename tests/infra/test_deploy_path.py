@@ -794,3 +794,26 @@ def test_deploy_guide_states_the_required_azd_version_and_walks_the_deploy_paths
         assert heading in guide, heading
     for hook in ("preprovision", "postprovision", "postdeploy", "postdown"):
         assert f"`{hook}`" in guide, hook
+
+
+@pytest.mark.parametrize("env_name", AZD_ENV_NAMES)
+def test_hooks_accept_every_environment_name_azd_accepts(cli: Cli, env_name: str):
+    """Names with '_', '.', '(' and ')' up to 64 characters pass the hooks' check (azd allows them)."""
+    result = cli.run("preprovision.sh", hook_env(env_name))
+    assert result.returncode == 0, result.stderr
+
+
+def test_dropping_the_last_watched_scope_of_a_subscription_revokes_operation_polling_there(cli: Cli):
+    """The operation status role leaves a subscription once no watched scope remains in it."""
+    kept = f"/subscriptions/{SUB}{ASSIGNMENTS}o1"
+    dropped = f"/subscriptions/{OTHER_SUB}{ASSIGNMENTS}o2"
+    cluster_a = f"{RG_A}{ASSIGNMENTS}a1"
+    env = hook_env(
+        WATCHED_RESOURCE_GROUP_IDS=f'["{RG_A}"]',
+        ACCESS_OPERATION_ASSIGNMENT_IDS=f"{kept} {dropped}",
+        ACCESS_CLUSTER_RG_ASSIGNMENT_IDS=cluster_a,
+    )
+    cli.answer("az", "properties.outputs.ACCESS_OPERATION_ASSIGNMENT_IDS.value", stdout=f"{kept}\n")
+    cli.answer("az", "properties.outputs.ACCESS_CLUSTER_RG_ASSIGNMENT_IDS.value", stdout=f"{cluster_a}\n")
+    assert cli.run("postprovision.sh", env).returncode == 0
+    assert [call[-3] for call in cli.calls_with("role", "assignment", "delete")] == [dropped]
