@@ -11,16 +11,19 @@ here="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=infra/hooks/lib.sh
 . "$here/lib.sh"
 
-require_env postdown AZURE_ENV_NAME AZURE_SUBSCRIPTION_ID AZURE_RESOURCE_GROUP
+# `azd down` has already deleted main.bicep's outputs (AZURE_RESOURCE_GROUP, ...) from the environment:
+# the app's resource group comes from CMK_ROTATOR_ENVIRONMENT_ID, which the postprovision hook recorded.
+require_env postdown AZURE_ENV_NAME AZURE_SUBSCRIPTION_ID CMK_ROTATOR_ENVIRONMENT_ID
 require_az postdown
 
-exists="$(az group exists --subscription "$AZURE_SUBSCRIPTION_ID" --name "$AZURE_RESOURCE_GROUP" --output tsv)"
+env_id="$CMK_ROTATOR_ENVIRONMENT_ID"
+app_group="${env_id##*/}"
+exists="$(az group exists --subscription "$AZURE_SUBSCRIPTION_ID" --name "$app_group" --output tsv)"
 if [ "$exists" != "false" ]; then
-    echo "postdown: resource group $AZURE_RESOURCE_GROUP still exists, so azd down did not remove the app; nothing outside it was changed" >&2
+    echo "postdown: resource group $app_group still exists, so azd down did not remove the app; nothing outside it was changed" >&2
     exit 1
 fi
 
-env_id="$(environment_id)"
 FAILED=0
 topic_id=""
 if [ -n "${EVENTGRID_SYSTEM_TOPIC_NAME:-}" ]; then

@@ -88,7 +88,10 @@ for kind in $ACCESS_KINDS; do
     azd env set "$name" "$(printf '%s' "$current" | sed 's/  */ /g; s/^ //; s/ $//')"
 done
 
-# The postdeploy and postdown hooks read these from the azd environment.
+# The postdeploy and postdown hooks read these from the azd environment. (azd deletes main.bicep's outputs,
+# AZURE_RESOURCE_GROUP among them, from the environment when `azd down` has run, before postdown starts; so
+# this environment's id is recorded under a name of its own.)
+azd env set CMK_ROTATOR_ENVIRONMENT_ID "$env_id"
 for name in EVENTGRID_SYSTEM_TOPIC_NAME EVENTGRID_SYSTEM_TOPIC_RESOURCE_GROUP \
     EVENTGRID_SYSTEM_TOPIC_SUBSCRIPTION_ID CLUSTER_ROTATOR_ROLE_ID OPERATION_STATUS_ROLE_ID \
     IDENTITY_ASSIGNER_ROLE_ID; do

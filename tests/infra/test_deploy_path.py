@@ -95,6 +95,19 @@ def env_id(env_name: str = "prod") -> str:
     return f"/subscriptions/{SUB}/resourceGroups/rg-{env_name}"
 
 
+def after_down(env: dict[str, str]) -> dict[str, str]:
+    """The environment the postdown hook sees: `azd down` has deleted main.bicep's outputs from it.
+
+    Published fact: Azure/azure-dev cli/azd/pkg/infra/provisioning/manager.go, Manager.Destroy: "Remove any
+    outputs from the template from the environment since destroying the infrastructure invalidated them all"
+    (DotenvDelete of each InvalidatedEnvKeys) before the command's post hooks run.
+    """
+    outputs = set(parse("main.bicep")["outputs"])
+    remaining = {name: value for name, value in env.items() if name not in outputs}
+    remaining.setdefault("CMK_ROTATOR_ENVIRONMENT_ID", env_id(env["AZURE_ENV_NAME"]))
+    return remaining
+
+
 @pytest.fixture
 def cli(tmp_path: Path) -> Cli:
     return Cli(tmp_path)
@@ -386,9 +399,10 @@ def test_postdown_changes_nothing_while_the_app_resource_group_exists(cli: Cli):
     """If the app's resource group is still there (down declined or failed), postdown deletes nothing."""
     cli.answer("az", "group", "exists", stdout="true\n")
     env = hook_env(ACCESS_CLUSTER_RG_ASSIGNMENT_IDS=f"{RG_A}{ASSIGNMENTS}a1", CLUSTER_ROTATOR_ROLE_ID="r1")
-    result = cli.run("postdown.sh", env)
+    result = cli.run("postdown.sh", after_down(env))
     assert result.returncode == 1
     assert "still exists" in result.stderr
+    assert cli.calls_with("group", "exists", "rg-prod")
     assert [call for call in cli.calls("az") if "delete" in call] == []
 
 
@@ -404,7 +418,7 @@ def test_postdown_removes_the_event_subscription_assignments_and_roles_after_dow
         OPERATION_STATUS_ROLE_ID="r2",
         IDENTITY_ASSIGNER_ROLE_ID="r3",
     )
-    result = cli.run("postdown.sh", env)
+    result = cli.run("postdown.sh", after_down(env))
     assert result.returncode == 0, result.stderr
     deleted = [call[-3] for call in cli.calls_with("role", "assignment", "delete")]
     assert deleted == [
@@ -454,15 +468,15 @@ def test_postdown_keeps_a_topic_another_environment_created_or_still_uses(cli: C
     cli.answer("az", "group", "exists", stdout="false\n")
     cli.answer("az", "resource", "show", "--ids", TOPIC_ID, stdout=f"{env_id('prod')}\n")
     cli.answer("az", "event-subscription", "list", stdout="1\n")
-    assert cli.run("postdown.sh", hook_env("staging")).returncode == 0
+    assert cli.run("postdown.sh", after_down(hook_env("staging"))).returncode == 0
     assert not cli.calls_with("resource", "delete", TOPIC_ID)
-    assert cli.run("postdown.sh", hook_env("prod")).returncode == 0  # owner, but staging still subscribes
+    assert cli.run("postdown.sh", after_down(hook_env("prod"))).returncode == 0  # owner; staging subscribes
     assert not cli.calls_with("resource", "delete", TOPIC_ID)
     cli.rules.clear()
     cli.answer("az", "group", "exists", stdout="false\n")
     cli.answer("az", "resource", "show", "--ids", TOPIC_ID, stdout=f"{env_id('prod')}\n")
     cli.answer("az", "event-subscription", "list", stdout="0\n")
-    assert cli.run("postdown.sh", hook_env("prod")).returncode == 0
+    assert cli.run("postdown.sh", after_down(hook_env("prod"))).returncode == 0
     assert cli.calls_with("resource", "delete", "--ids", TOPIC_ID)
 
 
@@ -509,6 +523,7 @@ def test_removing_a_watched_scope_revokes_its_assignment_before_the_deployment(c
     create = next(i for i, call in enumerate(calls) if call[1:4] == ["deployment", "sub", "create"])
     assert deletes[0] < create
     assert ["azd", "env", "set", "ACCESS_CLUSTER_RG_ASSIGNMENT_IDS", kept] in calls
+    assert ["azd", "env", "set", "CMK_ROTATOR_ENVIRONMENT_ID", env_id("prod")] in calls
 
 
 def test_an_assignment_the_new_deployment_no_longer_holds_is_removed_after_it(cli: Cli):
