@@ -8,7 +8,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=infra/hooks/lib.sh
 . "$here/lib.sh"
 
-require_env preprovision AZURE_ENV_NAME AZURE_SUBSCRIPTION_ID
+require_env preprovision AZURE_ENV_NAME
 check_env_name preprovision
 
 group="${AZURE_RESOURCE_GROUP_NAME:-}"
@@ -16,6 +16,8 @@ if [ -z "$group" ]; then
     echo "preprovision: the app gets its own resource group rg-$AZURE_ENV_NAME"
     exit 0
 fi
+# azd may not have asked for the subscription yet on a first `azd up`; naming a group needs it now.
+require_env preprovision AZURE_SUBSCRIPTION_ID
 require_az preprovision
 exists="$(az group exists --subscription "$AZURE_SUBSCRIPTION_ID" --name "$group" --output tsv)"
 if [ "$exists" = "true" ]; then
