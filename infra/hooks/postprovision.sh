@@ -17,6 +17,11 @@ require_env postprovision AZURE_ENV_NAME AZURE_LOCATION AZURE_SUBSCRIPTION_ID AZ
 check_env_name postprovision
 require_az postprovision
 
+if [ -z "$(json_ids "${CLUSTER_IDENTITY_SCOPES:-[]}")" ] &&
+    [ -n "$(json_ids "${WATCHED_RESOURCE_GROUP_IDS:-[]}")$(json_ids "${WATCHED_SUBSCRIPTION_IDS:-[]}")" ]; then
+    echo "postprovision: WARNING: CLUSTER_IDENTITY_SCOPES is empty: the app may not name any identity in a cluster PUT, so rotations fail with 403 until you list the clusters' identities (docs/deploy.md)" >&2
+fi
+
 env_id="$(environment_id)"
 deployment="$(safe_name cmk-rotator-access- "$AZURE_ENV_NAME")"
 FAILED=0

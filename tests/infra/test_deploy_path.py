@@ -655,6 +655,15 @@ def test_identity_assign_action_is_granted_only_on_the_clusters_identities():
     )
 
 
+def test_watched_scopes_without_identity_scopes_are_warned_about(cli: Cli):
+    """Watching clusters without listing their identities deploys, with a warning that rotations would get 403."""
+    result = cli.run("postprovision.sh", hook_env(WATCHED_RESOURCE_GROUP_IDS=f'["{RG_A}"]'))
+    assert result.returncode == 0, result.stderr
+    assert "CLUSTER_IDENTITY_SCOPES is empty" in result.stderr
+    listed = hook_env(WATCHED_RESOURCE_GROUP_IDS=f'["{RG_A}"]', CLUSTER_IDENTITY_SCOPES=f'["{UAMI}"]')
+    assert "CLUSTER_IDENTITY_SCOPES" not in cli.run("postprovision.sh", listed).stderr
+
+
 def test_removing_a_cluster_identity_revokes_its_assign_permission(cli: Cli):
     """The hook that applies CLUSTER_IDENTITY_SCOPES removes the assignment of an identity no longer listed."""
     stale = f"{UAMI}{ASSIGNMENTS}i1"
