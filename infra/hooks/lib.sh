@@ -24,7 +24,8 @@ require_az() {
 }
 
 # check_env_name HOOK: azd accepts letters, digits, '-', '_', '.', '(' and ')', 1 to 64 characters
-# (Azure/azure-dev, environment name validation); anything else is refused before a name is derived from it.
+# (Azure/azure-dev cli/azd/pkg/environment/environment.go, EnvironmentNameRegexp); anything else is refused
+# before a name is derived from it.
 check_env_name() {
     case "$AZURE_ENV_NAME" in
         *[!A-Za-z0-9._\(\)-]*)

@@ -557,7 +557,7 @@ def test_names_derived_from_any_azd_environment_name_are_valid(env_name: str):
     """Event subscription and deployment names built from an azd environment name fit Azure's rules.
 
     Published facts: azd environment names allow letters, digits, '-', '_', '.', '(' and ')' up to 64
-    characters (Azure/azure-dev environment name validation); "Naming rules and restrictions for Azure
+    characters (Azure/azure-dev cli/azd/pkg/environment/environment.go, EnvironmentNameRegexp); "Naming rules and restrictions for Azure
     resources": Microsoft.EventGrid eventSubscriptions 3-64 of [A-Za-z0-9-]; Microsoft.Resources deployments
     1-64 of alphanumerics, underscores, parentheses, hyphens and periods.
     """
@@ -820,11 +820,16 @@ def test_deploy_guide_states_the_required_azd_version_and_walks_the_deploy_paths
         assert f"`{hook}`" in guide, hook
 
 
-@pytest.mark.parametrize("env_name", AZD_ENV_NAMES)
-def test_hooks_accept_every_environment_name_azd_accepts(cli: Cli, env_name: str):
-    """Names with '_', '.', '(' and ')' up to 64 characters pass the hooks' check (azd allows them)."""
+# Azure/azure-dev cli/azd/pkg/environment/environment.go: EnvironmentNameRegexp, "Same restrictions as a
+# deployment name".
+AZD_ENVIRONMENT_NAME = re.compile(r"^[a-zA-Z0-9-\(\)_\.]{1,64}$")
+
+
+@pytest.mark.parametrize("env_name", [*AZD_ENV_NAMES, "prod/eu", "a b", "x" * 65, "naïve", "a;b", "a$b"])
+def test_hooks_accept_exactly_the_environment_names_azd_accepts(cli: Cli, env_name: str):
+    """The hooks accept a name exactly when azd's EnvironmentNameRegexp does (letters, digits, - _ . ( ), 1-64)."""
     result = cli.run("preprovision.sh", hook_env(env_name))
-    assert result.returncode == 0, result.stderr
+    assert (result.returncode == 0) == bool(AZD_ENVIRONMENT_NAME.match(env_name)), result.stderr
 
 
 def test_dropping_the_last_watched_scope_of_a_subscription_revokes_operation_polling_there(cli: Cli):
