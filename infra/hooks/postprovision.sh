@@ -26,18 +26,24 @@ env_id="$(environment_id)"
 deployment="$(safe_name cmk-rotator-access- "$AZURE_ENV_NAME")"
 FAILED=0
 
-# 1. The vault's system topic. A vault has one system topic; the one this template would create is reused,
-#    not re-tagged, when another environment created it (its cmk-rotator-owner tag names that environment).
+# 1. The vault's system topic. A vault has one system topic: one that exists and was not created by this
+#    environment (its cmk-rotator-owner tag names another environment, or it has none) is reused as it is,
+#    never re-tagged; this environment creates (and later may delete) only a topic it owns.
 existing_topic="${EVENTGRID_EXISTING_SYSTEM_TOPIC_NAME:-}"
 if [ -z "$existing_topic" ]; then
-    vault_name="${KEY_VAULT_RESOURCE_ID##*/}"
-    topic_id="${KEY_VAULT_RESOURCE_ID%%/providers/*}/providers/Microsoft.EventGrid/systemTopics/evgt-$vault_name"
-    if owner="$(az resource show --ids "$topic_id" --query 'tags."cmk-rotator-owner"' --output tsv 2>/dev/null)"; then
-        if ! same_id "$owner" "$env_id"; then
-            existing_topic="evgt-$vault_name"
-            echo "postprovision: reusing system topic $existing_topic (created by ${owner:-someone else}; it stays theirs)"
+    vault_rg="$(printf '%s' "$KEY_VAULT_RESOURCE_ID" | cut -d / -f 5)"
+    vault_sub="$(printf '%s' "$KEY_VAULT_RESOURCE_ID" | cut -d / -f 3)"
+    topics="$(az eventgrid system-topic list --subscription "$vault_sub" --resource-group "$vault_rg" \
+        --query '[].[name, source, tags."cmk-rotator-owner"]' --output tsv)"
+    tab="$(printf '\t')"
+    while IFS="$tab" read -r name source owner; do
+        if same_id "$source" "$KEY_VAULT_RESOURCE_ID" && ! same_id "$owner" "$env_id"; then
+            existing_topic="$name"
+            echo "postprovision: reusing the vault's system topic $name (created by ${owner:-someone else}; it stays theirs)"
         fi
-    fi
+    done <<TOPICS
+$topics
+TOPICS
 fi
 
 # 2. Before deploying: remove the recorded assignments whose scope is no longer listed. (ARM does not let a

@@ -453,14 +453,37 @@ def test_created_system_topic_is_tagged_with_its_owner_environment():
     assert topic["tags"] == "tags"
 
 
+def topic_row(name: str, source: str, owner: str) -> str:
+    """One line of `az eventgrid system-topic list --query '[].[name, source, tags...]' -o tsv`."""
+    return f"{name}\t{source}\t{owner}\n"
+
+
+def created_topic(create_call: list[str]) -> str:
+    [argument] = [a for a in create_call if a.startswith("existingSystemTopicName=")]
+    return argument.split("=", 1)[1]
+
+
 def test_second_environment_reuses_the_topic_without_taking_it_over(cli: Cli):
     """The postprovision hook of a second environment passes the first one's topic as existing (not re-tagged)."""
-    cli.answer("az", "resource", "show", "--ids", TOPIC_ID, stdout=f"{env_id('prod')}\n")
+    other_vault = VAULT_ID.replace("kv-prod", "kv-other")
+    rows = topic_row("evgt-kv-other", other_vault, "") + topic_row("evgt-kv-prod", VAULT_ID.upper(), env_id("prod"))
+    cli.answer("az", "system-topic", "list", stdout=rows)
     result = cli.run("postprovision.sh", hook_env("staging"))
     assert result.returncode == 0, result.stderr
     [create] = cli.calls_with("deployment", "sub", "create")
-    assert "existingSystemTopicName=evgt-kv-prod" in create
+    assert created_topic(create) == "evgt-kv-prod"
     assert f"environmentId={env_id('staging')}" in create
+
+
+def test_the_owner_environment_keeps_managing_its_topic_and_an_untagged_topic_is_reused(cli: Cli):
+    """The owner redeploys its own topic (not as existing); a topic with no owner tag is reused as existing."""
+    cli.answer("az", "system-topic", "list", stdout=topic_row("evgt-kv-prod", VAULT_ID, env_id("prod")))
+    assert cli.run("postprovision.sh", hook_env("prod")).returncode == 0
+    assert created_topic(cli.calls_with("deployment", "sub", "create")[0]) == ""
+    cli.rules.clear()
+    cli.answer("az", "system-topic", "list", stdout=topic_row("kv-prod-events", VAULT_ID, ""))
+    assert cli.run("postprovision.sh", hook_env("prod")).returncode == 0
+    assert created_topic(cli.calls_with("deployment", "sub", "create")[0]) == "kv-prod-events"
 
 
 def test_postdown_keeps_a_topic_another_environment_created_or_still_uses(cli: Cli):
