@@ -466,7 +466,9 @@ def created_topic(create_call: list[str]) -> str:
 def test_second_environment_reuses_the_topic_without_taking_it_over(cli: Cli):
     """The postprovision hook of a second environment passes the first one's topic as existing (not re-tagged)."""
     other_vault = VAULT_ID.replace("kv-prod", "kv-other")
-    rows = topic_row("evgt-kv-other", other_vault, "") + topic_row("evgt-kv-prod", VAULT_ID.upper(), env_id("prod"))
+    rows = topic_row("evgt-kv-other", other_vault, "") + topic_row(
+        "evgt-kv-prod", VAULT_ID.upper(), env_id("prod")
+    )
     cli.answer("az", "system-topic", "list", stdout=rows)
     result = cli.run("postprovision.sh", hook_env("staging"))
     assert result.returncode == 0, result.stderr
