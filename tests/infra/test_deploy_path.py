@@ -871,3 +871,39 @@ def test_dropping_the_last_watched_scope_of_a_subscription_revokes_operation_pol
     cli.answer("az", "properties.outputs.ACCESS_CLUSTER_RG_ASSIGNMENT_IDS.value", stdout=f"{cluster_a}\n")
     assert cli.run("postprovision.sh", env).returncode == 0
     assert [call[-3] for call in cli.calls_with("role", "assignment", "delete")] == [dropped]
+
+
+def test_every_value_a_hook_requires_has_a_source():
+    """Each value a hook requires comes from azd, a main.bicep output, the operator, or another hook's `azd env set`.
+
+    Published facts: azd gives hooks the environment's values, with AZURE_ENV_NAME and AZURE_SUBSCRIPTION_ID
+    set by azd itself, and writes main.bicep's outputs into the environment (Azure/azure-dev
+    cli/azd/pkg/infra/provisioning/manager.go, Manager.UpdateEnvironment).
+    """
+    outputs = set(parse("main.bicep")["outputs"])
+    set_by_hooks = set()
+    required: dict[str, set[str]] = {}
+    for hook in HOOKS.glob("*.sh"):
+        if hook.name == "lib.sh":  # sourced by the hooks, not one itself
+            continue
+        text = hook.read_text(encoding="utf-8")
+        set_by_hooks |= set(re.findall(r'azd env set "?([A-Z_]+)', text))
+        for loop in re.findall(r'for name in ((?:[A-Z_ ]|\\\n)+); do\s+azd env set "\$name"', text):
+            set_by_hooks |= set(loop.replace("\\", " ").split())
+        for block in re.findall(r"require_env \w+ ((?:[A-Z_ ]|\\\n)+)", text):
+            required[hook.name] = required.get(hook.name, set()) | set(block.replace("\\", " ").split())
+    from_azd = {"AZURE_ENV_NAME", "AZURE_SUBSCRIPTION_ID"}
+    from_operator = {"KEY_VAULT_RESOURCE_ID"}
+    assert required
+    for hook, names in required.items():
+        unknown = names - outputs - set_by_hooks - from_azd - from_operator
+        assert unknown == set(), (hook, unknown)
+
+
+def test_the_access_kinds_the_hooks_track_are_the_access_deployment_outputs():
+    """lib.sh's ACCESS_KINDS are exactly the ACCESS_<KIND>_ASSIGNMENT_IDS outputs of access.bicep."""
+    kinds = shell_function('printf "%s" "$ACCESS_KINDS"').split()
+    outputs = {name for name in parse("access.bicep")["outputs"] if name.startswith("ACCESS_")}
+    assert {f"ACCESS_{kind}_ASSIGNMENT_IDS" for kind in kinds} == outputs
+    for name in outputs:
+        assert parse("access.bicep")["outputs"][name]["type"] == "array"
