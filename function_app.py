@@ -110,10 +110,20 @@ async def _http(route: str, req: func.HttpRequest) -> func.HttpResponse:
     return func.HttpResponse(json.dumps(doc, default=str), status_code=status, mimetype="application/json")
 
 
+# Read routes and write routes are separate functions, so that a function key can open one kind and not the
+# other: the postdeploy hook gives the "reader" key to clusters, history, doctor and health, and the
+# "operator" key to every route (docs/deploy.md).
 @app.function_name("clusters")
-@app.route(route="clusters", methods=["GET", "POST", "DELETE"], auth_level=func.AuthLevel.FUNCTION)
+@app.route(route="clusters", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 async def clusters(req: func.HttpRequest) -> func.HttpResponse:
-    """GET lists watched clusters, POST {clusterId, owner} registers one, DELETE ?clusterId= unregisters."""
+    """GET lists watched clusters."""
+    return await _http("clusters", req)
+
+
+@app.function_name("clusters_write")
+@app.route(route="clusters", methods=["POST", "DELETE"], auth_level=func.AuthLevel.FUNCTION)
+async def clusters_write(req: func.HttpRequest) -> func.HttpResponse:
+    """POST {clusterId, owner} registers a cluster, DELETE ?clusterId= unregisters one."""
     return await _http("clusters", req)
 
 

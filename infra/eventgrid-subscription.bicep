@@ -6,6 +6,9 @@
 @description('Name of the vault\'s Event Grid system topic (in this resource group).')
 param systemTopicName string
 
+// Event Grid event subscription names: 3-64 characters of [A-Za-z0-9-] (the hook sanitises and bounds them).
+@minLength(3)
+@maxLength(64)
 @description('Name of the event subscription.')
 param subscriptionName string = 'cmk-rotator'
 

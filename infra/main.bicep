@@ -42,8 +42,10 @@ param armApiVersion string = '2025-07-01-preview'
 @description('Comma-separated vault host suffixes the app accepts (ROTATION_ALLOWED_VAULT_SUFFIXES).')
 param allowedVaultSuffixes string = '.vault.azure.net,.vault.azure.cn,.vault.usgovcloudapi.net,.managedhsm.azure.net'
 
+// 512: host.json lets the queue trigger run batchSize + newBatchThreshold = 32 + 480 invocations at once; a
+// default above @maxValue is BCP327 and ARM rejects such a value.
 @minValue(1)
-@maxValue(64)
+@maxValue(512)
 @description('Clusters in flight per app instance (ROTATION_MAX_CONCURRENCY); host.json lets the queue trigger run 512 at once.')
 param maxConcurrency int = 512
 
@@ -67,20 +69,12 @@ param logRetentionInDays int = 90
 @description('Resource id of an existing action group the alerts notify; empty: alerts fire in Azure Monitor without notifying anyone.')
 param actionGroupId string = ''
 
-@minValue(1)
-@maxValue(30)
-@description('Event Grid delivery attempts before an event is dead-lettered.')
-param maxDeliveryAttempts int = 30
-
-@minValue(1)
-@maxValue(1440)
-@description('Minutes Event Grid keeps retrying one event before it is dead-lettered.')
-param eventTimeToLiveInMinutes int = 1440
-
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = { 'azd-env-name': environmentName, application: 'cmk-rotator' }
 var deploymentContainerName = 'app-package'
 var deadLetterContainerName = 'eventgrid-deadletter'
+// The Functions host's own blob containers (timer and singleton leases; function keys).
+var hostContainerNames = ['azure-webjobs-hosts', 'azure-webjobs-secrets']
 var armEndpoint = environment().resourceManager
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
@@ -94,6 +88,18 @@ module identity 'modules/identity.bicep' = {
   scope: rg
   params: {
     name: 'id-rotator-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+// Writes the code package (Flex Consumption one-deploy uploads with the identity named in
+// functionAppConfig.deployment.storage); the app's own identity may only read the package.
+module deployIdentity 'modules/identity.bicep' = {
+  name: 'deploy-identity'
+  scope: rg
+  params: {
+    name: 'id-deploy-${resourceToken}'
     location: location
     tags: tags
   }
@@ -120,6 +126,7 @@ module storage 'modules/storage.bicep' = {
     tags: tags
     deploymentContainerName: deploymentContainerName
     deadLetterContainerName: deadLetterContainerName
+    hostContainerNames: hostContainerNames
   }
 }
 
@@ -128,7 +135,10 @@ module appAccess 'modules/app-access.bicep' = {
   scope: rg
   params: {
     principalId: identity.outputs.principalId
+    deploymentPrincipalId: deployIdentity.outputs.principalId
     storageAccountName: storage.outputs.name
+    hostContainerNames: hostContainerNames
+    deploymentContainerName: deploymentContainerName
     appInsightsName: monitoring.outputs.appInsightsName
   }
 }
@@ -145,6 +155,7 @@ module functionApp 'modules/function-app.bicep' = {
     tags: tags
     identityId: identity.outputs.id
     identityClientId: identity.outputs.clientId
+    deploymentIdentityId: deployIdentity.outputs.id
     storageAccountName: storage.outputs.name
     deploymentContainerName: deploymentContainerName
     appInsightsName: monitoring.outputs.appInsightsName
@@ -193,5 +204,6 @@ output WATCHED_SUBSCRIPTION_IDS array = watchedSubscriptionIds
 output WATCHED_RESOURCE_GROUP_IDS array = watchedResourceGroupIds
 output KEY_NAME_FILTER array = keyNameFilter
 output EVENTGRID_EXISTING_SYSTEM_TOPIC_NAME string = existingSystemTopicName
-output EVENTGRID_MAX_DELIVERY_ATTEMPTS int = maxDeliveryAttempts
-output EVENTGRID_EVENT_TTL_MINUTES int = eventTimeToLiveInMinutes
+// EVENTGRID_MAX_DELIVERY_ATTEMPTS and EVENTGRID_EVENT_TTL_MINUTES are read by the postdeploy hook from the
+// environment and deliberately NOT outputs: azd writes every output back into the environment, which
+// would replace the operator's values with this template's defaults.

@@ -31,7 +31,8 @@ app = app_fixtures.app  # the fixture
 
 ROOT = Path(__file__).resolve().parent.parent
 HTTP_FUNCTIONS = {
-    "clusters": (["GET", "POST", "DELETE"], "clusters"),
+    "clusters": (["GET"], "clusters"),
+    "clusters_write": (["POST", "DELETE"], "clusters"),
     "history": (["GET"], "history"),
     "rotate": (["POST"], "rotate"),
     "health": (["GET"], "health"),

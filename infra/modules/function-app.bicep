@@ -18,6 +18,9 @@ param identityId string
 @description('Client id of the app\'s user-assigned identity.')
 param identityClientId string
 
+@description('Resource id of the user-assigned identity the platform uploads the code package with.')
+param deploymentIdentityId string
+
 @description('Name of the app\'s storage account (same resource group).')
 param storageAccountName string
 
@@ -88,6 +91,7 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
     type: 'UserAssigned'
     userAssignedIdentities: {
       '${identityId}': {}
+      '${deploymentIdentityId}': {}
     }
   }
   properties: {
@@ -128,9 +132,10 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         storage: {
           type: 'blobContainer'
           value: '${storage.properties.primaryEndpoints.blob}${deploymentContainerName}'
+          // The deployment identity writes the package; the app's identity (AZURE_CLIENT_ID) only reads it.
           authentication: {
             type: 'UserAssignedIdentity'
-            userAssignedIdentityResourceId: identityId
+            userAssignedIdentityResourceId: deploymentIdentityId
           }
         }
       }

@@ -17,6 +17,9 @@ param deploymentContainerName string
 @description('Blob container Event Grid writes undeliverable events to.')
 param deadLetterContainerName string
 
+@description('Blob containers of the Functions host (created here so the app\'s roles can be scoped to them).')
+param hostContainerNames array
+
 @description('Days deleted blobs and containers (dead-lettered events, packages) can be restored.')
 param softDeleteDays int = 14
 
@@ -70,6 +73,15 @@ resource deadLetterContainer 'Microsoft.Storage/storageAccounts/blobServices/con
   name: deadLetterContainerName
   properties: { publicAccess: 'None' }
 }
+
+// Created before the app starts so that the app's Storage Blob Data Owner can be scoped to exactly these.
+resource hostContainers 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = [
+  for containerName in hostContainerNames: {
+    parent: blobService
+    name: containerName
+    properties: { publicAccess: 'None' }
+  }
+]
 
 resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-01' = {
   parent: account

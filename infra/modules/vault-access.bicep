@@ -16,7 +16,7 @@ param existingSystemTopicName string
 @description('Name of the system topic created when existingSystemTopicName is empty.')
 param newSystemTopicName string
 
-@description('Tags for a created system topic.')
+@description('Tags for a created system topic (with the owner tag naming the environment that created it).')
 param tags object
 
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
@@ -56,3 +56,4 @@ resource existingTopic 'Microsoft.EventGrid/systemTopics@2022-06-15' existing = 
 output systemTopicName string = empty(existingSystemTopicName) ? newTopic.name : existingTopic.name
 // An existing topic must have its system-assigned identity turned on (docs/deploy.md).
 output systemTopicPrincipalId string = empty(existingSystemTopicName) ? newTopic.identity.principalId : existingTopic.identity.principalId
+output vaultReaderAssignmentId string = vaultReader.id

@@ -28,14 +28,14 @@ STORAGE_TABLE_DATA_CONTRIBUTOR = "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3"
 CLUSTER_ROTATOR_ACTIONS = [
     "Microsoft.DocumentDB/mongoClusters/read",
     "Microsoft.DocumentDB/mongoClusters/write",
-    "Microsoft.ManagedIdentity/userAssignedIdentities/assign/action",
     "Microsoft.ManagedIdentity/userAssignedIdentities/read",
     "Microsoft.KeyVault/vaults/read",
     "Microsoft.Authorization/roleAssignments/read",
 ]
-OPERATION_STATUS_ACTIONS = [
-    "Microsoft.DocumentDB/locations/operationsStatus/read",
-    "Microsoft.DocumentDB/locations/operationResults/read",
+OPERATION_STATUS_ACTIONS = ["Microsoft.DocumentDB/locations/*/read"]
+IDENTITY_ASSIGNER_ACTIONS = [
+    "Microsoft.ManagedIdentity/userAssignedIdentities/assign/action",
+    "Microsoft.ManagedIdentity/userAssignedIdentities/read",
 ]
 
 
@@ -149,15 +149,15 @@ def test_no_owner_contributor_or_user_access_administrator(path: Path):
         assert role_id not in text
 
 
-def test_custom_roles_name_every_action_without_wildcards():
-    """Every custom role lists explicit actions: no '*' and no data actions."""
+def test_custom_roles_name_every_action_with_at_most_a_read_wildcard():
+    """Every custom role lists explicit actions (a '*' only inside a read action) and no data actions."""
     definitions = all_role_definitions()
-    assert len(definitions) == 2
+    assert len(definitions) == 3
     for relative, definition in definitions:
         for permission in definition["properties"]["permissions"]:
             actions = resolve(relative, permission["actions"])
             assert actions
-            assert all("*" not in action for action in actions)
+            assert all("*" not in action or action.endswith("/*/read") for action in actions)
             assert permission["dataActions"] == []
 
 
@@ -175,10 +175,17 @@ def test_operation_status_role_has_exactly_the_polling_actions():
     assert actions == OPERATION_STATUS_ACTIONS
 
 
+def test_identity_assigner_role_assigns_and_reads_identities_only():
+    """The role on the clusters' identities may assign them (the PUT names them) and read them (doctor)."""
+    definition = role_definition("identity assigner")
+    actions = resolve(definition["file"], definition["properties"]["permissions"][0]["actions"])
+    assert actions == IDENTITY_ASSIGNER_ACTIONS
+
+
 def test_every_custom_role_action_has_its_reason_next_to_it():
     """Each action in a custom role's list is preceded by a comment line saying why it is needed."""
     lines = (INFRA / "access.bicep").read_text(encoding="utf-8").splitlines()
-    for action in CLUSTER_ROTATOR_ACTIONS + OPERATION_STATUS_ACTIONS:
+    for action in CLUSTER_ROTATOR_ACTIONS + OPERATION_STATUS_ACTIONS + IDENTITY_ASSIGNER_ACTIONS:
         index = next(i for i, line in enumerate(lines) if line.strip() == f"'{action}'")
         assert lines[index - 1].strip().startswith("//"), action
 
@@ -200,15 +207,13 @@ def test_role_assignments_name_a_service_principal():
 
 
 def test_app_gets_exactly_the_storage_data_roles_it_needs():
-    """The app's identity gets Blob Data Owner, Queue Data Contributor and Table Data Contributor."""
+    """Account-wide, the app's identity gets Queue and Table Data Contributor; blob roles are per container."""
     roles = resolve("modules/app-access.bicep", "storageRoles")
-    assert {role["id"] for role in roles} == {
-        STORAGE_BLOB_DATA_OWNER,
-        STORAGE_QUEUE_DATA_CONTRIBUTOR,
-        STORAGE_TABLE_DATA_CONTRIBUTOR,
-    }
+    assert {role["id"] for role in roles} == {STORAGE_QUEUE_DATA_CONTRIBUTOR, STORAGE_TABLE_DATA_CONTRIBUTOR}
+    assert resolve("modules/app-access.bicep", "blobDataOwnerRoleId") == STORAGE_BLOB_DATA_OWNER
     assignment = resources_of_type("modules/app-access.bicep", "Microsoft.Authorization/roleAssignments")
     assert assignment["storageAssignments"]["scope"] == "storage"
+    assert assignment["packageReader"]["scope"] == "deploymentContainer"
 
 
 def test_vault_role_is_key_vault_reader_on_the_vault():
@@ -453,10 +458,10 @@ def test_alerts_are_created_without_an_action_group():
 
 
 def test_azure_yaml_runs_the_hooks_in_order():
-    """azure.yaml deploys the function service and wires the postprovision, postdeploy and predown hooks."""
+    """azure.yaml deploys the function service and wires the pre/postprovision, postdeploy and postdown hooks."""
     text = (ROOT / "azure.yaml").read_text(encoding="utf-8")
     assert re.search(r"^\s+host: function$", text, re.MULTILINE)
-    for hook in ("postprovision", "postdeploy", "predown"):
+    for hook in ("preprovision", "postprovision", "postdeploy", "postdown"):
         assert re.search(rf"^  {hook}:$", text, re.MULTILINE), hook
         assert (INFRA / "hooks" / f"{hook}.sh").is_file(), hook
         assert f"run: ./infra/hooks/{hook}.sh" in text
