@@ -18,12 +18,17 @@
 | ``GET /_sim/cluster?id=...`` | the cluster's ARM JSON |
 | ``POST /_sim/cluster-status`` | ``set_cluster_status`` (body: id, status) |
 | ``POST /_sim/cluster-fail-next`` | ``fail_next_operation`` (body: id, code, message) |
+| ``POST /_sim/event-subscriptions`` | ``add_event_subscription`` (body: endpoint, schema, vault, event_types,
+  name, retry_delays); 400 when the endpoint fails the validation handshake |
+| ``GET /_sim/event-subscriptions`` | ``{"subscriptions", "deliveries"}`` |
+| ``DELETE /_sim/event-subscriptions/{name}`` | remove one |
 
 Errors: 404 for unknown names, 400 for bad input, as ``{"error": {"code", "message"}}``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from collections.abc import Awaitable, Callable
@@ -86,7 +91,7 @@ def _fault(spec: dict[str, Any]) -> Fault:
     raise ValueError(f"unknown fault {spec!r}")
 
 
-def add_control_routes(app: web.Application, sim: Simulator) -> None:  # noqa: C901 - a flat route table
+def add_control_routes(app: web.Application, sim: Simulator) -> None:  # noqa: C901, PLR0915 - a flat route table
     """Register the ``/_sim`` routes on ``app``."""
 
     async def health(_: web.Request) -> web.StreamResponse:
@@ -177,6 +182,28 @@ def add_control_routes(app: web.Application, sim: Simulator) -> None:  # noqa: C
         )
         return _json({"ok": True})
 
+    async def add_subscription(request: web.Request) -> web.StreamResponse:
+        body = await _body(request)
+        future = sim.subscriptions.add(
+            str(body.get("endpoint", "")),
+            schema=str(body.get("schema", "eventgrid")),
+            vault=body.get("vault"),
+            event_types=body.get("event_types"),
+            name=body.get("name"),
+            retry_delays=body.get("retry_delays"),
+        )
+        # The handshake runs on the delivery thread; wait for it without holding up this loop.
+        return _json(await asyncio.get_running_loop().run_in_executor(None, future.result))
+
+    async def subscriptions(_: web.Request) -> web.StreamResponse:
+        return _json(
+            {"subscriptions": sim.subscriptions.listing(), "deliveries": sim.subscriptions.deliveries}
+        )
+
+    async def remove_subscription(request: web.Request) -> web.StreamResponse:
+        sim.subscriptions.remove(request.match_info["name"])
+        return _json({"ok": True})
+
     routes: list[tuple[str, str, _Handler]] = [
         ("GET", "/_sim/health", health),
         ("POST", "/_sim/seed", seed),
@@ -193,6 +220,9 @@ def add_control_routes(app: web.Application, sim: Simulator) -> None:  # noqa: C
         ("GET", "/_sim/cluster", cluster),
         ("POST", "/_sim/cluster-status", cluster_status),
         ("POST", "/_sim/cluster-fail-next", cluster_fail_next),
+        ("POST", "/_sim/event-subscriptions", add_subscription),
+        ("GET", "/_sim/event-subscriptions", subscriptions),
+        ("DELETE", "/_sim/event-subscriptions/{name}", remove_subscription),
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, _guard(handler))

@@ -114,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--host-json", type=Path, default=None, metavar="PATH", help="queue settings (default: the app's)"
     )
+    serve.add_argument(
+        "--reconcile-jitter",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="random wait before each reconcile pass, spreading replicas (default: 30, as the function)",
+    )
     return parser
 
 

@@ -377,7 +377,9 @@ class QueueWorker:
 # ---- the reconcile timer ----------------------------------------------------------------------------
 
 
-async def reconcile_timer(service: Service, schedule: Schedule, drain: Drain) -> None:
+async def reconcile_timer(
+    service: Service, schedule: Schedule, drain: Drain, *, jitter_s: float = RECONCILE_JITTER_S
+) -> None:
     """Run a reconcile pass at each occurrence of ``schedule`` (as the timer trigger), until the drain."""
     from rotation.reconcile import Reconciler  # noqa: PLC0415 - the doctor's imports, only when it runs
 
@@ -387,9 +389,7 @@ async def reconcile_timer(service: Service, schedule: Schedule, drain: Drain) ->
         if drain.started():
             return
         try:
-            await Reconciler(
-                service, dry_run=service.settings.dry_run, jitter_s=RECONCILE_JITTER_S, doctor=True
-            ).run()
+            await Reconciler(service, dry_run=service.settings.dry_run, jitter_s=jitter_s, doctor=True).run()
         except RotationError as exc:
             # The timer trigger logs a failed run and fires again at the next occurrence.
             logger.error("rotation.reconcile_failed", extra={"reason": str(exc)})  # noqa: TRY400
@@ -530,7 +530,9 @@ async def serve(args: argparse.Namespace, settings: Settings, env: Mapping[str, 
             raise SettingsError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
         port = runner.addresses[0][1] if runner.addresses else args.port
         worker_task = asyncio.create_task(worker.run())
-        timer_task = asyncio.create_task(reconcile_timer(service, schedule, drain))
+        timer_task = asyncio.create_task(
+            reconcile_timer(service, schedule, drain, jitter_s=args.reconcile_jitter)
+        )
         logger.info(
             "rotation.serve_started",
             extra={
