@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -43,10 +44,8 @@ class Daemon:
         for line in self.proc.stderr:
             with self._lock:
                 self.raw.append(line.rstrip("\n"))
-                try:
+                with contextlib.suppress(ValueError):  # a line that is not JSON stays in `raw`
                     self.lines.append(json.loads(line))
-                except ValueError:
-                    pass
 
     def events(self, name: str) -> list[dict[str, Any]]:
         with self._lock:

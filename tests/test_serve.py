@@ -93,7 +93,7 @@ class World:
 
 
 def test_webhook_event_rotates_every_watched_cluster(sim, storage):
-    """azsim delivers the Key Vault event to `rotation serve` (Event Grid schema, handshake first); every watched cluster is rotated, once."""
+    """The simulator delivers the Key Vault event to `rotation serve` (Event Grid schema, handshake first); every watched cluster is rotated, once."""
     world = World(sim, clusters=3)
     env = {"AzureWebJobsStorage": storage.connection_string}
     daemon = Daemon(env).start()
