@@ -1,12 +1,15 @@
-"""``python -m azsim serve``: run the simulator until SIGINT/SIGTERM.
+"""``python -m azsim serve``: the simulator and Azurite until SIGINT/SIGTERM; ``python -m azsim key ...``.
 
-Prints ``export NAME=value`` for every setting the SDK needs (and writes ``NAME=value`` lines to
-``--env-file``), then ``azsim: ready``.
+``serve`` starts Azurite too (in memory, telemetry off; ``--no-azurite`` to skip it), prints
+``export NAME=value`` for every setting a client needs, ``AzureWebJobsStorage`` included (and writes
+``NAME=value`` lines to ``--env-file``), then ``azsim: ready``. The other commands drive a running
+simulator through its control API (`azsim.cli`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -17,6 +20,8 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from azsim.azurite import Azurite
+from azsim.cli import add_commands, run
 from azsim.tls import ensure_ca
 
 if TYPE_CHECKING:
@@ -36,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--seed-file", type=Path, help="JSON seed spec (see azsim.simulator)")
     serve.add_argument("--env-file", type=Path, help="also write NAME=value lines here")
     serve.add_argument("--seed", type=int, default=0, help="seed of the simulator's randomness")
+    serve.add_argument("--no-azurite", action="store_true", help="do not start Azurite")
+    add_commands(commands)
     return parser
 
 
@@ -56,14 +63,21 @@ def serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    with Simulator(ca_dir=args.ca_dir, seed=args.seed) as sim:
+    azurite = None if args.no_azurite else Azurite()
+    with contextlib.ExitStack() as stack:
+        if azurite is not None:
+            stack.enter_context(azurite)  # --disableTelemetry: see azsim.azurite
+        sim = stack.enter_context(Simulator(ca_dir=args.ca_dir, seed=args.seed))
+        env = dict(sim.env)
+        if azurite is not None:
+            env["AzureWebJobsStorage"] = azurite.connection_string
         if spec is not None:
             seeded = sim.seed(spec)
             sys.stdout.write(f"# seeded: {json.dumps(seeded)}\n")
-        for name, value in sim.env.items():
+        for name, value in env.items():
             sys.stdout.write(f"export {name}={shlex.quote(value)}\n")
         if args.env_file:
-            args.env_file.write_text("".join(f"{k}={v}\n" for k, v in sim.env.items()))
+            args.env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
         sys.stdout.write("azsim: ready\n")
         sys.stdout.flush()
         while not stop.wait(0.2):
@@ -77,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
-    return 2  # pragma: no cover - argparse rejects other commands
+    return run(args)
 
 
 if __name__ == "__main__":

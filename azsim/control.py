@@ -4,6 +4,7 @@
 |---|---|
 | ``GET /_sim/health`` | ``{"ok": true}`` |
 | ``POST /_sim/seed`` | ``Simulator.seed(body)`` |
+| ``GET /_sim/keys/{vault}/{key}`` | ``key_versions``: every version, oldest first |
 | ``POST /_sim/keys/{vault}/{key}/versions`` | ``create_key_version`` (body: its keyword options);
   answers ``{"version", "key_url", "event"}`` |
 | ``PATCH /_sim/keys/{vault}/{key}/{version}`` | ``update_key_version`` (body: enabled, nbf, exp, ops) |
@@ -108,6 +109,9 @@ def add_control_routes(app: web.Application, sim: Simulator) -> None:  # noqa: C
         event = events[-1] if len(events) > before else None
         return _json({"version": version, "key_url": sim.key_url(vault, key, version), "event": event})
 
+    async def versions(request: web.Request) -> web.StreamResponse:
+        return _json(sim.key_versions(request.match_info["vault"], request.match_info["key"]))
+
     async def update_version(request: web.Request) -> web.StreamResponse:
         info = request.match_info
         sim.update_key_version(info["vault"], info["key"], info["version"], **await _body(request))
@@ -207,6 +211,7 @@ def add_control_routes(app: web.Application, sim: Simulator) -> None:  # noqa: C
     routes: list[tuple[str, str, _Handler]] = [
         ("GET", "/_sim/health", health),
         ("POST", "/_sim/seed", seed),
+        ("GET", "/_sim/keys/{vault}/{key}", versions),
         ("POST", "/_sim/keys/{vault}/{key}/versions", create_version),
         ("PATCH", "/_sim/keys/{vault}/{key}/{version}", update_version),
         ("POST", "/_sim/key-events", key_event),
