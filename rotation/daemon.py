@@ -301,7 +301,7 @@ class QueueWorker:
             "invocation_id": invocation_id,
         }
         if message.dequeue_count > self._options.max_dequeue_count:
-            await self._to_poison(held[0], fields)
+            await self._to_poison(held[0], message.content, fields)
             return
         renewer = asyncio.create_task(self._renew(held))
         try:
@@ -317,7 +317,7 @@ class QueueWorker:
             self.stats.failed += 1
             reason = f"{type(exc).__name__}: {exc}"
             if message.dequeue_count >= self._options.max_dequeue_count:
-                await self._to_poison(held[0], {**fields, "reason": reason})
+                await self._to_poison(held[0], message.content, {**fields, "reason": reason})
             else:
                 await self._release(held[0], self._options.visibility_timeout_s, {**fields, "reason": reason})
             return
@@ -330,9 +330,13 @@ class QueueWorker:
     async def _renew(self, held: list[Any]) -> None:
         while True:
             await asyncio.sleep(LISTENER_VISIBILITY_S / 2)
-            with contextlib.suppress(Exception):
+            try:
                 held[0] = await self._listener.update_message(
                     held[0], visibility_timeout=LISTENER_VISIBILITY_S
+                )
+            except Exception as exc:  # noqa: BLE001 - as the host: the job goes on; the claim guards the cluster
+                logger.warning(
+                    "rotation.queue_renew_failed", extra={"message_id": held[0].id, "reason": str(exc)}
                 )
 
     async def _delete(self, message: Any, fields: dict[str, Any]) -> None:  # noqa: ANN401
@@ -353,12 +357,12 @@ class QueueWorker:
             fields = {**fields, "update_error": str(exc)}  # it reappears when its visibility lapses
         logger.info("rotation.job_released", extra={**fields, "wait_s": after_s})
 
-    async def _to_poison(self, message: Any, fields: dict[str, Any]) -> None:  # noqa: ANN401
+    async def _to_poison(self, message: Any, content: str, fields: dict[str, Any]) -> None:  # noqa: ANN401
         try:
             with storage_errors(f"move message to {self._poison.queue_name}"):
                 with contextlib.suppress(ResourceExistsError):
                     await self._poison.create_queue()
-                await self._poison.send_message(message.content)
+                await self._poison.send_message(content)  # the text as received, as the host copies it
                 await self._listener.delete_message(message)
         except RotationError as exc:
             logger.error("rotation.job_poison_failed", extra={**fields, "reason": str(exc)})  # noqa: TRY400

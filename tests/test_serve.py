@@ -21,6 +21,7 @@ from daemon_process import Daemon
 from test_cli import run_cli
 
 from azsim.azurite import Azurite
+from azsim.faults import Fault
 from azsim.simulator import Simulator
 from azsim.webhook import SubscriptionError
 
@@ -181,6 +182,31 @@ def test_sigterm_mid_operation_hands_over_to_a_check_job(sim, storage):
     history = json.loads(run_cli("history", cluster, "--json", env=env).stdout)
     entries = history if isinstance(history, list) else history["history"]
     assert [e["outcome"] for e in entries[:2]] == ["rotated", "pending"]
+
+
+def test_job_outliving_the_grace_goes_back_to_the_queue(sim, storage):
+    """A job stuck in a slow call when the grace ends is cancelled and its message handed back; the next daemon rotates."""
+    world = World(sim, clusters=1)
+    cluster = world.clusters[0]
+    env = {"AzureWebJobsStorage": storage.connection_string}
+    assert run_cli("register", cluster, env=env).returncode == 0
+    v2 = sim.create_key_version(world.vault, "cmk", emit_event=False)
+    sim.inject(service="arm", method="GET", path_contains=cluster.rsplit("/", 1)[1], faults=[Fault.slow(8)])
+    first = Daemon(env, "--grace", "0.5").start()
+    try:
+        assert http("POST", f"{first.url}/api/rotate", {"clusterId": cluster})[0] == 202
+        time.sleep(1.5)  # the worker polls within 0.1 s: the job is now inside the 8 s GET
+        stopping = time.monotonic()
+    finally:
+        assert first.terminate() == 0, first.stderr()[-2000:]
+    assert time.monotonic() - stopping < 6  # it did not wait the slow call out
+    assert [r["reason"] for r in first.events("rotation.job_released")] == ["shutdown"]
+    assert world.key_of(cluster) != sim.key_url(world.vault, "cmk", v2)
+    second = Daemon(env).start()
+    try:
+        wait_until(lambda: world.on(v2), what="rotation by the next daemon")
+    finally:
+        assert second.terminate() == 0
 
 
 def test_failing_job_goes_to_poison_after_max_dequeue_count(sim, storage, tmp_path):
