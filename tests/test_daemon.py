@@ -291,3 +291,24 @@ async def test_webhook_storage_failure_asks_event_grid_to_redeliver(stack, clien
     resp = await client.post("/api/events", json=[stack.sim.events[-1]], params={"code": KEY})
     assert resp.status == 503
     assert "queue unavailable" in (await resp.json())["error"]["message"]
+
+
+async def test_webhook_answers_before_event_grid_gives_up(stack, client, monkeypatch):
+    """When queueing hangs, the webhook still answers (503, so Event Grid redelivers) by its deadline, under Event Grid's 30 s."""
+    from rotation import webhook
+
+    key, v1 = stack.new_key()
+    await stack.register(stack.add_cluster(key, v1))
+    stack.sim.create_key_version(stack.vault, key, emit_event=True)
+
+    async def hanging(*args, **kwargs):
+        await asyncio.sleep(60)
+
+    assert webhook.EVENT_DEADLINE_S < 30  # the real deadline leaves Event Grid's 30 s some room
+    monkeypatch.setattr(stack.service.queue, "send_many", hanging)
+    monkeypatch.setattr(webhook, "EVENT_DEADLINE_S", 0.3)
+    started = time.monotonic()
+    resp = await client.post("/api/events", json=[stack.sim.events[-1]], params={"code": KEY})
+    assert resp.status == 503
+    assert time.monotonic() - started < 2
+    assert "not done within" in (await resp.json())["error"]["message"]
