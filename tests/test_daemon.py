@@ -312,3 +312,47 @@ async def test_webhook_answers_before_event_grid_gives_up(stack, client, monkeyp
     assert resp.status == 503
     assert time.monotonic() - started < 2
     assert "not done within" in (await resp.json())["error"]["message"]
+
+
+async def test_worker_runs_at_most_batch_size_plus_new_batch_threshold(stack):
+    """As the host's listener: a new batch is fetched only while at most newBatchThreshold jobs run (here 2 + 1)."""
+    from rotation.daemon import QueueWorker
+    from rotation.jobs import Job
+    from rotation.storage import queue_client
+
+    queues = stack.service.queue._service
+    prefix = (
+        f"/subscriptions/{stack.subscription}/resourceGroups/rg/providers/Microsoft.DocumentDB/mongoClusters"
+    )
+    for i in range(8):
+        await stack.service.queue.send(Job.new(f"{prefix}/c{i}", trigger="manual"))
+    running, peak, done, calls = 0, 0, [], 0
+
+    async def job(body, *, dequeue_count, invocation_id):
+        nonlocal running, peak, calls
+        calls += 1
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.1 if calls % 2 else 0.4)  # uneven, so batches overlap
+        running -= 1
+        done.append(body)
+
+    stack.service.handle_job = job
+    drain = Drain()
+    options = QueueOptions(batch_size=2, new_batch_threshold=1, max_polling_interval_s=0.2)
+    listener = queue_client(queues, stack.queue_name)
+    poison = queue_client(queues, f"{stack.queue_name}-poison")
+    worker = QueueWorker(stack.service, listener, poison, options, drain)
+    task = asyncio.create_task(worker.run())
+    try:
+        async with asyncio.timeout(20):
+            while len(done) < 8 or worker.processing:  # noqa: ASYNC110 - the worker runs in this loop
+                await asyncio.sleep(0.05)
+    finally:
+        drain.start()
+        await task
+        await listener.close()
+        await poison.close()
+    assert peak == 3  # never more, and the threshold lets a new batch in early
+    assert (worker.stats.succeeded, worker.stats.failed) == (8, 0)
+    assert await stack.queued() == []  # every message deleted after its job returned
