@@ -109,7 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="port (default: 8080; 0 picks a free one)")
     serve.add_argument(
-        "--grace", type=float, default=25.0, metavar="SECONDS", help="on SIGTERM, wait this long for jobs"
+        "--grace",
+        type=float,
+        default=25.0,  # under Container Apps' default terminationGracePeriodSeconds (30 s)
+        metavar="SECONDS",
+        help="on SIGTERM, wait this long for jobs",
     )
     serve.add_argument(
         "--host-json", type=Path, default=None, metavar="PATH", help="queue settings (default: the app's)"

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from rotation.daemon import Drain, QueueOptions, build_app, http_key, is_loopback
+from rotation.daemon import build_app, http_key, is_loopback
 from rotation.errors import ServiceError
+from rotation.queue_worker import Drain, QueueOptions
 from rotation.schedule import Schedule, ScheduleError
 from rotation.settings import SettingsError
 
@@ -316,8 +317,8 @@ async def test_webhook_answers_before_event_grid_gives_up(stack, client, monkeyp
 
 async def test_worker_runs_at_most_batch_size_plus_new_batch_threshold(stack):
     """As the host's listener: a new batch is fetched only while at most newBatchThreshold jobs run (here 2 + 1)."""
-    from rotation.daemon import QueueWorker
     from rotation.jobs import Job
+    from rotation.queue_worker import QueueWorker
     from rotation.storage import queue_client
 
     queues = stack.service.queue._service
