@@ -192,6 +192,8 @@ async def serve(args: argparse.Namespace, settings: Settings, env: Mapping[str, 
             "AzureWebJobsStorage is not set: the daemon needs the registry and the queue "
             "(a connection string or AzureWebJobsStorage__accountName)"
         )
+    if not 0 <= args.port <= 65535:  # noqa: PLR2004
+        raise SettingsError(f"--port must be 0-65535, got {args.port}")
     key = http_key(env, args.host)
     try:
         schedule = Schedule.parse(settings.reconcile_schedule)
