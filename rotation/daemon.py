@@ -6,7 +6,8 @@ One process, one event loop, the same `Service` as `function_app.py`:
   handshakes; it only enqueues, so it answers well within Event Grid's 30 s;
 - the queue worker on ``rotation-jobs`` (`QueueWorker`): what the Functions queue trigger does, with the
   settings of host.json's ``extensions.queues``;
-- the reconcile timer on ``ROTATION_RECONCILE_SCHEDULE`` (six-field NCRONTAB, `rotation.schedule`);
+- the reconcile timer on ``ROTATION_RECONCILE_SCHEDULE`` (six-field NCRONTAB, `rotation.schedule`), one
+  replica per occurrence (`rotation.timer_lease`);
 - the HTTP routes of `rotation.http_api` under ``/api/``.
 
 A key (``ROTATION_HTTP_KEY``, sent as ``?code=`` or ``x-functions-key`` as for a function key) is required
@@ -44,12 +45,15 @@ from rotation.schedule import Schedule, ScheduleError
 from rotation.service import Service
 from rotation.settings import SettingsError
 from rotation.storage import queue_client, storage_clients, storage_credential
+from rotation.timer_lease import TABLE as TIMER_TABLE
+from rotation.timer_lease import TimerLease
 from rotation.webhook import events_route
 
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Awaitable, Callable, Mapping
 
+    from azure.data.tables.aio import TableClient
     from azure.storage.queue.aio import QueueClient
 
     from rotation.settings import Settings
@@ -68,9 +72,17 @@ HOST_JSON = Path(__file__).resolve().parent.parent / "host.json"
 
 
 async def reconcile_timer(
-    service: Service, schedule: Schedule, drain: Drain, *, jitter_s: float = RECONCILE_JITTER_S
+    service: Service,
+    schedule: Schedule,
+    drain: Drain,
+    lease: TimerLease,
+    *,
+    jitter_s: float = RECONCILE_JITTER_S,
 ) -> None:
-    """Run a reconcile pass at each occurrence of ``schedule`` (as the timer trigger), until the drain."""
+    """Run a reconcile pass at each occurrence of ``schedule`` (as the timer trigger), until the drain.
+
+    One replica runs each occurrence (`TimerLease`); a failed pass is logged and the next occurrence runs.
+    """
     from rotation.reconcile import Reconciler  # noqa: PLC0415 - the doctor's imports, only when it runs
 
     while not drain.started():
@@ -79,7 +91,12 @@ async def reconcile_timer(
         if drain.started():
             return
         try:
-            await Reconciler(service, dry_run=service.settings.dry_run, jitter_s=jitter_s, doctor=True).run()
+            mine = await lease.take(due)
+            logger.info("rotation.reconcile_due", extra={"occurrence": due.isoformat(), "ran": mine})
+            if mine:
+                await Reconciler(
+                    service, dry_run=service.settings.dry_run, jitter_s=jitter_s, doctor=True
+                ).run()
         except RotationError as exc:
             # The timer trigger logs a failed run and fires again at the next occurrence.
             logger.error("rotation.reconcile_failed", extra={"reason": str(exc)})  # noqa: TRY400
@@ -164,7 +181,7 @@ def http_key(env: Mapping[str, str], host: str) -> str | None:
     return key
 
 
-def build_service(settings: Settings, drain: Drain) -> tuple[Service, QueueClient, QueueClient]:
+def build_service(settings: Settings, drain: Drain) -> tuple[Service, QueueClient, QueueClient, TableClient]:
     """`Service.create`'s service with the rotator on the drain's clock, and the queue's clients."""
     runtime = Runtime.create(settings)
     runtime.rotator = Rotator(
@@ -182,7 +199,13 @@ def build_service(settings: Settings, drain: Drain) -> tuple[Service, QueueClien
     tables, queues = storage_clients(settings, credential, http=runtime.http)
     own = credential if credential is not None and credential is not runtime.credential else None
     service = Service(runtime, Registry(tables), JobQueue(queues), storage_credential=own)
-    return service, queue_client(queues, QUEUE_NAME), queue_client(queues, f"{QUEUE_NAME}-poison")
+    listener = queue_client(queues, QUEUE_NAME)
+    return (
+        service,
+        listener,
+        queue_client(queues, f"{QUEUE_NAME}-poison"),
+        tables.get_table_client(TIMER_TABLE),
+    )
 
 
 async def serve(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
@@ -208,7 +231,8 @@ async def serve(args: argparse.Namespace, settings: Settings, env: Mapping[str, 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    service, listener, poison = build_service(settings, drain)
+    service, listener, poison, timers = build_service(settings, drain)
+    lease = TimerLease(timers, owner=service.worker_id)
     worker = QueueWorker(service, listener, poison, options, drain)
     runner = web.AppRunner(
         build_app(service, key=key, on_queued=worker.wake), access_log=None, shutdown_timeout=HTTP_SHUTDOWN_S
@@ -223,7 +247,7 @@ async def serve(args: argparse.Namespace, settings: Settings, env: Mapping[str, 
         port = runner.addresses[0][1] if runner.addresses else args.port
         worker_task = asyncio.create_task(worker.run())
         timer_task = asyncio.create_task(
-            reconcile_timer(service, schedule, drain, jitter_s=args.reconcile_jitter)
+            reconcile_timer(service, schedule, drain, lease, jitter_s=args.reconcile_jitter)
         )
         logger.info(
             "rotation.serve_started",
@@ -254,6 +278,7 @@ async def serve(args: argparse.Namespace, settings: Settings, env: Mapping[str, 
         await runner.cleanup()
         await listener.close()
         await poison.close()
+        await timers.close()
         await service.close()
     stats = worker.stats
     logger.info(

@@ -357,3 +357,22 @@ async def test_worker_runs_at_most_batch_size_plus_new_batch_threshold(stack):
     assert peak == 3  # never more, and the threshold lets a new batch in early
     assert (worker.stats.succeeded, worker.stats.failed) == (8, 0)
     assert await stack.queued() == []  # every message deleted after its job returned
+
+
+async def test_timer_lease_gives_each_occurrence_to_one_replica(azurite):
+    """Of replicas taking the same occurrence, one wins; a later occurrence is free again; a past one never is."""
+    import uuid
+
+    from azure.data.tables.aio import TableServiceClient
+
+    from rotation.timer_lease import TABLE, TimerLease
+
+    async with TableServiceClient.from_connection_string(azurite.connection_string) as tables:
+        timer = f"t{uuid.uuid4().hex[:8]}"
+        replicas = [TimerLease(tables.get_table_client(TABLE), owner=f"r{i}", timer=timer) for i in range(5)]
+        first, second = at("2026-11-30 10:15:00"), at("2026-11-30 10:30:00")
+        won = await asyncio.gather(*(r.take(first) for r in replicas))
+        assert sorted(won) == [False] * 4 + [True]
+        assert await replicas[2].take(second) is True
+        assert await replicas[3].take(second) is False
+        assert await replicas[0].take(first) is False  # a replica that fires late does not run it again

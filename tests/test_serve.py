@@ -237,19 +237,30 @@ def test_failing_job_goes_to_poison_after_max_dequeue_count(sim, storage, tmp_pa
     assert daemon.events("rotation.serve_started")[0]["max_dequeue_count"] == 2
 
 
-def test_reconcile_timer_rotates_a_cluster_whose_event_was_lost(sim, storage):
-    """The timer runs a reconcile pass on ROTATION_RECONCILE_SCHEDULE (NCRONTAB, seconds field) and the worker rotates what it queued."""
+def test_reconcile_timer_runs_each_occurrence_once_across_replicas(sim, storage):
+    """Two daemons on one storage: each NCRONTAB occurrence runs one reconcile pass, and the cluster whose event was lost is rotated."""
     world = World(sim, clusters=1)
     env = {"AzureWebJobsStorage": storage.connection_string, "ROTATION_RECONCILE_SCHEDULE": "*/2 * * * * *"}
     assert run_cli("register", world.clusters[0], env=env).returncode == 0
     v2 = sim.create_key_version(world.vault, "cmk", emit_event=False)  # no event: only reconcile sees it
-    daemon = Daemon(env, "--reconcile-jitter", "0").start()
+    daemons = [Daemon(env, "--reconcile-jitter", "0").start() for _ in range(2)]
     try:
-        assert daemon.events("rotation.serve_started")[0]["schedule"] == "*/2 * * * * *"
+        assert daemons[0].events("rotation.serve_started")[0]["schedule"] == "*/2 * * * * *"
         wait_until(lambda: world.on(v2), what="reconciled rotation")
-        assert daemon.wait_for("rotation.cluster_rotated")[0]["trigger"] == "reconcile"
+        rotated = [r for d in daemons for r in d.events("rotation.cluster_rotated")]
+        assert [r["trigger"] for r in rotated] == ["reconcile"]
+        for daemon in daemons:
+            daemon.wait_for("rotation.reconcile_due", count=3)
     finally:
-        assert daemon.terminate() == 0
+        for daemon in daemons:
+            assert daemon.terminate() == 0
+    seen: dict[str, list[bool]] = {}
+    for daemon in daemons:
+        for due in daemon.events("rotation.reconcile_due"):
+            seen.setdefault(due["occurrence"], []).append(due["ran"])
+    both = {occurrence: ran for occurrence, ran in seen.items() if len(ran) == 2}
+    assert len(both) >= 2
+    assert all(sorted(ran) == [False, True] for ran in both.values()), seen
 
 
 @pytest.mark.parametrize(
