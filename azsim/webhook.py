@@ -16,7 +16,7 @@ What Event Grid does, as Microsoft documents it:
   is success. No answer within 30 s is a failure. 400, 401 and 413 are not retried (the event is dropped:
   no dead-letter destination here); anything else is retried after 10 s, 30 s, 1 min, 5 min, 10 min,
   30 min, 1 h, 3 h, 6 h, then every 12 h, for at most 30 attempts or 24 h (AZURE-FACTS.md section 2).
-  A subscription may shorten the schedule (``retry_delays``) for local use.
+  A subscription may shorten the schedule (``retry_delays``, whose last delay repeats) for local use.
 
 Deliveries run on a thread and event loop of their own, so a slow endpoint never holds the simulator up.
 Each attempt is recorded (`deliveries`).
@@ -42,8 +42,8 @@ __all__ = ["EventSubscriptions", "SubscriptionError"]
 VALIDATION_EVENT = "Microsoft.EventGrid.SubscriptionValidationEvent"
 ORIGIN = "eventgrid.azure.net"
 SCHEMAS = ("eventgrid", "cloudevents")
-RETRY_DELAYS: tuple[float, ...] = (10, 30, 60, 300, 600, 1800, 3600, 10800, 21600)
-RETRY_EVERY_LATER = 12 * 3600.0
+# Waits before each retry; the last one repeats ("then every 12 hours").
+RETRY_DELAYS: tuple[float, ...] = (10, 30, 60, 300, 600, 1800, 3600, 10800, 21600, 43200)
 MAX_ATTEMPTS = 30
 EVENT_TTL_S = 24 * 3600.0
 TIMEOUT_S = 30.0
@@ -75,10 +75,10 @@ class Subscription:
         return not self.event_types or event.get("eventType") in self.event_types
 
     def delay(self, attempt: int) -> float:
-        """The wait before attempt ``attempt + 1`` (``attempt`` >= 1)."""
-        if attempt - 1 < len(self.retry_delays):
-            return float(self.retry_delays[attempt - 1])
-        return RETRY_EVERY_LATER
+        """The wait before attempt ``attempt + 1`` (``attempt`` >= 1); the last delay repeats."""
+        if not self.retry_delays:
+            return 0.0
+        return float(self.retry_delays[min(attempt, len(self.retry_delays)) - 1])
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""

@@ -102,7 +102,9 @@ def test_webhook_event_rotates_every_watched_cluster(sim, storage):
         for cluster in world.clusters[:2]:  # the third is not watched
             status, doc = http("POST", f"{daemon.url}/api/clusters", {"clusterId": cluster, "owner": "team"})
             assert status == 200, doc
-        sim.add_event_subscription(f"{daemon.url}/api/events", vault=world.vault, retry_delays=[0.2])
+        subscription = sim.add_event_subscription(
+            f"{daemon.url}/api/events", vault=world.vault, retry_delays=[0.2]
+        )
         assert daemon.events("rotation.webhook_validated")[0]["schema"] == "eventgrid"
         v2 = sim.create_key_version(world.vault, "cmk")
         url = sim.key_url(world.vault, "cmk", v2)
@@ -113,9 +115,14 @@ def test_webhook_event_rotates_every_watched_cluster(sim, storage):
         assert [(d["status"], d["outcome"]) for d in delivered] == [(200, "delivered")]
         daemon.wait_for("rotation.cluster_rotated", count=2)
         assert [world.puts(c) for c in world.clusters] == [1, 1, 0]
-        status, doc = http("GET", f"{daemon.url}/api/history?clusterId={world.clusters[0]}")
-        assert status == 200
-        assert doc["history"][0]["outcome"] == "rotated"
+
+        def recorded() -> bool:  # the history row is written just after the log line
+            status, doc = http("GET", f"{daemon.url}/api/history?clusterId={world.clusters[0]}")
+            assert status == 200
+            return bool(doc["history"]) and doc["history"][0]["outcome"] == "rotated"
+
+        wait_until(recorded, timeout=10, what="history row")
+        sim.subscriptions.remove(subscription["name"])
     finally:
         code = daemon.terminate()
     assert code == 0, daemon.stderr()[-2000:]
@@ -134,12 +141,13 @@ def test_cloudevents_subscription_needs_the_key_and_rotates(sim, storage):
             sim.add_event_subscription(f"{daemon.url}/api/events", schema="cloudevents")
         assert http("GET", f"{daemon.url}/api/health")[0] == 401
         assert http("GET", f"{daemon.url}/api/health", headers={"x-functions-key": KEY})[0] == 200
-        sim.add_event_subscription(
+        subscription = sim.add_event_subscription(
             f"{daemon.url}/api/events?code={KEY}", schema="cloudevents", vault=world.vault
         )
         assert daemon.events("rotation.webhook_validated")[0]["origin"] == "eventgrid.azure.net"
         v2 = sim.create_key_version(world.vault, "cmk")
         wait_until(lambda: world.on(v2), what="rotation")
+        sim.subscriptions.remove(subscription["name"])
     finally:
         assert daemon.terminate() == 0
 
@@ -247,6 +255,7 @@ def test_reconcile_timer_runs_each_occurrence_once_across_replicas(sim, storage)
     try:
         assert daemons[0].events("rotation.serve_started")[0]["schedule"] == "*/2 * * * * *"
         wait_until(lambda: world.on(v2), what="reconciled rotation")
+        wait_until(lambda: any(d.events("rotation.cluster_rotated") for d in daemons), what="its log line")
         rotated = [r for d in daemons for r in d.events("rotation.cluster_rotated")]
         assert [r["trigger"] for r in rotated] == ["reconcile"]
         for daemon in daemons:
