@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from azure.core.exceptions import ResourceExistsError
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
 from rotation.errors import RotationError
 from rotation.outcomes import Outcome
@@ -216,6 +216,7 @@ class QueueWorker:
                 await asyncio.wait([*self.processing, draining], return_when=asyncio.FIRST_COMPLETED)
             if self._drain.started():
                 break
+            self._wake.clear()  # a job queued from now on is found by this receive or ends the idle wait
             try:
                 batch = await self._receive()
             except RotationError as exc:
@@ -232,7 +233,6 @@ class QueueWorker:
             delay = min(self._options.max_polling_interval_s, delay * 2 * random.uniform(0.8, 1.2))  # noqa: S311
 
     async def _idle(self, delay: float) -> None:
-        self._wake.clear()
         waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(self._drain.event.wait())]
         try:
             await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
@@ -251,12 +251,9 @@ class QueueWorker:
                         visibility_timeout=LISTENER_VISIBILITY_S,
                     )
                 ]
-            except Exception as exc:
-                if getattr(exc, "status_code", None) == 404:  # noqa: PLR2004 - the queue does not exist yet
-                    with contextlib.suppress(ResourceExistsError):
-                        await self._listener.create_queue()
-                    return []
-                raise
+            except ResourceNotFoundError:
+                # No queue yet (the first job sent creates it): back off and look again, as the host's listener.
+                return []
 
     async def _process(self, message: Any) -> None:  # noqa: ANN401 - azure.storage.queue.QueueMessage
         self.stats.received += 1
