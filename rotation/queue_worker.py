@@ -252,7 +252,7 @@ class QueueWorker:
                     )
                 ]
             except ResourceNotFoundError:
-                # No queue yet (the first job sent creates it): back off and look again, as the host's listener.
+                # No queue yet (the first job sent creates it): back off and look again, as the host does.
                 return []
 
     async def _process(self, message: Any) -> None:  # noqa: ANN401 - azure.storage.queue.QueueMessage
