@@ -2,8 +2,9 @@
 
 ``serve`` starts Azurite too (in memory, telemetry off; ``--no-azurite`` to skip it), prints
 ``export NAME=value`` for every setting a client needs, ``AzureWebJobsStorage`` included (and writes
-``NAME=value`` lines to ``--env-file``), then ``azsim: ready``. The other commands drive a running
-simulator through its control API (`azsim.cli`).
+``NAME=value`` lines to ``--env-file``), then ``azsim: ready``. With ``--webhook URL`` it also delivers
+Key Vault events there as an Event Grid subscription (`azsim.webhook`), once the endpoint answers the
+validation handshake. The other commands drive a running simulator through its control API (`azsim.cli`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +28,10 @@ from azsim.tls import ensure_ca
 
 if TYPE_CHECKING:
     from types import FrameType
+
+    from azsim.simulator import Simulator
+
+WEBHOOK_WAIT_S = 120.0  # --webhook: how long to wait for the endpoint to come up
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,6 +48,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--env-file", type=Path, help="also write NAME=value lines here")
     serve.add_argument("--seed", type=int, default=0, help="seed of the simulator's randomness")
     serve.add_argument("--no-azurite", action="store_true", help="do not start Azurite")
+    serve.add_argument(
+        "--webhook",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="deliver Key Vault events to this webhook once it passes the validation handshake (repeatable)",
+    )
+    serve.add_argument("--webhook-schema", choices=("eventgrid", "cloudevents"), default="eventgrid")
     add_commands(commands)
     return parser
 
@@ -80,10 +94,36 @@ def serve(args: argparse.Namespace) -> int:
             args.env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
         sys.stdout.write("azsim: ready\n")
         sys.stdout.flush()
+        for url in args.webhook:
+            threading.Thread(
+                target=_subscribe,
+                args=(sim, url, args.webhook_schema, stop),
+                name="azsim-subscribe",
+                daemon=True,
+            ).start()
         while not stop.wait(0.2):
             pass
     sys.stdout.write("azsim: stopped\n")
     return 0
+
+
+def _subscribe(sim: Simulator, url: str, schema: str, stop: threading.Event) -> None:
+    """Create the subscription once ``url`` answers the handshake (Event Grid itself tries only once)."""
+    from azsim.webhook import SubscriptionError  # noqa: PLC0415 - after SSL_CERT_FILE, as the simulator
+
+    deadline = time.monotonic() + WEBHOOK_WAIT_S
+    while True:
+        try:
+            created = sim.add_event_subscription(url, schema=schema)
+        except SubscriptionError as exc:
+            if time.monotonic() > deadline or stop.wait(1.0):
+                sys.stdout.write(f"azsim: no subscription for {url}: {exc}\n")
+                sys.stdout.flush()
+                return
+            continue
+        sys.stdout.write(f"azsim: subscription {created['name']} delivers Key Vault events to {url}\n")
+        sys.stdout.flush()
+        return
 
 
 def main(argv: list[str] | None = None) -> int:

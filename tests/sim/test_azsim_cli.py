@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -134,3 +135,79 @@ def test_serve_starts_azurite_without_telemetry(tmp_path):
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "azsim: stopped" in out
+
+
+def test_serve_webhook_subscribes_once_the_endpoint_is_up(tmp_path):
+    """`azsim serve --webhook URL` waits for the endpoint, validates it, then delivers each new key version there."""
+    import http.server
+    import socket
+    import threading
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    received: list[tuple[str, object]] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            kind = self.headers["aeg-event-type"]
+            received.append((kind, body))
+            answer = (
+                json.dumps({"validationResponse": body[0]["data"]["validationCode"]})
+                if kind == "SubscriptionValidation"
+                else ""
+            )
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer.encode())
+
+        def log_message(self, *args) -> None:
+            pass
+
+    seed = tmp_path / "seed.json"
+    seed.write_text(
+        json.dumps(
+            {
+                "vaults": [{"name": "hook-kv", "subscription": "s"}],
+                "keys": [{"vault": "hook-kv", "name": "cmk"}],
+            }
+        )
+    )
+    env = {
+        k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY") and k != "AZSIM_CONTROL_URL"
+    }
+    proc = subprocess.Popen(  # noqa: S603 - fixed argv
+        [sys.executable, "-m", "azsim", "serve", "--no-azurite", "--ca-dir", str(tmp_path / "ca"), "--seed-file", str(seed),
+         "--webhook", f"http://127.0.0.1:{port}/api/events"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    server = None
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("azsim: ready"):
+                break
+        control = next(line for line in lines if line.startswith("export AZSIM_CONTROL_URL="))
+        env["AZSIM_CONTROL_URL"] = control.split("=", 1)[1].strip().strip("'")
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Hook)  # up only now
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        subscribed = proc.stdout.readline()
+        assert subscribed.startswith("azsim: subscription "), subscribed
+        assert azsim("key", "new", "hook-kv", "cmk", env=env).returncode == 0
+        deadline = time.monotonic() + 10
+        while not any(kind == "Notification" for kind, _ in received) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        kinds = [kind for kind, _ in received]
+        assert kinds == ["SubscriptionValidation", "Notification"]
+        assert received[1][1][0]["eventType"] == "Microsoft.KeyVault.KeyNewVersionCreated"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+    assert proc.returncode == 0
