@@ -35,7 +35,10 @@ WEBHOOK_WAIT_S = 120.0  # --webhook: how long to wait for the endpoint to come u
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m azsim", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m azsim",
+        description="The local Azure simulator: `serve` runs it (with Azurite); the other commands drive it.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the simulator until interrupted")
     serve.add_argument(

@@ -214,13 +214,13 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     subscribe.add_argument("--vault", help="only this vault's events")
     subscribe.add_argument("--retry-delays", help="seconds between delivery retries, e.g. 1,5,30")
 
-    commands.add_parser("events", help="Key Vault events emitted so far")
-    commands.add_parser("deliveries", help="webhook subscriptions and their delivery attempts")
+    events = commands.add_parser("events", help="Key Vault events emitted so far")
+    deliveries = commands.add_parser("deliveries", help="webhook subscriptions and their delivery attempts")
     requests = commands.add_parser("requests", help="requests the simulator served (method, path, status)")
     requests.add_argument("--service", choices=("arm", "kv", "identity"))
     requests.add_argument("--method")
 
-    for parser in (key, fault, cluster, subscribe, requests):
+    for parser in (key, fault, cluster, subscribe, events, deliveries, requests):
         parser.add_argument("--control-url", help=f"default: ${CONTROL_SETTING}")
 
 
