@@ -242,7 +242,8 @@ def test_failing_job_goes_to_poison_after_max_dequeue_count(sim, storage, tmp_pa
     finally:
         sim.set_fault_rates({})
         assert daemon.terminate() == 0
-    assert daemon.events("rotation.serve_started")[0]["max_dequeue_count"] == 2
+    started = daemon.events("rotation.serve_started")[0]
+    assert (started["host_json"], started["max_dequeue_count"]) == (str(host_json), 2)
 
 
 def test_reconcile_timer_runs_each_occurrence_once_across_replicas(sim, storage):
