@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 import time
 from dataclasses import dataclass, replace
@@ -130,6 +131,7 @@ class HistoryEntry:
     request_id: str | None
     operation_url: str | None
     correlation_id: str | None = None
+    collateral_changes: tuple[str, ...] = ()  # paths that changed besides the key (rule 9)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; ``at`` in ISO 8601."""
@@ -151,6 +153,7 @@ class HistoryEntry:
             "request_id": self.request_id,
             "correlation_id": self.correlation_id,
             "operation_url": self.operation_url,
+            "collateral_changes": list(self.collateral_changes),
         }
 
 
@@ -217,6 +220,15 @@ def _utc(value: object) -> datetime | None:
 def _text(value: object) -> str | None:
     """A stored string; empty means absent."""
     return value if isinstance(value, str) and value else None
+
+
+def _paths(raw: object) -> tuple[str, ...]:
+    """The collateral-change paths of a history entity (a JSON list), () when absent or unreadable."""
+    try:
+        value = json.loads(raw) if isinstance(raw, str) else []
+    except ValueError:
+        return ()
+    return tuple(str(p) for p in value) if isinstance(value, list) else ()
 
 
 def _clip(value: str | None) -> str | None:
@@ -294,6 +306,7 @@ def _history_entity(entry: HistoryEntry, partition: str) -> dict[str, Any]:
         "RequestId": entry.request_id,
         "CorrelationId": entry.correlation_id,
         "OperationUrl": entry.operation_url,
+        "CollateralChanges": json.dumps(list(entry.collateral_changes)) if entry.collateral_changes else None,
     }
 
 
@@ -318,6 +331,7 @@ def _history_entry(entity: Mapping[str, Any]) -> HistoryEntry:
         request_id=_text(entity.get("RequestId")),
         correlation_id=_text(entity.get("CorrelationId")),
         operation_url=_text(entity.get("OperationUrl")),
+        collateral_changes=_paths(entity.get("CollateralChanges")),
     )
 
 
@@ -627,6 +641,7 @@ class Registry:
             request_id=result.request_id,
             correlation_id=result.correlation_id,
             operation_url=result.operation_url,
+            collateral_changes=result.collateral_changes,
         )
         row = _row_key_for_text(result.cluster_id)
         _, history = await self._tables()
