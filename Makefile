@@ -10,8 +10,9 @@ AZURITE := node_modules/.bin/azurite
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 CHAOS_ARGS ?= --clusters 40
+UP_ARGS ?=
 
-.PHONY: setup lint test unit demo chaos bench infra-check clean
+.PHONY: setup lint test unit demo up chaos bench infra-check clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +46,11 @@ unit: setup
 ## the main job on the local simulator, start to finish, leaving nothing running
 demo: setup
 	$(PY) scripts/demo.py
+
+## simulator + Azurite + `rotation serve`, joined by an Event Grid subscription, until Ctrl-C; prints the
+## commands to try from another shell (README, "Try it by hand"); another port: UP_ARGS="--port 8081"
+up: setup
+	$(PY) scripts/up.py $(UP_ARGS)
 
 ## chaos run: clusters, rotations, duplicated shuffled events, faults, killed workers; exit 1 on a violation
 ## (bigger: make chaos CHAOS_ARGS="--clusters 200 --keys 100 --rotations 5 --seed 2026")

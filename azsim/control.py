@@ -4,6 +4,7 @@
 |---|---|
 | ``GET /_sim/health`` | ``{"ok": true}`` |
 | ``POST /_sim/seed`` | ``Simulator.seed(body)`` |
+| ``GET /_sim/keys/{vault}/{key}`` | ``key_versions``: every version, oldest first |
 | ``POST /_sim/keys/{vault}/{key}/versions`` | ``create_key_version`` (body: its keyword options, e.g.
   ``{"tie": true}`` for a version created in the same second as the newest);
   answers ``{"version", "key_url", "event"}`` |
@@ -22,12 +23,17 @@
 | ``GET /_sim/cluster?id=...`` | the cluster's ARM JSON |
 | ``POST /_sim/cluster-status`` | ``set_cluster_status`` (body: id, status) |
 | ``POST /_sim/cluster-fail-next`` | ``fail_next_operation`` (body: id, code, message) |
+| ``POST /_sim/event-subscriptions`` | ``add_event_subscription`` (body: endpoint, schema, vault, event_types,
+  name, retry_delays); 400 when the endpoint fails the validation handshake |
+| ``GET /_sim/event-subscriptions`` | ``{"subscriptions", "deliveries"}`` |
+| ``DELETE /_sim/event-subscriptions/{name}`` | remove one |
 
 Errors: 404 for unknown names, 400 for bad input, as ``{"error": {"code", "message"}}``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from collections.abc import Awaitable, Callable
@@ -99,7 +105,7 @@ def _fault(spec: dict[str, Any]) -> Fault:
     raise ValueError(f"unknown fault {spec!r}")
 
 
-def add_control_routes(app: web.Application, sim: Simulator) -> None:  # noqa: C901 - a flat route table
+def add_control_routes(app: web.Application, sim: Simulator) -> None:  # noqa: C901, PLR0915 - a flat route table
     """Register the ``/_sim`` routes on ``app``."""
 
     async def health(_: web.Request) -> web.StreamResponse:
@@ -115,6 +121,9 @@ def add_control_routes(app: web.Application, sim: Simulator) -> None:  # noqa: C
         events = sim.events
         event = events[-1] if len(events) > before else None
         return _json({"version": version, "key_url": sim.key_url(vault, key, version), "event": event})
+
+    async def versions(request: web.Request) -> web.StreamResponse:
+        return _json(sim.key_versions(request.match_info["vault"], request.match_info["key"]))
 
     async def update_version(request: web.Request) -> web.StreamResponse:
         info = request.match_info
@@ -190,9 +199,32 @@ def add_control_routes(app: web.Application, sim: Simulator) -> None:  # noqa: C
         )
         return _json({"ok": True})
 
+    async def add_subscription(request: web.Request) -> web.StreamResponse:
+        body = await _body(request)
+        future = sim.subscriptions.add(
+            str(body.get("endpoint", "")),
+            schema=str(body.get("schema", "eventgrid")),
+            vault=body.get("vault"),
+            event_types=body.get("event_types"),
+            name=body.get("name"),
+            retry_delays=body.get("retry_delays"),
+        )
+        # The handshake runs on the delivery thread; wait for it without holding up this loop.
+        return _json(await asyncio.get_running_loop().run_in_executor(None, future.result))
+
+    async def subscriptions(_: web.Request) -> web.StreamResponse:
+        return _json(
+            {"subscriptions": sim.subscriptions.listing(), "deliveries": sim.subscriptions.deliveries}
+        )
+
+    async def remove_subscription(request: web.Request) -> web.StreamResponse:
+        sim.subscriptions.remove(request.match_info["name"])
+        return _json({"ok": True})
+
     routes: list[tuple[str, str, _Handler]] = [
         ("GET", "/_sim/health", health),
         ("POST", "/_sim/seed", seed),
+        ("GET", "/_sim/keys/{vault}/{key}", versions),
         ("POST", "/_sim/keys/{vault}/{key}/versions", create_version),
         ("PATCH", "/_sim/keys/{vault}/{key}/{version}", update_version),
         ("POST", "/_sim/key-events", key_event),
@@ -206,6 +238,9 @@ def add_control_routes(app: web.Application, sim: Simulator) -> None:  # noqa: C
         ("GET", "/_sim/cluster", cluster),
         ("POST", "/_sim/cluster-status", cluster_status),
         ("POST", "/_sim/cluster-fail-next", cluster_fail_next),
+        ("POST", "/_sim/event-subscriptions", add_subscription),
+        ("GET", "/_sim/event-subscriptions", subscriptions),
+        ("DELETE", "/_sim/event-subscriptions/{name}", remove_subscription),
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, _guard(handler))

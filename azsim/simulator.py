@@ -53,6 +53,7 @@ from azsim.state import (
     Vault,
 )
 from azsim.tls import CaFiles, ensure_ca
+from azsim.webhook import TIMEOUT_S, EventSubscriptions
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_TENANT_ID", "Fault", "RequestRecord", "Simulator"]
 
 DEFAULT_TENANT_ID = "72f988bf-0000-4000-8000-00000000a25e"
+HANDSHAKE_WAIT_S = TIMEOUT_S + 5.0
 
 
 class Simulator:
@@ -76,6 +78,9 @@ class Simulator:
         self._runtime: Runtime | None = None
         self.ports: Ports | None = None
         self.env: dict[str, str] = {}
+        # Event Grid subscriptions with a webhook destination: every Key Vault event is offered to them.
+        self.subscriptions = EventSubscriptions()
+        self._state.event_listeners.append(self.subscriptions.publish)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -101,6 +106,7 @@ class Simulator:
 
     def stop(self) -> None:
         """Stop the servers and their thread (idempotent)."""
+        self.subscriptions.stop()
         if self._runtime is not None:
             self._runtime.stop()
             self._runtime = None
@@ -344,6 +350,30 @@ class Simulator:
             if found is None:
                 raise KeyError(f"no version {version!r} of key {key!r}")
             return copy.deepcopy(self._state.key_event(found_vault, found_key, found, event_type))
+
+    def add_event_subscription(
+        self,
+        endpoint: str,
+        *,
+        schema: str = "eventgrid",
+        vault: str | None = None,
+        event_types: list[str] | None = None,
+        name: str | None = None,
+        retry_delays: list[float] | None = None,
+    ) -> dict[str, Any]:
+        """Subscribe a webhook to Key Vault events after its validation handshake (see `azsim.webhook`).
+
+        Raises `azsim.webhook.SubscriptionError` when the endpoint fails the handshake.
+        """
+        future = self.subscriptions.add(
+            endpoint,
+            schema=schema,
+            vault=vault,
+            event_types=event_types,
+            name=name,
+            retry_delays=retry_delays,
+        )
+        return future.result(HANDSHAKE_WAIT_S)
 
     @staticmethod
     def to_cloud_event(event: dict[str, Any]) -> dict[str, Any]:

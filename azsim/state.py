@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 from azsim.faults import FaultPlan, TokenBucket
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from azsim.messages import RequestRecord
 
 __all__ = [
@@ -345,6 +347,8 @@ class State:
         self.clusters: dict[str, Cluster] = {}  # by lower-case id
         self.operations: dict[str, Operation] = {}  # by id
         self.events: list[dict[str, Any]] = []
+        # Called with each new event, under the lock (it must only hand the event on: azsim.webhook).
+        self.event_listeners: list[Callable[[dict[str, Any]], None]] = []
         self.tokens: dict[str, str] = {}  # token -> resource it was issued for
         self.requests: list[RequestRecord] = []
         self.refused_connects: list[str] = []
@@ -473,6 +477,8 @@ class State:
             "metadataVersion": "1",
         }
         self.events.append(event)
+        for listener in self.event_listeners:
+            listener(copy.deepcopy(event))
         return event
 
     # -- clusters and operations ------------------------------------------------------------------

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from rotation.errors import ClusterBusy, Interrupted, RotationError, TransientFailure
@@ -103,6 +104,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rotate.add_argument("--dry-run", action="store_true", help="decide and print the body; send no PUT")
     rotate.add_argument("--json", action="store_true", help="machine output")
+
+    serve = sub.add_parser(
+        "serve", help="run the daemon without the Functions host: webhook, queue worker, timer, HTTP routes"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port (default: 8080; 0 picks a free one)")
+    serve.add_argument(
+        "--grace",
+        type=float,
+        default=25.0,  # under Container Apps' default terminationGracePeriodSeconds (30 s)
+        metavar="SECONDS",
+        help="on SIGTERM, wait this long for jobs",
+    )
+    serve.add_argument(
+        "--host-json", type=Path, default=None, metavar="PATH", help="queue settings (default: the app's)"
+    )
+    serve.add_argument(
+        "--reconcile-jitter",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="random wait before each reconcile pass, spreading replicas (default: 30, as the function)",
+    )
     return parser
 
 
@@ -117,6 +141,11 @@ def main(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) -
     configure_cli_logging(args.log_format, logging.DEBUG if args.verbose else logging.INFO)
     try:
         settings = Settings.from_env(env)
+        if args.command == "serve":
+            from rotation import daemon  # noqa: PLC0415 - aiohttp's server only for the daemon
+
+            args.host_json = args.host_json or daemon.HOST_JSON
+            return asyncio.run(daemon.serve(args, settings, env))
         return asyncio.run(_dispatch(args, settings))
     except (UsageError, SettingsError) as exc:
         _error(str(exc))
