@@ -61,6 +61,7 @@ class RotationRequest:
     dry_run: bool = False
     operation_url: str | None = None  # an accepted operation to resume instead of PUTting (rule 7)
     invocation_id: str | None = None  # the Functions invocation (or CLI run) doing the job, for the logs
+    dequeue_count: int | None = None  # the queue delivery running the job (None: not from the queue)
 
 
 def build_body(cluster: Cluster, target: KeyUrl) -> dict[str, Any]:
@@ -288,8 +289,8 @@ class Rotator:
         if target_info is None:
             target_info = await self._target_version(target, state)
         reason = unusable_reason(target_info, now)
-        if reason is not None:
-            raise _Done(Outcome.KEY_NOT_USABLE, reason)
+        if reason is not None:  # the URL first: on-call looks it up (`az keyvault key show --id URL`)
+            raise _Done(Outcome.KEY_NOT_USABLE, f"{target}: {reason}")
         try:
             current_info, _ = await self._kv_read.call(
                 lambda: self._keys.get_version(current), log_fields=state.log_fields()
@@ -314,7 +315,7 @@ class Rotator:
                 lambda: self._keys.get_version(target), log_fields=state.log_fields()
             )
         except NotFoundError as exc:
-            raise _Done(Outcome.KEY_NOT_USABLE, "target key version does not exist") from exc
+            raise _Done(Outcome.KEY_NOT_USABLE, f"{target}: target key version does not exist") from exc
         return info
 
     async def _follow(
@@ -480,6 +481,7 @@ def _log_result(result: RotationResult, request: RotationRequest, *, transient: 
         "event_id": request.event_id,
         "invocation_id": request.invocation_id,
         "trigger": request.trigger,
+        "dequeue_count": request.dequeue_count,
     }
     if result.outcome is Outcome.DRY_RUN:
         extra["body"] = result.body

@@ -130,6 +130,7 @@ class HistoryEntry:
     request_id: str | None
     operation_url: str | None
     correlation_id: str | None = None
+    dequeue_count: int | None = None  # the queue delivery that failed (retries exhausted), when known
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; ``at`` in ISO 8601."""
@@ -151,6 +152,7 @@ class HistoryEntry:
             "request_id": self.request_id,
             "correlation_id": self.correlation_id,
             "operation_url": self.operation_url,
+            "dequeue_count": self.dequeue_count,
         }
 
 
@@ -294,6 +296,7 @@ def _history_entity(entry: HistoryEntry, partition: str) -> dict[str, Any]:
         "RequestId": entry.request_id,
         "CorrelationId": entry.correlation_id,
         "OperationUrl": entry.operation_url,
+        "DequeueCount": entry.dequeue_count,
     }
 
 
@@ -318,6 +321,7 @@ def _history_entry(entity: Mapping[str, Any]) -> HistoryEntry:
         request_id=_text(entity.get("RequestId")),
         correlation_id=_text(entity.get("CorrelationId")),
         operation_url=_text(entity.get("OperationUrl")),
+        dequeue_count=dequeue if isinstance(dequeue := entity.get("DequeueCount"), int) else None,
     )
 
 
@@ -478,8 +482,10 @@ class Registry:
     ) -> WatchedCluster:
         """Register or re-register a cluster (idempotent).
 
-        Keeps the registration time, last outcome and any operation in flight. When the cluster's key
-        changed, its row moves to the new key's partition and the old row is deleted.
+        ``owner=None`` keeps the stored owner (re-registering changes only what it is told to). The id is
+        stored as given: callers pass it in the casing ARM returns. Keeps the registration time, last
+        outcome and any operation in flight. When the cluster's key changed, its row moves to the new key's
+        partition and the old row is deleted.
         """
         row = cluster_row_key(cluster_id)
         watch, _ = await self._tables()
@@ -494,7 +500,7 @@ class Registry:
                 key_name=key_name,
                 current_version=current_version.lower() if current_version else None,
                 identity=identity,
-                owner=owner,
+                owner=owner if owner is not None else (previous.owner if previous else None),
                 state=previous.state if previous else ClaimState.WATCHING.value,
                 last_outcome=previous.last_outcome if previous else None,
                 last_reason=previous.last_reason if previous else None,
@@ -601,6 +607,7 @@ class Registry:
         event_id: str | None,
         invocation_id: str | None,
         known: WatchedCluster | None = None,
+        dequeue_count: int | None = None,
     ) -> WatchedCluster | None:
         """Append ``result`` to the history and, when the cluster is watched, update its row.
 
@@ -627,6 +634,7 @@ class Registry:
             request_id=result.request_id,
             correlation_id=result.correlation_id,
             operation_url=result.operation_url,
+            dequeue_count=dequeue_count,
         )
         row = _row_key_for_text(result.cluster_id)
         _, history = await self._tables()

@@ -22,7 +22,7 @@ from rotation.doctor import ClusterReport, Doctor, DoctorReport, log_findings
 from rotation.engine import RotationRequest, WriteFlag
 from rotation.errors import ClusterBusy, NotFoundError, TransientFailure
 from rotation.events import EventIgnored, EventKind, EventRejected, KeyVersionEvent, parse_event
-from rotation.ids import InvalidKeyUrl, parse_cluster_id, parse_key_url
+from rotation.ids import InvalidKeyUrl, InvalidResourceId, parse_cluster_id, parse_key_url
 from rotation.jobs import Job, JobQueue, JobRejected
 from rotation.outcomes import Outcome, RotationResult
 from rotation.registry import Claim, KeyMember, Registry, WatchedCluster
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
 
     from rotation.arm import Cluster
-    from rotation.ids import KeyUrl
+    from rotation.ids import KeyUrl, ResourceId
     from rotation.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -278,7 +278,7 @@ class Service:
         self,
         job: Job,
         *,
-        dequeue_count: int = 1,
+        dequeue_count: int | None = None,
         invocation_id: str | None = None,
         dry_run: bool | None = None,
     ) -> RotationResult:
@@ -343,7 +343,7 @@ class Service:
         claim: Claim,
         *,
         invocation_id: str | None,
-        dequeue_count: int,
+        dequeue_count: int | None,
         dry_run: bool | None,
         write_flag: WriteFlag,
     ) -> RotationResult:
@@ -365,6 +365,7 @@ class Service:
             dry_run=self.settings.dry_run if dry_run is None else dry_run,
             operation_url=operation_url,
             invocation_id=invocation_id,
+            dequeue_count=dequeue_count,
         )
 
         async def on_accepted(url: str, accepted_target: KeyUrl) -> None:
@@ -378,10 +379,14 @@ class Service:
                 request, on_accepted=on_accepted, write_flag=write_flag
             )
         except TransientFailure as exc:
+            # What the queue does with the message once this invocation raises (None: not from the queue).
+            last = dequeue_count is not None and dequeue_count >= self.settings.max_dequeue_count
+            then = f"moved to {self.queue.poison_name}" if last else "the queue redelivers"
+            delivery = f" (delivery {dequeue_count} of {self.settings.max_dequeue_count}); {then}"
             failed = RotationResult(
                 cluster_id=job.cluster_id,
                 outcome=Outcome.FAILED,
-                reason=f"retries exhausted (delivery {dequeue_count}); the queue redelivers: {exc.cause}",
+                reason=f"retries exhausted{delivery if dequeue_count is not None else ''}: {exc.cause}",
                 to_version=target.version if target else None,
                 attempts=exc.attempts,
                 error_code=exc.cause.code or (str(exc.cause.status) if exc.cause.status else None),
@@ -389,8 +394,28 @@ class Service:
                 request_id=exc.cause.request_id,
             )
             await self.registry.record(
-                failed, trigger=job.trigger, event_id=job.event_id, invocation_id=invocation_id, known=watched
+                failed,
+                trigger=job.trigger,
+                event_id=job.event_id,
+                invocation_id=invocation_id,
+                known=watched,
+                dequeue_count=dequeue_count,
             )
+            if last:
+                logger.error(  # noqa: TRY400 - the cause is in the fields; a traceback adds nothing
+                    "rotation.job_poisoned",
+                    extra={
+                        "cluster_id": job.cluster_id,
+                        "event_id": job.event_id,
+                        "invocation_id": invocation_id,
+                        "trigger": job.trigger,
+                        "dequeue_count": dequeue_count,
+                        "queue": self.queue.poison_name,
+                        "reason": failed.reason,
+                        "error_code": failed.error_code,
+                        "error_message": failed.error_message,
+                    },
+                )
             raise
         await self.registry.record(
             result, trigger=job.trigger, event_id=job.event_id, invocation_id=invocation_id, known=watched
@@ -424,6 +449,7 @@ class Service:
             cluster = await self.runtime.clusters.get(cluster_id)
         except NotFoundError as exc:
             raise RegistrationRefused(f"cluster not found: {cluster_id}") from exc
+        cluster_id = _as_arm_spells_it(cluster_id, cluster.id)
         key = self._cmk_key(cluster)
         watched = await self.registry.upsert(
             cluster_id=cluster_id,
@@ -469,6 +495,15 @@ class Service:
             return parse_key_url(cluster.key_url, allowed_suffixes=self.settings.allowed_vault_suffixes)
         except InvalidKeyUrl as exc:
             raise RegistrationRefused(f"cluster key is outside the allowed vaults: {exc}") from exc
+
+
+def _as_arm_spells_it(given: ResourceId, arm_id: str) -> ResourceId:
+    """The cluster id in the casing of ARM's answer (ids are case-insensitive; the registry shows ARM's)."""
+    try:
+        answered = parse_cluster_id(arm_id)
+    except InvalidResourceId:
+        return given
+    return answered if answered.normalized == given.normalized else given
 
 
 def _by_subscription_round_robin(watched: list[KeyMember]) -> list[KeyMember]:
