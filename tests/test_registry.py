@@ -307,6 +307,7 @@ async def test_history_entry_keeps_every_field(registry):
         trigger="reconcile",
         event_id=None,
         invocation_id="inv-9",
+        dequeue_count=3,
     )
     (entry,) = await registry.history(cid())
     assert entry.to_dict() == {
@@ -327,6 +328,7 @@ async def test_history_entry_keeps_every_field(registry):
         "request_id": "req-1",
         "correlation_id": "corr-1",
         "operation_url": OP,
+        "dequeue_count": 3,
     }
 
 
