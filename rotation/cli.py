@@ -23,8 +23,10 @@ from rotation.settings import STORAGE_SETTING, Settings, SettingsError
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from rotation.engine import RotationRequest
     from rotation.ids import KeyUrl
     from rotation.keyvault import KeyVaultKeys
+    from rotation.runtime import Runtime
 
 STORAGE_SERVICE = "storage"  # ServiceError.service of the registry and queue (rotation.storage.SERVICE)
 
@@ -219,6 +221,8 @@ async def _rotate(args: argparse.Namespace, settings: Settings) -> int:
     from rotation.engine import RotationRequest  # noqa: PLC0415 - keep `--help` fast
     from rotation.runtime import Runtime  # noqa: PLC0415
 
+    dry_run = args.dry_run or settings.dry_run
+
     try:
         cluster_id = parse_cluster_id(args.cluster_id)
     except InvalidResourceId as exc:
@@ -234,26 +238,29 @@ async def _rotate(args: argparse.Namespace, settings: Settings) -> int:
         return rotate_exit_code(result)
     runtime = Runtime.create(settings)
     try:
-        result = await runtime.rotator.rotate(
-            RotationRequest(cluster_id=cluster_id, target=target, dry_run=args.dry_run or settings.dry_run)
-        )
-    except ClusterBusy as exc:
-        result = RotationResult(cluster_id=str(cluster_id), outcome=Outcome.FAILED, reason=str(exc))
-    except TransientFailure as exc:
-        result = RotationResult(
-            cluster_id=str(cluster_id),
-            outcome=Outcome.FAILED,
-            reason=f"retries exhausted: {exc.cause}",
-            attempts=exc.attempts,
-            error_code=exc.cause.code or (str(exc.cause.status) if exc.cause.status else None),
-            error_message=exc.cause.message,
-        )
+        result = await _rotate_once(runtime, RotationRequest(cluster_id, target, dry_run=dry_run))
         if args.dry_run and target is None:
             await warn_newest_not_usable(runtime.keys, result)
     finally:
         await runtime.close()
     _print_results([result], as_json=args.json)
     return rotate_exit_code(result)
+
+
+async def _rotate_once(runtime: Runtime, request: RotationRequest) -> RotationResult:
+    try:
+        return await runtime.rotator.rotate(request)
+    except ClusterBusy as exc:
+        return RotationResult(cluster_id=str(request.cluster_id), outcome=Outcome.FAILED, reason=str(exc))
+    except TransientFailure as exc:
+        return RotationResult(
+            cluster_id=str(request.cluster_id),
+            outcome=Outcome.FAILED,
+            reason=f"retries exhausted: {exc.cause}",
+            attempts=exc.attempts,
+            error_code=exc.cause.code or (str(exc.cause.status) if exc.cause.status else None),
+            error_message=exc.cause.message,
+        )
 
 
 # A `rotate` that was told what to do and refused it is a refused request (exit 1), not a rule skip.

@@ -495,9 +495,16 @@ async def doctor(args: argparse.Namespace, settings: Settings) -> int:
 
         await _with_service(settings, work)
     if args.json:
-        _json(report.to_dict())
+        doc = report.to_dict()
+        if args.problems:
+            doc["clusters"] = [
+                {**c, "checks": [f for f in c["checks"] if f["status"] != "pass"]}
+                for c in doc["clusters"]
+                if c["status"] != "pass"
+            ]
+        _json(doc)
     else:
-        for line in format_report(report):
+        for line in format_report(report, problems_only=args.problems):
             _out(line)
     return EXIT_FAILED if report.failed else EXIT_OK
 

@@ -101,7 +101,13 @@ async def check_newest(
     try:
         versions = await keys.list_versions(url)
         newest = newest_version(versions)
-        full = await keys.get_version(newest.url) if newest is not None else None
+        # Only a version the listing does not already rule out is read (Key Vault refuses to GET a
+        # disabled version: 403 "Operation get is not allowed on a disabled key").
+        full = (
+            await keys.get_version(newest.url)
+            if newest is not None and listed_unusable_reason(newest, now) is None
+            else None
+        )
     except ServiceError:
         return None
     found = newest_not_usable(versions, now, current_version=current_version, full=full)
