@@ -1,7 +1,8 @@
-"""The registry-backed CLI commands: register, unregister, list, discover, replay, history.
+"""The registry-backed CLI commands: register, unregister, list, discover, replay, history, reconcile, poison.
 
 Each builds one `Service` (clients for ARM, Key Vault and storage), does its work, prints, and returns the
-exit code of DESIGN.md: 0 done, 1 a cluster failed or a request was refused, 2 malformed input.
+exit code of the README's CLI contract: 0 done, 1 a cluster failed or a request was refused, 2 malformed
+input.
 """
 
 from __future__ import annotations
