@@ -420,12 +420,12 @@ def test_readme_cli_table_matches_the_parser():
     table = readme.split("| command | does |", 1)[1].split("\n\n", 1)[0]
     rows = re.findall(r"^\| `([^`]+)` \|", table, flags=re.MULTILINE)
     parser = build_parser()
-    commands = parser._subparsers._group_actions[0].choices  # noqa: SLF001 - argparse has no public accessor
+    commands = parser._subparsers._group_actions[0].choices
     listed = {row.split()[0] for row in rows}
     assert listed <= set(commands)
     assert set(commands) - {"serve"} <= listed  # `serve` may be documented with the daemon instead
     for row in rows:
         name, *rest = row.split()
-        options = {o for action in commands[name]._actions for o in action.option_strings}  # noqa: SLF001
+        options = {o for action in commands[name]._actions for o in action.option_strings}
         for word in re.findall(r"--[a-z-]+", " ".join(rest)):
             assert word in options, (name, word)
