@@ -20,7 +20,12 @@ import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import (
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+)
 
 from rotation.ids import DEFAULT_VAULT_SUFFIXES
 from rotation.jobs import QUEUE_NAME, Job, JobRejected
@@ -200,8 +205,7 @@ class PoisonQueue:
                         release.append(message)
         finally:
             for message in release:
-                with (
-                    storage_errors(f"release {message.id} in {self.name}"),
-                    contextlib.suppress(ResourceNotFoundError),
-                ):
+                # A release that fails (the message was received again meanwhile: another pop receipt) only
+                # delays it: it reappears by itself after SCAN_VISIBILITY_S.
+                with contextlib.suppress(HttpResponseError, ServiceRequestError):
                     await self._poison.update_message(message, visibility_timeout=0)

@@ -429,3 +429,14 @@ def test_readme_cli_table_matches_the_parser():
         options = {o for action in commands[name]._actions for o in action.option_strings}
         for word in re.findall(r"--[a-z-]+", " ".join(rest)):
             assert word in options, (name, word)
+
+
+def test_cli_points_at_documents_that_exist():
+    """The CLI module's docstring and help name documents that are in the repository (README, docs/)."""
+    from rotation import cli
+
+    named = re.findall(r"[\w/.-]+\.md", cli.__doc__ or "")
+    assert named
+    for name in named:
+        assert (ROOT / name).exists() or (ROOT / "docs" / name).exists(), name
+    assert "DESIGN.md" not in (cli.__doc__ or "")

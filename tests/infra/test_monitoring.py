@@ -160,3 +160,10 @@ def test_workbook_queries_read_event_names_the_code_logs():
 def test_runbook_links_the_workbook():
     """The runbook tells on-call where the workbook is."""
     assert "workbook **cmk-rotator**" in RUNBOOK.read_text()
+
+
+def test_key_not_usable_alert_carries_the_reason_with_the_target_url():
+    """The key-not-usable alert projects the log line's reason (tests/test_signals.py: it starts with the URL)."""
+    query = log_alerts()["key-not-usable"]["query"]
+    assert 'reason = tostring(Properties["reason"])' in query
+    assert '"key-not-usable"' in query
