@@ -440,3 +440,44 @@ def test_cli_points_at_documents_that_exist():
     for name in named:
         assert (ROOT / name).exists() or (ROOT / "docs" / name).exists(), name
     assert "DESIGN.md" not in (cli.__doc__ or "")
+
+
+async def test_a_poisoned_job_moved_back_rotates_its_cluster(stack, caplog):
+    """A job that fails every delivery lands in the poison queue; `retry` moves it back and it rotates the cluster."""
+    from azsim.host import QueueHost
+    from rotation.poison import PoisonQueue
+
+    key, v1 = stack.new_key()
+    cluster = stack.add_cluster(key, v1)
+    await stack.register(cluster)
+    v2 = stack.sim.create_key_version(stack.vault, key, emit_event=False)
+    await stack.service.queue.send(
+        Job.new(cluster, trigger="event", target_key_url=stack.sim.key_url(stack.vault, key, v2))
+    )
+    stack.sim.set_fault_rates({"503": 1.0}, service="arm", methods=("PUT",))
+
+    async def function(msg, ctx) -> None:
+        await stack.service.handle_job(
+            msg.get_body(), dequeue_count=msg.dequeue_count, invocation_id=ctx.invocation_id
+        )
+
+    host = QueueHost(stack.connection, stack.queue_name, function, visibility_timeout=1, max_dequeue=2)
+    try:
+        await host.drain(idle_seconds=0.5, limit_seconds=60)
+    finally:
+        await host.close()
+    assert host.stats.poisoned == 1
+    stack.sim.set_fault_rates({})
+    poison = PoisonQueue(stack.service.queue.service_client, name=stack.queue_name)
+    try:
+        [item] = await poison.peek()
+        assert (item.job.cluster_id, item.job.trigger) == (cluster, "event")
+        moved, left = await poison.retry()
+        assert ([m.message_id for m in moved], left) == ([item.message_id], [])
+        assert await poison.peek() == []
+    finally:
+        await poison.close()
+    await stack.drain()
+    assert stack.key_of(cluster) == stack.sim.key_url(stack.vault, key, v2)
+    exhausted = [r for r in caplog.records if r.getMessage() == "rotation.cluster_retry_exhausted"]
+    assert sorted(r.dequeue_count for r in exhausted) == [1, 2]
