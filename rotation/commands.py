@@ -304,13 +304,17 @@ async def _run_all(
     *,
     dry_run: bool | None,
     on_result: Callable[[RotationResult], None] | None = None,
+    busy: Outcome = Outcome.FAILED,
 ) -> list[RotationResult]:
-    """Run jobs concurrently (bounded by ROTATION_MAX_CONCURRENCY), each to an outcome."""
+    """Run jobs concurrently (bounded by ROTATION_MAX_CONCURRENCY), each to an outcome.
+
+    ``busy``: the outcome of a job whose cluster another worker holds (or runs an operation on).
+    """
     gate = asyncio.Semaphore(service.settings.max_concurrency)
 
     async def one(job: Job) -> RotationResult:
         async with gate:
-            result = await _run_one(service, job, dry_run=dry_run)
+            result = await _run_one(service, job, dry_run=dry_run, busy=busy)
         if on_result is not None:
             on_result(result)
         return result
@@ -318,11 +322,11 @@ async def _run_all(
     return await asyncio.gather(*(one(j) for j in jobs))
 
 
-async def _run_one(service: Service, job: Job, *, dry_run: bool | None) -> RotationResult:
+async def _run_one(service: Service, job: Job, *, dry_run: bool | None, busy: Outcome) -> RotationResult:
     try:
         return await service.execute(job, invocation_id="cli", dry_run=dry_run)
     except ClusterBusy as exc:
-        return RotationResult(job.cluster_id, Outcome.FAILED, str(exc))
+        return RotationResult(job.cluster_id, busy, str(exc))
     except TransientFailure as exc:
         return RotationResult(
             job.cluster_id,
@@ -467,7 +471,9 @@ async def _run_with_progress(service: Service, jobs: list[Job], *, show: bool) -
     try:
         if bar is not None:
             bar(0, len(jobs))
-        return await _run_all(service, jobs, dry_run=None, on_result=tick)
+        # A cluster another worker holds (the deployed app, beside this pass) is being handled there, or
+        # is caught by the next pass: pending, not a failure of this command.
+        return await _run_all(service, jobs, dry_run=None, on_result=tick, busy=Outcome.PENDING)
     finally:
         if bar is not None:
             bar.close()

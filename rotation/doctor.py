@@ -875,6 +875,7 @@ def log_findings(report: ClusterReport, *, context: str) -> None:
                 "check": finding.check,
                 "status": finding.status.value,
                 "reason": finding.reason,
+                "fix": finding.fix,
                 "context": context,
             },
         )

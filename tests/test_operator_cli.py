@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -60,6 +61,22 @@ def world(sim: Simulator, azurite):
     return {"sim": sim, "vault": vault, "v1": v1, "cluster": cluster, "env": env, "sub": sub}
 
 
+@pytest.fixture
+def only_this_world(world, azurite):
+    """The world, with the CLI's shared registry emptied first: a whole-registry pass sees this test's clusters only."""
+    from azure.data.tables import TableClient
+
+    from rotation.registry import WATCH_TABLE
+
+    with (
+        TableClient.from_connection_string(azurite.connection_string, WATCH_TABLE) as table,
+        contextlib.suppress(ResourceNotFoundError),
+    ):
+        for entity in table.list_entities(select=["PartitionKey", "RowKey"]):
+            table.delete_entity(entity["PartitionKey"], entity["RowKey"])
+    return world
+
+
 def kek(sim: Simulator, cluster: str) -> str:
     return sim.cluster(cluster)["properties"]["encryption"]["customerManagedKeyEncryption"][
         "keyEncryptionKeyUrl"
@@ -95,8 +112,9 @@ def drop_jobs_for(azurite, cluster: str) -> None:
 # ---- reconcile ---------------------------------------------------------------------------------------
 
 
-def test_reconcile_runs_the_jobs_itself_and_waits(world, azurite):
+def test_reconcile_runs_the_jobs_itself_and_waits(only_this_world, azurite):
     """`reconcile` rotates the clusters behind in this process, queues nothing, and exits 0 when all rotated."""
+    world = only_this_world
     sim, cluster, env = world["sim"], world["cluster"], world["env"]
     assert cli("register", cluster, env=env).returncode == 0
     v2 = sim.create_key_version(world["vault"], "cmk", emit_event=False)
@@ -105,13 +123,14 @@ def test_reconcile_runs_the_jobs_itself_and_waits(world, azurite):
     assert kek(sim, cluster) == sim.key_url(world["vault"], "cmk", v2)
     row = next(line for line in proc.stdout.splitlines() if cluster.rsplit("/", 1)[-1] in line)
     assert row.split()[4] == "rotated"
-    assert re.search(r"\d+ run here \(.*\d+ rotated", proc.stdout.splitlines()[-1])
+    assert proc.stdout.splitlines()[-1].startswith("1 cluster(s), 1 run here (1 rotated), 0 with drift;")
     assert queued_jobs_for(azurite, cluster) == []
     assert "rotate   [" not in proc.stderr  # no progress bar: stderr is not a terminal
 
 
-def test_reconcile_exits_1_when_a_cluster_fails(world):
+def test_reconcile_exits_1_when_a_cluster_fails(only_this_world):
     """A cluster whose operation fails makes `reconcile` exit 1, with the ARM error on its line."""
+    world = only_this_world
     sim, cluster, env = world["sim"], world["cluster"], world["env"]
     assert cli("register", cluster, env=env).returncode == 0
     sim.create_key_version(world["vault"], "cmk", emit_event=False)
@@ -123,7 +142,7 @@ def test_reconcile_exits_1_when_a_cluster_fails(world):
     row = next(line for line in proc.stdout.splitlines() if cluster.rsplit("/", 1)[-1] in line)
     assert row.split()[4] == "failed"
     assert "KeyVaultAccessForbidden" in row
-    assert re.search(r"\d+ run here \(.*\d+ failed", proc.stdout.splitlines()[-1])
+    assert proc.stdout.splitlines()[-1].startswith("1 cluster(s), 1 run here (1 failed), 0 with drift;")
 
 
 def test_reconcile_enqueue_hands_the_jobs_to_the_queue(world, azurite):
@@ -142,15 +161,16 @@ def test_reconcile_enqueue_hands_the_jobs_to_the_queue(world, azurite):
         drop_jobs_for(azurite, cluster)
 
 
-def test_reconcile_dry_run_says_what_it_would_do(world):
+def test_reconcile_dry_run_says_what_it_would_do(only_this_world):
     """`reconcile --dry-run` counts the clusters it would rotate, and says nothing was queued or rotated."""
+    world = only_this_world
     sim, cluster, env = world["sim"], world["cluster"], world["env"]
     assert cli("register", cluster, env=env).returncode == 0
     sim.create_key_version(world["vault"], "cmk", emit_event=False)
     proc = cli("reconcile", "--dry-run", env=env)
     assert proc.returncode == 0, proc.stderr
     last = proc.stdout.splitlines()[-1]
-    assert re.search(r"cluster\(s\), \d+ would be rotated, ", last)
+    assert last.startswith("1 cluster(s), 1 would be rotated, 0 with drift;")
     assert "queued" not in last.split("(")[0]
     assert last.endswith("(dry run: nothing rotated, nothing queued)")
     assert kek(sim, cluster) == sim.key_url(world["vault"], "cmk", world["v1"])
@@ -481,3 +501,63 @@ async def test_a_poisoned_job_moved_back_rotates_its_cluster(stack, caplog):
     assert stack.key_of(cluster) == stack.sim.key_url(stack.vault, key, v2)
     exhausted = [r for r in caplog.records if r.getMessage() == "rotation.cluster_retry_exhausted"]
     assert sorted(r.dequeue_count for r in exhausted) == [1, 2]
+
+
+async def test_reconcile_beside_a_worker_holding_the_cluster_reports_pending(only_this_world):
+    """A cluster another worker holds (the deployed app) is `pending` in the table, not a failure: exit 0."""
+    from rotation.ids import parse_cluster_id
+    from rotation.service import Service
+    from rotation.settings import Settings
+
+    world = only_this_world
+    sim, cluster, env = world["sim"], world["cluster"], world["env"]
+    assert cli("register", cluster, env=env).returncode == 0
+    sim.create_key_version(world["vault"], "cmk", emit_event=False)
+    service = Service.create(Settings.from_env(env))
+    try:
+        claim = await service.registry.take(parse_cluster_id(cluster), owner="the-app", ttl=120)
+        assert claim is not None
+        proc = await asyncio.to_thread(cli, "reconcile", env=env)
+        await service.registry.release_claim(claim)
+    finally:
+        await service.close()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    row = next(line for line in proc.stdout.splitlines() if cluster.rsplit("/", 1)[-1] in line)
+    assert row.split()[4] == "pending"
+    assert kek(sim, cluster) == sim.key_url(world["vault"], "cmk", world["v1"])
+
+
+def test_reconcile_draws_its_progress_on_a_terminal(only_this_world):
+    """With stderr on a terminal (a pty), `reconcile` draws its bars; the table still goes to stdout."""
+    import pty
+
+    world = only_this_world
+    sim, cluster, env = world["sim"], world["cluster"], world["env"]
+    assert cli("register", cluster, env=env).returncode == 0
+    sim.create_key_version(world["vault"], "cmk", emit_event=False)
+    controller, terminal = pty.openpty()
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ROTATION_")}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "rotation", "reconcile"],
+            cwd=ROOT,
+            env={**full_env, **env},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=terminal,
+            text=True,
+            timeout=90,
+            check=False,
+        )
+        os.close(terminal)
+        drawn = b""
+        with contextlib.suppress(OSError):  # EIO once the terminal's other end is closed and drained
+            while chunk := os.read(controller, 65536):
+                drawn += chunk
+    finally:
+        os.close(controller)
+    assert proc.returncode == 0
+    text = drawn.decode(errors="replace")
+    assert "reconcile [" + "#" * 30 + "] 1/1" in text
+    assert "rotate    [" + "#" * 30 + "] 1/1" in text
+    assert "rotated" in proc.stdout
