@@ -88,3 +88,12 @@ def test_every_failure_section_names_the_doctor_command_that_diagnoses_it():
             if line.startswith("python -m rotation doctor")
         ]
         assert doctor, f"runbook section {name!r} names no doctor command"
+
+
+def test_every_alert_runbook_section_names_a_doctor_command():
+    """docs/alerts.md's runbook: every section tells on-call which `doctor` command diagnoses it."""
+    text = (RUNBOOK.parent / "alerts.md").read_text().split("## Runbook", 1)[1]
+    sections = re.split(r"^### ", text, flags=re.MULTILINE)[1:]
+    assert len(sections) >= 5
+    for section in sections:
+        assert "python -m rotation doctor" in section, section.splitlines()[0]
