@@ -2,11 +2,21 @@
 
 Handlers are synchronous functions of (State, Incoming) -> Reply; they hold ``state.lock`` while they
 touch the state and never await.
+
+Published sources this follows (Azure/azure-rest-api-specs, ``specification/mongocluster/resource-manager/
+Microsoft.DocumentDB/MongoCluster/``): ``MongoCluster.tsp`` (PUT "overwrites all properties for the
+resource", answers 200 on update and 201 on create; PATCH answers 200 or 202), the examples of 2025-09-01
+(``MongoClusters_Create_CMK.json``: the GET/PUT body shape; ``MongoClusters_Update.json``, response 202: the
+operation URLs ``locations/{loc}/mongoClusterAzureAsyncOperation/{id}`` and
+``locations/{loc}/mongoClusterOperationResults/{id}``; ``MongoClusters_PatchCMK.json``: identity + encryption
+PATCH answered 202). The operation-status body is ARM's (``id``, ``name``, ``status``, ``startTime``,
+``endTime``, ``error``), as azure-mgmt-core's ``AzureAsyncOperationPolling`` reads it.
 """
 
 from __future__ import annotations
 
 import copy
+import fnmatch
 import math
 import time
 import uuid
@@ -16,17 +26,21 @@ from urllib.parse import quote, urlsplit
 
 from azsim import resources
 from azsim.messages import Incoming, Reply, error_reply
-from azsim.state import Cluster, Operation, State, iso_z
+from azsim.state import DEFAULT_CLUSTER_PROPERTIES, SERVICE_DEFAULTS, Cluster, Operation, State, iso_z
 
-__all__ = ["cluster_json", "handle_arm", "parse_key_url"]
+__all__ = ["WRITE_ANSWERS", "cluster_json", "handle_arm", "parse_key_url"]
 
 PROVIDER = "microsoft.documentdb"
 CLUSTERS = "mongoclusters"
 CLUSTER_TYPE = "Microsoft.DocumentDB/mongoClusters"
+# The operation types of the spec's examples (examples/2025-09-01/MongoClusters_Update.json, response 202).
+ASYNC_OPERATION_TYPE = "mongoClusterAzureAsyncOperation"
+OPERATION_RESULTS_TYPE = "mongoClusterOperationResults"
+WRITE_ANSWERS = ("both", "location", "none")
 
 
 def cluster_json(state: State, cluster: Cluster) -> dict[str, Any]:
-    """The ARM GET JSON of a cluster (the shape of shared/events/cluster-cmk.get.json); lock held."""
+    """The ARM GET JSON of a cluster (the shape of examples/2025-09-01/MongoClusters_Create_CMK.json, 200)."""
     body: dict[str, Any] = {
         "id": cluster.id,
         "name": cluster.name,
@@ -43,7 +57,7 @@ def cluster_json(state: State, cluster: Cluster) -> dict[str, Any]:
                     "principalId": identity.principal_id,
                     "clientId": identity.client_id,
                 }
-        body["identity"] = {"type": "UserAssigned", "userAssignedIdentities": assigned}
+        body["identity"] = {"type": cluster.identity_type, "userAssignedIdentities": assigned}
     body["systemData"] = {
         "createdBy": "azsim@example.com",
         "createdByType": "User",
@@ -52,11 +66,7 @@ def cluster_json(state: State, cluster: Cluster) -> dict[str, Any]:
     properties: dict[str, Any] = {
         "provisioningState": cluster.provisioning_state,
         "clusterStatus": cluster.cluster_status,
-        "serverVersion": "7.0",
-        "compute": {"tier": "M30"},
-        "storage": {"sizeGb": 128},
-        "highAvailability": {"targetMode": "ZoneRedundantPreferred"},
-        "sharding": {"shardCount": 1},
+        **copy.deepcopy(cluster.properties),
     }
     if cluster.key_url is not None:
         properties["encryption"] = {
@@ -124,9 +134,9 @@ def _route(path: str) -> _Route | None:  # noqa: PLR0911 - one return per route
     if n == 5 and low[2:5] == ["providers", PROVIDER, CLUSTERS]:  # noqa: PLR2004
         return _Route("list", sub)
     if n == 8 and low[2:5] == ["providers", PROVIDER, "locations"]:  # noqa: PLR2004
-        if low[6] == "operationsstatus":
+        if low[6] == ASYNC_OPERATION_TYPE.lower():
             return _Route("operation-status", sub, operation_id=segs[7])
-        if low[6] == "operationresults":
+        if low[6] == OPERATION_RESULTS_TYPE.lower():
             return _Route("operation-result", sub, operation_id=segs[7])
     return None
 
@@ -288,7 +298,10 @@ def _poll_headers(state: State) -> dict[str, str]:
 def _operation_urls(op: Operation, base: str, api_version: str) -> tuple[str, str]:
     prefix = f"{base}/subscriptions/{op.subscription}/providers/Microsoft.DocumentDB/locations/{op.location}"
     query = f"?api-version={quote(api_version)}"
-    return f"{prefix}/operationsStatus/{op.id}{query}", f"{prefix}/operationResults/{op.id}{query}"
+    return (
+        f"{prefix}/{ASYNC_OPERATION_TYPE}/{op.id}{query}",
+        f"{prefix}/{OPERATION_RESULTS_TYPE}/{op.id}{query}",
+    )
 
 
 def _find_operation(state: State, route: _Route) -> Operation | None:
@@ -349,8 +362,12 @@ def _operation_result(state: State, route: _Route, base: str, api_version: str) 
 @dataclass
 class _Plan:
     new_identities: list[str] | None = None
+    new_identity_type: str | None = None
     new_key_url: str | None = None
     new_key_identity: str | None = None
+    new_tags: dict[str, str] | None = None
+    new_properties: dict[str, Any] | None = None
+    failure: dict[str, str] | None = None  # the operation is accepted, then fails with this error
 
 
 def _bad(code: str, message: str) -> Reply:
@@ -374,24 +391,76 @@ def _write(  # noqa: PLR0911 - one return per check, in ARM's order
                 f"Another operation is in progress on the resource '{cluster.id}'. "
                 "Retry after the current operation completes.",
             )
-    if cluster is None:
-        return _not_found(route)
     try:
         body = req.json_body()
     except ValueError:
         return _bad("InvalidRequestContent", "The request content is not valid JSON.")
+    if cluster is None and method == "PATCH":
+        return _not_found(route)
     if not isinstance(body, dict):
         return _bad("InvalidRequestContent", "The request content must be a JSON object.")
-    outcome = _validate(state, cluster, body, partial=method == "PATCH")
+    if cluster is None:
+        return _create(state, route, body, base=base, api_version=api_version)
+    outcome = _validate(state, cluster, body, partial=method == "PATCH", api_version=api_version)
     if isinstance(outcome, Reply):
         return outcome
     op = _start_operation(state, cluster, outcome, kind=method)
-    status_url, result_url = _operation_urls(op, base, api_version)
-    headers = {"Azure-AsyncOperation": status_url, "Location": result_url, **_poll_headers(state)}
+    headers = _write_headers(state, op, base, api_version)
     fault = "op-failed" if op.failed else None
-    if method == "PATCH":
+    if method == "PATCH":  # MongoClusters_PatchCMK.json: 202 with the operation headers, no body
         return Reply(202, None, headers, fault)
-    return Reply(201, cluster_json(state, cluster), headers, fault)
+    return Reply(200, cluster_json(state, cluster), headers, fault)  # the spec: 200 on update
+
+
+def _write_headers(state: State, op: Operation, base: str, api_version: str) -> dict[str, str]:
+    """The operation headers of a write's answer, as `Config.write_answer` selects; Retry-After always."""
+    status_url, result_url = _operation_urls(op, base, api_version)
+    mode = state.config.write_answer
+    headers = dict(_poll_headers(state))
+    if mode == "both":
+        headers["Azure-AsyncOperation"] = status_url
+    if mode in {"both", "location"}:
+        headers["Location"] = result_url
+    return headers
+
+
+def _create(state: State, route: _Route, body: dict[str, Any], *, base: str, api_version: str) -> Reply:
+    """PUT of a new cluster: 201, provisioning (examples/2025-09-01/MongoClusters_Create_CMK.json)."""
+    location = body.get("location")
+    if not isinstance(location, str) or not location.strip():
+        return _bad("LocationRequired", "The location property is required for this definition.")
+    cluster = Cluster(
+        id=_cluster_id(route),
+        subscription=route.subscription,
+        resource_group=route.resource_group or "",
+        name=route.name or "",
+        location=location,
+        tags={},
+        identities=[],
+        key_url=None,
+        key_identity=None,
+        created_at=state.now(),
+        provisioning_state="InProgress",
+        cluster_status="Provisioning",
+    )
+    plan = _validate(state, cluster, body, partial=False, api_version=api_version, creating=True)
+    if isinstance(plan, Reply):
+        return plan
+    cluster.key_url, cluster.key_identity = plan.new_key_url, plan.new_key_identity
+    cluster.identities = list(plan.new_identities or [])
+    cluster.identity_type = plan.new_identity_type or cluster.identity_type
+    cluster.tags = dict(plan.new_tags or {})
+    cluster.properties.update(copy.deepcopy(plan.new_properties or {}))
+    plan = _Plan(failure=plan.failure)
+    state.clusters[cluster.id.lower()] = cluster
+    op = _start_operation(state, cluster, plan, kind="create")
+    cluster.provisioning_state = "InProgress"
+    return Reply(201, cluster_json(state, cluster), _write_headers(state, op, base, api_version))
+
+
+def _dig_cmk(properties: object) -> object:
+    encryption = properties.get("encryption") if isinstance(properties, dict) else None
+    return encryption.get("customerManagedKeyEncryption") if isinstance(encryption, dict) else None
 
 
 def _start_operation(state: State, cluster: Cluster, plan: _Plan, *, kind: str) -> Operation:
@@ -399,8 +468,10 @@ def _start_operation(state: State, cluster: Cluster, plan: _Plan, *, kind: str) 
     seconds = cluster.operation_seconds
     if seconds is None:
         seconds = state.config.operation_seconds
-    error: dict[str, str] | None = None
-    if cluster.fail_next is not None:
+    error: dict[str, str] | None = plan.failure
+    if error is not None:
+        pass
+    elif cluster.fail_next is not None:
         error, cluster.fail_next = cluster.fail_next, None
     elif state.config.operation_failure_rate > 0 and state.rng.random() < state.config.operation_failure_rate:
         error = {"code": "InternalServerError", "message": "Simulated operation failure."}
@@ -417,6 +488,9 @@ def _start_operation(state: State, cluster: Cluster, plan: _Plan, *, kind: str) 
         new_key_url=plan.new_key_url,
         new_key_identity=plan.new_key_identity,
         new_identities=plan.new_identities,
+        new_tags=plan.new_tags,
+        new_properties=plan.new_properties,
+        new_identity_type=plan.new_identity_type,
     )
     state.operations[op.id] = op
     cluster.operation = op
@@ -425,7 +499,13 @@ def _start_operation(state: State, cluster: Cluster, plan: _Plan, *, kind: str) 
 
 
 def _validate(  # noqa: PLR0911 - one return per rule
-    state: State, cluster: Cluster, body: dict[str, Any], *, partial: bool
+    state: State,
+    cluster: Cluster,
+    body: dict[str, Any],
+    *,
+    partial: bool,
+    api_version: str,
+    creating: bool = False,
 ) -> Reply | _Plan:
     plan = _Plan()
     location = body.get("location")
@@ -439,29 +519,24 @@ def _validate(  # noqa: PLR0911 - one return per rule
             f"The resource '{cluster.name}' already exists in location '{cluster.location}'. "
             f"A resource with the same name cannot be created in location '{location}'.",
         )
+    tags = _plan_tags(cluster, body, partial=partial)
+    if isinstance(tags, Reply):
+        return tags
+    plan.new_tags = tags
 
-    body_identities = _check_identities(state, cluster, body.get("identity"), partial=partial)
+    body_identities = _plan_identities(state, cluster, body, plan, partial=partial)
     if isinstance(body_identities, Reply):
         return body_identities
-    if body_identities is not None:
-        # Real service behaviour: identities passed are attached even when a later check fails.
-        known = {i.lower() for i in cluster.identities}
-        cluster.identities.extend(i for i in body_identities if i.lower() not in known)
-        if partial:
-            plan.new_identities = list(cluster.identities)
-        else:
-            plan.new_identities = body_identities
-
     properties = body.get("properties")
-    encryption = properties.get("encryption") if isinstance(properties, dict) else None
-    cmk = encryption.get("customerManagedKeyEncryption") if isinstance(encryption, dict) else None
-    if cmk is not None and not cluster.cmk:
+    plan.new_properties = _plan_properties(state, properties, partial=partial or creating)
+    cmk = _dig_cmk(properties)
+    if cmk is not None and not cluster.cmk and not creating:
         return _bad(
             "EncryptionModeChangeNotSupported",
             "The cluster uses service-managed keys; the encryption mode cannot be changed after creation.",
         )
     if cmk is None:
-        if cluster.cmk and not partial:
+        if cluster.cmk and not partial and not creating:
             return _bad(
                 "EncryptionModeChangeNotSupported",
                 "The cluster uses a customer-managed key; the request must keep "
@@ -473,8 +548,77 @@ def _validate(  # noqa: PLR0911 - one return per rule
             "InvalidIdentity",
             "Customer-managed key encryption requires a user-assigned identity in 'identity'.",
         )
+    refused = None if creating else _encryption_not_updatable(state, cluster, cmk, api_version)
+    if refused is not None:
+        return refused
     failure = _check_cmk(state, cluster, cmk, body_identities or [], plan)
     return failure if failure is not None else plan
+
+
+def _plan_identities(
+    state: State, cluster: Cluster, body: dict[str, Any], plan: _Plan, *, partial: bool
+) -> Reply | list[str] | None:
+    """The body's identities into ``plan`` (attached at once, as the real service does); their ids."""
+    body_identities = _check_identities(state, cluster, body.get("identity"), partial=partial)
+    if isinstance(body_identities, Reply) or body_identities is None:
+        return body_identities
+    plan.new_identity_type = str(body["identity"]["type"])
+    # Real service behaviour: identities passed are attached even when a later check fails.
+    known = {i.lower() for i in cluster.identities}
+    cluster.identities.extend(i for i in body_identities if i.lower() not in known)
+    plan.new_identities = list(cluster.identities) if partial else body_identities
+    return body_identities
+
+
+def _plan_tags(cluster: Cluster, body: dict[str, Any], *, partial: bool) -> Reply | dict[str, str] | None:
+    """A PUT replaces the tags (none given: none kept); a PATCH merges them (merge patch: null removes)."""
+    tags = body.get("tags")
+    if tags is None:
+        return None if partial else {}
+    if not isinstance(tags, dict) or not all(isinstance(v, str | None) for v in tags.values()):
+        return _bad("InvalidTagFormat", "The 'tags' property must be an object of string values.")
+    if not partial:
+        return {str(k): str(v) for k, v in tags.items() if v is not None}
+    merged = dict(cluster.tags)
+    for key, value in tags.items():
+        if value is None:
+            merged.pop(str(key), None)
+        else:
+            merged[str(key)] = str(value)
+    return merged
+
+
+def _plan_properties(state: State, properties: object, *, partial: bool) -> dict[str, Any] | None:
+    """The service properties the write sets; a resetting PUT also sets every omitted one to its default."""
+    given = properties if isinstance(properties, dict) else {}
+    out = {k: copy.deepcopy(v) for k, v in given.items() if k in DEFAULT_CLUSTER_PROPERTIES}
+    if not partial and state.config.put_resets_omitted:
+        for key, value in SERVICE_DEFAULTS.items():
+            out.setdefault(key, copy.deepcopy(value))
+    return out or None
+
+
+def _encryption_not_updatable(state: State, cluster: Cluster, cmk: object, api_version: str) -> Reply | None:
+    """The 400 of an api-version whose spec marks ``properties.encryption`` create-only (opt-in mode).
+
+    In the 2025-07-01-preview swagger (``specification/mongocluster/resource-manager/Microsoft.DocumentDB/
+    MongoCluster/preview/2025-07-01-preview/mongoCluster.json``, ``MongoClusterProperties.encryption``) it has
+    ``x-ms-mutability: [read, create]`` and ``MongoClusterUpdateProperties`` has no ``encryption``; from
+    2025-08-01-preview on it is updatable. The wording of the real refusal is not published: this one says
+    "cannot be updated", ARM's usual phrasing for a create-only property.
+    """
+    threshold = state.config.encryption_updatable_from
+    if threshold is None or not isinstance(cmk, dict):
+        return None
+    if cmk.get("keyEncryptionKeyUrl") == cluster.key_url:
+        return None
+    if api_version.lower()[:10] >= threshold.lower()[:10]:
+        return None
+    return _bad(
+        "BadRequest",
+        f"The property 'properties.encryption' cannot be updated with api-version '{api_version}'; "
+        "it can only be set when the resource is created.",
+    )
 
 
 def _check_identities(
@@ -549,7 +693,71 @@ def _check_cmk(  # noqa: PLR0911 - one return per rule
     found = state.identity(identity_id)
     plan.new_key_identity = found.id if found is not None else identity_id
     plan.new_key_url = url
+    plan.failure = _key_access_failure(state, url, identity_id)
     return None
+
+
+def _policy_wraps(policy: dict[str, Any]) -> bool:
+    """Whether an access policy grants wrapKey and unwrapKey (or all key permissions)."""
+    granted = {str(p).lower() for p in policy.get("permissions", {}).get("keys", [])}
+    return {"wrapkey", "unwrapkey"} <= granted or "all" in granted
+
+
+_WRAP = "microsoft.keyvault/vaults/keys/wrap/action"
+_UNWRAP = "microsoft.keyvault/vaults/keys/unwrap/action"
+
+
+def _key_access_failure(state: State, url: str, identity_id: str) -> dict[str, str] | None:
+    """The operation's error when the key identity cannot wrap and unwrap with the key, else None.
+
+    The service accepts the write and the operation fails (the product's requirement: the identity needs
+    Key Vault Crypto Service Encryption User, or access policies get, wrapKey, unwrapKey; Microsoft Learn,
+    "Configure customer-managed key ... for an Azure Cosmos DB for MongoDB vCore cluster"). The message
+    follows the Cosmos DB CMK troubleshooting guide ("The default identity is unauthorized to access the
+    Azure Key Vault key"); the vCore service's exact code is not published.
+    """
+    parsed = parse_key_url(url)
+    vault = state.vaults.get(parsed.host) if parsed is not None else None
+    identity = state.identity(identity_id)
+    if parsed is None or vault is None or identity is None:
+        return None
+    if vault.enable_rbac_authorization:
+        key_scope = f"{vault.arm_id}/keys/{parsed.name}".lower()
+        granted: set[str] = set()
+        for assignment in state.role_assignments:
+            scope = assignment.scope.lower().rstrip("/")
+            if assignment.principal_id != identity.principal_id:
+                continue
+            if key_scope != scope and not key_scope.startswith(scope + "/"):
+                continue
+            role = state.role_definitions.get(assignment.role_guid.lower())
+            if role is None:
+                continue
+            for action in (_WRAP, _UNWRAP):
+                if any(fnmatch.fnmatchcase(action, p.lower()) for p in role.data_actions) and not any(
+                    fnmatch.fnmatchcase(action, p.lower()) for p in role.not_data_actions
+                ):
+                    granted.add(action)
+        allowed = granted == {_WRAP, _UNWRAP}
+    else:
+        allowed = any(
+            policy.get("objectId") == identity.principal_id
+            and (
+                {"wrapkey", "unwrapkey"}
+                <= {str(p).lower() for p in policy.get("permissions", {}).get("keys", [])}
+                or "all" in {str(p).lower() for p in policy.get("permissions", {}).get("keys", [])}
+            )
+            for policy in vault.access_policies
+        )
+    if allowed:
+        return None
+    return {
+        "code": "KeyVaultAccessForbidden",
+        "message": (
+            f"The identity '{identity.id}' is unauthorized to access the Azure Key Vault key "
+            f"'{parsed.name}': it needs the wrapKey and unwrapKey permissions on the key."
+        ),
+    }
 
 
 def _missing(field_name: str) -> Reply:

@@ -13,7 +13,8 @@
 | ``POST /_sim/faults`` | ``set_fault_rates`` (body: rates, service, methods, slow_seconds, seed) |
 | ``POST /_sim/inject`` | ``inject`` (body: method, service, path_contains, faults: a list of
   ``{"status": 429, "error_code", "message", "headers"}``, ``{"reset": true}`` or ``{"slow": 1.5}``) |
-| ``POST /_sim/config`` | ``configure`` (plus ``operation_failure_rate``) |
+| ``POST /_sim/config`` | ``configure`` (plus ``operation_failure_rate``): e.g. ``write_answer`` ("both",
+  "location", "none"), ``put_resets_omitted``, ``encryption_updatable_from`` |
 | ``POST /_sim/reset`` | ``reset`` |
 | ``GET /_sim/cluster?id=...`` | the cluster's ARM JSON |
 | ``POST /_sim/cluster-status`` | ``set_cluster_status`` (body: id, status) |

@@ -15,7 +15,8 @@ Seed format (``Simulator.seed``, ``POST /_sim/seed``, ``python -m azsim serve --
       "clusters": [{"subscription": "2222...", "resource_group": "rg-data", "name": "orders-prod",
                     "location": "westeurope", "tags": {"team": "orders"},
                     "key": {"vault": "contoso-kv", "name": "cmk-docdb", "versionless": false},
-                    "identity": "id-docdb-cmk", "extra_identities": []}]
+                    "identity": "id-docdb-cmk", "extra_identities": [],
+                    "identity_type": "UserAssigned"}]
     }
 
 Only ``name``/``subscription``/``resource_group`` (and ``vault`` for keys) are required. A cluster takes
@@ -36,7 +37,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
-from azsim.arm import cluster_json, parse_key_url
+from azsim.arm import WRITE_ANSWERS, cluster_json, parse_key_url
 from azsim.faults import Fault
 from azsim.identity import TOKEN_PATH
 from azsim.messages import RequestRecord
@@ -178,9 +179,22 @@ class Simulator:
         read_burst: int | None = None,
         read_refill_per_s: float | None = None,
         list_page_size: int | None = None,
+        write_answer: str | None = None,
+        put_resets_omitted: bool | None = None,
+        encryption_updatable_from: str | None = None,
     ) -> None:
-        """Change behaviour; None leaves a setting as it is. Changing a bucket refills every bucket."""
+        """Change behaviour; None leaves a setting as it is. Changing a bucket refills every bucket.
+
+        ``write_answer``: "both" (Azure-AsyncOperation and Location, as the spec's examples), "location"
+        or "none" (the client follows the resource). ``put_resets_omitted``: a PUT also resets the service
+        properties it leaves out. ``encryption_updatable_from``: an api-version; writes changing the key
+        at an older one are refused as create-only ("" turns it off).
+        """
+        if write_answer is not None and write_answer not in WRITE_ANSWERS:
+            raise ValueError(f"write_answer must be one of {', '.join(WRITE_ANSWERS)}, got {write_answer!r}")
         changes: dict[str, Any] = {
+            "write_answer": write_answer,
+            "put_resets_omitted": put_resets_omitted,
             "operation_seconds": operation_seconds,
             "poll_interval": poll_interval,
             "latency": latency,
@@ -195,6 +209,8 @@ class Simulator:
             for name, value in changes.items():
                 if value is not None:
                     setattr(config, name, value)
+            if encryption_updatable_from is not None:
+                config.encryption_updatable_from = encryption_updatable_from or None
             if any(v is not None for v in (write_burst, write_refill_per_s, read_burst, read_refill_per_s)):
                 self._state.reset_buckets()
 
@@ -362,6 +378,7 @@ class Simulator:
         extra_identities: list[str] | None = None,
         tags: dict[str, str] | None = None,
         grant_key_access: bool = True,
+        identity_type: str = "UserAssigned",
     ) -> str:
         """Add a cluster; ``key_url`` None makes it service-managed. Return its ARM id.
 
@@ -396,6 +413,7 @@ class Simulator:
                 key_url=key_url,
                 key_identity=identities[0] if key_url is not None else None,
                 created_at=time.time(),
+                identity_type=identity_type,
             )
             if key_url is not None and grant_key_access:
                 self._grant_key_access(key_url, identities[0])
@@ -684,6 +702,7 @@ class Simulator:
                 identity=names.get(identity, identity) if identity else None,
                 extra_identities=[names.get(i, i) for i in item.get("extra_identities", [])],
                 tags=item.get("tags"),
+                identity_type=item.get("identity_type", "UserAssigned"),
             )
         return result
 

@@ -22,8 +22,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUILTIN_ROLES",
+    "DEFAULT_CLUSTER_PROPERTIES",
     "DEFAULT_OPS",
     "DEFAULT_ROTATION_POLICY",
+    "SERVICE_DEFAULTS",
     "Cluster",
     "Config",
     "Denial",
@@ -51,6 +53,27 @@ DEFAULT_ROTATION_POLICY: dict[str, Any] = {
 }
 
 
+# What a cluster has unless a test says otherwise; what a resetting PUT sets the omitted ones back to is
+# SERVICE_DEFAULTS (the spec's defaults where it names one: highAvailability Disabled, publicNetworkAccess
+# Enabled, dataApi Disabled, authConfig NativeAuth).
+DEFAULT_CLUSTER_PROPERTIES: dict[str, Any] = {
+    "serverVersion": "7.0",
+    "compute": {"tier": "M30"},
+    "storage": {"sizeGb": 128},
+    "highAvailability": {"targetMode": "ZoneRedundantPreferred"},
+    "sharding": {"shardCount": 1},
+    "publicNetworkAccess": "Disabled",
+    "dataApi": {"mode": "Disabled"},
+    "authConfig": {"allowedModes": ["NativeAuth", "MicrosoftEntraID"]},
+}
+SERVICE_DEFAULTS: dict[str, Any] = {
+    "highAvailability": {"targetMode": "Disabled"},
+    "publicNetworkAccess": "Enabled",
+    "dataApi": {"mode": "Disabled"},
+    "authConfig": {"allowedModes": ["NativeAuth"]},
+}
+
+
 def iso_z(epoch: float) -> str:
     """ISO 8601 UTC with a Z suffix and 7 fractional digits, like Azure writes it."""
     moment = dt.datetime.fromtimestamp(epoch, dt.UTC)
@@ -70,6 +93,15 @@ class Config:
     read_refill_per_s: float = 25.0
     list_page_size: int = 50
     operation_failure_rate: float = 0.0
+    # How a write is answered (see azsim.arm): "both" headers as the spec's examples (Azure-AsyncOperation
+    # and Location), "location" only, or "none" (the client follows the resource's provisioningState).
+    write_answer: str = "both"
+    # A PUT also resets the properties it leaves out to the service's defaults (a PUT "overwrites all
+    # properties for the resource", the spec says): the worst case the rotator's collateral check catches.
+    put_resets_omitted: bool = False
+    # Refuse to update properties.encryption at api-versions dated before this one (None: never), as the
+    # 2025-07-01-preview swagger marks it create-only (x-ms-mutability: read, create).
+    encryption_updatable_from: str | None = None
 
 
 @dataclass
@@ -257,6 +289,9 @@ class Operation:
     new_key_identity: str | None
     new_identities: list[str] | None
     settled: bool = False
+    new_tags: dict[str, str] | None = None  # the tags once the operation succeeds (None: unchanged)
+    new_properties: dict[str, Any] | None = None  # service properties set by the write
+    new_identity_type: str | None = None
 
     def status(self, now: float) -> str:
         """InProgress, Succeeded or Failed at ``now``."""
@@ -285,6 +320,10 @@ class Cluster:
     ignore_key_updates: bool = False
     fail_next: dict[str, str] | None = None
     operation_seconds: float | None = None
+    identity_type: str = "UserAssigned"
+    # The service properties a GET returns besides status and encryption (the shape of the spec's
+    # examples, e.g. examples/2025-09-01/MongoClusters_Create_CMK.json, response 200).
+    properties: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(DEFAULT_CLUSTER_PROPERTIES))
 
     @property
     def cmk(self) -> bool:
@@ -445,10 +484,19 @@ class State:
         op.settled = True
         cluster.operation = None
         cluster.provisioning_state = "Succeeded"
+        if op.kind == "create":
+            cluster.provisioning_state = "Failed" if op.failed else "Succeeded"
+            cluster.cluster_status = "Ready"
         if op.failed:
             return
         if op.new_identities is not None:
             cluster.identities = list(op.new_identities)
+        if op.new_identity_type is not None:
+            cluster.identity_type = op.new_identity_type
+        if op.new_tags is not None:
+            cluster.tags = dict(op.new_tags)
+        if op.new_properties is not None:
+            cluster.properties.update(copy.deepcopy(op.new_properties))
         if op.new_key_identity is not None:
             cluster.key_identity = op.new_key_identity
         if op.new_key_url is not None and not cluster.ignore_key_updates:

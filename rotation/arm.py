@@ -6,13 +6,16 @@ the answer into `Cluster` / `AcceptedOperation` / `OperationStatus`, or raises `
 
 Permissions (Azure RBAC on the cluster's scope): ``Microsoft.DocumentDB/mongoClusters/read`` for `get` and
 `list_clusters`, ``.../write`` plus ``Microsoft.ManagedIdentity/userAssignedIdentities/assign/action`` for
-`put`, ``Microsoft.DocumentDB/locations/operationsStatus/read`` for `operation_status`.
+`put` and `patch`, ``Microsoft.DocumentDB/locations/*/read`` for `operation_status` (the spec's operation
+types ``mongoClusterAzureAsyncOperation`` and ``mongoClusterOperationResults`` live under ``locations``).
+Which URL an accepted write is followed through, and how, is `rotation.lro`.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import urlsplit
 
@@ -30,10 +33,11 @@ from azure.mgmt.core import AsyncARMPipelineClient
 from azure.mgmt.core.policies import ARMHttpLoggingPolicy, AsyncARMChallengeAuthenticationPolicy
 
 from rotation.errors import NotFoundError, ServiceError
+from rotation.lro import DEFAULT_POLL_SECONDS, OperationKind, check_operation_url, is_terminal
 from rotation.pacing import ArmPacer, is_write, subscription_of
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Mapping
 
     from azure.core.credentials_async import AsyncTokenCredential
     from azure.core.pipeline.transport import AsyncHttpTransport
@@ -42,8 +46,7 @@ if TYPE_CHECKING:
     from rotation.ids import ResourceId
 
 USER_AGENT = "cmk-rotator/0.1"
-_TERMINAL = frozenset({"succeeded", "failed", "canceled", "cancelled"})
-_DEFAULT_POLL_SECONDS = 5.0
+_ACCEPTED = frozenset({200, 201, 202, 204})  # ARMPolling's valid answers to a long-running write
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,9 @@ class Cluster:
     key_identity: str | None
     provisioning_state: str | None
     cluster_status: str | None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    # The GET body as ARM sent it, for the collateral-change check (rule 9); never sent back (rule 5).
+    doc: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def is_cmk(self) -> bool:
@@ -82,6 +88,7 @@ class Cluster:
         location = doc.get("location")
         if not isinstance(location, str) or not location:
             raise ValueError("cluster body has no location")
+        tags = doc.get("tags")
         return cls(
             id=str(doc.get("id", "")),
             name=str(doc.get("name", "")),
@@ -92,32 +99,47 @@ class Cluster:
             key_identity=key_identity if isinstance(key_identity, str) and key_identity else None,
             provisioning_state=_str_or_none(props.get("provisioningState")),
             cluster_status=_str_or_none(props.get("clusterStatus")),
+            tags={str(k): str(v) for k, v in tags.items()} if isinstance(tags, dict) else {},
+            doc=copy.deepcopy(doc),
         )
 
 
 @dataclass(frozen=True)
 class AcceptedOperation:
-    """The answer to an accepted PUT: the operation to follow, or ``url=None`` when it completed at once."""
+    """The answer to an accepted write: the operation to follow and how (`rotation.lro`).
+
+    ``url`` is the ``Azure-AsyncOperation`` or ``Location`` URL, or the cluster's own URL when ARM gave
+    neither (then ``status`` is the provisioning state the answer showed, and a terminal one means done).
+    ``url=None`` only from a test double that completed the write at once.
+    """
 
     url: str | None
     retry_after: float
     request_id: str | None
     correlation_id: str | None
+    kind: OperationKind = OperationKind.ASYNC_OPERATION
+    status: str = "InProgress"
+    status_code: int | None = None
+
+    @property
+    def done(self) -> bool:
+        """Whether the answer itself ended the operation (no header, terminal provisioning state)."""
+        return self.url is None or (self.kind is OperationKind.RESOURCE and is_terminal(self.status))
 
 
 @dataclass(frozen=True)
 class OperationStatus:
-    """One poll of a long-running operation."""
+    """One poll of a long-running operation; ``retry_after`` None when the answer named no wait."""
 
     status: str
-    retry_after: float
+    retry_after: float | None
     error_code: str | None = None
     error_message: str | None = None
 
     @property
     def done(self) -> bool:
         """Whether the operation reached Succeeded, Failed or Canceled."""
-        return self.status.lower() in _TERMINAL
+        return is_terminal(self.status)
 
     @property
     def succeeded(self) -> bool:
@@ -227,39 +249,76 @@ class ClustersClient(ArmConnection):
             ) from exc
 
     async def put(self, cluster_id: ResourceId, body: dict[str, Any]) -> AcceptedOperation:
-        """PUT the cluster body; return the operation to follow (201/202) or a completed one (200)."""
-        response = await self._send("PUT", self._resource_url(cluster_id), json=body)
+        """PUT the cluster body (MongoClusters_CreateOrUpdate); return the operation to follow."""
+        return await self._write("PUT", cluster_id, body)
+
+    async def patch(self, cluster_id: ResourceId, body: dict[str, Any]) -> AcceptedOperation:
+        """PATCH the cluster (MongoClusters_Update, the spec's PatchCMK shape); return the operation."""
+        return await self._write("PATCH", cluster_id, body)
+
+    async def _write(self, method: str, cluster_id: ResourceId, body: dict[str, Any]) -> AcceptedOperation:
+        """One write; its answer read as ARMPolling reads it (`rotation.lro`): 200, 201, 202 or 204."""
+        response = await self._send(method, self._resource_url(cluster_id), json=body)
         self._raise_for_status(response, what=str(cluster_id))
+        status_code = response.status_code
         headers = response.headers
-        url = headers.get("Azure-AsyncOperation") or headers.get("Location")
-        if url is not None:
-            self._check_same_host(url)
-        if response.status_code == 200 and not headers.get("Azure-AsyncOperation"):  # noqa: PLR2004
-            url = None
-        return AcceptedOperation(
-            url=url,
-            retry_after=retry_after_seconds(headers) or _DEFAULT_POLL_SECONDS,
+        if status_code not in _ACCEPTED:
+            raise ServiceError(
+                f"unexpected HTTP {status_code} to {method}", service="arm", status=status_code
+            )
+        base = AcceptedOperation(
+            url=None,
+            retry_after=retry_after_seconds(headers) or DEFAULT_POLL_SECONDS,
             request_id=headers.get("x-ms-request-id"),
             correlation_id=headers.get("x-ms-correlation-request-id"),
+            status_code=status_code,
         )
+        for header, kind in (
+            ("Azure-AsyncOperation", OperationKind.ASYNC_OPERATION),
+            ("Location", OperationKind.LOCATION),
+        ):
+            url = headers.get(header)
+            if url:
+                check_operation_url(url, host=self._host, cluster_id=cluster_id)
+                return replace(base, url=url, kind=kind)
+        # No header: the resource itself tells (BodyContentPolling): 202 running, else its provisioningState.
+        state: str | None = None
+        if status_code != 202 and response.content:  # noqa: PLR2004
+            try:
+                state = _str_or_none(_dig(response.json(), "properties").get("provisioningState"))
+            except ValueError:
+                state = None
+        if status_code == 202:  # noqa: PLR2004
+            state = "InProgress"
+        elif state is None:
+            state = "InProgress" if status_code == 201 else "Succeeded"  # noqa: PLR2004
+        return replace(base, url=self._resource_url(cluster_id), kind=OperationKind.RESOURCE, status=state)
 
-    async def operation_status(self, url: str) -> OperationStatus:
-        """GET an ``Azure-AsyncOperation`` URL once."""
-        self._check_same_host(url)
-        response = await self._send("GET", url, api_version=False)
+    async def operation_status(
+        self, url: str, *, cluster_id: ResourceId, kind: OperationKind | None = None
+    ) -> OperationStatus:
+        """Poll an accepted operation once; ``kind`` None: the kind its checked URL names (rule 7)."""
+        named = check_operation_url(url, host=self._host, cluster_id=cluster_id)
+        kind = kind or named
+        if kind is OperationKind.RESOURCE:
+            response = await self._send("GET", self._resource_url(cluster_id))
+        else:
+            response = await self._send("GET", url, api_version=False)
         self._raise_for_status(response, what="operation")
-        retry_after = retry_after_seconds(response.headers) or _DEFAULT_POLL_SECONDS
-        if response.status_code == 202:  # noqa: PLR2004 - a Location (operationResults) URL still running
+        retry_after = retry_after_seconds(response.headers)  # a resource GET names none
+        if response.status_code == 202:  # noqa: PLR2004 - running, whatever the kind
             return OperationStatus(status="InProgress", retry_after=retry_after)
         try:
             doc = response.json() if response.content else {}
         except ValueError:
             doc = {}
         doc = doc if isinstance(doc, dict) else {}
-        status = doc.get("status")
+        if kind is OperationKind.RESOURCE:
+            state = _str_or_none(_dig(doc, "properties").get("provisioningState"))
+            return OperationStatus(status=state or "Succeeded", retry_after=retry_after)
+        status = doc.get("status") if kind is OperationKind.ASYNC_OPERATION else None
         if not isinstance(status, str):
-            # A Location URL answers 200/204 with the resource once done.
-            status = "Succeeded"
+            status = "Succeeded"  # a Location URL answers 200/204 (with the resource) once done
         error = _dig(doc, "error")
         return OperationStatus(
             status=status,

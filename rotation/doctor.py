@@ -138,6 +138,10 @@ class DoctorReport:
     """The reports of every cluster checked."""
 
     clusters: tuple[ClusterReport, ...]
+    # The mongoClusters api-version and write method a rotation would use (ROTATION_ARM_API_VERSION,
+    # ROTATION_WRITE_METHOD): whether encryption is updatable depends on both (docs/deploy.md).
+    api_version: str | None = None
+    write_method: str | None = None
 
     @property
     def failed(self) -> bool:
@@ -156,6 +160,7 @@ class DoctorReport:
             "status": (Status.FAIL if self.failed else _worst(self.clusters)).value,
             "clusters": [c.to_dict() for c in self.clusters],
             "summary": self.summary(),
+            "arm": {"api_version": self.api_version, "write_method": self.write_method},
         }
 
 
@@ -170,6 +175,8 @@ def format_report(report: DoctorReport, *, problems_only: bool = False) -> list[
     lines, and only the clusters that have one (the summary still counts every check).
     """
     lines: list[str] = []
+    if report.api_version is not None:
+        lines.append(f"ARM api-version {report.api_version}, write method {report.write_method}")
     for cluster in report.clusters:
         findings = cluster.problems() if problems_only else list(cluster.findings)
         if problems_only and not findings:
@@ -745,7 +752,11 @@ class Doctor:
             async with gate:
                 return await self.check(cluster_id)
 
-        return DoctorReport(tuple(await asyncio.gather(*(one(c) for c in cluster_ids))))
+        return DoctorReport(
+            tuple(await asyncio.gather(*(one(c) for c in cluster_ids))),
+            api_version=self.settings.arm_api_version,
+            write_method=self.settings.write_method,
+        )
 
     async def check(self, cluster_id: str) -> ClusterReport:
         """Every check for one cluster."""

@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from rotation.collateral import changed_paths
 from rotation.errors import ClusterBusy, NotFoundError, ServiceError, TransientFailure
 from rotation.ids import InvalidKeyUrl, KeyUrl, parse_key_url
 from rotation.keyvault import unusable_reason
+from rotation.lro import DEFAULT_POLL_SECONDS
 from rotation.outcomes import Outcome, RotationResult
 from rotation.retry import RetryPolicy
 
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
     from rotation.arm import AcceptedOperation, Cluster, OperationStatus
     from rotation.ids import ResourceId
     from rotation.keyvault import KeyVersion
+    from rotation.lro import OperationKind
     from rotation.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -40,7 +44,10 @@ class ClustersPort(Protocol):
 
     async def get(self, cluster_id: ResourceId) -> Cluster: ...  # noqa: D102
     async def put(self, cluster_id: ResourceId, body: dict[str, Any]) -> AcceptedOperation: ...  # noqa: D102
-    async def operation_status(self, url: str) -> OperationStatus: ...  # noqa: D102
+    async def patch(self, cluster_id: ResourceId, body: dict[str, Any]) -> AcceptedOperation: ...  # noqa: D102
+    async def operation_status(  # noqa: D102
+        self, url: str, *, cluster_id: ResourceId, kind: OperationKind | None = None
+    ) -> OperationStatus: ...
 
 
 class KeysPort(Protocol):
@@ -65,35 +72,85 @@ class RotationRequest:
 
 
 def build_body(cluster: Cluster, target: KeyUrl) -> dict[str, Any]:
-    """Rule 5: the documented PUT body, built from the cluster's own location, key identity and identities.
+    """Rule 5: the documented PUT body, built from the cluster's location, tags, key identity and identities.
 
-    Every user-assigned identity the cluster already has is listed, so the replacing PUT cannot drop one.
+    A PUT replaces the resource (the spec: it "overwrites all properties"), so every user-assigned identity
+    the cluster already has is listed and its tags are sent back as they were; nothing else of the GET is.
+    """
+    return {
+        "identity": _identity(cluster),
+        "location": cluster.location,
+        "tags": dict(cluster.tags),
+        "properties": {"encryption": _encryption(cluster, target)},
+    }
+
+
+def build_patch_body(cluster: Cluster, target: KeyUrl) -> dict[str, Any]:
+    """The spec's ``MongoClusters_PatchCMK`` body (identity + encryption), for ROTATION_WRITE_METHOD=patch.
+
+    Shape of Azure/azure-rest-api-specs ``specification/mongocluster/resource-manager/Microsoft.DocumentDB/
+    MongoCluster/examples/2025-09-01/MongoClusters_PatchCMK.json`` (2025-08-01-preview on). A PATCH merges,
+    so tags and other properties are left out and stay as they are.
+    """
+    return {
+        "identity": _identity(cluster),
+        "properties": {"encryption": _encryption(cluster, target)},
+    }
+
+
+def _identity(cluster: Cluster) -> dict[str, Any]:
+    """Every identity the cluster has, the key identity included; the type kept (case-insensitively).
+
+    ``SystemAssigned,UserAssigned`` stays as it is: dropping ``SystemAssigned`` from a replacing PUT would
+    remove the cluster's system identity.
     """
     if cluster.key_identity is None:
         raise ValueError("cluster has no key identity")
     identities = dict.fromkeys(cluster.identity_ids)
     if not any(i.lower() == cluster.key_identity.lower() for i in identities):
         identities[cluster.key_identity] = None
-    identity_type = (
-        cluster.identity_type
-        if cluster.identity_type and "UserAssigned" in cluster.identity_type
-        else "UserAssigned"
-    )
+    current = cluster.identity_type or ""
+    compact = current.replace(" ", "").lower()
+    if "userassigned" in compact:
+        identity_type = current
+    elif "systemassigned" in compact:
+        identity_type = "SystemAssigned,UserAssigned"
+    else:
+        identity_type = "UserAssigned"
+    return {"type": identity_type, "userAssignedIdentities": {i: {} for i in identities}}
+
+
+def _encryption(cluster: Cluster, target: KeyUrl) -> dict[str, Any]:
     return {
-        "identity": {"type": identity_type, "userAssignedIdentities": {i: {} for i in identities}},
-        "location": cluster.location,
-        "properties": {
-            "encryption": {
-                "customerManagedKeyEncryption": {
-                    "keyEncryptionKeyIdentity": {
-                        "identityType": "UserAssignedIdentity",
-                        "userAssignedIdentityResourceId": cluster.key_identity,
-                    },
-                    "keyEncryptionKeyUrl": str(target),
-                }
-            }
-        },
+        "customerManagedKeyEncryption": {
+            "keyEncryptionKeyIdentity": {
+                "identityType": "UserAssignedIdentity",
+                "userAssignedIdentityResourceId": cluster.key_identity,
+            },
+            "keyEncryptionKeyUrl": str(target),
+        }
     }
+
+
+# Wording of a 400 that refuses to change a property the api-version treats as create-only (in the
+# 2025-07-01-preview swagger `properties.encryption` has x-ms-mutability read, create). ARM's own code for
+# it is PropertyChangeNotAllowed; providers also answer in words.
+_NOT_UPDATABLE = re.compile(
+    r"cannot be updated|can ?not be (?:updated|modified)|not updatable|is not allowed to be updated"
+    r"|propertychangenotallowed|create-?only",
+    re.IGNORECASE,
+)
+NOT_UPDATABLE_NEXT_STEP = (
+    "next step: set ROTATION_ARM_API_VERSION=2025-09-01 (encryption is updatable from 2025-08-01-preview on) "
+    "or ROTATION_WRITE_METHOD=patch (with such an api-version)"
+)
+
+
+def not_updatable(exc: ServiceError) -> bool:
+    """Whether ARM refused the write because a property cannot be updated at this api-version."""
+    if exc.status != 400:  # noqa: PLR2004
+        return False
+    return bool(_NOT_UPDATABLE.search(f"{exc.code or ''} {exc.message or ''}"))
 
 
 @dataclass
@@ -180,6 +237,7 @@ class Rotator:
         write_flag: WriteFlag,
     ) -> None:
         cluster = await self._get_cluster(request.cluster_id, state)
+        state.before = cluster
         current = self._current_key(cluster)
         state.key = f"{current.host}/{current.name}"
         state.from_version = current.version
@@ -188,13 +246,55 @@ class Rotator:
                 raise ValueError("resuming an operation needs its target key URL")
             state.target = request.target
             state.operation_url = request.operation_url
-            await self._follow(request, state, request.operation_url, request.target)
+            # The kind is the one its recorded URL names (rotation.lro.operation_kind), checked again here.
+            await self._follow(request, state, request.operation_url, request.target, kind=None)
             return
         _raise_if_operation_running(request.cluster_id, cluster)
         target = await self._decide_target(request, current, state)
-        body = build_body(cluster, target)
+        method = self._settings.write_method
+        body = build_patch_body(cluster, target) if method == "patch" else build_body(cluster, target)
         if request.dry_run:
-            raise _Done(Outcome.DRY_RUN, "dry run: PUT not sent", body=body)
+            raise _Done(Outcome.DRY_RUN, f"dry run: {method.upper()} not sent", body=body)
+        accepted, attempts = await self._write(request, state, cluster, body, write_flag)
+        state.attempts += attempts
+        state.request_id = accepted.request_id
+        state.correlation_id = accepted.correlation_id
+        logger.info(
+            "rotation.put_accepted",
+            extra={
+                **state.log_fields(),
+                "operation_url": accepted.url,
+                "operation_kind": accepted.kind.value,
+                "write_method": method,
+                "status_code": accepted.status_code,
+                "request_id": accepted.request_id,
+                "correlation_id": accepted.correlation_id,
+                "attempt": attempts,
+            },
+        )
+        if accepted.done:  # no header and a terminal provisioning state in the answer itself
+            if not accepted.url or accepted.status.lower() == "succeeded":
+                await self._verify(request, state, target)
+            raise _Done(Outcome.FAILED, f"write answered provisioningState {accepted.status}")
+        assert accepted.url is not None  # noqa: S101 - not done means an operation to follow
+        state.operation_url = accepted.url
+        if on_accepted is not None:
+            await on_accepted(accepted.url, target)
+        await self._follow(
+            request, state, accepted.url, target, kind=accepted.kind, first_wait=accepted.retry_after
+        )
+
+    async def _write(
+        self,
+        request: RotationRequest,
+        state: _State,
+        cluster: Cluster,
+        body: dict[str, Any],
+        write_flag: WriteFlag,
+    ) -> tuple[AcceptedOperation, int]:
+        """PUT or PATCH ``body`` through the write retry policy; a not-updatable 400 says the next step."""
+        method = self._settings.write_method
+        write = self._clusters.patch if method == "patch" else self._clusters.put
         tries = 0
 
         async def put() -> AcceptedOperation:
@@ -212,34 +312,24 @@ class Rotator:
                     )
             if write_flag.guard is not None:
                 await write_flag.guard()
-            return await self._clusters.put(request.cluster_id, body)
+            return await write(request.cluster_id, body)
 
         write_flag.in_flight = True
         try:
-            accepted, attempts = await self._arm_write.call(put, log_fields=state.log_fields())
+            return await self._arm_write.call(put, log_fields=state.log_fields())
+        except ServiceError as exc:
+            if not not_updatable(exc):
+                raise
+            state.attempts += exc.attempts
+            raise _Done(
+                Outcome.FAILED,
+                f"ARM refused to update the encryption at api-version {self._settings.arm_api_version} "
+                f"({method.upper()}): {exc.message}; {NOT_UPDATABLE_NEXT_STEP}",
+                error=exc,
+            ) from exc
         finally:
             # An answer (or an error) came back: nothing of ours is on the wire. Cancelled: it may be.
             write_flag.in_flight = _cancelling()
-        state.attempts += attempts
-        state.request_id = accepted.request_id
-        state.correlation_id = accepted.correlation_id
-        logger.info(
-            "rotation.put_accepted",
-            extra={
-                **state.log_fields(),
-                "operation_url": accepted.url,
-                "request_id": accepted.request_id,
-                "correlation_id": accepted.correlation_id,
-                "attempt": attempts,
-            },
-        )
-        if accepted.url is None:
-            await self._verify(request, state, target)
-            return
-        state.operation_url = accepted.url
-        if on_accepted is not None:
-            await on_accepted(accepted.url, target)
-        await self._follow(request, state, accepted.url, target, first_wait=accepted.retry_after)
 
     async def _get_cluster(self, cluster_id: ResourceId, state: _State) -> Cluster:
         try:
@@ -325,11 +415,16 @@ class Rotator:
         url: str,
         target: KeyUrl,
         *,
+        kind: OperationKind | None,
         first_wait: float | None = None,
     ) -> None:
-        """Poll the operation at the server's pace until it ends or the polling budget runs out."""
+        """Poll the operation at the server's pace until it ends or the polling budget runs out.
+
+        ``kind`` None: resuming a recorded URL, followed the way its path names (`rotation.lro`).
+        """
         deadline = self._clock() + self._settings.poll_budget_seconds
         wait = first_wait
+        pace = first_wait if first_wait is not None else DEFAULT_POLL_SECONDS
         while True:
             if wait is not None:
                 if self._clock() + wait > deadline:
@@ -337,7 +432,8 @@ class Rotator:
                 await self._sleep(wait)
             try:
                 status, _ = await self._arm_read.call(
-                    lambda: self._clusters.operation_status(url), log_fields=state.log_fields()
+                    lambda: self._clusters.operation_status(url, cluster_id=request.cluster_id, kind=kind),
+                    log_fields=state.log_fields(),
                 )
             except NotFoundError:
                 break  # the operation record is gone: the cluster itself tells the result
@@ -350,14 +446,35 @@ class Rotator:
                         error_message=status.error_message,
                     )
                 break
-            wait = status.retry_after
+            # Retry-After of this answer; else the last one the server named (a resource GET names none).
+            if status.retry_after is not None:
+                pace = status.retry_after
+            wait = pace
         await self._verify(request, state, target)
 
     async def _verify(self, request: RotationRequest, state: _State, target: KeyUrl) -> None:
-        """Rule 9: GET the cluster; its key URL must be the target and provisioning Succeeded."""
+        """Rule 9: GET the cluster; its key URL must be the target and provisioning Succeeded.
+
+        Anything else that differs from the GET before the write is a collateral change: logged at ERROR
+        with its paths and kept in the result (and so in the history); the outcome still says whether the
+        key moved.
+        """
         cluster, _ = await self._arm_read.call(
             lambda: self._clusters.get(request.cluster_id), log_fields=state.log_fields()
         )
+        if state.before is not None:
+            state.collateral = tuple(changed_paths(state.before.doc, cluster.doc))
+        if state.collateral:
+            logger.error(
+                "rotation.collateral_change",
+                extra={
+                    **state.log_fields(),
+                    "changed_paths": list(state.collateral),
+                    "write_method": self._settings.write_method,
+                    "api_version": self._settings.arm_api_version,
+                    "operation_url": state.operation_url,
+                },
+            )
         actual: KeyUrl | None
         try:
             actual = parse_key_url(
@@ -409,6 +526,8 @@ class _State:
         self.operation_url: str | None = None
         self.request_id: str | None = None
         self.correlation_id: str | None = None
+        self.before: Cluster | None = None  # the GET this job started from (rule 9's comparison)
+        self.collateral: tuple[str, ...] = ()
 
     def log_fields(self) -> dict[str, Any]:
         return {
@@ -454,6 +573,7 @@ class _State:
             request_id=self.request_id,
             correlation_id=self.correlation_id,
             body=body,
+            collateral_changes=self.collateral,
         )
 
 

@@ -59,12 +59,16 @@ class RotationResult:
     request_id: str | None = None  # ARM x-ms-request-id of the PUT (or of the failing call)
     correlation_id: str | None = None  # ARM x-ms-correlation-request-id, what ARM support asks for
     body: dict[str, Any] | None = field(default=None, repr=False)
+    # Paths (never values) that changed between the GET before the write and the verifying GET, besides
+    # the key URL and status fields (rule 9): a PUT replaces, so the rotation must show what else it moved.
+    collateral_changes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict with the outcome as its string value; the dry-run body only when present."""
         out = asdict(self)
         out["outcome"] = self.outcome.value
         out["duration_s"] = round(self.duration_s, 3)
+        out["collateral_changes"] = list(self.collateral_changes)
         if self.body is None:
             del out["body"]
         return out

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 import time
 from dataclasses import dataclass, replace
@@ -131,6 +132,7 @@ class HistoryEntry:
     operation_url: str | None
     correlation_id: str | None = None
     dequeue_count: int | None = None  # the queue delivery that failed (retries exhausted), when known
+    collateral_changes: tuple[str, ...] = ()  # paths that changed besides the key (rule 9)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; ``at`` in ISO 8601."""
@@ -153,6 +155,7 @@ class HistoryEntry:
             "correlation_id": self.correlation_id,
             "operation_url": self.operation_url,
             "dequeue_count": self.dequeue_count,
+            "collateral_changes": list(self.collateral_changes),
         }
 
 
@@ -219,6 +222,15 @@ def _utc(value: object) -> datetime | None:
 def _text(value: object) -> str | None:
     """A stored string; empty means absent."""
     return value if isinstance(value, str) and value else None
+
+
+def _paths(raw: object) -> tuple[str, ...]:
+    """The collateral-change paths of a history entity (a JSON list), () when absent or unreadable."""
+    try:
+        value = json.loads(raw) if isinstance(raw, str) else []
+    except ValueError:
+        return ()
+    return tuple(str(p) for p in value) if isinstance(value, list) else ()
 
 
 def _clip(value: str | None) -> str | None:
@@ -297,6 +309,7 @@ def _history_entity(entry: HistoryEntry, partition: str) -> dict[str, Any]:
         "CorrelationId": entry.correlation_id,
         "OperationUrl": entry.operation_url,
         "DequeueCount": entry.dequeue_count,
+        "CollateralChanges": json.dumps(list(entry.collateral_changes)) if entry.collateral_changes else None,
     }
 
 
@@ -322,6 +335,7 @@ def _history_entry(entity: Mapping[str, Any]) -> HistoryEntry:
         correlation_id=_text(entity.get("CorrelationId")),
         operation_url=_text(entity.get("OperationUrl")),
         dequeue_count=dequeue if isinstance(dequeue := entity.get("DequeueCount"), int) else None,
+        collateral_changes=_paths(entity.get("CollateralChanges")),
     )
 
 
@@ -635,6 +649,7 @@ class Registry:
             correlation_id=result.correlation_id,
             operation_url=result.operation_url,
             dequeue_count=dequeue_count,
+            collateral_changes=result.collateral_changes,
         )
         row = _row_key_for_text(result.cluster_id)
         _, history = await self._tables()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -13,6 +14,12 @@ if TYPE_CHECKING:
 DEFAULT_ARM_ENDPOINT = "https://management.azure.com"
 DEFAULT_ARM_API_VERSION = "2025-07-01-preview"
 DEFAULT_RECONCILE_SCHEDULE = "0 */15 * * * *"
+WRITE_METHODS = ("put", "patch")
+# The first api-version whose spec makes `properties.encryption` updatable and has MongoClusters_PatchCMK
+# (Azure/azure-rest-api-specs, specification/mongocluster/.../examples/2025-08-01-preview/): before it the
+# swagger (preview/2025-07-01-preview/mongoCluster.json) marks MongoClusterProperties.encryption
+# x-ms-mutability [read, create] and MongoClusterUpdateProperties has no encryption.
+PATCH_MIN_API_VERSION = "2025-08-01-preview"
 STORAGE_SETTING = "AzureWebJobsStorage"
 # The app setting that overrides host.json's extensions.queues.maxDequeueCount (the host's own convention:
 # https://learn.microsoft.com/azure/azure-functions/functions-host-json#override-hostjson-values).
@@ -44,6 +51,7 @@ class Settings:
     storage_identity: Mapping[str, str] = field(default_factory=dict)
     arm_endpoint: str = DEFAULT_ARM_ENDPOINT
     arm_api_version: str = DEFAULT_ARM_API_VERSION
+    write_method: str = "put"  # ROTATION_WRITE_METHOD: put (the documented body) | patch (PatchCMK)
     allowed_vault_suffixes: tuple[str, ...] = DEFAULT_VAULT_SUFFIXES
     dry_run: bool = False
     max_concurrency: int = 16
@@ -82,11 +90,13 @@ class Settings:
             initial_wait=_float(env, "ROTATION_RETRY_INITIAL_WAIT", RetrySettings.initial_wait),
             max_wait=_float(env, "ROTATION_RETRY_MAX_WAIT", RetrySettings.max_wait),
         )
+        api_version = env.get("ROTATION_ARM_API_VERSION", "").strip() or DEFAULT_ARM_API_VERSION
         return cls(
             storage_connection=env.get(STORAGE_SETTING, "").strip() or None,
             storage_identity=identity,
             arm_endpoint=endpoint.rstrip("/"),
-            arm_api_version=env.get("ROTATION_ARM_API_VERSION", "").strip() or DEFAULT_ARM_API_VERSION,
+            arm_api_version=api_version,
+            write_method=_write_method(env, api_version),
             allowed_vault_suffixes=suffixes,
             dry_run=_bool(env, "ROTATION_DRY_RUN"),
             max_concurrency=_int(env, "ROTATION_MAX_CONCURRENCY", 16, minimum=1),
@@ -99,6 +109,28 @@ class Settings:
             retry=retry,
             max_dequeue_count=_int(env, MAX_DEQUEUE_SETTING, 5, minimum=1),
         )
+
+
+def api_version_date(api_version: str) -> str | None:
+    """The date of an ARM api-version (``2025-08-01-preview`` -> ``2025-08-01``); None if it has none."""
+    match = re.fullmatch(r"(\d{4}-\d{2}-\d{2})(-[a-z]+)?", api_version.strip().lower())
+    return match.group(1) if match else None
+
+
+def _write_method(env: Mapping[str, str], api_version: str) -> str:
+    """ROTATION_WRITE_METHOD, refused when the api-version cannot update encryption with a PATCH."""
+    method = env.get("ROTATION_WRITE_METHOD", "").strip().lower() or "put"
+    if method not in WRITE_METHODS:
+        raise SettingsError(f"ROTATION_WRITE_METHOD must be put or patch, got {method!r}")
+    if method == "patch":
+        date = api_version_date(api_version)
+        minimum = api_version_date(PATCH_MIN_API_VERSION)
+        if date is None or minimum is None or date < minimum:
+            raise SettingsError(
+                f"ROTATION_WRITE_METHOD=patch needs ROTATION_ARM_API_VERSION {PATCH_MIN_API_VERSION} or "
+                f"later (encryption is not updatable by PATCH before it), got {api_version!r}"
+            )
+    return method
 
 
 def _suffixes(raw: str | None) -> tuple[str, ...]:

@@ -272,7 +272,8 @@ def percentile(values: list[float], q: float) -> float:
 
 def is_poll(path: str) -> bool:
     """Whether an ARM path is a long-running operation's status or result."""
-    return "/operationsStatus/" in path or "/operationResults/" in path
+    low = path.lower()  # the spec's operation types (rotation.lro)
+    return "/mongoclusterazureasyncoperation/" in low or "/mongoclusteroperationresults/" in low
 
 
 def subscription_of(path: str) -> str:
@@ -605,9 +606,9 @@ class Bench:
             for cluster_id in ids:
                 rid = parse_cluster_id(cluster_id)
                 accepted = await arm.put(rid, build_body(await arm.get(rid), url))
-                while accepted.url is not None:
+                while not accepted.done and accepted.url is not None:
                     await asyncio.sleep(accepted.retry_after)
-                    status = await arm.operation_status(accepted.url)
+                    status = await arm.operation_status(accepted.url, cluster_id=rid, kind=accepted.kind)
                     if status.done:
                         break
             seconds = time.perf_counter() - started

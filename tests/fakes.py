@@ -11,6 +11,7 @@ from rotation.arm import AcceptedOperation, Cluster, OperationStatus
 from rotation.errors import NotFoundError, ServiceError
 from rotation.ids import KeyUrl, ResourceId, parse_key_url
 from rotation.keyvault import KeyVersion
+from rotation.lro import OperationKind
 
 SUB = "22222222-2222-2222-2222-222222222222"
 VAULT = "https://contoso-kv.vault.azure.net"
@@ -61,6 +62,7 @@ class FakeClusters:
     def __init__(self) -> None:
         self.clusters: dict[str, Cluster] = {}
         self.puts: list[tuple[str, dict[str, Any]]] = []
+        self.patches: list[tuple[str, dict[str, Any]]] = []
         self.gets = 0
         self.polls = 0
         self.op_polls = 1
@@ -91,14 +93,25 @@ class FakeClusters:
     async def put(self, cluster_id: ResourceId, body: dict[str, Any]) -> AcceptedOperation:
         self._raise_scripted("put")
         self.puts.append((str(cluster_id), body))
-        url = f"https://management.azure.com/operationsStatus/{len(self.puts)}"
+        return self._accept(cluster_id, body)
+
+    async def patch(self, cluster_id: ResourceId, body: dict[str, Any]) -> AcceptedOperation:
+        self._raise_scripted("put")
+        self.patches.append((str(cluster_id), body))
+        return self._accept(cluster_id, body)
+
+    def _accept(self, cluster_id: ResourceId, body: dict[str, Any]) -> AcceptedOperation:
+        url = f"https://management.azure.com/operationsStatus/{len(self.puts) + len(self.patches)}"
         new_key = body["properties"]["encryption"]["customerManagedKeyEncryption"]["keyEncryptionKeyUrl"]
         self._ops[url] = (cluster_id.normalized, new_key, 0)
         return AcceptedOperation(
             url=url, retry_after=0.0, request_id=f"req-{len(self.puts)}", correlation_id=None
         )
 
-    async def operation_status(self, url: str) -> OperationStatus:
+    async def operation_status(
+        self, url: str, *, cluster_id: ResourceId, kind: OperationKind | None = None
+    ) -> OperationStatus:
+        del cluster_id, kind
         self.polls += 1
         self._raise_scripted("poll")
         cid, new_key, polls = self._ops[url]

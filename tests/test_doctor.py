@@ -414,7 +414,8 @@ def test_cli_table_exit_0(world):
     """`doctor CLUSTER_ID` prints one line per check and exits 0 when nothing fails."""
     proc = run_doctor_cli(world.cluster_id)
     assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
+    arm_line, *lines = proc.stdout.splitlines()
+    assert arm_line == "ARM api-version 2025-07-01-preview, write method put"
     assert lines[0] == world.cluster_id
     assert [line.split()[1] for line in lines[1:-1]] == list(CHECKS)
     assert all(line.split()[0] == "PASS" for line in lines[1:-1])
@@ -427,6 +428,7 @@ def test_cli_json_exit_1_on_fail(world):
     proc = run_doctor_cli(world.cluster_id, "--json")
     assert proc.returncode == 1, proc.stderr
     doc = json.loads(proc.stdout)
+    assert doc["arm"] == {"api_version": "2025-07-01-preview", "write_method": "put"}
     assert doc["status"] == "fail"
     [cluster] = doc["clusters"]
     failed = [c for c in cluster["checks"] if c["status"] == "fail"]

@@ -86,13 +86,14 @@ async def test_rotates_to_event_version_and_verifies(arm, kv, fake_time):
 
 
 async def test_put_body_is_the_documented_shape_with_every_identity(arm, kv, fake_time):
-    """Rule 5: exactly identity, location and the encryption block; every identity the cluster had stays."""
-    cid = arm.add(cluster(key=key_url(1)))
+    """Rule 5: exactly identity, location, tags and the encryption block; every identity and tag stays."""
+    cid = arm.add(cluster(key=key_url(1), tags={"costCentre": "4711", "owner": "orders team"}))
     await rotate(make_rotator(arm, kv, fake_time), cid, key_url(2))
     _, body = arm.puts[0]
     assert body == {
         "identity": {"type": "UserAssigned", "userAssignedIdentities": {UAMI: {}, OTHER_UAMI: {}}},
         "location": "westeurope",
+        "tags": {"costCentre": "4711", "owner": "orders team"},
         "properties": {
             "encryption": {
                 "customerManagedKeyEncryption": {

@@ -303,6 +303,7 @@ async def test_history_entry_keeps_every_field(registry):
             request_id="req-1",
             correlation_id="corr-1",
             operation_url=OP,
+            collateral_changes=("properties.highAvailability.targetMode", "tags['cost centre']"),
         ),
         trigger="reconcile",
         event_id=None,
@@ -329,6 +330,7 @@ async def test_history_entry_keeps_every_field(registry):
         "correlation_id": "corr-1",
         "operation_url": OP,
         "dequeue_count": 3,
+        "collateral_changes": ["properties.highAvailability.targetMode", "tags['cost centre']"],
     }
 
 

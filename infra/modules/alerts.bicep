@@ -70,6 +70,19 @@ AppTraces
 '''
   }
   {
+    key: 'collateral-change'
+    displayName: 'cmk-rotator: a rotation changed more than the key'
+    description: 'The cluster GET after a rotation differs from the one before it outside the key URL and status fields (rotation.collateral_change; a PUT replaces the resource). Runbook: docs/alerts.md#collateral-change.'
+    severity: 2
+    dimensions: clusterDimension
+    query: '''
+AppTraces
+| where Message == "rotation.collateral_change"
+| extend cluster_id = tostring(Properties["cluster_id"]), changed_paths = tostring(Properties["changed_paths"])
+| project TimeGenerated, cluster_id, changed_paths, event_id = tostring(Properties["event_id"])
+'''
+  }
+  {
     key: 'job-poisoned'
     displayName: 'cmk-rotator: rotation job moved to the poison queue'
     description: 'The Functions host gave up on a rotation job after maxDequeueCount attempts and moved it to rotation-jobs-poison. Runbook: docs/alerts.md#job-poisoned.'

@@ -16,6 +16,7 @@ from azure.mgmt.core.policies import AsyncARMChallengeAuthenticationPolicy
 from azure.mgmt.core.polling.async_arm_polling import AsyncARMPolling
 
 API = "2025-07-01-preview"
+CRYPTO_SERVICE_ENCRYPTION_USER = "e147488a-f6f5-4113-8e2d-b22465e65bf6"
 
 
 async def _wait_done(arm, answer) -> dict[str, Any]:
@@ -114,19 +115,20 @@ async def test_list_is_paged_with_absolute_next_links(world, arm):
 
 
 async def test_put_runs_a_long_running_operation_and_changes_the_key(world, arm):
+    """An update PUT answers 200 (the spec: 200 update, 201 create) with the examples' two operation URLs."""
     sim = world.sim
     new_version = sim.create_key_version(world.vault, world.key)
     sim.configure(operation_seconds=0.3, poll_interval=0.05)
     answer = await arm.call("PUT", world.cluster_id, body=world.put_body(world.key_url(new_version)))
-    assert answer.status == 201
+    assert answer.status == 200
     assert answer.body["properties"]["provisioningState"] == "Updating"
     operation_url = answer.headers["azure-asyncoperation"]
     assert operation_url.startswith(
         f"https://management.azure.com/subscriptions/{world.subscription}/providers/"
-        "Microsoft.DocumentDB/locations/westeurope/operationsStatus/"
+        "Microsoft.DocumentDB/locations/westeurope/mongoClusterAzureAsyncOperation/"
     )
     assert f"api-version={API}" in operation_url
-    assert "operationResults" in answer.headers["location"]
+    assert "/locations/westeurope/mongoClusterOperationResults/" in answer.headers["location"]
     assert answer.headers["retry-after"] == "1"
     assert answer.headers["retry-after-ms"] == "50"
     assert answer.headers["x-ms-ratelimit-remaining-subscription-writes"].isdigit()
@@ -167,7 +169,7 @@ async def test_put_through_the_arm_pipeline_client_and_lro_poller(world, credent
             json=world.put_body(world.key_url(new_version)),
         )
         initial = await client._pipeline.run(request)
-        assert initial.http_response.status_code == 201
+        assert initial.http_response.status_code == 200
         poller = AsyncLROPoller(
             client,
             initial,
@@ -183,7 +185,7 @@ async def test_put_through_the_arm_pipeline_client_and_lro_poller(world, credent
 async def test_put_during_an_operation_is_409_conflict(world, arm):
     world.sim.set_operation_seconds(world.cluster_id, 5)
     first = await arm.call("PUT", world.cluster_id, body=world.put_body())
-    assert first.status == 201
+    assert first.status == 200
     second = await arm.call("PUT", world.cluster_id, body=world.put_body())
     assert second.status == 409
     assert second.body["error"]["code"] == "Conflict"
@@ -199,7 +201,7 @@ async def test_empty_write_bucket_is_429_with_retry_after(world, arm):
         answer = await arm.call("PUT", world.cluster_id, body=world.put_body())
         statuses.append(answer.status)
         remaining.append(answer.headers["x-ms-ratelimit-remaining-subscription-writes"])
-    assert statuses == [201, 201, 429]
+    assert statuses == [200, 200, 429]
     assert remaining == ["1", "0", "0"]
     assert answer.body["error"]["code"] == "TooManyRequests"
     assert int(answer.headers["retry-after"]) in {3, 4}
@@ -216,8 +218,28 @@ async def test_empty_read_bucket_is_429(world, arm):
     assert answer.headers["x-ms-ratelimit-remaining-subscription-reads"] == "0"
 
 
-async def test_put_to_unknown_cluster_is_404(world, arm):
+async def test_put_to_unknown_cluster_creates_it_with_201(world, arm):
+    """A PUT of a cluster that does not exist creates it: 201, InProgress/Provisioning, then Succeeded/Ready."""
+    world.sim.configure(operation_seconds=0.05, poll_interval=0.05)
     answer = await arm.call("PUT", world.cluster_id + "x", body=world.put_body())
+    assert answer.status == 201
+    assert answer.body["properties"]["provisioningState"] == "InProgress"
+    assert answer.body["properties"]["clusterStatus"] == "Provisioning"
+    assert (await _wait_done(arm, answer))["status"] == "Succeeded"
+    created = (await arm.call("GET", world.cluster_id + "x")).body
+    assert (created["properties"]["provisioningState"], created["properties"]["clusterStatus"]) == (
+        "Succeeded",
+        "Ready",
+    )
+    assert (
+        _cmk(created)["keyEncryptionKeyUrl"]
+        == world.put_body()["properties"]["encryption"]["customerManagedKeyEncryption"]["keyEncryptionKeyUrl"]
+    )
+
+
+async def test_patch_to_unknown_cluster_is_404(world, arm):
+    """A PATCH cannot create: 404 ResourceNotFound."""
+    answer = await arm.call("PATCH", world.cluster_id + "x", body={"tags": {}})
     assert answer.status == 404
     assert answer.body["error"]["code"] == "ResourceNotFound"
 
@@ -328,7 +350,7 @@ async def test_invalid_put_body_is_400_with_an_arm_error(world, arm, mutate, cod
     assert answer.body["error"]["message"]
     assert world.sim.cluster(world.cluster_id) == before
     # No operation was started: a valid PUT is accepted at once.
-    assert (await arm.call("PUT", world.cluster_id, body=world.put_body())).status == 201
+    assert (await arm.call("PUT", world.cluster_id, body=world.put_body())).status == 200
 
 
 async def test_cmk_on_a_service_managed_cluster_is_refused(world, arm):
@@ -340,7 +362,7 @@ async def test_cmk_on_a_service_managed_cluster_is_refused(world, arm):
 async def test_location_is_compared_without_case_or_spaces(world, arm):
     body = world.put_body()
     body["location"] = "West Europe"
-    assert (await arm.call("PUT", world.cluster_id, body=body)).status == 201
+    assert (await arm.call("PUT", world.cluster_id, body=body)).status == 200
 
 
 async def test_identities_in_the_body_are_attached_even_when_the_put_fails(world, arm):
@@ -354,9 +376,14 @@ async def test_identities_in_the_body_are_attached_even_when_the_put_fails(world
 
 
 async def test_key_identity_may_come_from_the_body(world, arm):
+    """A key identity named only in the body is attached and used, once it may wrap and unwrap with the key."""
+    sim = world.sim
+    sim.add_role_assignment(
+        sim.vault_arm_id(world.vault), sim.principal_id(world.other_identity), CRYPTO_SERVICE_ENCRYPTION_USER
+    )
     body = world.put_body(identity=world.other_identity)
     answer = await arm.call("PUT", world.cluster_id, body=body)
-    assert answer.status == 201
+    assert answer.status == 200
     assert (await _wait_done(arm, answer))["status"] == "Succeeded"
     cluster = world.sim.cluster(world.cluster_id)
     assert _cmk(cluster)["keyEncryptionKeyIdentity"]["userAssignedIdentityResourceId"] == world.other_identity
@@ -364,12 +391,25 @@ async def test_key_identity_may_come_from_the_body(world, arm):
     assert set(cluster["identity"]["userAssignedIdentities"]) == {world.other_identity}
 
 
+async def test_key_identity_without_wrap_access_fails_the_operation(world, arm):
+    """The write is accepted, then the operation fails with the service's error: the identity lacks wrap/unwrap."""
+    body = world.put_body(identity=world.other_identity)
+    answer = await arm.call("PUT", world.cluster_id, body=body)
+    assert answer.status == 200
+    final = await _wait_done(arm, answer)
+    assert final["status"] == "Failed"
+    assert final["error"]["code"] == "KeyVaultAccessForbidden"
+    assert "wrapKey and unwrapKey" in final["error"]["message"]
+    cluster = world.sim.cluster(world.cluster_id)
+    assert _cmk(cluster)["keyEncryptionKeyIdentity"]["userAssignedIdentityResourceId"] == world.identity
+
+
 async def test_failed_operation_keeps_the_old_key(world, arm):
     sim = world.sim
     new_version = sim.create_key_version(world.vault, world.key)
     sim.fail_next_operation(world.cluster_id, code="KeyVaultAccessDenied", message="no access")
     answer = await arm.call("PUT", world.cluster_id, body=world.put_body(world.key_url(new_version)))
-    assert answer.status == 201
+    assert answer.status == 200
     final = await _wait_done(arm, answer)
     assert final["status"] == "Failed"
     assert final["error"] == {"code": "KeyVaultAccessDenied", "message": "no access"}
@@ -377,7 +417,7 @@ async def test_failed_operation_keeps_the_old_key(world, arm):
     assert _cmk(cluster)["keyEncryptionKeyUrl"] == world.key_url(world.version)
     assert cluster["properties"]["provisioningState"] == "Succeeded"
     put = next(r for r in sim.requests if r.method == "PUT")
-    assert (put.status, put.fault) == (201, "op-failed")
+    assert (put.status, put.fault) == (200, "op-failed")
     result = await arm.call("GET", answer.headers["location"], api_version=None)
     assert result.status == 400
     assert result.body["error"]["code"] == "KeyVaultAccessDenied"
