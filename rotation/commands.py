@@ -669,6 +669,6 @@ async def _poison_retry(queue: Any, ids: set[str] | None, *, as_json: bool) -> i
             _out(f"left        {item.message_id}  not a job: {item.problem}")
         _out(f"{len(moved)} job(s) moved back to {queue.jobs_name}")
     if missing:
-        print(f"error: not in {queue.name}: {', '.join(missing)}", file=sys.stderr)  # noqa: T201
+        _err(f"error: not in {queue.name}: {', '.join(missing)}")
         return EXIT_FAILED
     return EXIT_OK
