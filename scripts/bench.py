@@ -159,6 +159,8 @@ def worker_main(args: argparse.Namespace) -> None:  # noqa: C901 - one process's
             await host.close()
         pacer: dict[str, Any] = {}
         for svc in service_module._services.values():  # noqa: SLF001 - the process's one Service
+            if svc.runtime.clusters.pacer is None:  # the default runtime always has one
+                continue
             stats = svc.runtime.clusters.pacer.stats
             pacer = {
                 "admitted": stats.admitted,
@@ -277,9 +279,10 @@ def is_poll(path: str) -> bool:
 
 
 def subscription_of(path: str) -> str:
-    """The subscription of an ARM path."""
-    parts = path.split("/")
-    return parts[2].lower() if len(parts) > 2 and parts[1].lower() == "subscriptions" else ""  # noqa: PLR2004
+    """The subscription of an ARM path (the pacer's reading of it), or "" when it names none."""
+    from rotation import pacing  # noqa: PLC0415 - the rotator is imported where it is used, as above
+
+    return pacing.subscription_of(path) or ""
 
 
 def analyse(
