@@ -1,4 +1,4 @@
-"""The rotation of one cluster to a key version: rules 1-7 and 9 of DESIGN.md.
+"""The rotation of one cluster to a key version: rules 1-7 and 9 of docs/design.md.
 
 `Rotator.rotate` decides (rotate, or skip with a reason), builds the PUT body, PUTs through the write retry
 policy, follows the long-running operation, verifies, and returns a `RotationResult`. Its collaborators are

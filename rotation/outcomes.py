@@ -1,4 +1,4 @@
-"""The one outcome vocabulary shared by logs, history, the CLI and HTTP (DESIGN.md, "Outcomes")."""
+"""The one outcome vocabulary shared by logs, history, the CLI and HTTP (docs/design.md, "Outcomes")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Per-subscription pacing of ARM requests from the throttling headers (AZURE-FACTS.md section 4).
+"""Per-subscription pacing of ARM requests from the throttling headers (docs/design.md, Azure behaviour 3).
 
 ARM throttles each subscription with a token bucket (writes: 200 burst, 10/s refill; reads: 250, 25/s) and
 answers every request with the budget left (``x-ms-ratelimit-remaining-subscription-writes`` / ``-reads``);

@@ -825,8 +825,8 @@ GET); or, when larger, the read bucket's `max(0, reads - burst) / refill` for th
 queue and storage time are not in the bound: they are part of what the ratio measures.
 
 Why a 10 s operation: a cluster's key update is an ARM long-running operation that takes minutes
-(AZURE-FACTS.md, section 2); the bench shortens it, and the write bucket's burst, to finish in about two
-minutes. The rotator's own work is not shortened: about 20 ms of CPU per job in the worker process (its
+(docs/design.md, Azure behaviour 1); the bench shortens it, and the write bucket's burst, to finish in about
+two minutes. The rotator's own work is not shortened: about 20 ms of CPU per job in the worker process (its
 storage and ARM requests through the Azure SDK, TLS included), on the same 2 cores as the simulator and
 Azurite. The stress rows run a fan-out again with a 1 s operation, where that CPU time is no longer small
 beside the operation: they show what it costs, not what ARM allows.
