@@ -203,7 +203,7 @@ class Reconciler:
             try:
                 async with asyncio.timeout(self._cluster_deadline):
                     line = await self._check(watched)
-            except TimeoutError:
+            except (TimeoutError, ServiceError) as exc:
                 line = ClusterReport(
                     watched.cluster_id,
                     watched.key,
@@ -211,18 +211,9 @@ class Reconciler:
                     None,
                     "skipped",
                     drift="unreachable",
-                    detail=f"no answer within {self._cluster_deadline:g} s; the next pass tries again",
-                    level="ERROR",
-                )
-            except ServiceError as exc:
-                line = ClusterReport(
-                    watched.cluster_id,
-                    watched.key,
-                    watched.current_version,
-                    None,
-                    "skipped",
-                    drift="unreachable",
-                    detail=str(exc),
+                    detail=str(exc)
+                    if isinstance(exc, ServiceError)
+                    else f"no answer within {self._cluster_deadline:g} s; the next pass tries again",
                     level="ERROR",
                 )
         self._report.clusters.append(line)

@@ -128,7 +128,11 @@ class Service:
     @classmethod
     def create(cls, settings: Settings) -> Service:
         """Build every client for ``settings`` (no I/O until the first call)."""
-        runtime = Runtime.create(settings)
+        return cls.with_storage(Runtime.create(settings), settings)
+
+    @classmethod
+    def with_storage(cls, runtime: Runtime, settings: Settings) -> Service:
+        """The service on ``runtime`` with the storage clients ``settings`` name (no I/O until first used)."""
         credential = (
             None
             if settings.storage_connection
