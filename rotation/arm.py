@@ -35,7 +35,13 @@ from azure.mgmt.core.policies import ARMHttpLoggingPolicy, AsyncARMChallengeAuth
 from rotation.errors import ServiceError
 from rotation.http_errors import raise_for_status, retry_after_seconds
 from rotation.ids import UnsafeUrl, check_same_origin
-from rotation.lro import DEFAULT_POLL_SECONDS, OperationKind, check_operation_url, is_terminal
+from rotation.lro import (
+    DEFAULT_POLL_SECONDS,
+    OperationKind,
+    OperationUrlRefused,
+    check_operation_url,
+    is_terminal,
+)
 from rotation.pacing import ArmPacer, is_write, subscription_of
 from rotation.untrusted import JsonRefused, check_json
 
@@ -308,6 +314,10 @@ class ClustersClient(ArmConnection):
         ):
             url = headers.get(header)
             if url:
+                try:  # the strict parse first (userinfo, backslash, port), as polls do
+                    check_same_origin(url, self._endpoint)
+                except UnsafeUrl as exc:
+                    raise OperationUrlRefused(f"operation URL refused: {exc}", service="arm") from None
                 check_operation_url(url, host=self._host, cluster_id=cluster_id)
                 return replace(base, url=url, kind=kind)
         # No header: the resource itself tells (BodyContentPolling): 202 running, else its provisioningState.

@@ -126,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("cluster_id", metavar="CLUSTER_ID")
     history.add_argument("--limit", type=int, default=50)
     history.add_argument(
-        "--all", action="store_true", help="also skips and dry runs (default: what changed or failed)"
+        "--all",
+        action="store_true",
+        help="also skips and dry runs in the text (default: what changed or failed; --json has all)",
     )
     history.add_argument("--json", action="store_true", help="machine output")
 

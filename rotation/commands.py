@@ -189,9 +189,11 @@ async def history(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError("--limit must be from 1 to 500")
 
     async def work(service: Service) -> int:
-        fetch = args.limit if args.all else HISTORY_SCAN
+        # Text shows what changed or failed unless --all; --json is for scripts and keeps every entry.
+        everything = args.all or args.json
+        fetch = args.limit if everything else HISTORY_SCAN
         read = await service.registry.history(parse_cluster_id(cluster_id), limit=fetch)
-        entries = read if args.all else [e for e in read if e.outcome not in QUIET_OUTCOMES][: args.limit]
+        entries = read if everything else [e for e in read if e.outcome not in QUIET_OUTCOMES][: args.limit]
         if args.json:
             _json([e.to_dict() for e in entries])
             return EXIT_OK

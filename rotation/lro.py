@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from rotation.errors import ServiceError
+from rotation.ids import OPERATION_TYPES
 
 if TYPE_CHECKING:
     from rotation.ids import ResourceId
@@ -42,14 +43,14 @@ __all__ = [
 DEFAULT_POLL_SECONDS = 5.0
 TERMINAL_STATES = frozenset({"succeeded", "failed", "canceled", "cancelled"})
 _HTTPS_PORT = 443
+# The spec's two operation types (`rotation.ids.OPERATION_TYPES`, the same set the queue's check jobs are
+# held to): Azure-AsyncOperation's and Location's. No other type is followed.
 _OPERATION_PATH = re.compile(
     r"/subscriptions/(?P<sub>[^/]+)/providers/microsoft\.documentdb/locations/(?P<loc>[^/]+)"
-    r"/(?P<type>mongocluster[a-z]*)/(?P<id>[^/]+)/?",
+    rf"/(?P<type>{'|'.join(sorted(OPERATION_TYPES))})/(?P<id>[^/]+)/?",
     re.IGNORECASE,
 )
-# The Location header's operation type in the spec's examples; every other mongoCluster* operation type is
-# read the Azure-AsyncOperation way (a body with ``status``), which also accepts a Location-style answer.
-_LOCATION_TYPE = "mongoclusteroperationresults"
+_LOCATION_TYPE = "mongoclusteroperationresults"  # the Location header's type; the other reads ``status``
 
 
 class OperationUrlRefused(ServiceError):

@@ -58,6 +58,7 @@ FANOUT_WINDOW = timedelta(minutes=15)
 # ROTATION_CHECK_DELAY_SECONDS): about two hours at the defaults, far past any cluster update.
 MAX_CHECKS = 24
 NOT_WATCHED = "not watched: the app acts only on registered clusters"
+NOT_RECORDED = "not the operation recorded for this cluster"  # a check job's URL (see _check_refusal)
 HAND_OFF_SECONDS = 10.0  # the most a cancelled job spends recording its accepted operation
 
 
@@ -467,7 +468,7 @@ class Service:
         if watched is None and watched_only:
             return _rejected(job, NOT_WATCHED, invocation_id)  # rule 11: no ARM call, nothing recorded
         if operation_url is not None:
-            refusal = self._check_refusal(job, operation_url, watched)
+            operation_url, refusal = self._operation_to_follow(job, operation_url, watched, invocation_id)
             if refusal is not None:
                 return _rejected(job, refusal, invocation_id)
         operation_url, target = await self._to_resume(cluster_id, operation_url, target, watched)
@@ -566,11 +567,37 @@ class Service:
             return await self._pending_in_history(cluster_id)
         return None, target
 
-    def _check_refusal(self, job: Job, operation_url: str, watched: WatchedCluster | None) -> str | None:
-        """Why a job's operation URL must not be followed (rule 11), or None.
+    def _operation_to_follow(
+        self, job: Job, operation_url: str, watched: WatchedCluster | None, invocation_id: str | None
+    ) -> tuple[str | None, str | None]:
+        """What a check job does with its operation URL: follow it, reject the job, or decide afresh.
 
-        Followed: the operation the rotator recorded for this cluster (its watch row), or a URL on the ARM
-        endpoint whose path is a Microsoft.DocumentDB operation of the cluster's own subscription.
+        ``(url, None)``: follow it; ``(None, reason)``: reject the job; ``(None, None)``: a URL the rotator
+        did not record for this cluster, never read: the job decides afresh for its target.
+        """
+        refusal = self._check_refusal(job, operation_url, watched)
+        if refusal != NOT_RECORDED:
+            return (operation_url if refusal is None else None), refusal
+        logger.warning(
+            "rotation.check_not_recorded",
+            extra={
+                "cluster_id": job.cluster_id,
+                "event_id": job.event_id,
+                "invocation_id": invocation_id,
+                "operation_url": operation_url,
+                "reason": f"{NOT_RECORDED}: not followed; the job decides afresh",
+            },
+        )
+        return None, None
+
+    def _check_refusal(self, job: Job, operation_url: str, watched: WatchedCluster | None) -> str | None:
+        """Why a job's operation URL must not be followed (rule 11), or None when it is the recorded one.
+
+        Only the operation the rotator recorded for this cluster (its watch row) is followed. A URL off the
+        ARM origin or outside the cluster's subscription's DocumentDB operations is an attack: the reason
+        starts "operation URL refused". Any other URL (even another cluster's operation in the same
+        subscription, whose success says nothing about this cluster) is "not recorded": the job then
+        decides afresh for its target, as any job does, and never reads that URL.
         """
         if watched is not None and watched.operation_url == operation_url:
             return None
@@ -579,9 +606,7 @@ class Service:
             check_operation_path(check_same_origin(operation_url, self.settings.arm_endpoint), cluster_id)
         except UnsafeUrl as exc:
             return f"operation URL refused: {exc}"
-        if job.target_key_url is None:
-            return "a job that resumes an operation needs its target_key_url"
-        return None
+        return NOT_RECORDED
 
     async def _pending_in_history(self, cluster_id: ResourceId) -> tuple[str | None, KeyUrl | None]:
         """The operation the last history entry left `pending` (an interrupted CLI `rotate`), if any."""

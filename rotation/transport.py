@@ -35,25 +35,61 @@ MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 
 
 class ResponseTooLarge(aiohttp.ClientResponseError):
-    """An answer declared a body larger than `MAX_RESPONSE_BYTES` (azure-core: ServiceResponseError)."""
+    """An answer's body is larger than `MAX_RESPONSE_BYTES` (azure-core: ServiceResponseError)."""
+
+
+def _too_large(response: aiohttp.ClientResponse, size: str) -> ResponseTooLarge:
+    response.close()
+    return ResponseTooLarge(
+        response.request_info,
+        response.history,
+        status=response.status,
+        message=f"answer of {size} bytes is over the {MAX_RESPONSE_BYTES}-byte limit",
+    )
+
+
+class _CappedBody:
+    """The body stream of an answer that declared no length: reading past `MAX_RESPONSE_BYTES` raises.
+
+    aiohttp's ``ClientResponse.read()`` and azure-core's streamed downloads both read through
+    ``response.content.read``; everything else is the wrapped `aiohttp.StreamReader`'s own.
+    """
+
+    def __init__(self, inner: aiohttp.StreamReader, response: aiohttp.ClientResponse) -> None:
+        self._inner = inner
+        self._response = response
+        self._seen = 0
+
+    def _count(self, data: bytes) -> bytes:
+        self._seen += len(data)
+        if self._seen > MAX_RESPONSE_BYTES:
+            raise _too_large(self._response, f"more than {MAX_RESPONSE_BYTES}")
+        return data
+
+    async def read(self, n: int = -1) -> bytes:
+        """Read as `aiohttp.StreamReader.read`, counting; the whole body in chunks when ``n`` is -1."""
+        if n >= 0:
+            return self._count(await self._inner.read(n))
+        chunks = []
+        while chunk := await self._inner.read(64 * 1024):
+            chunks.append(self._count(chunk))
+        return b"".join(chunks)
+
+    def __getattr__(self, name: str) -> Any:  # noqa: ANN401 - the wrapped reader's own attributes
+        return getattr(self._inner, name)
 
 
 async def _refuse_large_answers(
     session: aiohttp.ClientSession, context: object, params: aiohttp.TraceRequestEndParams
 ) -> None:
-    """Refuse an answer whose Content-Length is over the limit, before its body is read."""
+    """Refuse an answer whose Content-Length is over the limit before its body is read; cap one without."""
     del session, context
     response = params.response
     length = response.content_length
-    limit = MAX_RESPONSE_BYTES
-    if length is not None and length > limit:
-        response.close()
-        raise ResponseTooLarge(
-            response.request_info,
-            response.history,
-            status=response.status,
-            message=f"answer of {length} bytes is over the {limit}-byte limit",
-        )
+    if length is None:
+        response.content = _CappedBody(response.content, response)  # type: ignore[assignment]
+    elif length > MAX_RESPONSE_BYTES:
+        raise _too_large(response, str(length))
 
 
 # urllib's NO_PROXY matcher (suffixes, ports, '*'), the one aiohttp uses; not in the type stubs.

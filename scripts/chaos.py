@@ -22,8 +22,10 @@ from the rotator's own report:
 - ties: some versions are created in the same second as the one before (Key Vault's ``created`` is whole
   seconds); no PUT names a version created in the same second as the cluster's version when it arrived;
 - forged queue messages (check jobs pointing at an identity, at another subscription's operation, at another
-  port; jobs for unwatched clusters; a 20,000-deep document; garbage) are each answered ``rejected``, and
-  no ARM request ever goes to a path a forged message named;
+  port; jobs for unwatched clusters; a 20,000-deep document; garbage) are each answered ``rejected``; a check
+  job naming an operation of the victim's own subscription that the rotator did not record is logged
+  ``rotation.check_not_recorded`` and decides afresh; no ARM request ever goes to a path a forged message
+  named;
 - interrupted CLI rotations (cancelled once ARM accepted the PUT) leave their operation in the history as
   ``pending`` and the cluster converges like every other.
 
@@ -127,6 +129,8 @@ class ChaosReport:
     tied_versions: int = 0
     forged_messages: int = 0
     rejected_jobs: int = 0
+    forged_unrecorded: int = 0  # check jobs naming a real-looking operation the rotator did not record
+    not_followed: int = 0
     interrupted_rotations: int = 0
     handed_off: int = 0
     deliveries: int = 0
@@ -175,7 +179,11 @@ class ChaosReport:
                 f"events               {self.events} key versions ({self.unusable_versions} not usable, "
                 f"{self.tied_versions} in the same second as the one before)"
             ),
-            f"forged messages      {self.forged_messages} sent, {self.rejected_jobs} job rejections logged",
+            (
+                f"forged messages      {self.forged_messages} sent, "
+                f"{self.rejected_jobs} job rejections logged; {self.forged_unrecorded} naming an "
+                f"unrecorded operation, {self.not_followed} not followed"
+            ),
             (
                 f"interrupted rotates  {self.interrupted_rotations} cancelled after the PUT, "
                 f"{self.handed_off} handed on"
@@ -225,6 +233,7 @@ class _Capture(logging.Handler):
         self.deferred_invocations: set[str] = set()
         self.rejected_invocations: set[str] = set()
         self.rejected = 0
+        self.not_recorded = 0
         self.unhandled: list[str] = []
         self._text = TextFormatter()
         self._json = JsonFormatter()
@@ -243,6 +252,8 @@ class _Capture(logging.Handler):
             self.retries += 1
         elif message == "rotation.job_deferred":
             self.deferred_invocations.add(str(getattr(record, "invocation_id", "")))
+        elif message == "rotation.check_not_recorded":
+            self.not_recorded += 1
         elif message == "rotation.job_rejected":
             self.rejected += 1
             self.rejected_invocations.add(str(getattr(record, "invocation_id", "")))
@@ -559,7 +570,13 @@ class _Run:
                  "operation_url": other_port + foreign_op}
             )
         )  # fmt: skip
-        self.forged_paths |= {identity.lower(), foreign_op.lower()}
+        # Same subscription, plausible path, but not the operation recorded for the victim: never followed.
+        unrecorded_op = foreign_op.replace(f"/subscriptions/{other}/", f"/subscriptions/{sub}/")
+        unrecorded = json.dumps(
+            {"cluster_id": victim.id, "trigger": "check", "operation_url": arm + unrecorded_op,
+             "target_key_url": target, "enqueued_at": stamp}
+        )  # fmt: skip
+        self.forged_paths |= {identity.lower(), foreign_op.lower(), unrecorded_op.lower()}
         if unwatched:
             stranger = self.rng.choice(unwatched)
             messages.append(Job.new(stranger.id, trigger="manual").to_json())
@@ -569,7 +586,9 @@ class _Run:
         ) as queue:
             for message in messages:
                 await queue.send_message(message)
+            await queue.send_message(unrecorded)
         self.report.forged_messages += len(messages)
+        self.report.forged_unrecorded += 1
 
     def _interrupt(self, world: _World) -> None:
         """Start CLI-style `rotate`s of watched clusters; cancel the first one whose PUT ARM accepted."""
@@ -887,6 +906,12 @@ class _Run:
         if self.capture.rejected < self.report.forged_messages:
             out.append(
                 f"{self.report.forged_messages} forged messages but {self.capture.rejected} job rejections"
+            )
+        self.report.not_followed = self.capture.not_recorded
+        if self.capture.not_recorded < self.report.forged_unrecorded:
+            out.append(
+                f"{self.report.forged_unrecorded} check jobs named an unrecorded operation but "
+                f"{self.capture.not_recorded} were logged as not followed"
             )
         out += [
             f"{r.method} {r.path}: a path only a forged message named"

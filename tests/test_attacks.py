@@ -145,6 +145,34 @@ async def test_forged_check_job_cannot_make_the_worker_read_another_resource(sta
     assert row.state == "watching"  # no victim left pending
 
 
+async def test_forged_check_job_with_another_clusters_operation_is_not_followed(stack):
+    """A check job naming another cluster's operation (same subscription) never reads it nor records `rotated`."""
+    key, v1 = stack.new_key()
+    victim = stack.add_cluster(key, v1)
+    other = stack.add_cluster(key, v1)
+    await stack.register(victim)
+    await stack.register(other)
+    v2_url = stack.sim.key_url(
+        stack.vault, key, stack.sim.create_key_version(stack.vault, key, emit_event=False)
+    )
+    done = await stack.service.handle_job(Job.new(other, trigger="manual", target_key_url=v2_url).to_json())
+    assert done is not None
+    assert done.outcome is Outcome.ROTATED
+    assert done.operation_url
+    stack.sim.clear_requests()
+    current = stack.sim.key_url(stack.vault, key, v1)
+    result = await stack.service.handle_job(
+        forged(victim, trigger="check", operation_url=done.operation_url, target_key_url=current)
+    )
+    assert result is not None
+    assert result.outcome is Outcome.ALREADY_CURRENT  # decided afresh for its own target: nothing to do
+    op_path = done.operation_url.removeprefix(ARM).split("?")[0]
+    assert [r for r in arm_requests(stack.sim) if r.path.split("?")[0] == op_path] == []
+    assert arm_requests(stack.sim, "PUT") == []
+    [entry, *_] = await stack.service.registry.history(parse_cluster_id(victim), limit=1) or [None]
+    assert entry is None or entry.outcome != Outcome.ROTATED.value
+
+
 async def test_check_jobs_of_one_operation_are_bounded(stack):
     """A check job past the chain's bound ends `failed` when its operation still runs, and queues no more."""
     key, v1 = stack.new_key()

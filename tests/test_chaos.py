@@ -26,3 +26,5 @@ def test_small_chaos_run_has_no_violations(sim, azurite):
     assert report.tied_versions >= 1
     assert report.forged_messages >= 6
     assert report.rejected_jobs >= report.forged_messages
+    assert report.forged_unrecorded >= 1
+    assert report.not_followed >= report.forged_unrecorded

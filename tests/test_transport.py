@@ -91,3 +91,57 @@ async def test_rotation_goes_through_the_proxy_on_the_shared_pool(stack, monkeyp
     assert not session.closed
     assert session.connector is not None
     assert session.connector.limit == 256
+
+
+@pytest.fixture
+async def chunked_server():
+    """A loopback HTTP server that streams 2 MiB with chunked encoding: no Content-Length is declared."""
+    from aiohttp import web
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        stream = web.StreamResponse()
+        stream.enable_chunked_encoding()
+        await stream.prepare(request)
+        try:
+            for _ in range(32):
+                await stream.write(b"x" * 65536)
+            await stream.write_eof()
+        except ConnectionResetError:
+            pass  # the client stopped reading at its cap
+        return stream
+
+    app = web.Application()
+    app.router.add_get("/big", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}/big"
+    await runner.cleanup()
+
+
+async def test_an_answer_without_a_declared_length_is_cut_at_the_cap(chunked_server, monkeypatch):
+    """A chunked answer larger than the cap is refused while it is read, through aiohttp and azure-core alike."""
+    from azure.core import AsyncPipelineClient
+    from azure.core.exceptions import ServiceResponseError
+    from azure.core.rest import HttpRequest
+
+    from rotation import transport
+
+    monkeypatch.setattr(transport, "MAX_RESPONSE_BYTES", 1024 * 1024)
+    http = SharedHttp(environ={})
+    try:
+        async with http.session().get(chunked_server) as response:
+            assert response.content_length is None
+            with pytest.raises(transport.ResponseTooLarge, match="over the 1048576-byte limit"):
+                await response.read()
+        async with AsyncPipelineClient(chunked_server, transport=http.transport()) as client:
+            with pytest.raises(ServiceResponseError) as caught:
+                await client.send_request(HttpRequest("GET", chunked_server))
+        assert isinstance(caught.value.inner_exception, transport.ResponseTooLarge)
+        monkeypatch.setattr(transport, "MAX_RESPONSE_BYTES", 4 * 1024 * 1024)
+        async with http.session().get(chunked_server) as response:
+            assert len(await response.read()) == 2 * 1024 * 1024  # under the cap: read whole
+    finally:
+        await http.close()
