@@ -274,8 +274,10 @@ def percentile(values: list[float], q: float) -> float:
 
 def is_poll(path: str) -> bool:
     """Whether an ARM path is a long-running operation's status or result."""
-    low = path.lower()  # the spec's operation types (rotation.lro)
-    return "/mongoclusterazureasyncoperation/" in low or "/mongoclusteroperationresults/" in low
+    from rotation.ids import OPERATION_TYPES  # noqa: PLC0415 - the rotator is imported where it is used
+
+    low = path.lower()  # the spec's operation types, the ones the rotator follows
+    return any(f"/{kind}/" in low for kind in OPERATION_TYPES)
 
 
 def subscription_of(path: str) -> str:
