@@ -15,7 +15,7 @@ What Event Grid does, as Microsoft documents it:
   ``aeg-subscription-name``, ``aeg-delivery-count``, ``aeg-metadata-version``, ``aeg-data-version``. 200-204
   is success. No answer within 30 s is a failure. 400, 401 and 413 are not retried (the event is dropped:
   no dead-letter destination here); anything else is retried after 10 s, 30 s, 1 min, 5 min, 10 min,
-  30 min, 1 h, 3 h, 6 h, then every 12 h, for at most 30 attempts or 24 h (AZURE-FACTS.md section 2).
+  30 min, 1 h, 3 h, 6 h, then every 12 h, for at most 30 attempts or 24 h (docs/design.md, Azure behaviour 1).
   A subscription may shorten the schedule (``retry_delays``, whose last delay repeats) for local use.
 
 Deliveries run on a thread and event loop of their own, so a slow endpoint never holds the simulator up.

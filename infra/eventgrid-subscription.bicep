@@ -34,7 +34,7 @@ param maxDeliveryAttempts int = 30
 @description('Minutes Event Grid keeps retrying one event before it is dead-lettered.')
 param eventTimeToLiveInMinutes int = 1440
 
-// The three key events the app acts on (DESIGN.md): a new version to rotate to, and the expiry warnings
+// The three key events the app acts on (docs/design.md): a new version to rotate to, and the expiry warnings
 // reconcile and on-call use. Secret and certificate events are never sent to the app.
 var includedEventTypes = [
   'Microsoft.KeyVault.KeyNewVersionCreated'

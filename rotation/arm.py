@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import math
 import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Self
@@ -33,7 +32,8 @@ from azure.core.rest import HttpRequest
 from azure.mgmt.core import AsyncARMPipelineClient
 from azure.mgmt.core.policies import ARMHttpLoggingPolicy, AsyncARMChallengeAuthenticationPolicy
 
-from rotation.errors import NotFoundError, ServiceError
+from rotation.errors import ServiceError
+from rotation.http_errors import raise_for_status, retry_after_seconds
 from rotation.ids import UnsafeUrl, check_same_origin
 from rotation.lro import (
     DEFAULT_POLL_SECONDS,
@@ -420,7 +420,7 @@ class ClustersClient(ArmConnection):
 
     @staticmethod
     def _raise_for_status(response: AsyncHttpResponse, *, what: str) -> None:
-        raise_for_arm_status(response, what=what)
+        raise_for_status(response, service="arm", what=what)
 
 
 def arm_pipeline(
@@ -443,61 +443,6 @@ def arm_pipeline(
     if transport is None:
         return AsyncARMPipelineClient(base_url=endpoint.rstrip("/"), policies=policies)
     return AsyncARMPipelineClient(base_url=endpoint.rstrip("/"), policies=policies, transport=transport)
-
-
-def raise_for_arm_status(response: AsyncHttpResponse, *, what: str) -> None:
-    """Translate an ARM error answer into `NotFoundError` (404) or `ServiceError`, with ARM's code and ids."""
-    status = response.status_code
-    if status < 400:  # noqa: PLR2004
-        return
-    code, message = _arm_error(response)
-    kwargs: dict[str, Any] = {
-        "service": "arm",
-        "status": status,
-        "code": code,
-        "retry_after": retry_after_seconds(response.headers),
-        "request_id": response.headers.get("x-ms-request-id"),
-        "correlation_id": response.headers.get("x-ms-correlation-request-id"),
-    }
-    if status == 404:  # noqa: PLR2004
-        raise NotFoundError(message or f"{what} not found", **kwargs)
-    raise ServiceError(message or f"HTTP {status} for {what}", **kwargs)
-
-
-def retry_after_seconds(headers: Any) -> float | None:  # noqa: ANN401 - any case-insensitive mapping
-    """Return the server's requested wait in seconds.
-
-    ``retry-after-ms`` and ``x-ms-retry-after-ms`` win over ``Retry-After`` (whole seconds).
-    """
-    for name in ("retry-after-ms", "x-ms-retry-after-ms"):
-        raw = headers.get(name)
-        if raw:
-            try:
-                value = float(raw) / 1000.0
-            except ValueError:
-                continue
-            if math.isfinite(value) and value >= 0:
-                return value
-    raw = headers.get("Retry-After")
-    if raw:
-        try:
-            value = float(raw)
-        except ValueError:
-            return None  # an HTTP date: not sent by ARM; fall back to our own backoff
-        if math.isfinite(value) and value >= 0:
-            return value
-    return None
-
-
-def _arm_error(response: AsyncHttpResponse) -> tuple[str | None, str | None]:
-    try:
-        doc = response.json()
-    except ValueError:
-        return None, None
-    error = doc.get("error") if isinstance(doc, dict) else None
-    if not isinstance(error, dict):
-        return None, None
-    return _str_or_none(error.get("code")), _str_or_none(error.get("message"))
 
 
 def _dig(doc: object, *keys: str) -> dict[str, Any]:

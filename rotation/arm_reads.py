@@ -15,8 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from rotation.arm import ArmConnection, raise_for_arm_status
+from rotation.arm import ArmConnection
 from rotation.errors import ServiceError
+from rotation.http_errors import raise_for_status
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -244,7 +245,7 @@ class ArmReads(ArmConnection):
         if api_version is not None:
             query["api-version"] = api_version
         response = await self._request(method, url, params=query or None, json=body)
-        raise_for_arm_status(response, what=what)
+        raise_for_status(response, service="arm", what=what)
         try:
             doc = response.json()
         except ValueError:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from rotation.errors import ClusterBusy, Interrupted, RotationError, ServiceError, TransientFailure
 from rotation.ids import InvalidKeyUrl, InvalidResourceId, parse_cluster_id, parse_key_url
 from rotation.logs import configure_cli_logging
-from rotation.outcomes import Outcome, RotationResult
+from rotation.outcomes import Outcome, RotationResult, exhausted
 from rotation.settings import STORAGE_SETTING, Settings, SettingsError
 from rotation.untrusted import printable
 
@@ -303,14 +303,7 @@ async def _rotate_once(runtime: Runtime, request: RotationRequest) -> RotationRe
     except ClusterBusy as exc:
         return RotationResult(cluster_id=str(request.cluster_id), outcome=Outcome.FAILED, reason=str(exc))
     except TransientFailure as exc:
-        return RotationResult(
-            cluster_id=str(request.cluster_id),
-            outcome=Outcome.FAILED,
-            reason=f"retries exhausted: {exc.cause}",
-            attempts=exc.attempts,
-            error_code=exc.cause.code or (str(exc.cause.status) if exc.cause.status else None),
-            error_message=exc.cause.message,
-        )
+        return exhausted(str(request.cluster_id), exc)
 
 
 # A `rotate` that was told what to do and refused it is a refused request (exit 1), not a rule skip.

@@ -27,7 +27,7 @@ from rotation.cli import (
 from rotation.errors import ClusterBusy, Interrupted, NotFoundError, TransientFailure
 from rotation.events import EventIgnored, EventKind, EventRejected, KeyVersionEvent, parse_payload
 from rotation.ids import InvalidResourceId, parse_cluster_id
-from rotation.outcomes import Outcome, RotationResult
+from rotation.outcomes import Outcome, RotationResult, exhausted
 from rotation.service import RegistrationRefused, Service, watched_dict
 from rotation.untrusted import MAX_JSON_BYTES, JsonRefused, array_items, loads_bounded, printable
 
@@ -358,14 +358,7 @@ async def _run_one(
     except ClusterBusy as exc:
         return RotationResult(job.cluster_id, busy, str(exc))
     except TransientFailure as exc:
-        return RotationResult(
-            job.cluster_id,
-            Outcome.FAILED,
-            f"retries exhausted: {exc.cause}",
-            attempts=exc.attempts,
-            error_code=exc.cause.code or (str(exc.cause.status) if exc.cause.status else None),
-            error_message=exc.cause.message,
-        )
+        return exhausted(job.cluster_id, exc)
 
 
 async def rotate_recorded(args: argparse.Namespace, settings: Settings, job: Job) -> RotationResult:

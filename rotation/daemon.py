@@ -37,14 +37,13 @@ from aiohttp import web
 
 from rotation.engine import Rotator
 from rotation.errors import RotationError
-from rotation.jobs import QUEUE_NAME, JobQueue
+from rotation.jobs import QUEUE_NAME
 from rotation.queue_worker import Drain, QueueOptions, QueueWorker
-from rotation.registry import Registry
 from rotation.runtime import Runtime
 from rotation.schedule import Schedule, ScheduleError
 from rotation.service import Service
 from rotation.settings import SettingsError
-from rotation.storage import queue_client, storage_clients, storage_credential
+from rotation.storage import queue_client
 from rotation.timer_lease import TABLE as TIMER_TABLE
 from rotation.timer_lease import TimerLease
 from rotation.webhook import events_route
@@ -191,14 +190,9 @@ def build_service(settings: Settings, drain: Drain) -> tuple[Service, QueueClien
         sleep=drain.sleep,
         clock=drain.clock,
     )
-    credential = (
-        None
-        if settings.storage_connection
-        else storage_credential(settings, runtime.credential, http=runtime.http)
-    )
-    tables, queues = storage_clients(settings, credential, http=runtime.http)
-    own = credential if credential is not None and credential is not runtime.credential else None
-    service = Service(runtime, Registry(tables), JobQueue(queues), storage_credential=own)
+    service = Service.with_storage(runtime, settings)
+    queues = service.queue.service_client
+    tables = service.registry.service_client
     listener = queue_client(queues, QUEUE_NAME)
     return (
         service,

@@ -26,9 +26,16 @@ from rotation.arm_reads import ArmReads, IdentityInfo, RoleAssignmentInfo, RoleD
 from rotation.doctor_fixes import fix_for
 from rotation.errors import NotFoundError, ServiceError
 from rotation.ids import DEFAULT_VAULT_SUFFIXES, InvalidKeyUrl, KeyUrl, parse_cluster_id, parse_key_url
-from rotation.key_health import listed_unusable_reason, newest_not_usable, newest_version
+from rotation.key_health import EXPIRY_HORIZON, newest_not_usable, newest_version
 from rotation.key_policy import KeyPolicies, RotationPolicy, parse_duration
-from rotation.keyvault import RSA_SIZES, RSA_TYPES, KeyVersion, candidates, unusable_reason
+from rotation.keyvault import (
+    RSA_SIZES,
+    RSA_TYPES,
+    KeyVersion,
+    candidates,
+    listed_unusable_reason,
+    unusable_reason,
+)
 from rotation.retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -41,12 +48,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-EXPIRY_HORIZON = timedelta(days=30)
 CRYPTO_SERVICE_ENCRYPTION_USER = "e147488a-f6f5-4113-8e2d-b22465e65bf6"
 WRAP = "microsoft.keyvault/vaults/keys/wrap/action"
 UNWRAP = "microsoft.keyvault/vaults/keys/unwrap/action"
 POLICY_REQUIRED = ("get", "wrapkey", "unwrapkey")
-POLICY_DOCUMENTED = ("list",)  # AZURE-FACTS.md 3 lists it too; its absence is a warning
+POLICY_DOCUMENTED = ("list",)  # docs/design.md, Azure behaviour 2, lists it too; its absence is a warning
 _BAD_STATUS = frozenset({"inaccessible", "failed", "dropping"})
 _DENIED = frozenset({401, 403})
 _T = TypeVar("_T")
@@ -645,7 +651,7 @@ def _rotation_policy(facts: Facts) -> Finding:  # noqa: PLR0911, C901 - one retu
     if not policy.rotate:
         return Finding(check, Status.WARN, "rotation policy only notifies: no automatic rotation")
     versions = facts.versions.value if facts.versions is not None else None
-    latest = max(versions or [], key=lambda v: v.created_on or datetime.min.replace(tzinfo=UTC), default=None)
+    latest = newest_version(versions or [])
     if latest is None or latest.created_on is None:
         return Finding(check, Status.PASS, f"rotates ({_trigger(policy)}); next rotation unknown")
     candidates: list[datetime] = []

@@ -1,4 +1,4 @@
-"""The rotation of one cluster to a key version: rules 1-7 and 9 of DESIGN.md.
+"""The rotation of one cluster to a key version: rules 1-7 and 9 of docs/design.md.
 
 `Rotator.rotate` decides (rotate, or skip with a reason), builds the PUT body, PUTs through the write retry
 policy, follows the long-running operation, verifies, and returns a `RotationResult`. Its collaborators are
@@ -23,7 +23,7 @@ from rotation.collateral import changed_paths
 from rotation.errors import ClusterBusy, NotFoundError, ServiceError, TransientFailure
 from rotation.ids import InvalidKeyUrl, KeyUrl, parse_key_url
 from rotation.keyvault import unusable_reason
-from rotation.lro import DEFAULT_POLL_SECONDS
+from rotation.lro import DEFAULT_POLL_SECONDS, is_terminal
 from rotation.outcomes import Outcome, RotationResult
 from rotation.retry import RetryPolicy
 
@@ -508,17 +508,14 @@ class Rotator:
         raise _Done(Outcome.ROTATED, "cluster verified on the target version")
 
 
-_SETTLED_STATES = frozenset({"", "succeeded", "failed", "canceled", "cancelled"})
-
-
 def _raise_if_operation_running(cluster_id: ResourceId, cluster: Cluster) -> None:
     """`ClusterBusy` while an operation runs on the cluster (``provisioningState`` Updating, InProgress...).
 
     That operation was not found in the registry to resume (rule 7), so it is another job's or another
     tool's: deciding now, on the key it is about to replace, could move the cluster back (rule 2).
     """
-    state = (cluster.provisioning_state or "").lower()
-    if state not in _SETTLED_STATES:
+    state = cluster.provisioning_state or ""
+    if state and not is_terminal(state):  # no state at all: nothing is known to be running
         raise ClusterBusy(
             f"{cluster_id}: an operation is running on the cluster (provisioningState "
             f"{cluster.provisioning_state}); the job decides again once it ends"
@@ -570,7 +567,7 @@ class _State:
         body: dict[str, Any] | None = None,
     ) -> RotationResult:
         if error is not None:
-            error_code = error_code or error.code or (str(error.status) if error.status else None)
+            error_code = error_code or error.error_code
             error_message = error_message or error.message
             self.request_id = self.request_id or error.request_id
             self.correlation_id = self.correlation_id or error.correlation_id

@@ -43,6 +43,11 @@ class ServiceError(RotationError):
         self.attempts = 1  # set by the retry policy that gave up
 
     @property
+    def error_code(self) -> str | None:
+        """What results and history record as the error code: the service's code, else the HTTP status."""
+        return self.code or (str(self.status) if self.status else None)
+
+    @property
     def transient(self) -> bool:
         """Whether retrying the same call can help."""
         if self.status is None:

@@ -26,12 +26,12 @@ from rotation.ids import (
     parse_key_url,
     parse_vault_id,
 )
+from rotation.untrusted import json_type, quote
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
 MAX_EVENT_ID_LENGTH = 256
-_QUOTE_LIMIT = 80
 _MAX_UNIX_TIME = 253_402_300_799  # 9999-12-31T23:59:59Z
 _MAX_SHOWN_INT_BITS = 128
 _UNIX_TIME = re.compile(r"[0-9]{1,20}(?:\.[0-9]{1,20})?")
@@ -104,28 +104,6 @@ class _Bad(Exception):
     """A rejection reason raised by the field checks below."""
 
 
-def _quote(value: str) -> str:
-    """Return caller-provided text truncated and ``repr()``-ed, so it cannot forge log lines."""
-    text = repr(value[: _QUOTE_LIMIT + 1])
-    if len(text) > _QUOTE_LIMIT + 2:  # cut the escaped form: escapes can make it several times longer
-        text = text[: _QUOTE_LIMIT - 4] + "..." + text[0]
-    return text
-
-
-def _json_type(value: object) -> str:
-    names: tuple[tuple[type, str], ...] = (
-        (bool, "boolean"),
-        (int, "number"),
-        (float, "number"),
-        (str, "string"),
-        (list, "array"),
-        (dict, "object"),
-    )
-    if value is None:
-        return "null"
-    return next((name for kind, name in names if isinstance(value, kind)), type(value).__name__)
-
-
 def _fold(raw: Mapping[object, object], where: str) -> tuple[dict[str, object], str | None]:
     """Map stripped, lower-cased field names to values; also return a reason if two names collide."""
     folded: dict[str, object] = {}
@@ -136,7 +114,7 @@ def _fold(raw: Mapping[object, object], where: str) -> tuple[dict[str, object], 
             continue
         name = key.strip().lower()
         if name in folded and folded[name] != value and conflict is None:
-            conflict = f"{where} has ambiguous fields {_quote(original[name])} and {_quote(key)}"
+            conflict = f"{where} has ambiguous fields {quote(original[name])} and {quote(key)}"
         folded.setdefault(name, value)
         original.setdefault(name, key)
     return folded, conflict
@@ -150,7 +128,7 @@ def _string(fields: Mapping[str, object], name: str, label: str, *, required: bo
             raise _Bad(f"{label} is missing")
         return None
     if not isinstance(value, str):
-        raise _Bad(f"{label} is not a string (got {_json_type(value)})")
+        raise _Bad(f"{label} is not a string (got {json_type(value)})")
     return value.strip()
 
 
@@ -161,7 +139,7 @@ def _event_id(fields: Mapping[str, object]) -> str:
     if len(event_id) > MAX_EVENT_ID_LENGTH:
         raise _Bad(f"id is longer than {MAX_EVENT_ID_LENGTH} characters")
     if not event_id.isprintable():
-        raise _Bad(f"id {_quote(event_id)} contains control characters")
+        raise _Bad(f"id {quote(event_id)} contains control characters")
     return event_id
 
 
@@ -171,7 +149,7 @@ def _event_time(fields: Mapping[str, object], name: str) -> datetime | None:
         return None
     match = _ISO_TIME.fullmatch(text)
     if match is None:
-        raise _Bad(f"{name} {_quote(text)} is not an ISO 8601 time with a time zone")
+        raise _Bad(f"{name} {quote(text)} is not an ISO 8601 time with a time zone")
     frac = (match["frac"] or "").ljust(_MICROSECOND_DIGITS, "0")[:_MICROSECOND_DIGITS]
     tz = match["tz"]
     try:
@@ -188,13 +166,13 @@ def _event_time(fields: Mapping[str, object], name: str) -> datetime | None:
         )
         return parsed.astimezone(UTC)
     except (ValueError, OverflowError):
-        raise _Bad(f"{name} {_quote(text)} is not a valid date and time") from None
+        raise _Bad(f"{name} {quote(text)} is not a valid date and time") from None
 
 
 def _shown_number(value: object) -> str:
     if isinstance(value, int) and value.bit_length() > _MAX_SHOWN_INT_BITS:
         return f"<{value.bit_length()}-bit integer>"
-    return _quote(str(value))
+    return quote(str(value))
 
 
 def _unix_time(fields: Mapping[str, object], name: str) -> datetime | None:
@@ -210,17 +188,17 @@ def _unix_time(fields: Mapping[str, object], name: str) -> datetime | None:
         seconds = value
     elif isinstance(value, float):
         if not math.isfinite(value):
-            raise _Bad(f"{label} {_quote(str(value))} is not a Unix time")
+            raise _Bad(f"{label} {quote(str(value))} is not a Unix time")
         seconds = math.floor(value)
     elif isinstance(value, str):
         text = value.strip()
         if not text:
             return None
         if not _UNIX_TIME.fullmatch(text):
-            raise _Bad(f"{label} {_quote(text)} is not a Unix time")
+            raise _Bad(f"{label} {quote(text)} is not a Unix time")
         seconds = int(text.partition(".")[0])
     else:
-        raise _Bad(f"{label} is not a Unix time (got {_json_type(value)})")
+        raise _Bad(f"{label} is not a Unix time (got {json_type(value)})")
     if not 0 <= seconds <= _MAX_UNIX_TIME:
         raise _Bad(f"{label} {_shown_number(value)} is out of range (0 to year 9999)")
     return datetime.fromtimestamp(seconds, UTC)
@@ -230,7 +208,7 @@ def _key_url(data: Mapping[str, object], allowed_suffixes: Sequence[str]) -> Key
     """Parse and cross-check the key fields of ``data``: Id, ObjectType, VaultName, ObjectName, Version."""
     object_type = _string(data, "ObjectType", "data.ObjectType")
     if object_type is not None and object_type.lower() != "key":
-        raise _Bad(f"data.ObjectType {_quote(object_type)} is not 'Key'")
+        raise _Bad(f"data.ObjectType {quote(object_type)} is not 'Key'")
     raw_id = _string(data, "Id", "data.Id", required=True)
     try:
         key_url = parse_key_url(raw_id or "", allowed_suffixes=allowed_suffixes, require_version=True)
@@ -239,18 +217,18 @@ def _key_url(data: Mapping[str, object], allowed_suffixes: Sequence[str]) -> Key
     vault_name = _string(data, "VaultName", "data.VaultName")
     if vault_name is not None and vault_name.lower() != key_url.vault_name:
         raise _Bad(
-            f"data.VaultName {_quote(vault_name)} does not match data.Id vault {_quote(key_url.vault_name)}"
+            f"data.VaultName {quote(vault_name)} does not match data.Id vault {quote(key_url.vault_name)}"
         )
     object_name = _string(data, "ObjectName", "data.ObjectName")
     if object_name is not None and object_name.lower() != key_url.name.lower():
-        raise _Bad(f"data.ObjectName {_quote(object_name)} does not match data.Id key {_quote(key_url.name)}")
+        raise _Bad(f"data.ObjectName {quote(object_name)} does not match data.Id key {quote(key_url.name)}")
     version = _string(data, "Version", "data.Version")
     if version is not None:
         if not _VERSION.fullmatch(version):
-            raise _Bad(f"data.Version {_quote(version)} is not 32 hex characters")
+            raise _Bad(f"data.Version {quote(version)} is not 32 hex characters")
         if version.lower() != key_url.version:
-            shown = _quote(key_url.version or "")
-            raise _Bad(f"data.Version {_quote(version)} does not match data.Id version {shown}")
+            shown = quote(key_url.version or "")
+            raise _Bad(f"data.Version {quote(version)} does not match data.Id version {shown}")
     return key_url
 
 
@@ -265,7 +243,7 @@ def _source(fields: Mapping[str, object], name: str, key_url: KeyUrl) -> str:
         raise _Bad(f"{name} is invalid: {exc}") from None
     if vault.name.lower() != key_url.vault_name:
         raise _Bad(
-            f"{name} vault {_quote(vault.name)} does not match data.Id vault {_quote(key_url.vault_name)}"
+            f"{name} vault {quote(vault.name)} does not match data.Id vault {quote(key_url.vault_name)}"
         )
     return source
 
@@ -281,7 +259,7 @@ def _parse(
         schema, type_field, source_field, time_field = "cloudevents", "type", "source", "time"
         spec = _string(top, "specversion", "specversion", required=True)
         if spec != "1.0":
-            raise _Bad(f"specversion {_quote(spec or '')} is not '1.0'")
+            raise _Bad(f"specversion {quote(spec or '')} is not '1.0'")
     else:
         schema, type_field, source_field, time_field = "eventgrid", "eventType", "topic", "eventTime"
         if top.get("eventtype") is None:
@@ -294,7 +272,7 @@ def _parse(
     known = _KEY_EVENT_TYPES.get(event_type.lower())
     if known is None:
         raise EventIgnored(
-            f"event type {_quote(event_type)} is not a Key Vault key event",
+            f"event type {quote(event_type)} is not a Key Vault key event",
             event_id=event_id,
             event_type=event_type,
         )
@@ -303,7 +281,7 @@ def _parse(
     if data_raw is None:
         raise _Bad("data is missing")
     if not isinstance(data_raw, dict):
-        raise _Bad(f"data is not an object (got {_json_type(data_raw)})")
+        raise _Bad(f"data is not an object (got {json_type(data_raw)})")
     data, conflict = _fold(data_raw, "data")
     if conflict is not None:
         raise _Bad(conflict)
@@ -331,7 +309,7 @@ def parse_event(raw: object, *, allowed_suffixes: Sequence[str] = DEFAULT_VAULT_
     with a one-line reason naming the field, for anything malformed. Never raises anything else.
     """
     if not isinstance(raw, dict):
-        raise EventRejected(f"event is not a JSON object (got {_json_type(raw)})")
+        raise EventRejected(f"event is not a JSON object (got {json_type(raw)})")
     top, conflict = _fold(raw, "event")
     try:
         event_id = _event_id(top)

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from rotation.untrusted import quote
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
@@ -23,7 +25,6 @@ DEFAULT_VAULT_SUFFIXES: tuple[str, ...] = (
 
 MAX_RESOURCE_ID_LENGTH = 1024
 MAX_KEY_URL_LENGTH = 2048
-_QUOTE_LIMIT = 80
 _ASCII_WHITESPACE = " \t\r\n\f\v"
 
 _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -69,14 +70,6 @@ class InvalidKeyUrl(ValueError):
     def __init__(self, message: str, *, detail: str | None = None) -> None:
         super().__init__(message)
         self.detail = detail if detail is not None else message
-
-
-def _quote(value: str) -> str:
-    """Return ``value`` truncated to a bounded length and ``repr()``-ed, safe to put in a log line."""
-    text = repr(value[: _QUOTE_LIMIT + 1])
-    if len(text) > _QUOTE_LIMIT + 2:  # cut the escaped form: escapes can make it several times longer
-        text = text[: _QUOTE_LIMIT - 4] + "..." + text[0]
-    return text
 
 
 def _has_control_or_space(value: str) -> bool:
@@ -133,7 +126,7 @@ def _check_text(value: object, max_length: int, error: Callable[[str], ValueErro
     elif "?" in text or "#" in text:
         problem = "contains a query or fragment"
     if problem is not None:
-        raise error(f"{problem}: {_quote(text)}" if text else problem)
+        raise error(f"{problem}: {quote(text)}" if text else problem)
     return text
 
 
@@ -144,12 +137,12 @@ def _resource_id_error(detail: str) -> InvalidResourceId:
 def _split_resource_id(text: str, expected: str | None, label: str) -> list[str]:
     """Return the eight segments of ``text`` with the fixed ones checked, or raise with the reason."""
     if not text.startswith("/"):
-        raise _resource_id_error(f"is not absolute (must start with '/subscriptions/'): {_quote(text)}")
+        raise _resource_id_error(f"is not absolute (must start with '/subscriptions/'): {quote(text)}")
     segments = text[1:].removesuffix("/").split("/")
     if any(segment == "" for segment in segments):
-        raise _resource_id_error(f"contains an empty segment ('//'): {_quote(text)}")
+        raise _resource_id_error(f"contains an empty segment ('//'): {quote(text)}")
     if any(segment in {".", ".."} for segment in segments):
-        raise _resource_id_error(f"contains a '.' or '..' segment: {_quote(text)}")
+        raise _resource_id_error(f"contains a '.' or '..' segment: {quote(text)}")
     if len(segments) != _SEGMENTS:
         kind = "extra segments (a child resource?)" if len(segments) > _SEGMENTS else "missing segments"
         if expected is not None:
@@ -157,9 +150,7 @@ def _split_resource_id(text: str, expected: str | None, label: str) -> list[str]
         raise _resource_id_error(f"has {kind}: expected {_SHAPE}")
     for index, literal in ((0, "subscriptions"), (2, "resourceGroups"), (4, "providers")):
         if segments[index].lower() != literal.lower():
-            raise _resource_id_error(
-                f"segment {index + 1} is {_quote(segments[index])}, expected {literal!r}"
-            )
+            raise _resource_id_error(f"segment {index + 1} is {quote(segments[index])}, expected {literal!r}")
     return segments
 
 
@@ -198,22 +189,22 @@ def _parse_resource_id(
     subscription, resource_group, ns, rtype, name = (segments[i] for i in (1, 3, 5, 6, 7))
     problem: str | None = None
     if not _GUID.fullmatch(subscription):
-        problem = f"subscription {_quote(subscription)} is not a GUID"
+        problem = f"subscription {quote(subscription)} is not a GUID"
     elif not _RESOURCE_GROUP.fullmatch(resource_group):
         problem = (
-            f"resource group name {_quote(resource_group)} is invalid: 1-90 letters, digits, "
+            f"resource group name {quote(resource_group)} is invalid: 1-90 letters, digits, "
             "'_', '(', ')', '-' or '.', not ending in '.'"
         )
     elif not _NAMESPACE.fullmatch(ns):
-        problem = f"provider namespace {_quote(ns)} is invalid"
+        problem = f"provider namespace {quote(ns)} is invalid"
     elif not _RESOURCE_TYPE.fullmatch(rtype):
-        problem = f"resource type {_quote(rtype)} is invalid"
+        problem = f"resource type {quote(rtype)} is invalid"
     elif (namespace is not None and ns.lower() != namespace.lower()) or (
         types is not None and rtype.lower() not in {t.lower() for t in types}
     ):
         problem = f"not a {label} resource id: expected {expected}"
     elif not _GENERIC_NAME.fullmatch(name):
-        problem = f"resource name {_quote(name)} is invalid"
+        problem = f"resource name {quote(name)} is invalid"
     if problem is not None:
         raise InvalidResourceId(problem)
     return ResourceId(
@@ -230,7 +221,7 @@ def parse_cluster_id(value: str) -> ResourceId:
     rid = parse_resource_id(value, namespace=_CLUSTER[0], resource_type=_CLUSTER[1])
     if not _CLUSTER_NAME.fullmatch(rid.name):
         raise InvalidResourceId(
-            f"mongoClusters name {_quote(rid.name)} is invalid: 3-40 lowercase letters, digits and hyphens, "
+            f"mongoClusters name {quote(rid.name)} is invalid: 3-40 lowercase letters, digits and hyphens, "
             "not starting or ending with a hyphen"
         )
     return rid
@@ -241,7 +232,7 @@ def parse_identity_id(value: str) -> ResourceId:
     rid = parse_resource_id(value, namespace=_IDENTITY[0], resource_type=_IDENTITY[1])
     if not _IDENTITY_NAME.fullmatch(rid.name):
         raise InvalidResourceId(
-            f"userAssignedIdentities name {_quote(rid.name)} is invalid: 3-128 letters, digits, "
+            f"userAssignedIdentities name {quote(rid.name)} is invalid: 3-128 letters, digits, "
             "'-' or '_', starting with a letter or digit"
         )
     return rid
@@ -256,7 +247,7 @@ def parse_vault_id(value: str) -> ResourceId:
     rid = _parse_resource_id(value, _VAULT_NAMESPACE, _VAULT_TYPES, "Key Vault")
     if not _valid_vault_name(rid.name):
         raise InvalidResourceId(
-            f"vault name {_quote(rid.name)} is invalid: 3-24 letters, digits and hyphens, "
+            f"vault name {quote(rid.name)} is invalid: 3-24 letters, digits and hyphens, "
             "starting with a letter, no '--'"
         )
     return rid
@@ -296,7 +287,7 @@ class KeyUrl:
     def with_version(self, version: str) -> KeyUrl:
         """Return the same key at ``version`` (32 hex characters; normalised to lower case)."""
         if not _valid_version(version):
-            raise _key_url_error(f"version {_quote(version)} is not 32 hex characters")
+            raise _key_url_error(f"version {quote(version)} is not 32 hex characters")
         return KeyUrl(host=self.host, name=self.name, version=version.lower())
 
     def same_key(self, other: KeyUrl) -> bool:
@@ -327,12 +318,12 @@ def _key_url_error(detail: str) -> InvalidKeyUrl:
 def _split_authority(authority: str) -> str:
     """Return the host of ``authority``, rejecting user info and any port but 443."""
     if "@" in authority:
-        raise _key_url_error(f"must not contain user info: {_quote(authority)}")
+        raise _key_url_error(f"must not contain user info: {quote(authority)}")
     host = authority
     if ":" in authority:
         host, _, port = authority.rpartition(":")
         if not _PORT.fullmatch(port) or int(port) != _HTTPS_PORT:
-            raise _key_url_error(f"port {_quote(port)} is not allowed (only the default https port)")
+            raise _key_url_error(f"port {quote(port)} is not allowed (only the default https port)")
     return host.lower()
 
 
@@ -341,18 +332,18 @@ def _check_host(host: str, suffixes: tuple[str, ...]) -> None:
         raise _key_url_error("has no host")
     labels = host.split(".")
     if any(label == "" for label in labels):
-        raise _key_url_error(f"host {_quote(host)} has an empty label")
+        raise _key_url_error(f"host {quote(host)} has an empty label")
     if len(host) > _MAX_HOST_LENGTH or not all(_DNS_LABEL.fullmatch(label) for label in labels):
-        raise _key_url_error(f"host {_quote(host)} is not a valid DNS name")
+        raise _key_url_error(f"host {quote(host)} is not a valid DNS name")
     suffix = next((s for s in suffixes if host.endswith(s) and len(host) > len(s)), None)
     if suffix is None:
-        raise _key_url_error(f"host {_quote(host)} is not in an allowed vault domain")
+        raise _key_url_error(f"host {quote(host)} is not in an allowed vault domain")
     vault = host[: -len(suffix)]
     if "." in vault:
-        raise _key_url_error(f"host {_quote(host)} has more than one label before {suffix!r}")
+        raise _key_url_error(f"host {quote(host)} has more than one label before {suffix!r}")
     if not _valid_vault_name(vault):
         raise _key_url_error(
-            f"vault name {_quote(vault)} is invalid: 3-24 letters, digits and hyphens, "
+            f"vault name {quote(vault)} is invalid: 3-24 letters, digits and hyphens, "
             "starting with a letter, no '--'"
         )
 
@@ -373,33 +364,33 @@ def parse_key_url(
     text = _check_text(value, MAX_KEY_URL_LENGTH, _key_url_error)
     scheme, sep, rest = text.partition("://")
     if not sep:
-        raise _key_url_error(f"is not an absolute https URL: {_quote(text)}")
+        raise _key_url_error(f"is not an absolute https URL: {quote(text)}")
     if scheme.lower() != "https":
-        raise _key_url_error(f"scheme {_quote(scheme)} is not https")
+        raise _key_url_error(f"scheme {quote(scheme)} is not https")
     authority, slash, path = rest.partition("/")
     host = _split_authority(authority)
     _check_host(host, _normalize_suffixes(allowed_suffixes))
     segments = (slash + path).removesuffix("/").split("/")[1:] if path else []
     if any(segment in {".", ".."} for segment in segments):
-        raise _key_url_error(f"path contains a '.' or '..' segment: {_quote(slash + path)}")
+        raise _key_url_error(f"path contains a '.' or '..' segment: {quote(slash + path)}")
     if (
         len(segments) not in {_VERSIONED_SEGMENTS - 1, _VERSIONED_SEGMENTS}
         or segments[0].lower() != "keys"
         or "" in segments
     ):
         raise _key_url_error(
-            f"path {_quote(slash + path)} is not /keys/{{name}} or /keys/{{name}}/{{version}}"
+            f"path {quote(slash + path)} is not /keys/{{name}} or /keys/{{name}}/{{version}}"
         )
     name = segments[1]
     if not _KEY_NAME.fullmatch(name):
-        raise _key_url_error(f"key name {_quote(name)} is invalid: 1-127 letters, digits and hyphens")
+        raise _key_url_error(f"key name {quote(name)} is invalid: 1-127 letters, digits and hyphens")
     version: str | None = None
     if len(segments) == _VERSIONED_SEGMENTS:
         if not _valid_version(segments[2]):
-            raise _key_url_error(f"version {_quote(segments[2])} is not 32 hex characters")
+            raise _key_url_error(f"version {quote(segments[2])} is not 32 hex characters")
         version = segments[2].lower()
     elif require_version:
-        raise _key_url_error(f"has no version: {_quote(text)}")
+        raise _key_url_error(f"has no version: {quote(text)}")
     return KeyUrl(host=host, name=name, version=version)
 
 
@@ -426,26 +417,26 @@ def _origin(url: str) -> tuple[str, str]:
     if not isinstance(url, str) or len(url) > MAX_KEY_URL_LENGTH:
         raise UnsafeUrl("URL is not a string of at most 2048 characters")
     if _has_control_or_space(url) or "\\" in url:
-        raise UnsafeUrl(f"URL contains whitespace, a control character or a backslash: {_quote(url)}")
+        raise UnsafeUrl(f"URL contains whitespace, a control character or a backslash: {quote(url)}")
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.lower() != "https":
-        raise UnsafeUrl(f"URL is not https: {_quote(url)}")
+        raise UnsafeUrl(f"URL is not https: {quote(url)}")
     authority_end = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=-1)
     authority = rest if authority_end < 0 else rest[:authority_end]
     remainder = "" if authority_end < 0 else rest[authority_end:]
     if "@" in authority:
-        raise UnsafeUrl(f"URL carries user info: {_quote(url)}")
+        raise UnsafeUrl(f"URL carries user info: {quote(url)}")
     host = authority
     if ":" in authority:
         host, _, port = authority.rpartition(":")
         if not _PORT.fullmatch(port) or int(port) != _HTTPS_PORT:
-            raise UnsafeUrl(f"URL port {_quote(port)} is not allowed (only 443): {_quote(url)}")
+            raise UnsafeUrl(f"URL port {quote(port)} is not allowed (only 443): {quote(url)}")
     host = host.lower()
     labels = host.split(".")
     if len(host) > _MAX_HOST_LENGTH or not all(_DNS_LABEL.fullmatch(label) for label in labels):
-        raise UnsafeUrl(f"URL host {_quote(host)} is not a valid DNS name")
+        raise UnsafeUrl(f"URL host {quote(host)} is not a valid DNS name")
     if "#" in remainder:
-        raise UnsafeUrl(f"URL has a fragment: {_quote(url)}")
+        raise UnsafeUrl(f"URL has a fragment: {quote(url)}")
     path = remainder.partition("?")[0]
     return host, path
 
@@ -459,9 +450,9 @@ def check_same_origin(url: str, endpoint: str) -> str:
     host, path = _origin(url)
     expected, _ = _origin(endpoint)
     if host != expected:
-        raise UnsafeUrl(f"URL host {_quote(host)} is not the ARM endpoint {expected!r}")
+        raise UnsafeUrl(f"URL host {quote(host)} is not the ARM endpoint {expected!r}")
     if any(segment in {".", ".."} for segment in path.split("/")):
-        raise UnsafeUrl(f"URL path contains a '.' or '..' segment: {_quote(path)}")
+        raise UnsafeUrl(f"URL path contains a '.' or '..' segment: {quote(path)}")
     return path
 
 
@@ -482,6 +473,6 @@ def check_operation_path(path: str, cluster: ResourceId) -> None:
         or not all(_OPERATION_PART.fullmatch(s) for s in (segments[5], segments[7]))
     ):
         raise UnsafeUrl(
-            f"operation path {_quote(path)} is not a Microsoft.DocumentDB operation of subscription "
+            f"operation path {quote(path)} is not a Microsoft.DocumentDB operation of subscription "
             f"{cluster.subscription}"
         )

@@ -26,7 +26,7 @@ from rotation.ids import (
     parse_key_url,
 )
 from rotation.storage import queue_client, storage_errors
-from rotation.untrusted import JsonRefused, loads_bounded
+from rotation.untrusted import JsonRefused, json_type, loads_bounded, quote
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -37,7 +37,6 @@ QUEUE_NAME = "rotation-jobs"
 TRIGGERS = frozenset({"event", "reconcile", "manual", "replay", "check"})
 MAX_DELAY_SECONDS = 7 * 24 * 3600  # the queue's limit on a message's initial invisibility
 MAX_MESSAGE_BYTES = 64 * 1024  # Azure Queue storage's own limit on a message
-_QUOTE_LIMIT = 80
 
 
 class JobRejected(ValueError):
@@ -138,17 +137,17 @@ def _load_object(text: str | bytes) -> dict[str, Any]:
     except JsonRefused as exc:
         raise JobRejected(str(exc)) from None
     if not isinstance(data, dict):
-        raise JobRejected(f"job message is a JSON {_json_type(data)}, expected an object")
+        raise JobRejected(f"job message is a JSON {json_type(data)}, expected an object")
     return data
 
 
 def _trigger_and_operation(data: dict[str, Any]) -> tuple[str, str | None]:
     trigger = _required_str(data, "trigger")
     if trigger not in TRIGGERS:
-        raise JobRejected(f"job trigger {_quote(trigger)} is not one of {', '.join(sorted(TRIGGERS))}")
+        raise JobRejected(f"job trigger {quote(trigger)} is not one of {', '.join(sorted(TRIGGERS))}")
     operation_url = _optional_str(data, "operation_url")
     if operation_url is not None and not operation_url.startswith("https://"):
-        raise JobRejected(f"job operation_url is not an https URL: {_quote(operation_url)}")
+        raise JobRejected(f"job operation_url is not an https URL: {quote(operation_url)}")
     if trigger == "check" and operation_url is None:
         raise JobRejected("job with trigger 'check' has no operation_url")
     return trigger, operation_url
@@ -159,20 +158,8 @@ def _count(data: dict[str, Any], name: str) -> int:
     if value is None:
         return 0
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise JobRejected(f"job {name} must be a non-negative integer, got {_quote(json.dumps(value))}")
+        raise JobRejected(f"job {name} must be a non-negative integer, got {quote(json.dumps(value))}")
     return value
-
-
-def _quote(value: str) -> str:
-    """``repr()`` of ``value`` cut to a bounded length, safe in a log line."""
-    if len(value) > _QUOTE_LIMIT:
-        value = value[: _QUOTE_LIMIT - 3] + "..."
-    return repr(value)
-
-
-def _json_type(value: object) -> str:
-    names = {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
-    return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
 def _required_str(data: dict[str, Any], name: str) -> str:
@@ -180,7 +167,7 @@ def _required_str(data: dict[str, Any], name: str) -> str:
         raise JobRejected(f"job message has no {name}")
     value = data[name]
     if not isinstance(value, str) or not value.strip():
-        raise JobRejected(f"job {name} must be a non-empty string, got a JSON {_json_type(value)}")
+        raise JobRejected(f"job {name} must be a non-empty string, got a JSON {json_type(value)}")
     return value.strip()
 
 
@@ -189,7 +176,7 @@ def _optional_str(data: dict[str, Any], name: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise JobRejected(f"job {name} must be a string or null, got a JSON {_json_type(value)}")
+        raise JobRejected(f"job {name} must be a string or null, got a JSON {json_type(value)}")
     return value.strip() or None
 
 
@@ -198,7 +185,7 @@ def _enqueued_at(data: dict[str, Any]) -> datetime:
     try:
         value = datetime.fromisoformat(raw)
     except ValueError:
-        raise JobRejected(f"job enqueued_at is not an ISO 8601 time: {_quote(raw)}") from None
+        raise JobRejected(f"job enqueued_at is not an ISO 8601 time: {quote(raw)}") from None
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from rotation.errors import ServiceError
 from rotation.ids import KeyUrl
-from rotation.keyvault import unusable_reason
+from rotation.keyvault import listed_unusable_reason, unusable_reason
 
 if TYPE_CHECKING:
     from rotation.keyvault import KeyVaultKeys, KeyVersion
@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _EPOCH = datetime.min.replace(tzinfo=UTC)
+# A key version expiring sooner than this is warned about (doctor, reconcile): time to create the next one.
+EXPIRY_HORIZON = timedelta(days=30)
 
 
 @dataclass(frozen=True)
@@ -50,17 +52,6 @@ class NewestNotUsable:
 def newest_version(versions: list[KeyVersion]) -> KeyVersion | None:
     """The most recently created version of a listing (None: an empty listing)."""
     return max(versions, key=lambda v: v.created_on or _EPOCH, default=None)
-
-
-def listed_unusable_reason(version: KeyVersion, now: datetime) -> str | None:
-    """Rule 3 on what a version listing carries (enabled, nbf, exp); type, size and operations need a GET."""
-    if not version.enabled:
-        return "key version is disabled"
-    if version.not_before is not None and version.not_before > now:
-        return f"key version is not active until {version.not_before.isoformat()}"
-    if version.expires_on is not None and version.expires_on <= now:
-        return f"key version expired at {version.expires_on.isoformat()}"
-    return None
 
 
 def newest_not_usable(

@@ -24,12 +24,12 @@ from azure.core.exceptions import (
 )
 from azure.keyvault.keys.aio import KeyClient
 
-from rotation.arm import retry_after_seconds
-from rotation.errors import NotFoundError, ServiceError
+from rotation.errors import ServiceError
+from rotation.http_errors import from_azure_error
 from rotation.transport import transport_kwargs
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping
+    from collections.abc import Awaitable, Callable
 
     from azure.core.credentials_async import AsyncTokenCredential
     from azure.keyvault.keys import KeyProperties, KeyRotationPolicy, KeyVaultKey
@@ -74,16 +74,23 @@ class KeyVersion:
         return self.url.version or ""
 
 
+def listed_unusable_reason(version: KeyVersion, now: datetime) -> str | None:
+    """Rule 3 on what a version listing carries (enabled, nbf, exp); type, size and operations need a GET."""
+    if not version.enabled:
+        return "key version is disabled"
+    if version.not_before is not None and version.not_before > now:
+        return f"key version is not active until {version.not_before.isoformat()}"
+    if version.expires_on is not None and version.expires_on <= now:
+        return f"key version expired at {version.expires_on.isoformat()}"
+    return None
+
+
 def unusable_reason(key: KeyVersion, now: datetime) -> str | None:
     """Rule 3: why ``key`` must not be given to a cluster, or None when it is usable."""
-    reason: str | None = None
-    if not key.enabled:
-        reason = "key version is disabled"
-    elif key.not_before is not None and key.not_before > now:
-        reason = f"key version is not active until {key.not_before.isoformat()}"
-    elif key.expires_on is not None and key.expires_on <= now:
-        reason = f"key version expired at {key.expires_on.isoformat()}"
-    elif key.key_type not in RSA_TYPES:
+    reason = listed_unusable_reason(key, now)
+    if reason is not None:
+        return reason
+    if key.key_type not in RSA_TYPES:
         reason = f"key type {key.key_type} is not RSA or RSA-HSM"
     elif key.size not in RSA_SIZES:
         reason = f"key size {key.size} is not 2048, 3072 or 4096 bits"
@@ -100,13 +107,7 @@ def candidates(versions: list[KeyVersion], now: datetime) -> list[KeyVersion]:
     A listing carries no key type, size or operations: each candidate still needs its GET and
     `unusable_reason` before it is used.
     """
-    alive = [
-        v
-        for v in versions
-        if v.enabled
-        and (v.not_before is None or v.not_before <= now)
-        and (v.expires_on is None or v.expires_on > now)
-    ]
+    alive = [v for v in versions if listed_unusable_reason(v, now) is None]
     return sorted(alive, key=lambda v: v.created_on or datetime.min.replace(tzinfo=UTC), reverse=True)
 
 
@@ -265,16 +266,16 @@ async def _call(func: Callable[[], Awaitable[_T]], key: KeyUrl, deadline: float)
             code="AnswerRefused",
         ) from None
     except ResourceNotFoundError as exc:
-        raise NotFoundError(f"{key} not found", service="keyvault", status=404, code=_code(exc)) from exc
+        raise from_azure_error(
+            exc, f"{key} not found", service="keyvault", code=_code(exc), not_found=True
+        ) from exc
     except HttpResponseError as exc:
-        headers: Mapping[str, str] = getattr(exc.response, "headers", None) or {}
-        raise ServiceError(
+        raise from_azure_error(
+            exc,
             f"{key.host}/{key.name}: {exc.reason or 'error'}",
             service="keyvault",
-            status=exc.status_code,
             code=_code(exc),
-            retry_after=retry_after_seconds(headers),
-            request_id=headers.get("x-ms-request-id"),
+            not_found=False,
         ) from exc
     except (ServiceRequestError, ServiceResponseError) as exc:
         raise ServiceError(f"{key.host}: {type(exc).__name__}", service="keyvault") from exc

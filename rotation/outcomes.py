@@ -1,10 +1,13 @@
-"""The one outcome vocabulary shared by logs, history, the CLI and HTTP (DESIGN.md, "Outcomes")."""
+"""The one outcome vocabulary shared by logs, history, the CLI and HTTP (docs/design.md, "Outcomes")."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rotation.errors import TransientFailure
 
 
 class Outcome(StrEnum):
@@ -72,3 +75,19 @@ class RotationResult:
         if self.body is None:
             del out["body"]
         return out
+
+
+def exhausted(
+    cluster_id: str, exc: TransientFailure, *, note: str = "", to_version: str | None = None
+) -> RotationResult:
+    """The `FAILED` result of a job whose retries ran out on ``exc``; ``note`` says what happens next."""
+    return RotationResult(
+        cluster_id=cluster_id,
+        outcome=Outcome.FAILED,
+        reason=f"retries exhausted{note}: {exc.cause}",
+        to_version=to_version,
+        attempts=exc.attempts,
+        error_code=exc.cause.error_code,
+        error_message=exc.cause.message,
+        request_id=exc.cause.request_id,
+    )

@@ -1,4 +1,4 @@
-"""Per-subscription pacing of ARM requests from the throttling headers (AZURE-FACTS.md section 4).
+"""Per-subscription pacing of ARM requests from the throttling headers (docs/design.md, Azure behaviour 3).
 
 ARM throttles each subscription with a token bucket (writes: 200 burst, 10/s refill; reads: 250, 25/s) and
 answers every request with the budget left (``x-ms-ratelimit-remaining-subscription-writes`` / ``-reads``);
@@ -31,6 +31,8 @@ import re
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from rotation.http_errors import header, retry_after_seconds
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -194,7 +196,7 @@ class ArmPacer:
                 bucket.set_tokens(min(bucket.available(now), high), now)
         if status == _THROTTLED:
             self.stats.throttled += 1
-            wait = min(_retry_after(headers) or 1.0, MAX_BLOCK_S)
+            wait = min(retry_after_seconds(headers) or 1.0, MAX_BLOCK_S)
             bucket.blocked_until = max(bucket.blocked_until, now + wait)
             # A token becomes available when the window ends: the mirror says so too.
             bucket.set_tokens(min(bucket.available(now), 1.0 - wait * bucket.refill_per_s), now)
@@ -210,16 +212,8 @@ class ArmPacer:
         bucket.wake()
 
 
-def _header(headers: Any, name: str) -> str | None:  # noqa: ANN401 - any case-insensitive mapping
-    try:
-        value = headers.get(name)
-    except AttributeError:
-        return None
-    return value if isinstance(value, str) and value.strip() else None
-
-
 def _remaining(headers: Any, *, write: bool) -> float | None:  # noqa: ANN401
-    raw = _header(headers, "x-ms-ratelimit-remaining-subscription-" + ("writes" if write else "reads"))
+    raw = header(headers, "x-ms-ratelimit-remaining-subscription-" + ("writes" if write else "reads"))
     if raw is None:
         return None
     try:
@@ -227,17 +221,3 @@ def _remaining(headers: Any, *, write: bool) -> float | None:  # noqa: ANN401
     except ValueError:
         return None
     return value if math.isfinite(value) and value >= 0 else None
-
-
-def _retry_after(headers: Any) -> float | None:  # noqa: ANN401
-    for name, scale in (("retry-after-ms", 1000.0), ("x-ms-retry-after-ms", 1000.0), ("Retry-After", 1.0)):
-        raw = _header(headers, name)
-        if raw is None:
-            continue
-        try:
-            value = float(raw) / scale
-        except ValueError:
-            continue
-        if math.isfinite(value) and value >= 0:
-            return value
-    return None

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from rotation.errors import NotFoundError, ServiceError
 from rotation.ids import InvalidKeyUrl, KeyUrl, parse_cluster_id, parse_key_url
 from rotation.jobs import Job
-from rotation.key_health import newest_not_usable, newest_version
+from rotation.key_health import EXPIRY_HORIZON, newest_not_usable, newest_version
 from rotation.keyvault import candidates, same_second, unusable_reason
 from rotation.outcomes import Outcome
 from rotation.retry import RetryPolicy
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-EXPIRY_HORIZON = timedelta(days=30)
 PENDING_GRACE = timedelta(minutes=10)  # a pending cluster older than this has lost its check job
 # One cluster's share of a pass (its ARM read, its key's reads, its job): past this it is reported and the
 # pass goes on, so an answer that never ends costs that cluster, not the pass.
@@ -204,7 +203,7 @@ class Reconciler:
             try:
                 async with asyncio.timeout(self._cluster_deadline):
                     line = await self._check(watched)
-            except TimeoutError:
+            except (TimeoutError, ServiceError) as exc:
                 line = ClusterReport(
                     watched.cluster_id,
                     watched.key,
@@ -212,18 +211,9 @@ class Reconciler:
                     None,
                     "skipped",
                     drift="unreachable",
-                    detail=f"no answer within {self._cluster_deadline:g} s; the next pass tries again",
-                    level="ERROR",
-                )
-            except ServiceError as exc:
-                line = ClusterReport(
-                    watched.cluster_id,
-                    watched.key,
-                    watched.current_version,
-                    None,
-                    "skipped",
-                    drift="unreachable",
-                    detail=str(exc),
+                    detail=str(exc)
+                    if isinstance(exc, ServiceError)
+                    else f"no answer within {self._cluster_deadline:g} s; the next pass tries again",
                     level="ERROR",
                 )
         self._report.clusters.append(line)

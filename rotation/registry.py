@@ -373,6 +373,11 @@ class Registry:
         self._ready = False
         self._ready_lock = asyncio.Lock()
 
+    @property
+    def service_client(self) -> TableServiceClient:
+        """The table service client (for the daemon's timer lease table; still owned by this registry)."""
+        return self._service
+
     async def close(self) -> None:
         """Close the table clients and the service client."""
         await self._watch.close()

@@ -32,7 +32,7 @@ from rotation.ids import (
     parse_key_url,
 )
 from rotation.jobs import Job, JobQueue, JobRejected
-from rotation.outcomes import Outcome, RotationResult
+from rotation.outcomes import Outcome, RotationResult, exhausted
 from rotation.registry import Claim, KeyMember, Registry, WatchedCluster
 from rotation.runtime import Runtime
 from rotation.storage import storage_clients, storage_credential
@@ -129,7 +129,11 @@ class Service:
     @classmethod
     def create(cls, settings: Settings) -> Service:
         """Build every client for ``settings`` (no I/O until the first call)."""
-        runtime = Runtime.create(settings)
+        return cls.with_storage(Runtime.create(settings), settings)
+
+    @classmethod
+    def with_storage(cls, runtime: Runtime, settings: Settings) -> Service:
+        """The service on ``runtime`` with the storage clients ``settings`` name (no I/O until first used)."""
         credential = (
             None
             if settings.storage_connection
@@ -410,15 +414,11 @@ class Service:
         last = dequeue_count is not None and dequeue_count >= self.settings.max_dequeue_count
         then = f"moved to {self.queue.poison_name}" if last else "the queue redelivers"
         delivery = f" (delivery {dequeue_count} of {self.settings.max_dequeue_count}); {then}"
-        failed = RotationResult(
-            cluster_id=job.cluster_id,
-            outcome=Outcome.FAILED,
-            reason=f"retries exhausted{delivery if dequeue_count is not None else ''}: {exc.cause}",
+        failed = exhausted(
+            job.cluster_id,
+            exc,
+            note=delivery if dequeue_count is not None else "",
             to_version=target.version if target else None,
-            attempts=exc.attempts,
-            error_code=exc.cause.code or (str(exc.cause.status) if exc.cause.status else None),
-            error_message=exc.cause.message,
-            request_id=exc.cause.request_id,
         )
         await self.registry.record(
             failed,

@@ -1,4 +1,4 @@
-"""Configuration, read once from a mapping of environment variables (DESIGN.md, "Configuration")."""
+"""Configuration, read once from a mapping of environment variables (README, "Configuration")."""
 
 from __future__ import annotations
 

@@ -27,13 +27,13 @@ from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
 from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient, QueueServiceClient
 
-from rotation.arm import retry_after_seconds
-from rotation.errors import NotFoundError, ServiceError
+from rotation.errors import ServiceError
+from rotation.http_errors import from_azure_error
 from rotation.settings import STORAGE_SETTING, SettingsError
 from rotation.transport import transport_kwargs
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Iterator
 
     from azure.core.credentials_async import AsyncTokenCredential
 
@@ -181,15 +181,12 @@ def queue_client(queues: QueueServiceClient, name: str) -> QueueClient:
 def storage_error(exc: Exception, action: str) -> ServiceError:
     """Translate an azure-core error raised while doing ``action`` into a `ServiceError`."""
     if isinstance(exc, HttpResponseError) and exc.response is not None:
-        headers: Mapping[str, str] = getattr(exc.response, "headers", None) or {}
-        kind = NotFoundError if isinstance(exc, ResourceNotFoundError) else ServiceError
-        return kind(
+        return from_azure_error(
+            exc,
             f"{action}: {exc.reason or type(exc).__name__}",
             service=SERVICE,
-            status=exc.status_code,
             code=getattr(exc, "error_code", None),
-            retry_after=retry_after_seconds(headers),
-            request_id=headers.get("x-ms-request-id"),
+            not_found=isinstance(exc, ResourceNotFoundError),
         )
     # No response: connection refused or reset, timeout, or a credential that could not get a token.
     return ServiceError(f"{action}: {type(exc).__name__}", service=SERVICE)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 MAX_JSON_DEPTH = 64  # far deeper than any Azure answer or event the rotator reads (about 8 at most)
 MAX_JSON_BYTES = 4 * 1024 * 1024  # an ARM listing page or a replay file of a few thousand events fits
 
+_QUOTE_LIMIT = 80  # characters of a quoted value in a reason: enough to recognise it, too few to flood
 _OPEN = frozenset(b"[{")
 _CLOSE = frozenset(b"]}")
 _QUOTE = ord('"')
@@ -159,3 +160,26 @@ def printable(text: str) -> str:
         else:
             out.append(f"\\U{code:08x}")
     return "".join(out)
+
+
+def quote(value: str) -> str:
+    """Return ``value`` truncated to a bounded length and ``repr()``-ed, safe in a log line or a reason."""
+    text = repr(value[: _QUOTE_LIMIT + 1])
+    if len(text) > _QUOTE_LIMIT + 2:  # cut the escaped form: escapes can make it several times longer
+        text = text[: _QUOTE_LIMIT - 4] + "..." + text[0]
+    return text
+
+
+def json_type(value: object) -> str:
+    """The JSON name of a parsed value's type (``object``, ``array``...), for rejection reasons."""
+    names: tuple[tuple[type, str], ...] = (
+        (bool, "boolean"),
+        (int, "number"),
+        (float, "number"),
+        (str, "string"),
+        (list, "array"),
+        (dict, "object"),
+    )
+    if value is None:
+        return "null"
+    return next((name for kind, name in names if isinstance(value, kind)), type(value).__name__)

@@ -16,7 +16,7 @@ Answers to deliveries: 200 once every event was queued, ignored or rejected (a m
 ERROR and acknowledged: retrying cannot fix it, rule 10); 400 when the body is not JSON at all (Event Grid
 does not retry a 400; the event goes to dead-letter); 503 when storage failed or the work did not end
 within `EVENT_DEADLINE_S`, so Event Grid redelivers (a duplicate is harmless, rule 2). The webhook only
-enqueues: Event Grid waits 30 s for an answer (AZURE-FACTS.md section 2).
+enqueues: Event Grid waits 30 s for an answer (docs/design.md, Azure behaviour 1).
 """
 
 from __future__ import annotations

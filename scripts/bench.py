@@ -159,6 +159,8 @@ def worker_main(args: argparse.Namespace) -> None:  # noqa: C901 - one process's
             await host.close()
         pacer: dict[str, Any] = {}
         for svc in service_module._services.values():  # noqa: SLF001 - the process's one Service
+            if svc.runtime.clusters.pacer is None:  # the default runtime always has one
+                continue
             stats = svc.runtime.clusters.pacer.stats
             pacer = {
                 "admitted": stats.admitted,
@@ -272,14 +274,17 @@ def percentile(values: list[float], q: float) -> float:
 
 def is_poll(path: str) -> bool:
     """Whether an ARM path is a long-running operation's status or result."""
-    low = path.lower()  # the spec's operation types (rotation.lro)
-    return "/mongoclusterazureasyncoperation/" in low or "/mongoclusteroperationresults/" in low
+    from rotation.ids import OPERATION_TYPES  # noqa: PLC0415 - the rotator is imported where it is used
+
+    low = path.lower()  # the spec's operation types, the ones the rotator follows
+    return any(f"/{kind}/" in low for kind in OPERATION_TYPES)
 
 
 def subscription_of(path: str) -> str:
-    """The subscription of an ARM path."""
-    parts = path.split("/")
-    return parts[2].lower() if len(parts) > 2 and parts[1].lower() == "subscriptions" else ""  # noqa: PLR2004
+    """The subscription of an ARM path (the pacer's reading of it), or "" when it names none."""
+    from rotation import pacing  # noqa: PLC0415 - the rotator is imported where it is used, as above
+
+    return pacing.subscription_of(path) or ""
 
 
 def analyse(
@@ -822,8 +827,8 @@ GET); or, when larger, the read bucket's `max(0, reads - burst) / refill` for th
 queue and storage time are not in the bound: they are part of what the ratio measures.
 
 Why a 10 s operation: a cluster's key update is an ARM long-running operation that takes minutes
-(AZURE-FACTS.md, section 2); the bench shortens it, and the write bucket's burst, to finish in about two
-minutes. The rotator's own work is not shortened: about 20 ms of CPU per job in the worker process (its
+(docs/design.md, Azure behaviour 1); the bench shortens it, and the write bucket's burst, to finish in about
+two minutes. The rotator's own work is not shortened: about 20 ms of CPU per job in the worker process (its
 storage and ARM requests through the Azure SDK, TLS included), on the same 2 cores as the simulator and
 Azurite. The stress rows run a fan-out again with a 1 s operation, where that CPU time is no longer small
 beside the operation: they show what it costs, not what ARM allows.

@@ -61,6 +61,7 @@ import time  # noqa: E402
 import uuid  # noqa: E402
 from collections import Counter, defaultdict  # noqa: E402
 from dataclasses import dataclass, field, replace  # noqa: E402
+from datetime import UTC, datetime  # noqa: E402
 from typing import TYPE_CHECKING, Any  # noqa: E402
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError  # noqa: E402
@@ -77,9 +78,9 @@ from rotation import service as service_module  # noqa: E402
 from rotation.arm import ClustersClient  # noqa: E402
 from rotation.engine import Rotator  # noqa: E402
 from rotation.errors import ServiceError  # noqa: E402
-from rotation.ids import parse_cluster_id  # noqa: E402
+from rotation.ids import InvalidKeyUrl, parse_cluster_id, parse_key_url  # noqa: E402
 from rotation.jobs import Job, JobQueue  # noqa: E402
-from rotation.keyvault import REQUIRED_OPS, RSA_SIZES, RSA_TYPES, KeyVaultKeys  # noqa: E402
+from rotation.keyvault import RSA_SIZES, KeyVaultKeys, KeyVersion, unusable_reason  # noqa: E402
 from rotation.logs import JsonFormatter, TextFormatter  # noqa: E402
 from rotation.reconcile import Reconciler  # noqa: E402
 from rotation.registry import Registry  # noqa: E402
@@ -318,23 +319,32 @@ def _build_world(sim: Simulator, rng: random.Random, size: int, keys: int) -> _W
     return _World(subs, vaults, key_list, clusters)
 
 
-def _usable(version: dict[str, Any], now: float) -> bool:
-    """Rule 3 from the simulator's own attributes."""
-    return (
-        bool(version["enabled"])
-        and (version["nbf"] is None or version["nbf"] <= now)
-        and (version["exp"] is None or version["exp"] > now)
-        and version["kty"] in RSA_TYPES
-        and version["size"] in RSA_SIZES
-        and all(op in version["ops"] for op in REQUIRED_OPS)
+def _usable(url: str, version: dict[str, Any], now: float) -> bool:
+    """Rule 3 (the rotator's own `unusable_reason`) on the simulator's attributes of version ``url``."""
+
+    def when(stamp: float | None) -> datetime | None:
+        return None if stamp is None else datetime.fromtimestamp(stamp, UTC)
+
+    facts = KeyVersion(
+        url=parse_key_url(url),
+        enabled=bool(version["enabled"]),
+        created_on=when(version["created"]),
+        not_before=when(version["nbf"]),
+        expires_on=when(version["exp"]),
+        key_type=version["kty"],
+        size=version["size"],
+        operations=tuple(version["ops"]),
     )
+    return unusable_reason(facts, datetime.fromtimestamp(now, UTC)) is None
 
 
-def _split_url(url: str) -> tuple[str, str, str | None]:
-    rest = url.lower().removeprefix("https://")
-    host, _, path = rest.partition("/keys/")
-    name, _, version = path.partition("/")
-    return host, name, version or None
+def _split_url(url: str) -> tuple[str, str, str | None] | None:
+    """Host, key name and version of a key URL, or None when the rotator would not accept it either."""
+    try:
+        key = parse_key_url(url)
+    except InvalidKeyUrl:
+        return None
+    return key.host, key.name.lower(), key.version  # Key Vault key names are case-insensitive
 
 
 def _trigger(event: dict[str, Any]) -> Any:  # noqa: ANN401 - func.EventGridEvent or func.CloudEvent
@@ -454,7 +464,7 @@ class _Run:
     async def _queue_count(self, name: str) -> int:
         async with QueueClient.from_connection_string(self.connection, name) as q:
             try:
-                return (await q.get_queue_properties()).approximate_message_count
+                return (await q.get_queue_properties()).approximate_message_count or 0
             except ResourceNotFoundError:
                 return 0
 
@@ -722,7 +732,11 @@ class _Run:
 
     def _newest_usable(self, vault: str, key: str) -> str | None:
         now = time.time()
-        usable = [v for v in self.sim.key_versions(vault, key) if _usable(v, now)]
+        usable = [
+            v
+            for v in self.sim.key_versions(vault, key)
+            if _usable(self.sim.key_url(vault, key, v["version"]), v, now)
+        ]
         return usable[-1]["version"] if usable else None
 
     def _check_convergence(self, world: _World) -> list[str]:
@@ -807,16 +821,15 @@ class _Run:
         url = cmk.get("keyEncryptionKeyUrl")
         if not isinstance(url, str):
             return [f"PUT to {cluster.id} without a key URL"]
-        host, name, version = _split_url(url)
-        vault_host = self.sim.key_url(cluster.vault, cluster.key).lower()
-        own_host, own_name, _ = _split_url(vault_host)
-        if (host, name) != (own_host, own_name):
+        named = _split_url(url)
+        own = _split_url(self.sim.key_url(cluster.vault, cluster.key))
+        if named is None or own is None or named[:2] != own[:2]:
             return [f"PUT to {cluster.id} names another vault or key: {url}"]
-        index = order[(cluster.vault, cluster.key)].get(version or "")
+        index = order[(cluster.vault, cluster.key)].get(named[2] or "")
         if index is None:
             return [f"PUT to {cluster.id} names a version that does not exist: {url}"]
         info = versions[(cluster.vault, cluster.key)][index]
-        if not _usable(info, record.time):
+        if not _usable(url, info, record.time):
             return [f"PUT to {cluster.id} names an unusable version: {url}"]
         # the cluster's version when the PUT reached ARM, and when ARM applied it (later, for a slow one)
         sent, applied = (
@@ -840,7 +853,8 @@ class _Run:
         current = 0
         for op in ops:
             if op["end"] <= moment and op["start"] < moment and not op["failed"] and op["new_key_url"]:
-                current = order.get(_split_url(op["new_key_url"])[2] or "", 0)
+                named = _split_url(op["new_key_url"])
+                current = order.get((named[2] if named else None) or "", 0)
         return current
 
     async def _check_jobs(self, world: _World, service: Service) -> list[str]:
@@ -1010,7 +1024,11 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.pop(name, None)
     import function_app  # noqa: PLC0415 - imported once the simulator's CA is trusted
 
-    functions = {f.get_function_name(): f.get_user_function() for f in function_app.app.get_functions()}
+    functions = {
+        function_name: f.get_user_function()
+        for f in function_app.app.get_functions()
+        if (function_name := f.get_function_name()) is not None
+    }
     print(f"chaos: seed {seed}, {args.clusters} clusters; starting Azurite and the simulator", flush=True)
     with Azurite() as azurite, Simulator(ca_dir=_CA_DIR, seed=seed) as sim:
         os.environ.update(sim.env)

@@ -158,7 +158,9 @@ def main() -> None:
         from rotation.logs import configure_cli_logging  # noqa: PLC0415
 
         configure_cli_logging("text")
-        logging.getLogger().handlers[0].setStream(sys.stdout)
+        handler = logging.getLogger().handlers[0]
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(sys.stdout)
         asyncio.run(run_functions(sim, azurite))
         logging.getLogger().handlers.clear()
         banner("watched clusters after the rotation")

@@ -1,4 +1,4 @@
-"""The rules of rotation (DESIGN.md 1-7, 9) on in-memory fakes: no I/O, no waiting."""
+"""The rules of rotation (docs/design.md, rules 1-7 and 9) on in-memory fakes: no I/O, no waiting."""
 
 from __future__ import annotations
 
