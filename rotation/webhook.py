@@ -32,6 +32,7 @@ from aiohttp import web
 from rotation.errors import RotationError
 from rotation.events import parse_payload
 from rotation.outcomes import Outcome
+from rotation.untrusted import JsonRefused, loads_bounded
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -88,9 +89,9 @@ def _handshake(request: web.Request) -> web.Response:
 async def handle_delivery(service: Service, body: bytes, *, invocation_id: str) -> tuple[int, dict[str, Any]]:
     """One webhook POST: the validation answer, or each event handed to `Service.handle_event`."""
     try:
-        raw = json.loads(body)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        reason = "webhook body is not JSON"
+        raw = loads_bounded(body, what="webhook body")
+    except ValueError as exc:  # JsonRefused (too large, nested too deep, not UTF-8) or not JSON at all
+        reason = str(exc) if isinstance(exc, JsonRefused) else "webhook body is not JSON"
         logger.error(  # noqa: TRY400 - the reason is the whole story
             "rotation.event_rejected",
             extra={"invocation_id": invocation_id, "reason": reason, "outcome": Outcome.REJECTED.value},
