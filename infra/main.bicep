@@ -183,6 +183,17 @@ module alerts 'modules/alerts.bicep' = {
   }
 }
 
+module workbook 'modules/workbook.bicep' = {
+  name: 'workbook'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    workspaceId: monitoring.outputs.workspaceId
+    displayName: 'cmk-rotator (${environmentName})'
+  }
+}
+
 // Read by the hooks (azd puts outputs in the environment) and by operators.
 output AZURE_LOCATION string = location
 output AZURE_TENANT_ID string = tenant().tenantId
@@ -198,6 +209,7 @@ output AZURE_STORAGE_TABLE_ENDPOINT string = storage.outputs.tableEndpoint
 output AZURE_STORAGE_QUEUE_ENDPOINT string = storage.outputs.queueEndpoint
 output AZURE_STORAGE_BLOB_ENDPOINT string = storage.outputs.blobEndpoint
 output AZURE_LOG_ANALYTICS_WORKSPACE_ID string = monitoring.outputs.workspaceId
+output AZURE_WORKBOOK_ID string = workbook.outputs.workbookId
 output EVENTGRID_DEADLETTER_CONTAINER string = deadLetterContainerName
 output KEY_VAULT_RESOURCE_ID string = keyVaultResourceId
 output WATCHED_SUBSCRIPTION_IDS array = watchedSubscriptionIds

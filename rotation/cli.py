@@ -1,4 +1,4 @@
-"""``python -m rotation COMMAND``: the operator's interface (DESIGN.md, "CLI").
+"""``python -m rotation COMMAND``: the operator's interface (README.md, "Operate"; docs/runbook.md).
 
 Exit codes: 0 done (every cluster rotated or skipped by a rule), 1 a cluster failed or a request was
 refused, 2 usage error or malformed input. Errors are one line on stderr, never a traceback.
@@ -15,15 +15,22 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from rotation.errors import ClusterBusy, Interrupted, RotationError, TransientFailure
+from rotation.errors import ClusterBusy, Interrupted, RotationError, ServiceError, TransientFailure
 from rotation.ids import InvalidKeyUrl, InvalidResourceId, parse_cluster_id, parse_key_url
 from rotation.logs import configure_cli_logging
 from rotation.outcomes import Outcome, RotationResult
-from rotation.settings import Settings, SettingsError
+from rotation.settings import STORAGE_SETTING, Settings, SettingsError
 from rotation.untrusted import printable
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from rotation.engine import RotationRequest
+    from rotation.ids import KeyUrl
+    from rotation.keyvault import KeyVaultKeys
+    from rotation.runtime import Runtime
+
+STORAGE_SERVICE = "storage"  # ServiceError.service of the registry and queue (rotation.storage.SERVICE)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -37,9 +44,34 @@ class UsageError(Exception):
     """Bad arguments or malformed input: exit 2 with a one-line message."""
 
 
+class Refused(Exception):
+    """A well-formed request the rotator will not carry out: exit 1 with a one-line message."""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message}")
+
+
+def _common_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """``--log-format`` and ``-v``, on the main parser (defaults) and on every command (no defaults).
+
+    A command's copy has no default, so an option given before the command is not reset by it, and one given
+    after the command (``list --log-format json``) wins.
+    """
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text" if defaults else argparse.SUPPRESS,
+        help="log lines on stderr",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=False if defaults else argparse.SUPPRESS,
+        help="log at DEBUG",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,8 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m rotation",
         description="Keep CMK-encrypted DocumentDB clusters on the newest key version.",
     )
-    parser.add_argument("--log-format", choices=("text", "json"), default="text", help="log lines on stderr")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG")
+    _common_options(parser, defaults=True)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     register = sub.add_parser("register", help="watch a cluster (GET it first; refuse with a reason)")
@@ -77,9 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--json", action="store_true", help="machine output")
 
     reconcile = sub.add_parser(
-        "reconcile", help="one reconcile pass: queue jobs for clusters behind, report drift"
+        "reconcile",
+        help="one reconcile pass: rotate the clusters behind, here, and wait (exit 1 if one failed)",
     )
-    reconcile.add_argument("--dry-run", action="store_true", help="report only; queue nothing")
+    reconcile.add_argument("--dry-run", action="store_true", help="report only; rotate and queue nothing")
+    reconcile.add_argument(
+        "--enqueue",
+        action="store_true",
+        help="hand the jobs to the deployed app's queue instead of running them",
+    )
     reconcile.add_argument("--json", action="store_true", help="machine output only")
     reconcile.add_argument(
         "--doctor", action="store_true", help="also run the doctor's checks and log warn/fail findings"
@@ -88,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     history = sub.add_parser("history", help="a cluster's rotation history, newest first")
     history.add_argument("cluster_id", metavar="CLUSTER_ID")
     history.add_argument("--limit", type=int, default=50)
+    history.add_argument(
+        "--all", action="store_true", help="also skips and dry runs (default: what changed or failed)"
+    )
     history.add_argument("--json", action="store_true", help="machine output")
 
     doctor = sub.add_parser(
@@ -95,7 +135,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="check a cluster (or every watched one): key, vault, identity, access; exit 1 on a fail",
     )
     doctor.add_argument("cluster_id", metavar="CLUSTER_ID", nargs="?", help="default: every watched cluster")
+    doctor.add_argument("--problems", action="store_true", help="only the warn and fail lines")
     doctor.add_argument("--json", action="store_true", help="machine output")
+
+    poison = sub.add_parser("poison", help="jobs in rotation-jobs-poison: list, retry (move back) or purge")
+    poison.add_argument("action", choices=("list", "retry", "purge"))
+    poison.add_argument(
+        "message_ids", metavar="MESSAGE_ID", nargs="*", help="retry/purge only these (default: all)"
+    )
+    poison.add_argument("--yes", action="store_true", help="purge without asking")
+    poison.add_argument("--json", action="store_true", help="machine output")
 
     rotate = sub.add_parser("rotate", help="rotate one cluster, watched or not")
     rotate.add_argument("cluster_id", metavar="CLUSTER_ID")
@@ -127,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="random wait before each reconcile pass, spreading replicas (default: 30, as the function)",
     )
+    for command in sub.choices.values():
+        _common_options(command, defaults=False)
     return parser
 
 
@@ -139,23 +190,25 @@ def main(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) -
         _error(str(exc))
         return EXIT_USAGE
     configure_cli_logging(args.log_format, logging.DEBUG if args.verbose else logging.INFO)
+    settings: Settings | None = None
     try:
         settings = Settings.from_env(env)
-        if args.command == "serve":
-            from rotation import daemon  # noqa: PLC0415 - aiohttp's server only for the daemon
-
-            args.host_json = args.host_json or daemon.HOST_JSON
-            return asyncio.run(daemon.serve(args, settings, env))
-        return asyncio.run(_dispatch(args, settings))
+        return _run(args, settings, env)
     except (UsageError, SettingsError) as exc:
         _error(str(exc))
         return EXIT_USAGE
+    except Refused as exc:
+        _error(str(exc))
+        return EXIT_FAILED
     except TransientFailure as exc:
         _error(f"failed: {exc}")
         return EXIT_FAILED
     except Interrupted as exc:
         _error(str(exc))
         return EXIT_INTERRUPTED
+    except ServiceError as exc:
+        _error(_storage_hint(exc, settings) if exc.service == STORAGE_SERVICE else str(exc))
+        return EXIT_FAILED
     except RotationError as exc:
         _error(str(exc))
         return EXIT_FAILED
@@ -165,6 +218,16 @@ def main(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) -
     except Exception as exc:  # noqa: BLE001 - the contract is one line, never a traceback
         _error(f"unexpected error: {type(exc).__name__}: {exc}")
         return EXIT_FAILED
+
+
+def _run(args: argparse.Namespace, settings: Settings, env: dict[str, str]) -> int:
+    """Run the command in its own event loop; `serve` runs until it is stopped."""
+    if args.command == "serve":
+        from rotation import daemon  # noqa: PLC0415 - aiohttp's server only for the daemon
+
+        args.host_json = args.host_json or daemon.HOST_JSON
+        return asyncio.run(daemon.serve(args, settings, env))
+    return asyncio.run(_dispatch(args, settings))
 
 
 async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
@@ -188,6 +251,7 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         "history": commands.history,
         "reconcile": commands.reconcile,
         "doctor": commands.doctor,
+        "poison": commands.poison,
     }
     return await handlers[args.command](args, settings)
 
@@ -196,17 +260,13 @@ async def _rotate(args: argparse.Namespace, settings: Settings) -> int:
     from rotation.engine import RotationRequest  # noqa: PLC0415 - keep `--help` fast
     from rotation.runtime import Runtime  # noqa: PLC0415
 
+    dry_run = args.dry_run or settings.dry_run
+
     try:
         cluster_id = parse_cluster_id(args.cluster_id)
-        target = (
-            parse_key_url(
-                args.key_url, allowed_suffixes=settings.allowed_vault_suffixes, require_version=True
-            )
-            if args.key_url
-            else None
-        )
-    except (InvalidResourceId, InvalidKeyUrl) as exc:
+    except InvalidResourceId as exc:
         raise UsageError(str(exc)) from exc
+    target = _target_arg(args.key_url, settings) if args.key_url else None
     if settings.storage_configured:
         from rotation.commands import rotate_recorded  # noqa: PLC0415
         from rotation.jobs import Job  # noqa: PLC0415
@@ -214,37 +274,98 @@ async def _rotate(args: argparse.Namespace, settings: Settings) -> int:
         job = Job.new(str(cluster_id), trigger="manual", target_key_url=str(target) if target else None)
         result = await rotate_recorded(args, settings, job)
         _print_results([result], as_json=args.json)
-        return EXIT_FAILED if result.outcome.needs_attention else EXIT_OK
+        return rotate_exit_code(result)
     runtime = Runtime.create(settings)
+    try:
+        result = await _rotate_once(runtime, RotationRequest(cluster_id, target, dry_run=dry_run))
+        if args.dry_run and target is None:
+            await warn_newest_not_usable(runtime.keys, result)
+    finally:
+        await runtime.close()
+    _print_results([result], as_json=args.json)
+    return rotate_exit_code(result)
+
+
+async def _rotate_once(runtime: Runtime, request: RotationRequest) -> RotationResult:
     accepted: list[str] = []
 
     async def on_accepted(url: str, _target: object) -> None:
         accepted.append(url)
 
     try:
-        result = await runtime.rotator.rotate(
-            RotationRequest(cluster_id=cluster_id, target=target, dry_run=args.dry_run or settings.dry_run),
-            on_accepted=on_accepted,
-        )
+        return await runtime.rotator.rotate(request, on_accepted=on_accepted)
     except asyncio.CancelledError:
         if accepted:  # nothing to record it in without storage: say what is still running
             raise Interrupted(still_running(accepted[-1])) from None
         raise
     except ClusterBusy as exc:
-        result = RotationResult(cluster_id=str(cluster_id), outcome=Outcome.FAILED, reason=str(exc))
+        return RotationResult(cluster_id=str(request.cluster_id), outcome=Outcome.FAILED, reason=str(exc))
     except TransientFailure as exc:
-        result = RotationResult(
-            cluster_id=str(cluster_id),
+        return RotationResult(
+            cluster_id=str(request.cluster_id),
             outcome=Outcome.FAILED,
             reason=f"retries exhausted: {exc.cause}",
             attempts=exc.attempts,
             error_code=exc.cause.code or (str(exc.cause.status) if exc.cause.status else None),
             error_message=exc.cause.message,
         )
-    finally:
-        await runtime.close()
-    _print_results([result], as_json=args.json)
-    return EXIT_FAILED if result.outcome.needs_attention else EXIT_OK
+
+
+# A `rotate` that was told what to do and refused it is a refused request (exit 1), not a rule skip.
+_ROTATE_REFUSED = frozenset({Outcome.KEY_MISMATCH, Outcome.STALE_EVENT})
+
+
+def _storage_hint(exc: ServiceError, settings: Settings | None) -> str:
+    """A storage error, naming the endpoint and what to check when the account could not be reached."""
+    if exc.status is not None or settings is None:
+        return str(exc)
+    from rotation.storage import storage_endpoints  # noqa: PLC0415
+
+    try:
+        endpoints = storage_endpoints(settings)
+    except SettingsError:
+        return str(exc)
+    return (
+        f"cannot reach storage at {endpoints.table_url} / {endpoints.queue_url} ({exc.message}): check "
+        f"{STORAGE_SETTING} (account name, endpoints), that the account exists, and that this machine's "
+        "network and the account's firewall allow it (locally: is Azurite running?)"
+    )
+
+
+def rotate_exit_code(result: RotationResult) -> int:
+    """`rotate`'s exit code: 1 when the cluster failed or the request was refused, else 0.
+
+    Refused: the cluster uses another key, or the target is older than the cluster's version.
+    """
+    refused = result.outcome.needs_attention or result.outcome in _ROTATE_REFUSED
+    return EXIT_FAILED if refused else EXIT_OK
+
+
+def _target_arg(raw: str, settings: Settings) -> KeyUrl:
+    """``--key-url``: malformed is a usage error (exit 2); a vault not allowed is a refusal (exit 1)."""
+    try:
+        return parse_key_url(raw, allowed_suffixes=settings.allowed_vault_suffixes, require_version=True)
+    except InvalidKeyUrl as exc:
+        if _OUTSIDE_ALLOWED in exc.detail:
+            raise Refused(f"refused: {exc}") from exc
+        raise UsageError(str(exc)) from exc
+
+
+_OUTSIDE_ALLOWED = "is not in an allowed vault domain"  # rotation.ids' reason for a foreign vault host
+
+
+async def warn_newest_not_usable(keys: KeyVaultKeys, result: RotationResult) -> None:
+    """After a dry run: warn when the key's newest version exists but is not usable.
+
+    That version is not the target (the newest *usable* one is), so the dry run alone would not mention it.
+    """
+    from rotation.key_health import check_newest  # noqa: PLC0415
+
+    if result.key is None:
+        return
+    finding = await check_newest(keys, result.key, current_version=result.from_version)
+    if finding is not None:
+        _error(f"warning: {finding.reason}", prefix="")
 
 
 def still_running(operation_url: str | None) -> str:
@@ -277,6 +398,6 @@ def _short(version: str | None) -> str:
     return version[:8] if version else "-"
 
 
-def _error(message: str) -> None:
+def _error(message: str, *, prefix: str = "error: ") -> None:
     first = message.strip().splitlines()[0] if message.strip() else "error"
-    print(f"error: {printable(first)}", file=sys.stderr)  # noqa: T201
+    print(f"{prefix}{printable(first)}", file=sys.stderr)  # noqa: T201

@@ -17,14 +17,16 @@ import asyncio
 import fnmatch
 import functools
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
 from rotation.arm_reads import ArmReads, IdentityInfo, RoleAssignmentInfo, RoleDefinitionInfo, VaultInfo
+from rotation.doctor_fixes import fix_for
 from rotation.errors import NotFoundError, ServiceError
 from rotation.ids import DEFAULT_VAULT_SUFFIXES, InvalidKeyUrl, KeyUrl, parse_cluster_id, parse_key_url
+from rotation.key_health import listed_unusable_reason, newest_not_usable, newest_version
 from rotation.key_policy import KeyPolicies, RotationPolicy, parse_duration
 from rotation.keyvault import RSA_SIZES, RSA_TYPES, KeyVersion, candidates, unusable_reason
 from rotation.retry import RetryPolicy
@@ -69,6 +71,7 @@ CHECKS = (
     "key.active",
     "key.operations",
     "key.expiry",
+    "key.newest",
     "key.rotation_policy",
     "rotator.cluster_read",
     "rotator.key_read",
@@ -90,10 +93,14 @@ class Finding:
     check: str
     status: Status
     reason: str
+    fix: str | None = None  # the command that fixes a warn/fail (rotation.doctor_fixes), when one does
 
     def to_dict(self) -> dict[str, str]:
-        """JSON-ready."""
-        return {"check": self.check, "status": self.status.value, "reason": self.reason}
+        """JSON-ready (``fix`` only when there is one)."""
+        out = {"check": self.check, "status": self.status.value, "reason": self.reason}
+        if self.fix is not None:
+            out["fix"] = self.fix
+        return out
 
 
 @dataclass(frozen=True)
@@ -161,14 +168,24 @@ def _worst(clusters: Iterable[ClusterReport]) -> Status:
     return Status.WARN if any(c.status is Status.WARN for c in clusters) else Status.PASS
 
 
-def format_report(report: DoctorReport) -> list[str]:
-    """The CLI table: a heading per cluster, then ``PASS/WARN/FAIL  check  reason`` per check."""
+def format_report(report: DoctorReport, *, problems_only: bool = False) -> list[str]:
+    """The CLI table: a heading per cluster, then ``PASS/WARN/FAIL  check  reason`` per check.
+
+    Under a warn or fail, ``fix: COMMAND`` when a command fixes it. ``problems_only``: only warn and fail
+    lines, and only the clusters that have one (the summary still counts every check).
+    """
     lines: list[str] = []
     if report.api_version is not None:
         lines.append(f"ARM api-version {report.api_version}, write method {report.write_method}")
     for cluster in report.clusters:
+        findings = cluster.problems() if problems_only else list(cluster.findings)
+        if problems_only and not findings:
+            continue
         lines.append(f"{cluster.cluster_id}")
-        lines.extend(f"  {f.status.value.upper():<4}  {f.check:<22} {f.reason}" for f in cluster.findings)
+        for f in findings:
+            lines.append(f"  {f.status.value.upper():<4}  {f.check:<22} {f.reason}")
+            if f.fix is not None:
+                lines.append(f"        fix: {f.fix}")
     s = report.summary()
     lines.append(
         f"{s['clusters']} cluster(s), {s['checks']} checks: "
@@ -228,6 +245,7 @@ class Facts:
     versions: Read[list[KeyVersion]] | None = None
     key: Read[KeyVersion] | None = None
     newest_usable: KeyVersion | None = None
+    latest: KeyVersion | None = None  # the newest listed version as a GET returned it, when it was read
     policy: Read[RotationPolicy] | None = None
 
 
@@ -265,7 +283,8 @@ def evaluate(facts: Facts) -> ClusterReport:
         out.append(_key_read(facts))
     order = {name: i for i, name in enumerate(CHECKS)}
     out.sort(key=lambda f: order.get(f.check, len(order)))
-    return ClusterReport(facts.cluster_id, tuple(out))
+    fixed = [f if f.status is Status.PASS else replace(f, fix=fix_for(f.check, facts)) for f in out]
+    return ClusterReport(facts.cluster_id, tuple(fixed))
 
 
 def _err(read: Read[Any]) -> str:
@@ -574,8 +593,25 @@ def _key(key: KeyUrl, facts: Facts) -> list[Finding]:
         else Finding("key.operations", Status.PASS, "wrapKey and unwrapKey allowed")
     )
     out.append(_expiry(version, now))
+    newest = _newest(key, facts)
+    if newest is not None:
+        out.append(newest)
     out.append(_rotation_policy(facts))
     return out
+
+
+def _newest(key: KeyUrl, facts: Facts) -> Finding | None:
+    """A newest version that exists but is not usable (a warning; the cluster stays where it is)."""
+    versions = facts.versions.value if facts.versions is not None else None
+    if not versions or not key.version:
+        return None
+    problem = newest_not_usable(versions, facts.now, current_version=key.version, full=facts.latest)
+    if problem is not None:
+        return Finding("key.newest", Status.WARN, problem.reason)
+    latest = newest_version(versions)
+    if latest is None or latest.version == key.version:
+        return Finding("key.newest", Status.PASS, "the newest version is the one in use")
+    return Finding("key.newest", Status.PASS, f"the newest version {latest.version[:8]} is usable")
 
 
 def _day(moment: datetime | None) -> str:
@@ -758,6 +794,14 @@ class Doctor:
         facts.versions, facts.key, facts.policy = versions, version, policy
         if versions.value and key.version:
             facts.newest_usable = await self._newest_usable(versions.value, facts.now)
+            latest = newest_version(versions.value)
+            if latest is not None and listed_unusable_reason(latest, facts.now) is None:
+                # Usually already read as the first candidate above: the cache answers.
+                url = latest.url
+                read: Read[KeyVersion] = await self._read(
+                    ("key", str(url).lower()), functools.partial(self.keys.get_version, url)
+                )
+                facts.latest = read.value
 
     async def _newest_usable(self, versions: list[KeyVersion], now: datetime) -> KeyVersion | None:
         """As `KeyVaultKeys.newest_usable`, over the listing already read and the cached GETs."""
@@ -842,6 +886,7 @@ def log_findings(report: ClusterReport, *, context: str) -> None:
                 "check": finding.check,
                 "status": finding.status.value,
                 "reason": finding.reason,
+                "fix": finding.fix,
                 "context": context,
             },
         )

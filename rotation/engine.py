@@ -68,6 +68,7 @@ class RotationRequest:
     dry_run: bool = False
     operation_url: str | None = None  # an accepted operation to resume instead of PUTting (rule 7)
     invocation_id: str | None = None  # the Functions invocation (or CLI run) doing the job, for the logs
+    dequeue_count: int | None = None  # the queue delivery running the job (None: not from the queue)
 
 
 def build_body(cluster: Cluster, target: KeyUrl) -> dict[str, Any]:
@@ -386,8 +387,8 @@ class Rotator:
         # Rule 2 before rule 3: a job for an older version is stale whatever that version's state now.
         await self._raise_if_not_newer(current, target_info, state)
         reason = unusable_reason(target_info, now)
-        if reason is not None:
-            raise _Done(Outcome.KEY_NOT_USABLE, reason)
+        if reason is not None:  # the URL first: on-call looks it up (`az keyvault key show --id URL`)
+            raise _Done(Outcome.KEY_NOT_USABLE, f"{target}: {reason}")
         return target
 
     async def _raise_if_not_newer(self, current: KeyUrl, target: KeyVersion, state: _State) -> None:
@@ -421,7 +422,7 @@ class Rotator:
                 lambda: self._keys.get_version(target), log_fields=state.log_fields()
             )
         except NotFoundError as exc:
-            raise _Done(Outcome.KEY_NOT_USABLE, "target key version does not exist") from exc
+            raise _Done(Outcome.KEY_NOT_USABLE, f"{target}: target key version does not exist") from exc
         return info
 
     async def _follow(
@@ -617,6 +618,7 @@ def _log_result(result: RotationResult, request: RotationRequest, *, transient: 
         "event_id": request.event_id,
         "invocation_id": request.invocation_id,
         "trigger": request.trigger,
+        "dequeue_count": request.dequeue_count,
     }
     if result.outcome is Outcome.DRY_RUN:
         extra["body"] = result.body

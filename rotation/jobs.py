@@ -221,6 +221,11 @@ class JobQueue:
         return self._name
 
     @property
+    def service_client(self) -> QueueServiceClient:
+        """The queue service client (for the poison queue's commands; still owned by this queue)."""
+        return self._service
+
+    @property
     def poison_name(self) -> str:
         """The queue the Functions host moves a message to after ``maxDequeueCount`` failures."""
         return f"{self._name}-poison"

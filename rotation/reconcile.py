@@ -6,7 +6,8 @@ of its key in Key Vault, and queues a job (trigger ``reconcile``) for each clust
 is read once per key per pass (one version listing, one GET of the newest candidate), never per cluster.
 
 The same pass reports drift: clusters not Ready (Inaccessible at ERROR), key versions expiring within 30 days
-with no newer usable version, clusters re-pointed to another key (registry updated, ``key-mismatch``),
+with no newer usable version, a newest version that exists but is not usable (``key-not-usable`` at
+WARNING, its URL in the detail), clusters re-pointed to another key (registry updated, ``key-mismatch``),
 registered clusters that no longer exist, and ``pending`` clusters whose check job was lost (resumed).
 """
 
@@ -23,12 +24,13 @@ from typing import TYPE_CHECKING, Any
 from rotation.errors import NotFoundError, ServiceError
 from rotation.ids import InvalidKeyUrl, KeyUrl, parse_cluster_id, parse_key_url
 from rotation.jobs import Job
+from rotation.key_health import newest_not_usable, newest_version
 from rotation.keyvault import candidates, same_second, unusable_reason
 from rotation.outcomes import Outcome
 from rotation.retry import RetryPolicy
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     from rotation.keyvault import KeyVersion
     from rotation.registry import WatchedCluster
@@ -110,6 +112,8 @@ class _KeyState:
     created: dict[str, datetime | None]
     expires: dict[str, datetime | None]
     newest: KeyVersion | None
+    versions: tuple[KeyVersion, ...] = ()
+    read: dict[str, KeyVersion] = field(default_factory=dict)  # versions this pass GET, by version id
 
 
 class Reconciler:
@@ -127,9 +131,13 @@ class Reconciler:
         sleep: Callable[[float], Any] = asyncio.sleep,
         doctor: bool = False,
         cluster_deadline: float = CLUSTER_DEADLINE_S,
+        send: Callable[[Job], Awaitable[None]] | None = None,
     ) -> None:
         self._service = service
         self._cluster_deadline = cluster_deadline
+        # Where the pass's jobs go: the job queue (the timer, `reconcile --enqueue`), or ``send`` (the CLI
+        # collects them and runs them itself, with the same claims as the queue worker).
+        self._send = send if send is not None else service.queue.send
         self._doctor = doctor  # also run `rotation doctor` on every cluster and log its findings
         self._dry_run = dry_run
         self._jitter_s = jitter_s
@@ -344,6 +352,15 @@ class Reconciler:
                 f"key version expires {expires.isoformat()}; no newer usable version exists",
                 level,
             )
+        latest = newest_version(list(key.versions))
+        problem = newest_not_usable(
+            list(key.versions),
+            self._now(),
+            current_version=actual.version,
+            full=key.read.get(latest.version) if latest is not None else None,
+        )
+        if problem is not None:
+            return (Outcome.KEY_NOT_USABLE.value, problem.reason, "WARNING")
         return None
 
     def _pending_lost(self, watched: WatchedCluster) -> bool:
@@ -351,7 +368,7 @@ class Reconciler:
 
     async def _queue(self, job: Job) -> None:
         if not self._dry_run:
-            await self._service.queue.send(job)
+            await self._send(job)
 
     async def _key_state(self, key: KeyUrl) -> _KeyState:
         """This pass's view of one key, fetched once however many clusters use it."""
@@ -370,6 +387,7 @@ class Reconciler:
         self._report.keyvault_reads += attempts
         now = self._now()
         newest: KeyVersion | None = None
+        read: dict[str, KeyVersion] = {}
         for listed in candidates(versions, now):
             url = listed.url
             full, attempts = await self._retry.call(
@@ -377,6 +395,7 @@ class Reconciler:
                 log_fields=fields,
             )
             self._report.keyvault_reads += attempts
+            read[full.version] = full
             if unusable_reason(full, now) is None:
                 newest = replace(full, ambiguous=True) if same_second(listed, versions, now) else full
                 break
@@ -384,6 +403,8 @@ class Reconciler:
             created={v.version: v.created_on for v in versions},
             expires={v.version: v.expires_on for v in versions},
             newest=newest,
+            versions=tuple(versions),
+            read=read,
         )
 
     @staticmethod

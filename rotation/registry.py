@@ -135,6 +135,7 @@ class HistoryEntry:
     request_id: str | None
     operation_url: str | None
     correlation_id: str | None = None
+    dequeue_count: int | None = None  # the queue delivery that failed (retries exhausted), when known
     collateral_changes: tuple[str, ...] = ()  # paths that changed besides the key (rule 9)
 
     def to_dict(self) -> dict[str, Any]:
@@ -157,6 +158,7 @@ class HistoryEntry:
             "request_id": self.request_id,
             "correlation_id": self.correlation_id,
             "operation_url": self.operation_url,
+            "dequeue_count": self.dequeue_count,
             "collateral_changes": list(self.collateral_changes),
         }
 
@@ -310,6 +312,7 @@ def _history_entity(entry: HistoryEntry, partition: str) -> dict[str, Any]:
         "RequestId": entry.request_id,
         "CorrelationId": entry.correlation_id,
         "OperationUrl": entry.operation_url,
+        "DequeueCount": entry.dequeue_count,
         "CollateralChanges": json.dumps(list(entry.collateral_changes)) if entry.collateral_changes else None,
     }
 
@@ -335,6 +338,7 @@ def _history_entry(entity: Mapping[str, Any]) -> HistoryEntry:
         request_id=_text(entity.get("RequestId")),
         correlation_id=_text(entity.get("CorrelationId")),
         operation_url=_text(entity.get("OperationUrl")),
+        dequeue_count=dequeue if isinstance(dequeue := entity.get("DequeueCount"), int) else None,
         collateral_changes=_paths(entity.get("CollateralChanges")),
     )
 
@@ -498,8 +502,10 @@ class Registry:
     ) -> WatchedCluster:
         """Register or re-register a cluster (idempotent).
 
-        Keeps the registration time, last outcome and any operation in flight. When the cluster's key
-        changed, its row moves to the new key's partition and the old row is deleted.
+        ``owner=None`` keeps the stored owner (re-registering changes only what it is told to). The id is
+        stored as given: callers pass it in the casing ARM returns. Keeps the registration time, last
+        outcome and any operation in flight. When the cluster's key changed, its row moves to the new key's
+        partition and the old row is deleted.
         """
         row = cluster_row_key(cluster_id)
         watch, _ = await self._tables()
@@ -514,7 +520,7 @@ class Registry:
                 key_name=key_name,
                 current_version=current_version.lower() if current_version else None,
                 identity=identity,
-                owner=owner,
+                owner=owner if owner is not None else (previous.owner if previous else None),
                 state=previous.state if previous else ClaimState.WATCHING.value,
                 last_outcome=previous.last_outcome if previous else None,
                 last_reason=previous.last_reason if previous else None,
@@ -621,6 +627,7 @@ class Registry:
         event_id: str | None,
         invocation_id: str | None,
         known: WatchedCluster | None = None,
+        dequeue_count: int | None = None,
     ) -> WatchedCluster | None:
         """Append ``result`` to the history and, when the cluster is watched, update its row.
 
@@ -647,6 +654,7 @@ class Registry:
             request_id=result.request_id,
             correlation_id=result.correlation_id,
             operation_url=result.operation_url,
+            dequeue_count=dequeue_count,
             collateral_changes=result.collateral_changes,
         )
         row = _row_key_for_text(result.cluster_id)

@@ -24,6 +24,7 @@ from rotation.errors import ClusterBusy, NotFoundError, ServiceError, TransientF
 from rotation.events import EventIgnored, EventKind, EventRejected, KeyVersionEvent, parse_event
 from rotation.ids import (
     InvalidKeyUrl,
+    InvalidResourceId,
     UnsafeUrl,
     check_operation_path,
     check_same_origin,
@@ -315,7 +316,7 @@ class Service:
         self,
         job: Job,
         *,
-        dequeue_count: int = 1,
+        dequeue_count: int | None = None,
         invocation_id: str | None = None,
         dry_run: bool | None = None,
         watched_only: bool = True,
@@ -393,13 +394,62 @@ class Service:
             for w in watched
         ]
 
+    async def _record_exhausted(
+        self,
+        job: Job,
+        exc: TransientFailure,
+        *,
+        target: KeyUrl | None,
+        invocation_id: str | None,
+        dequeue_count: int | None,
+        watched: WatchedCluster | None,
+    ) -> None:
+        """Record a job whose retries ran out (the caller raises, so the queue redelivers or poisons it)."""
+        # What the queue does with the message once this invocation raises (None: not from the queue).
+        last = dequeue_count is not None and dequeue_count >= self.settings.max_dequeue_count
+        then = f"moved to {self.queue.poison_name}" if last else "the queue redelivers"
+        delivery = f" (delivery {dequeue_count} of {self.settings.max_dequeue_count}); {then}"
+        failed = RotationResult(
+            cluster_id=job.cluster_id,
+            outcome=Outcome.FAILED,
+            reason=f"retries exhausted{delivery if dequeue_count is not None else ''}: {exc.cause}",
+            to_version=target.version if target else None,
+            attempts=exc.attempts,
+            error_code=exc.cause.code or (str(exc.cause.status) if exc.cause.status else None),
+            error_message=exc.cause.message,
+            request_id=exc.cause.request_id,
+        )
+        await self.registry.record(
+            failed,
+            trigger=job.trigger,
+            event_id=job.event_id,
+            invocation_id=invocation_id,
+            known=watched,
+            dequeue_count=dequeue_count,
+        )
+        if last:
+            logger.error(
+                "rotation.job_poisoned",
+                extra={
+                    "cluster_id": job.cluster_id,
+                    "event_id": job.event_id,
+                    "invocation_id": invocation_id,
+                    "trigger": job.trigger,
+                    "dequeue_count": dequeue_count,
+                    "queue": self.queue.poison_name,
+                    "reason": failed.reason,
+                    "error_code": failed.error_code,
+                    "error_message": failed.error_message,
+                },
+            )
+
     async def _run_job(
         self,
         job: Job,
         claim: Claim,
         *,
         invocation_id: str | None,
-        dequeue_count: int,
+        dequeue_count: int | None,
         dry_run: bool | None,
         write_flag: WriteFlag,
         watched_only: bool = True,
@@ -431,6 +481,7 @@ class Service:
             dry_run=self.settings.dry_run if dry_run is None else dry_run,
             operation_url=operation_url,
             invocation_id=invocation_id,
+            dequeue_count=dequeue_count,
         )
 
         async def on_accepted(url: str, accepted_target: KeyUrl) -> None:
@@ -445,18 +496,13 @@ class Service:
                 request, on_accepted=on_accepted, write_flag=write_flag
             )
         except TransientFailure as exc:
-            failed = RotationResult(
-                cluster_id=job.cluster_id,
-                outcome=Outcome.FAILED,
-                reason=f"retries exhausted (delivery {dequeue_count}); the queue redelivers: {exc.cause}",
-                to_version=target.version if target else None,
-                attempts=exc.attempts,
-                error_code=exc.cause.code or (str(exc.cause.status) if exc.cause.status else None),
-                error_message=exc.cause.message,
-                request_id=exc.cause.request_id,
-            )
-            await self.registry.record(
-                failed, trigger=job.trigger, event_id=job.event_id, invocation_id=invocation_id, known=watched
+            await self._record_exhausted(
+                job,
+                exc,
+                target=target,
+                invocation_id=invocation_id,
+                dequeue_count=dequeue_count,
+                watched=watched,
             )
             raise
         checks = job.checks + 1 if job.trigger == "check" else 1
@@ -618,6 +664,7 @@ class Service:
             cluster = await self.runtime.clusters.get(cluster_id)
         except NotFoundError as exc:
             raise RegistrationRefused(f"cluster not found: {cluster_id}") from exc
+        cluster_id = _as_arm_spells_it(cluster_id, cluster.id)
         key = self._cmk_key(cluster)
         watched = await self.registry.upsert(
             cluster_id=cluster_id,
@@ -687,6 +734,15 @@ def _rejected(job: Job, reason: str, invocation_id: str | None) -> RotationResul
         },
     )
     return RotationResult(cluster_id=job.cluster_id, outcome=Outcome.REJECTED, reason=reason)
+
+
+def _as_arm_spells_it(given: ResourceId, arm_id: str) -> ResourceId:
+    """The cluster id in the casing of ARM's answer (ids are case-insensitive; the registry shows ARM's)."""
+    try:
+        answered = parse_cluster_id(arm_id)
+    except InvalidResourceId:
+        return given
+    return answered if answered.normalized == given.normalized else given
 
 
 def _by_subscription_round_robin(watched: list[KeyMember]) -> list[KeyMember]:

@@ -21,6 +21,9 @@ WRITE_METHODS = ("put", "patch")
 # x-ms-mutability [read, create] and MongoClusterUpdateProperties has no encryption.
 PATCH_MIN_API_VERSION = "2025-08-01-preview"
 STORAGE_SETTING = "AzureWebJobsStorage"
+# The app setting that overrides host.json's extensions.queues.maxDequeueCount (the host's own convention:
+# https://learn.microsoft.com/azure/azure-functions/functions-host-json#override-hostjson-values).
+MAX_DEQUEUE_SETTING = "AzureFunctionsJobHost__extensions__queues__maxDequeueCount"
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
@@ -58,6 +61,9 @@ class Settings:
     arm_write_refill_per_s: float = 10.0  # ARM's write refill per subscription (rotation.pacing)
     arm_read_refill_per_s: float = 25.0  # ARM's read refill per subscription
     retry: RetrySettings = field(default_factory=RetrySettings)
+    # host.json's queues.maxDequeueCount (the delivery after which the host moves a job to the poison queue),
+    # overridable as the Functions host reads it: app setting AzureFunctionsJobHost__extensions__queues__...
+    max_dequeue_count: int = 5
 
     @property
     def arm_scope(self) -> str:
@@ -101,6 +107,7 @@ class Settings:
             arm_write_refill_per_s=_float(env, "ROTATION_ARM_WRITE_REFILL_PER_S", 10.0, positive=True),
             arm_read_refill_per_s=_float(env, "ROTATION_ARM_READ_REFILL_PER_S", 25.0, positive=True),
             retry=retry,
+            max_dequeue_count=_int(env, MAX_DEQUEUE_SETTING, 5, minimum=1),
         )
 
 

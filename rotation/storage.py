@@ -145,10 +145,19 @@ def storage_clients(
     """
     if settings.storage_connection:
         conn = settings.storage_connection
-        return (
-            TableServiceClient.from_connection_string(conn, **transport_kwargs(http)),
-            QueueServiceClient.from_connection_string(conn, **QUEUE_RETRY, **transport_kwargs(http)),
-        )
+        try:
+            tables = TableServiceClient.from_connection_string(conn, **transport_kwargs(http))
+            queues = QueueServiceClient.from_connection_string(conn, **QUEUE_RETRY, **transport_kwargs(http))
+        except ValueError as exc:
+            # The SDKs' own words ("Connection string is either blank or malformed."), never the value:
+            # a connection string may hold the account key.
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "malformed"
+            raise SettingsError(
+                f"{STORAGE_SETTING} is not a usable connection string ({reason}); expected "
+                "'DefaultEndpointsProtocol=https;AccountName=...;AccountKey=...;EndpointSuffix=...' or "
+                f"'UseDevelopmentStorage=true', or set {STORAGE_SETTING}__accountName (identity-based)"
+            ) from None
+        return tables, queues
     endpoints = storage_endpoints(settings)  # raises SettingsError when nothing is configured
     token = storage_credential(settings, credential, http=http)
     return (

@@ -89,8 +89,8 @@ def _handshake(request: web.Request) -> web.Response:
 async def handle_delivery(service: Service, body: bytes, *, invocation_id: str) -> tuple[int, dict[str, Any]]:
     """One webhook POST: the validation answer, or each event handed to `Service.handle_event`."""
     try:
-        raw = loads_bounded(body, what="webhook body")
-    except ValueError as exc:  # JsonRefused (too large, nested too deep, not UTF-8) or not JSON at all
+        raw = loads_bounded(body, what="webhook body")  # bounded: a deep document is refused, not recursed
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, JsonRefused
         reason = str(exc) if isinstance(exc, JsonRefused) else "webhook body is not JSON"
         logger.error(  # noqa: TRY400 - the reason is the whole story
             "rotation.event_rejected",

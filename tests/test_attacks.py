@@ -19,7 +19,7 @@ from fakes import FakeClusters, FakeKeys, cluster, key_url, key_version
 from test_engine import FakeTime, make_rotator, rotate
 
 from azsim.faults import Fault
-from rotation import http_api
+from rotation import http_api, webhook
 from rotation.arm import ClustersClient
 from rotation.engine import Rotator
 from rotation.errors import ServiceError
@@ -272,6 +272,14 @@ async def test_deep_http_body_is_a_one_line_400(stack):
         assert doc["error"]["code"] == "InvalidJson"
         assert "nested 20001 deep" in doc["error"]["message"]
         assert "\n" not in doc["error"]["message"]
+
+
+async def test_deep_webhook_body_is_a_one_line_400(stack):
+    """The serve daemon's Event Grid webhook answers a 20,000-deep body with a one-line 400, queues nothing."""
+    status, doc = await webhook.handle_delivery(stack.service, DEEP.encode(), invocation_id="inv")
+    assert (status, doc["error"]["code"]) == (400, "InvalidJson")
+    assert doc["error"]["message"] == "webhook body is nested 20000 deep; the limit is 64"
+    assert await stack.queued() == []
 
 
 async def test_deep_arm_answer_costs_one_cluster_not_the_reconcile_pass(stack):

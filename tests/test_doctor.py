@@ -233,6 +233,13 @@ CASES: list[tuple[str, Setup, str, Status, str]] = [
     ("expiry-far", lambda w: w.point_at(exp=int(time.time()) + 200 * DAY) and None, "key.expiry", Status.PASS, "in 199 days"),
     ("expiry-soon", lambda w: w.point_at(exp=int(time.time()) + 10 * DAY) and None, "key.expiry", Status.WARN, "in 9 day(s)"),
     ("expired", lambda w: w.point_at(exp=int(time.time()) - DAY) and None, "key.expiry", Status.FAIL, "expired"),
+    # key.newest: a newest version that exists but is not usable (warn; rule 3 keeps the cluster where it is)
+    ("newest-in-use", unchanged, "key.newest", Status.PASS, "is the one in use"),
+    ("newest-usable-not-yet-used", lambda w: w.sim.create_key_version(w.vault, "cmk", emit_event=False) and None, "key.newest", Status.PASS, "is usable"),
+    ("newest-disabled", lambda w: w.sim.create_key_version(w.vault, "cmk", emit_event=False, enabled=False) and None, "key.newest", Status.WARN, "is not usable (key version is disabled)"),
+    ("newest-not-active", lambda w: w.sim.create_key_version(w.vault, "cmk", emit_event=False, nbf=int(time.time()) + DAY) and None, "key.newest", Status.WARN, "not active until"),
+    ("newest-expired", lambda w: w.sim.create_key_version(w.vault, "cmk", emit_event=False, exp=int(time.time()) - 60) and None, "key.newest", Status.WARN, "expired at"),
+    ("newest-no-unwrap", lambda w: w.sim.create_key_version(w.vault, "cmk", emit_event=False, ops=["wrapKey"]) and None, "key.newest", Status.WARN, "does not allow unwrapKey"),
     # key.rotation_policy
     ("policy-rotates", unchanged, "key.rotation_policy", Status.PASS, "rotates P90D after creation; next rotation"),
     ("policy-before-expiry", policy_with_expiring_key(ROTATE_BEFORE, 200), "key.rotation_policy", Status.PASS, "P30D before expiry; next rotation"),
@@ -272,9 +279,11 @@ def test_every_check_has_pass_and_fail_cases_and_warn_where_one_exists():
     """The table above covers every check in each of its states."""
     no_warn = {"cluster.cmk", "identity.attached", "identity.region", "key.type", "key.enabled", "key.active",
                "key.operations", "rotator.cluster_read"}  # fmt: skip
+    no_fail = {"key.newest"}  # a warning by design: the cluster itself is fine
     covered = {(c[2], c[3]) for c in CASES}
     for check in CHECKS:
-        expected = {Status.PASS, Status.FAIL} | (set() if check in no_warn else {Status.WARN})
+        expected = {Status.PASS} | (set() if check in no_fail else {Status.FAIL})
+        expected |= set() if check in no_warn else {Status.WARN}
         assert {s for name, s in covered if name == check} == expected, check
 
 

@@ -360,8 +360,13 @@ async def test_two_invocations_of_one_job_put_once(app, sim, monkeypatch, stagge
     assert (requeued["cluster_id"], requeued["backoffs"]) == (cluster, 1)
 
 
-async def test_persistent_503_poisons_the_job_and_rotate_finishes_it(app, sim, monkeypatch):
-    """Persistent ARM 503: each delivery raises, the job is poisoned with failed history; `rotate` ends it."""
+async def test_persistent_503_poisons_the_job_and_rotate_finishes_it(app, sim, monkeypatch, caplog):
+    """Persistent ARM 503: each delivery raises, the job is poisoned with failed history; `rotate` ends it.
+
+    The last delivery says the job moves to the poison queue, and every retry-exhausted line carries the
+    trigger's dequeue count (host.json's maxDequeueCount, overridden as the host reads it: 2 here).
+    """
+    monkeypatch.setenv("AzureFunctionsJobHost__extensions__queues__maxDequeueCount", "2")
     monkeypatch.setenv("ROTATION_RETRY_MAX_ATTEMPTS", "2")
     monkeypatch.setenv("ROTATION_RETRY_INITIAL_WAIT", "0")
     monkeypatch.setenv("ROTATION_RETRY_MAX_WAIT", "0.01")
@@ -382,7 +387,18 @@ async def test_persistent_503_poisons_the_job_and_rotate_finishes_it(app, sim, m
     assert [e.outcome for e in failed] == ["failed", "failed"]
     assert all("retries exhausted" in e.reason for e in failed)
     assert all(e.error_code in {"ServiceUnavailable", "503"} for e in failed)
-    assert sorted("(delivery 2)" in e.reason for e in failed) == [False, True]  # one entry per delivery
+    newest, first = failed  # one entry per delivery, newest first
+    assert "(delivery 1 of 2); the queue redelivers:" in first.reason
+    assert "(delivery 2 of 2); moved to rotation-jobs-poison:" in newest.reason
+    assert [first.dequeue_count, newest.dequeue_count] == [1, 2]
+    exhausted = [r for r in caplog.records if r.getMessage() == "rotation.cluster_retry_exhausted"]
+    assert sorted(r.dequeue_count for r in exhausted) == [1, 2]
+    [poison_line] = [r for r in caplog.records if r.getMessage() == "rotation.job_poisoned"]
+    assert (poison_line.cluster_id, poison_line.dequeue_count, poison_line.queue) == (
+        cluster,
+        2,
+        POISON_QUEUE,
+    )
     row = await service.registry.get(parse_cluster_id(cluster))
     assert row.last_outcome == "failed"
 

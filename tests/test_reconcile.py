@@ -301,7 +301,7 @@ def test_cli_reconcile_json_and_table(sim, azurite, monkeypatch):
     proc = run_cli("reconcile", "--dry-run", env=env)
     assert proc.returncode == 0
     assert proc.stdout.splitlines()[0].split()[:3] == ["CLUSTER", "KEY", "CURRENT"]
-    assert "(dry run: nothing queued)" in proc.stdout.splitlines()[-1]
+    assert "(dry run: nothing rotated, nothing queued)" in proc.stdout.splitlines()[-1]
     assert "reconcile [" not in proc.stderr  # no progress bar when stderr is not a terminal
 
 
@@ -310,7 +310,7 @@ def test_progress_bar_draws_counts_on_a_terminal(monkeypatch, capsys):
     import io
     import sys
 
-    from rotation.commands import _ProgressBar
+    from rotation.commands import ProgressBar
 
     class Tty(io.StringIO):
         def isatty(self) -> bool:
@@ -318,7 +318,7 @@ def test_progress_bar_draws_counts_on_a_terminal(monkeypatch, capsys):
 
     fake = Tty()
     monkeypatch.setattr(sys, "stderr", fake)
-    bar = _ProgressBar()
+    bar = ProgressBar("reconcile")
     bar(5, 10)
     bar(10, 10)
     bar.close()

@@ -308,6 +308,7 @@ async def test_history_entry_keeps_every_field(registry):
         trigger="reconcile",
         event_id=None,
         invocation_id="inv-9",
+        dequeue_count=3,
     )
     (entry,) = await registry.history(cid())
     assert entry.to_dict() == {
@@ -328,6 +329,7 @@ async def test_history_entry_keeps_every_field(registry):
         "request_id": "req-1",
         "correlation_id": "corr-1",
         "operation_url": OP,
+        "dequeue_count": 3,
         "collateral_changes": ["properties.highAvailability.targetMode", "tags['cost centre']"],
     }
 

@@ -281,7 +281,9 @@ async def test_rotate_records_history_newest_first(sim, cli):
     assert proc.stdout.startswith("rotated")
     assert len(puts(sim, cluster)) == 1
 
-    proc, text_proc = await asyncio.gather(cli("history", cluster, "--json"), cli("history", cluster))
+    proc, text_proc = await asyncio.gather(
+        cli("history", cluster, "--json", "--all"), cli("history", cluster, "--all")
+    )
     row = (await cli.rows())[cluster]
     assert proc.returncode == 0, proc.stderr
     entries = json.loads(proc.stdout)

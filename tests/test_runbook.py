@@ -61,3 +61,39 @@ def test_every_runbook_command_runs_against_the_simulator(sim, azurite, tmp_path
     doc = sim.cluster(cluster)["properties"]["encryption"]["customerManagedKeyEncryption"]
     assert doc["keyEncryptionKeyUrl"] == sim.key_url(vault, "cmk", latest)
     assert {"replay", "rotate", "reconcile", "history", "list"} <= set(ran)
+
+
+def failure_sections() -> dict[str, str]:
+    """The runbook's failure-mode sections (`### ` headings under "## Failure modes"), by GitHub anchor."""
+    text = RUNBOOK.read_text().split("## Failure modes", 1)[1]
+    sections = re.split(r"^### ", text, flags=re.MULTILINE)[1:]
+    return {anchor(section.splitlines()[0]): section for section in sections}
+
+
+def anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^a-z0-9 -]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_failure_section_names_the_doctor_command_that_diagnoses_it():
+    """Each failure mode's commands include `python -m rotation doctor ...`, the check of the chain it breaks."""
+    sections = failure_sections()
+    assert {"cluster-inaccessible", "key-expired", "poison-message", "key-not-usable"} <= set(sections)
+    for name, section in sections.items():
+        blocks = re.findall(r"```sh\n(.*?)```", section, flags=re.DOTALL)
+        doctor = [
+            line
+            for block in blocks
+            for line in block.splitlines()
+            if line.startswith("python -m rotation doctor")
+        ]
+        assert doctor, f"runbook section {name!r} names no doctor command"
+
+
+def test_every_alert_runbook_section_names_a_doctor_command():
+    """docs/alerts.md's runbook: every section tells on-call which `doctor` command diagnoses it."""
+    text = (RUNBOOK.parent / "alerts.md").read_text().split("## Runbook", 1)[1]
+    sections = re.split(r"^### ", text, flags=re.MULTILINE)[1:]
+    assert len(sections) >= 5
+    for section in sections:
+        assert "python -m rotation doctor" in section, section.splitlines()[0]

@@ -30,6 +30,15 @@ var clusterDimension = [
   }
 ]
 
+// One alert per key (events about a key, not a cluster).
+var keyDimension = [
+  {
+    name: 'key'
+    operator: 'Include'
+    values: ['*']
+  }
+]
+
 // Each log alert: a KQL query over AppTraces (App Insights traces in the workspace). The app logs a stable
 // event name as the message and its fields (outcome, cluster_id, event_id, reason) as custom dimensions,
 // which arrive in the Properties column.
@@ -83,6 +92,45 @@ AppTraces
 AppTraces
 | where Message has "rotation-jobs-poison" and Message has "MaxDequeueCount"
 | project TimeGenerated, Message
+'''
+  }
+  {
+    key: 'cluster-inaccessible'
+    displayName: 'cmk-rotator: cluster Inaccessible'
+    description: 'Reconcile found a watched cluster whose clusterStatus is Inaccessible: it cannot reach its key and is down until the key is usable again (rotation.drift_detected, reason inaccessible). Runbook: docs/runbook.md#cluster-inaccessible.'
+    severity: 0
+    dimensions: clusterDimension
+    query: '''
+AppTraces
+| where Message == "rotation.drift_detected" and tostring(Properties["reason"]) == "inaccessible"
+| extend cluster_id = tostring(Properties["cluster_id"]), reason = tostring(Properties["detail"])
+| project TimeGenerated, cluster_id, reason, key = tostring(Properties["key"])
+'''
+  }
+  {
+    key: 'key-expired'
+    displayName: 'cmk-rotator: key version expired'
+    description: 'Key Vault reported that a version of a watched key expired (rotation.key_expired); clusters still on it lose access to their data. Runbook: docs/runbook.md#key-expired.'
+    severity: 0
+    dimensions: keyDimension
+    query: '''
+AppTraces
+| where Message == "rotation.key_expired"
+| extend key = tostring(Properties["key"]), reason = strcat("version ", tostring(Properties["to_version"]), " expired; clusters: ", tostring(Properties["clusters"]))
+| project TimeGenerated, key, reason, event_id = tostring(Properties["event_id"])
+'''
+  }
+  {
+    key: 'job-poisoned-app'
+    displayName: 'cmk-rotator: last delivery of a rotation job failed'
+    description: 'A rotation job failed its last delivery (maxDequeueCount) and moves to rotation-jobs-poison (rotation.job_poisoned, logged by the app itself with the cluster, dequeue count and error). Runbook: docs/runbook.md#poison-message.'
+    severity: 2
+    dimensions: clusterDimension
+    query: '''
+AppTraces
+| where Message == "rotation.job_poisoned"
+| extend cluster_id = tostring(Properties["cluster_id"]), reason = tostring(Properties["reason"])
+| project TimeGenerated, cluster_id, reason, dequeue_count = toint(Properties["dequeue_count"]), error_code = tostring(Properties["error_code"])
 '''
   }
 ]
