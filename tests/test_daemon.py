@@ -376,3 +376,13 @@ async def test_timer_lease_gives_each_occurrence_to_one_replica(azurite):
         assert await replicas[2].take(second) is True
         assert await replicas[3].take(second) is False
         assert await replicas[0].take(first) is False  # a replica that fires late does not run it again
+
+
+async def test_webhook_names_why_a_body_is_refused(client):
+    """A body nested past the bound, or not UTF-8, is refused with that reason (400: Event Grid dead-letters it)."""
+    resp = await client.post("/api/events", data=b"[" * 100_000, params={"code": KEY})
+    assert resp.status == 400
+    assert "nested" in (await resp.json())["error"]["message"]
+    resp = await client.post("/api/events", data=b'["\xff"]', params={"code": KEY})
+    assert resp.status == 400
+    assert "not UTF-8" in (await resp.json())["error"]["message"]
