@@ -29,6 +29,7 @@ import ipaddress
 import json
 import logging
 import signal
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,7 +43,7 @@ from rotation.queue_worker import Drain, QueueOptions, QueueWorker
 from rotation.runtime import Runtime
 from rotation.schedule import Schedule, ScheduleError
 from rotation.service import Service
-from rotation.settings import SettingsError
+from rotation.settings import MAX_DEQUEUE_SETTING, SettingsError
 from rotation.storage import queue_client
 from rotation.timer_lease import TABLE as TIMER_TABLE
 from rotation.timer_lease import TimerLease
@@ -202,6 +203,31 @@ def build_service(settings: Settings, drain: Drain) -> tuple[Service, QueueClien
     )
 
 
+def queue_options(
+    host_json: Path | None, settings: Settings, env: Mapping[str, str]
+) -> tuple[QueueOptions, Settings]:
+    """The queue options as the Functions host would have them, and settings that agree on the last delivery.
+
+    host.json first (an installed copy of the package has none beside it: the Functions defaults then, said
+    in a WARNING with the way to name one); the host's own app-setting override of ``maxDequeueCount``
+    wins over host.json, as on Functions; the worker and the service's "moved to the poison queue" then
+    count alike.
+    """
+    if host_json is None or not host_json.is_file():
+        logger.warning(
+            "rotation.serve_host_json_missing",
+            extra={
+                "host_json": str(host_json) if host_json else None,
+                "reason": "no host.json: the Functions defaults apply (batchSize 16, maxDequeueCount 5); "
+                "name the app's with --host-json PATH",
+            },
+        )
+    options = QueueOptions.from_host_json(host_json)
+    if MAX_DEQUEUE_SETTING in env:
+        options = replace(options, max_dequeue_count=settings.max_dequeue_count)
+    return options, replace(settings, max_dequeue_count=options.max_dequeue_count)
+
+
 async def serve(args: argparse.Namespace, settings: Settings, env: Mapping[str, str]) -> int:
     """Run until SIGTERM/SIGINT; return the exit code (0 after a clean drain)."""
     if not settings.storage_configured:
@@ -216,7 +242,7 @@ async def serve(args: argparse.Namespace, settings: Settings, env: Mapping[str, 
         schedule = Schedule.parse(settings.reconcile_schedule)
     except ScheduleError as exc:
         raise SettingsError(f"ROTATION_RECONCILE_SCHEDULE: {exc}") from None
-    options = QueueOptions.from_host_json(args.host_json)
+    options, settings = queue_options(args.host_json, settings, env)
     from rotation.telemetry import configure_telemetry  # noqa: PLC0415
 
     configure_telemetry(env)

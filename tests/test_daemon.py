@@ -103,6 +103,30 @@ def test_queue_options_default_to_the_functions_defaults(tmp_path):
     assert QueueOptions.from_host_json(empty).max_dequeue_count == 5
 
 
+def test_serve_without_host_json_says_so_and_agrees_on_the_last_delivery(tmp_path, caplog):
+    """No host.json (an installed package): a WARNING names the defaults; the host's override setting wins."""
+    from rotation.daemon import queue_options
+    from rotation.settings import MAX_DEQUEUE_SETTING, Settings
+
+    env = {"AzureWebJobsStorage": "UseDevelopmentStorage=true"}
+    with caplog.at_level("WARNING", logger="rotation.daemon"):
+        options, settings = queue_options(tmp_path / "host.json", Settings.from_env(env), env)
+    assert [r.getMessage() for r in caplog.records] == ["rotation.serve_host_json_missing"]
+    assert "--host-json" in caplog.records[0].reason
+    assert (options.batch_size, options.max_dequeue_count, settings.max_dequeue_count) == (16, 5, 5)
+
+    host_json = tmp_path / "app-host.json"
+    host_json.write_text(json.dumps({"extensions": {"queues": {"maxDequeueCount": 3}}}))
+    caplog.clear()
+    options, settings = queue_options(host_json, Settings.from_env(env), env)
+    assert caplog.records == []
+    assert (options.max_dequeue_count, settings.max_dequeue_count) == (3, 3)  # one count for both
+
+    overridden = {**env, MAX_DEQUEUE_SETTING: "7"}
+    options, settings = queue_options(host_json, Settings.from_env(overridden), overridden)
+    assert (options.max_dequeue_count, settings.max_dequeue_count) == (7, 7)  # the app setting wins
+
+
 @pytest.mark.parametrize(
     ("queues", "message"),
     [
