@@ -53,7 +53,7 @@ from azsim.state import (
     Vault,
 )
 from azsim.tls import CaFiles, ensure_ca
-from azsim.webhook import TIMEOUT_S, EventSubscriptions
+from azsim.webhook import TIMEOUT_S, EventSubscriptions, cloud_event
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -378,15 +378,7 @@ class Simulator:
     @staticmethod
     def to_cloud_event(event: dict[str, Any]) -> dict[str, Any]:
         """The same event in CloudEvents 1.0 JSON."""
-        return {
-            "id": event["id"],
-            "source": event["topic"],
-            "subject": event["subject"],
-            "type": event["eventType"],
-            "time": event["eventTime"],
-            "specversion": "1.0",
-            "data": copy.deepcopy(event["data"]),
-        }
+        return cloud_event(event)
 
     # -- identities and clusters -----------------------------------------------------------------
 

@@ -101,7 +101,8 @@ class Delivery:
     error: str | None = None
 
 
-def _cloud_event(event: dict[str, Any]) -> dict[str, Any]:
+def cloud_event(event: dict[str, Any]) -> dict[str, Any]:
+    """The same Key Vault event in CloudEvents 1.0 JSON (the mapping Event Grid applies to system events)."""
     return {
         "id": event["id"],
         "source": event["topic"],
@@ -298,7 +299,7 @@ class EventSubscriptions:
     async def _deliver(self, subscription: Subscription, event: dict[str, Any]) -> None:
         first = time.monotonic()
         if subscription.schema == "cloudevents":
-            body: Any = _cloud_event(event)
+            body: Any = cloud_event(event)
             content_type = "application/cloudevents+json; charset=utf-8"
             versions = {"aeg-metadata-version": "1.0"}
         else:
