@@ -60,7 +60,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-KEY_SETTING = "ROTATION_HTTP_KEY"
+KEY_SETTING = "ROTATION_HTTP_KEY"  # every route, as the deployed app's `operator` key
+READ_KEY_SETTING = "ROTATION_HTTP_READ_KEY"  # the GET routes only, as the deployed app's `reader` key
+_READ_METHODS = frozenset({"GET", "HEAD"})
 MIN_KEY_LENGTH = 16
 RECONCILE_JITTER_S = 30.0  # as function_app.py: spread replicas started by the same schedule
 HTTP_SHUTDOWN_S = 5.0
@@ -119,14 +121,26 @@ def _json(status: int, doc: object) -> web.Response:
     return web.Response(status=status, text=json.dumps(doc, default=str), content_type="application/json")
 
 
-def _auth_middleware(key: str | None) -> Callable[..., Awaitable[web.StreamResponse]]:
+def _auth_middleware(key: str | None, read_key: str | None) -> Callable[..., Awaitable[web.StreamResponse]]:
     @web.middleware
     async def check(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         if key is not None:
-            given = request.query.get("code") or request.headers.get("x-functions-key") or ""
-            if not hmac.compare_digest(given.encode(), key.encode()):
+            given = (request.query.get("code") or request.headers.get("x-functions-key") or "").encode()
+            if (
+                read_key is not None
+                and hmac.compare_digest(given, read_key.encode())
+                and (request.method not in _READ_METHODS or request.path == "/api/events")
+            ):
+                logger.warning(
+                    "rotation.http_forbidden",
+                    extra={"path": request.path, "method": request.method, "remote": request.remote},
+                )
+                message = f"the read key ({READ_KEY_SETTING}) opens only the GET routes"
+                return _json(403, {"error": {"code": "Forbidden", "message": message}})
+            reader = read_key is not None and hmac.compare_digest(given, read_key.encode())
+            if not reader and not hmac.compare_digest(given, key.encode()):
                 logger.warning(
                     "rotation.http_unauthorized",
                     extra={"path": request.path, "method": request.method, "remote": request.remote},
@@ -153,11 +167,13 @@ def _route(
     return serve
 
 
-def build_app(service: Service, *, key: str | None, on_queued: Callable[[], None]) -> web.Application:
-    """The aiohttp application: the webhook and the registry's routes, behind the key."""
+def build_app(
+    service: Service, *, key: str | None, on_queued: Callable[[], None], read_key: str | None = None
+) -> web.Application:
+    """The aiohttp application: the webhook and the registry's routes, behind the key (or the read key)."""
     from rotation import http_api  # noqa: PLC0415 - the doctor's imports, only when serving
 
-    app = web.Application(middlewares=[_auth_middleware(key)], client_max_size=1024 * 1024 + 4096)
+    app = web.Application(middlewares=[_auth_middleware(key, read_key)], client_max_size=1024 * 1024 + 4096)
     app.router.add_route("*", "/api/events", events_route(service, on_queued=on_queued))
     for method in ("GET", "POST", "DELETE"):
         app.router.add_route(method, "/api/clusters", _route(service, http_api.clusters))
@@ -176,9 +192,27 @@ def http_key(env: Mapping[str, str], host: str) -> str | None:
     key = env.get(KEY_SETTING, "").strip() or None
     if key is None and not is_loopback(host):
         raise SettingsError(f"{KEY_SETTING} is required to listen on {host} (only loopback may go without)")
-    if key is not None and (len(key) < MIN_KEY_LENGTH or not key.isprintable()):
-        raise SettingsError(f"{KEY_SETTING} must be at least {MIN_KEY_LENGTH} printable characters")
+    if key is not None:
+        _check_key(KEY_SETTING, key)
     return key
+
+
+def http_read_key(env: Mapping[str, str], key: str | None) -> str | None:
+    """``ROTATION_HTTP_READ_KEY``, checked: it needs ``ROTATION_HTTP_KEY`` beside it and differs from it."""
+    read_key = env.get(READ_KEY_SETTING, "").strip() or None
+    if read_key is None:
+        return None
+    if key is None:
+        raise SettingsError(f"{READ_KEY_SETTING} needs {KEY_SETTING} too (without it every route is open)")
+    _check_key(READ_KEY_SETTING, read_key)
+    if hmac.compare_digest(read_key.encode(), key.encode()):
+        raise SettingsError(f"{READ_KEY_SETTING} must differ from {KEY_SETTING}")
+    return read_key
+
+
+def _check_key(name: str, key: str) -> None:
+    if len(key) < MIN_KEY_LENGTH or not key.isprintable():
+        raise SettingsError(f"{name} must be at least {MIN_KEY_LENGTH} printable characters")
 
 
 def build_service(settings: Settings, drain: Drain) -> tuple[Service, QueueClient, QueueClient, TableClient]:
@@ -238,6 +272,7 @@ async def serve(args: argparse.Namespace, settings: Settings, env: Mapping[str, 
     if not 0 <= args.port <= 65535:  # noqa: PLR2004
         raise SettingsError(f"--port must be 0-65535, got {args.port}")
     key = http_key(env, args.host)
+    read_key = http_read_key(env, key)
     try:
         schedule = Schedule.parse(settings.reconcile_schedule)
     except ScheduleError as exc:
@@ -255,7 +290,9 @@ async def serve(args: argparse.Namespace, settings: Settings, env: Mapping[str, 
     lease = TimerLease(timers, owner=service.worker_id)
     worker = QueueWorker(service, listener, poison, options, drain)
     runner = web.AppRunner(
-        build_app(service, key=key, on_queued=worker.wake), access_log=None, shutdown_timeout=HTTP_SHUTDOWN_S
+        build_app(service, key=key, read_key=read_key, on_queued=worker.wake),
+        access_log=None,
+        shutdown_timeout=HTTP_SHUTDOWN_S,
     )
     await runner.setup()
     try:

@@ -221,6 +221,37 @@ async def test_every_route_needs_the_key(client):
     assert (await client.get("/api/health", headers={"x-functions-key": KEY})).status == 200
 
 
+async def test_read_key_opens_only_the_get_routes(stack):
+    """`ROTATION_HTTP_READ_KEY` reads (GET) but never writes nor delivers events (403); the key opens both."""
+    from rotation.daemon import http_read_key
+
+    reader = "r" * 20
+    app = build_app(stack.service, key=KEY, read_key=reader, on_queued=lambda: None)
+    async with TestClient(TestServer(app)) as client:
+        for path in ("/api/health", "/api/clusters", "/api/doctor"):
+            assert (await client.get(path, params={"code": reader})).status == 200, path
+        for method, path in [
+            ("POST", "/api/clusters"),
+            ("DELETE", "/api/clusters"),
+            ("POST", "/api/rotate"),
+            ("POST", "/api/events"),
+            ("OPTIONS", "/api/events"),
+        ]:
+            resp = await client.request(method, path, headers={"x-functions-key": reader})
+            assert resp.status == 403, (method, path)
+            assert "only the GET routes" in (await resp.json())["error"]["message"]
+        resp = await client.post("/api/rotate", params={"code": KEY}, json={"clusterId": "not-an-id"})
+        assert resp.status == 400  # past the key: the route itself answers
+    assert http_read_key({}, KEY) is None
+    assert http_read_key({"ROTATION_HTTP_READ_KEY": reader}, KEY) == reader
+    with pytest.raises(SettingsError, match="needs ROTATION_HTTP_KEY"):
+        http_read_key({"ROTATION_HTTP_READ_KEY": reader}, None)
+    with pytest.raises(SettingsError, match="must differ"):
+        http_read_key({"ROTATION_HTTP_READ_KEY": KEY}, KEY)
+    with pytest.raises(SettingsError, match="at least 16"):
+        http_read_key({"ROTATION_HTTP_READ_KEY": "short"}, KEY)
+
+
 async def test_event_grid_validation_handshake(client):
     """A SubscriptionValidationEvent is answered 200 with its validationCode as validationResponse."""
     validation = [
