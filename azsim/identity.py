@@ -1,4 +1,10 @@
-"""The App Service managed-identity token endpoint (``IDENTITY_ENDPOINT`` + ``IDENTITY_HEADER``)."""
+"""The App Service managed-identity token endpoint (``IDENTITY_ENDPOINT`` + ``IDENTITY_HEADER``).
+
+Modelled on Microsoft Learn, "How to use managed identities for App Service and Azure Functions", section
+"REST endpoint reference" (``GET {IDENTITY_ENDPOINT}?resource=...&api-version=2019-08-01`` with header
+``X-IDENTITY-HEADER``; answer ``access_token``, ``expires_on``, ``resource``, ``token_type``; ``client_id``
+picks a user-assigned identity), as azure-identity's ``AppServiceCredential`` calls it.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,13 @@
 """Key Vault keys data plane: get (version / latest), list keys and versions, create, rotate, update.
 
 Requests without a valid token get the 401 challenge the SDK's ChallengeAuthPolicy expects.
+
+Modelled on the published Key Vault data-plane REST specification, Azure/azure-rest-api-specs
+``specification/keyvault/data-plane/Microsoft.KeyVault/stable/2025-06-01/keys.json`` (KeyBundle, KeyAttributes
+with ``created``/``updated``/``nbf``/``exp`` in Unix seconds, ``KeyListResult`` paged by ``nextLink``,
+``GetKeyRotationPolicy``) and its ``examples/``, and on azure-keyvault-keys' ``ChallengeAuthPolicy``
+(azure-sdk-for-python, ``sdk/keyvault/azure-keyvault-keys/azure/keyvault/keys/_shared/
+challenge_auth_policy.py``) for the 401 ``WWW-Authenticate`` challenge.
 """
 
 from __future__ import annotations
