@@ -58,7 +58,6 @@ FANOUT_WINDOW = timedelta(minutes=15)
 # ROTATION_CHECK_DELAY_SECONDS): about two hours at the defaults, far past any cluster update.
 MAX_CHECKS = 24
 NOT_WATCHED = "not watched: the app acts only on registered clusters"
-NOT_RECORDED = "not the operation recorded for this cluster"  # a check job's URL (see _check_refusal)
 HAND_OFF_SECONDS = 10.0  # the most a cancelled job spends recording its accepted operation
 
 
@@ -570,14 +569,22 @@ class Service:
     def _operation_to_follow(
         self, job: Job, operation_url: str, watched: WatchedCluster | None, invocation_id: str | None
     ) -> tuple[str | None, str | None]:
-        """What a check job does with its operation URL: follow it, reject the job, or decide afresh.
+        """A check job's operation URL (rule 11): follow it, reject the job, or decide afresh.
 
-        ``(url, None)``: follow it; ``(None, reason)``: reject the job; ``(None, None)``: a URL the rotator
-        did not record for this cluster, never read: the job decides afresh for its target.
+        ``(url, None)``: the operation the rotator recorded for this cluster (its watch row), followed.
+        ``(None, reason)``: a URL off the ARM origin or outside the cluster's subscription's DocumentDB
+        operations, an attack: the job is rejected. ``(None, None)``: any other URL (even another cluster's
+        operation in the same subscription, whose success says nothing about this cluster) is never read;
+        the job decides afresh for its target, as any job does.
         """
-        refusal = self._check_refusal(job, operation_url, watched)
-        if refusal != NOT_RECORDED:
-            return (operation_url if refusal is None else None), refusal
+        if watched is not None and watched.operation_url == operation_url:
+            return operation_url, None
+        try:
+            check_operation_path(
+                check_same_origin(operation_url, self.settings.arm_endpoint), parse_cluster_id(job.cluster_id)
+            )
+        except UnsafeUrl as exc:
+            return None, f"operation URL refused: {exc}"
         logger.warning(
             "rotation.check_not_recorded",
             extra={
@@ -585,28 +592,10 @@ class Service:
                 "event_id": job.event_id,
                 "invocation_id": invocation_id,
                 "operation_url": operation_url,
-                "reason": f"{NOT_RECORDED}: not followed; the job decides afresh",
+                "reason": "not the operation recorded for this cluster: not followed; the job decides afresh",
             },
         )
         return None, None
-
-    def _check_refusal(self, job: Job, operation_url: str, watched: WatchedCluster | None) -> str | None:
-        """Why a job's operation URL must not be followed (rule 11), or None when it is the recorded one.
-
-        Only the operation the rotator recorded for this cluster (its watch row) is followed. A URL off the
-        ARM origin or outside the cluster's subscription's DocumentDB operations is an attack: the reason
-        starts "operation URL refused". Any other URL (even another cluster's operation in the same
-        subscription, whose success says nothing about this cluster) is "not recorded": the job then
-        decides afresh for its target, as any job does, and never reads that URL.
-        """
-        if watched is not None and watched.operation_url == operation_url:
-            return None
-        cluster_id = parse_cluster_id(job.cluster_id)
-        try:
-            check_operation_path(check_same_origin(operation_url, self.settings.arm_endpoint), cluster_id)
-        except UnsafeUrl as exc:
-            return f"operation URL refused: {exc}"
-        return NOT_RECORDED
 
     async def _pending_in_history(self, cluster_id: ResourceId) -> tuple[str | None, KeyUrl | None]:
         """The operation the last history entry left `pending` (an interrupted CLI `rotate`), if any."""
