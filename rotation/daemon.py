@@ -128,18 +128,14 @@ def _auth_middleware(key: str | None, read_key: str | None) -> Callable[..., Awa
     ) -> web.StreamResponse:
         if key is not None:
             given = (request.query.get("code") or request.headers.get("x-functions-key") or "").encode()
-            if (
-                read_key is not None
-                and hmac.compare_digest(given, read_key.encode())
-                and (request.method not in _READ_METHODS or request.path == "/api/events")
-            ):
+            reader = read_key is not None and hmac.compare_digest(given, read_key.encode())
+            if reader and (request.method not in _READ_METHODS or request.path == "/api/events"):
                 logger.warning(
                     "rotation.http_forbidden",
                     extra={"path": request.path, "method": request.method, "remote": request.remote},
                 )
                 message = f"the read key ({READ_KEY_SETTING}) opens only the GET routes"
                 return _json(403, {"error": {"code": "Forbidden", "message": message}})
-            reader = read_key is not None and hmac.compare_digest(given, read_key.encode())
             if not reader and not hmac.compare_digest(given, key.encode()):
                 logger.warning(
                     "rotation.http_unauthorized",
