@@ -1,4 +1,4 @@
-"""Azure Functions entry points (v2 programming model): bind triggers, delegate to `rotation.service`.
+"""Azure Functions entry points (v2 programming model): bind triggers, delegate to `rotation.service.app`.
 
 Each function parses its trigger argument, calls one method of the process's `Service` (clients built once
 per process), and translates the outcome into the Functions contract: return to acknowledge, raise to have
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import azure.functions as func
 
 if TYPE_CHECKING:
-    from rotation.service import Service
+    from rotation.service.app import Service
 
 app = func.FunctionApp()
 logger = logging.getLogger("rotation.function_app")
@@ -29,7 +29,7 @@ RECONCILE_JITTER_S = 30.0  # spread instances and apps started by the same sched
 
 async def _service() -> Service:
     """The process's `Service` (built on first use, with Application Insights when it is configured)."""
-    from rotation.service import service_for_loop  # noqa: PLC0415 - see the module docstring
+    from rotation.service.app import service_for_loop  # noqa: PLC0415 - see the module docstring
     from rotation.settings import Settings  # noqa: PLC0415
     from rotation.telemetry import configure_telemetry  # noqa: PLC0415
 
@@ -85,7 +85,7 @@ async def rotate_cluster(msg: func.QueueMessage, context: func.Context) -> None:
 @app.timer_trigger(arg_name="timer", schedule="%ROTATION_RECONCILE_SCHEDULE%", run_on_startup=False)
 async def reconcile(timer: func.TimerRequest) -> None:
     """Level-triggered safety net: queue jobs for clusters behind the newest usable version, report drift."""
-    from rotation.reconcile import Reconciler  # noqa: PLC0415 - see the module docstring
+    from rotation.service.reconcile import Reconciler  # noqa: PLC0415 - see the module docstring
 
     service = await _service()
     await Reconciler(
@@ -96,7 +96,7 @@ async def reconcile(timer: func.TimerRequest) -> None:
 
 
 async def _http(route: str, req: func.HttpRequest) -> func.HttpResponse:
-    from rotation import http_api  # noqa: PLC0415 - see the module docstring
+    from rotation.service import http_api  # noqa: PLC0415 - see the module docstring
 
     handler = {
         "clusters": http_api.clusters,

@@ -2,6 +2,6 @@
 
 import sys
 
-from rotation.cli import main
+from rotation.cli.main import main
 
 sys.exit(main())

@@ -19,28 +19,28 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from rotation.azure.keyvault import unusable_reason
+from rotation.azure.lro import DEFAULT_POLL_SECONDS, is_terminal
 from rotation.collateral import changed_paths
 from rotation.errors import ClusterBusy, NotFoundError, ServiceError, TransientFailure
 from rotation.ids import InvalidKeyUrl, KeyUrl, parse_key_url
-from rotation.keyvault import unusable_reason
-from rotation.lro import DEFAULT_POLL_SECONDS, is_terminal
 from rotation.outcomes import Outcome, RotationResult
 from rotation.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from rotation.arm import AcceptedOperation, Cluster, OperationStatus
+    from rotation.azure.arm import AcceptedOperation, Cluster, OperationStatus
+    from rotation.azure.keyvault import KeyVersion
+    from rotation.azure.lro import OperationKind
     from rotation.ids import ResourceId
-    from rotation.keyvault import KeyVersion
-    from rotation.lro import OperationKind
     from rotation.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 
 class ClustersPort(Protocol):
-    """The ARM calls a rotation makes (`rotation.arm.ClustersClient`)."""
+    """The ARM calls a rotation makes (`rotation.azure.arm.ClustersClient`)."""
 
     async def get(self, cluster_id: ResourceId) -> Cluster: ...  # noqa: D102
     async def put(self, cluster_id: ResourceId, body: dict[str, Any]) -> AcceptedOperation: ...  # noqa: D102
@@ -51,7 +51,7 @@ class ClustersPort(Protocol):
 
 
 class KeysPort(Protocol):
-    """The Key Vault reads a rotation makes (`rotation.keyvault.KeyVaultKeys`)."""
+    """The Key Vault reads a rotation makes (`rotation.azure.keyvault.KeyVaultKeys`)."""
 
     async def get_version(self, key: KeyUrl) -> KeyVersion: ...  # noqa: D102
     async def newest_usable(self, key: KeyUrl, now: datetime | None = None) -> KeyVersion | None: ...  # noqa: D102
@@ -246,7 +246,7 @@ class Rotator:
                 raise ValueError("resuming an operation needs its target key URL")
             state.target = request.target
             state.operation_url = request.operation_url
-            # The kind is the one its recorded URL names (rotation.lro.operation_kind), checked again here.
+            # The kind is the one its recorded URL names (`lro.operation_kind`), checked again here.
             await self._follow(request, state, request.operation_url, request.target, kind=None)
             return
         _raise_if_operation_running(request.cluster_id, cluster)
@@ -437,7 +437,7 @@ class Rotator:
     ) -> None:
         """Poll the operation at the server's pace until it ends or the polling budget runs out.
 
-        ``kind`` None: resuming a recorded URL, followed the way its path names (`rotation.lro`).
+        ``kind`` None: resuming a recorded URL, followed the way its path names (`rotation.azure.lro`).
         """
         deadline = self._clock() + self._settings.poll_budget_seconds
         wait = first_wait

@@ -401,7 +401,7 @@ class UnsafeUrl(ValueError):
 # The operation URLs ARM's DocumentDB provider hands out for mongoClusters writes, as the REST spec's examples
 # answer them (Azure/azure-rest-api-specs, specification/mongocluster/.../examples: ``Azure-AsyncOperation:
 # .../locations/{loc}/mongoClusterAzureAsyncOperation/{id}``, ``Location: .../mongoClusterOperationResults
-# /{id}``); the same two `rotation.lro` follows.
+# /{id}``); the same two `rotation.azure.lro` follows.
 OPERATION_TYPES = frozenset({"mongoclusterazureasyncoperation", "mongoclusteroperationresults"})
 _OPERATION_SEGMENTS = 8  # subscriptions/{sub}/providers/Microsoft.DocumentDB/locations/{loc}/{type}/{id}
 _OPERATION_PART = re.compile(r"[A-Za-z0-9_.()-]{1,128}")

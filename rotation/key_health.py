@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
+from rotation.azure.keyvault import listed_unusable_reason, unusable_reason
 from rotation.errors import ServiceError
 from rotation.ids import KeyUrl
-from rotation.keyvault import listed_unusable_reason, unusable_reason
 
 if TYPE_CHECKING:
-    from rotation.keyvault import KeyVaultKeys, KeyVersion
+    from rotation.azure.keyvault import KeyVaultKeys, KeyVersion
 
 logger = logging.getLogger(__name__)
 

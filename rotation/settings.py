@@ -58,7 +58,7 @@ class Settings:
     reconcile_schedule: str = DEFAULT_RECONCILE_SCHEDULE
     poll_budget_seconds: float = 240.0
     check_delay_seconds: float = 60.0
-    arm_write_refill_per_s: float = 10.0  # ARM's write refill per subscription (rotation.pacing)
+    arm_write_refill_per_s: float = 10.0  # ARM's write refill per subscription (rotation.azure.pacing)
     arm_read_refill_per_s: float = 25.0  # ARM's read refill per subscription
     retry: RetrySettings = field(default_factory=RetrySettings)
     # host.json's queues.maxDequeueCount (the delivery after which the host moves a job to the poison queue),

@@ -74,21 +74,21 @@ from azure.storage.queue.aio import QueueClient  # noqa: E402
 from azsim.azurite import ACCOUNT_KEY, Azurite  # noqa: E402
 from azsim.host import Context, QueueHost  # noqa: E402
 from azsim.simulator import Simulator  # noqa: E402
-from rotation import service as service_module  # noqa: E402
-from rotation.arm import ClustersClient  # noqa: E402
+from rotation.azure.arm import ClustersClient  # noqa: E402
+from rotation.azure.keyvault import RSA_SIZES, KeyVaultKeys, KeyVersion, unusable_reason  # noqa: E402
+from rotation.azure.transport import SharedHttp  # noqa: E402
 from rotation.engine import Rotator  # noqa: E402
 from rotation.errors import ServiceError  # noqa: E402
 from rotation.ids import InvalidKeyUrl, parse_cluster_id, parse_key_url  # noqa: E402
-from rotation.jobs import Job, JobQueue  # noqa: E402
-from rotation.keyvault import RSA_SIZES, KeyVaultKeys, KeyVersion, unusable_reason  # noqa: E402
 from rotation.logs import JsonFormatter, TextFormatter  # noqa: E402
-from rotation.reconcile import Reconciler  # noqa: E402
-from rotation.registry import Registry  # noqa: E402
-from rotation.runtime import Runtime  # noqa: E402
-from rotation.service import Service  # noqa: E402
+from rotation.service import app as service_module  # noqa: E402
+from rotation.service.app import Service  # noqa: E402
+from rotation.service.reconcile import Reconciler  # noqa: E402
+from rotation.service.runtime import Runtime  # noqa: E402
 from rotation.settings import RetrySettings, Settings  # noqa: E402
-from rotation.storage import storage_clients  # noqa: E402
-from rotation.transport import SharedHttp  # noqa: E402
+from rotation.store.clients import storage_clients  # noqa: E402
+from rotation.store.jobs import Job, JobQueue  # noqa: E402
+from rotation.store.registry import Registry  # noqa: E402
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

@@ -72,12 +72,12 @@ async def stack(sim: Simulator, azurite: Azurite, monkeypatch: pytest.MonkeyPatc
 
     from stack import Stack
 
-    from rotation.jobs import JobQueue
-    from rotation.registry import Registry
-    from rotation.runtime import Runtime
-    from rotation.service import Service
+    from rotation.service.app import Service
+    from rotation.service.runtime import Runtime
     from rotation.settings import RetrySettings, Settings
-    from rotation.storage import storage_clients
+    from rotation.store.clients import storage_clients
+    from rotation.store.jobs import JobQueue
+    from rotation.store.registry import Registry
 
     monkeypatch.setenv("AzureWebJobsStorage", azurite.connection_string)
     settings = replace(

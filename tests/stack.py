@@ -12,9 +12,9 @@ from azure.core.exceptions import ResourceNotFoundError
 
 from azsim.host import QueueHost
 from azsim.simulator import Simulator
-from rotation.jobs import Job
-from rotation.service import Service
-from rotation.storage import queue_client
+from rotation.service.app import Service
+from rotation.store.clients import queue_client
+from rotation.store.jobs import Job
 
 
 @dataclass

@@ -19,16 +19,17 @@ from fakes import FakeClusters, FakeKeys, cluster, key_url, key_version
 from test_engine import FakeTime, make_rotator, rotate
 
 from azsim.faults import Fault
-from rotation import http_api, webhook
-from rotation.arm import ClustersClient
+from rotation.azure.arm import ClustersClient
+from rotation.azure.transport import SharedHttp
 from rotation.engine import Rotator
 from rotation.errors import ServiceError
 from rotation.ids import UnsafeUrl, check_operation_path, check_same_origin, parse_cluster_id, parse_key_url
-from rotation.jobs import Job
 from rotation.outcomes import Outcome
-from rotation.reconcile import Reconciler
-from rotation.service import MAX_CHECKS
-from rotation.transport import SharedHttp
+from rotation.serve import webhook
+from rotation.service import http_api
+from rotation.service.app import MAX_CHECKS
+from rotation.service.reconcile import Reconciler
+from rotation.store.jobs import Job
 
 ARM = "https://management.azure.com"
 DEEP = "[" * 20_000 + "]" * 20_000  # 40 KB, 20,000 deep
@@ -273,7 +274,7 @@ async def test_reconcile_pass_survives_a_cluster_whose_answer_never_ends(stack):
 
 async def test_arm_listing_whose_next_link_loops_is_refused(sim, monkeypatch):
     """A mongoClusters listing whose nextLink points back at itself stops at the page cap with an error."""
-    monkeypatch.setattr("rotation.arm.MAX_LIST_PAGES", 5)
+    monkeypatch.setattr("rotation.azure.arm.MAX_LIST_PAGES", 5)
     sub = str(uuid.uuid4())
     url = f"{ARM}/subscriptions/{sub}/providers/Microsoft.DocumentDB/mongoClusters?api-version=x"
     page = json.dumps({"value": [], "nextLink": url})

@@ -20,7 +20,7 @@ from azsim.simulator import Simulator
 from rotation.engine import RotationRequest
 from rotation.ids import parse_cluster_id, parse_key_url
 from rotation.outcomes import Outcome
-from rotation.runtime import Runtime
+from rotation.service.runtime import Runtime
 from rotation.settings import RetrySettings, Settings
 
 FAST_RETRY = RetrySettings(max_attempts=3, max_seconds=10, initial_wait=0.02, max_wait=0.1)
@@ -276,7 +276,7 @@ async def test_operation_url_outside_the_checks_is_never_followed(world, header,
 
 async def test_collateral_change_is_in_the_cluster_history(stack):
     """A watched cluster's history row names the paths a resetting PUT changed, and the outcome is rotated."""
-    from rotation.jobs import Job
+    from rotation.store.jobs import Job
 
     key, v1 = stack.new_key()
     cluster = stack.add_cluster(key, v1)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from rotation.cli import build_parser
-from rotation.jobs import QUEUE_NAME
+from rotation.cli.main import build_parser
+from rotation.store.jobs import QUEUE_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"

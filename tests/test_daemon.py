@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from rotation.daemon import build_app, http_key, is_loopback
 from rotation.errors import ServiceError
-from rotation.queue_worker import Drain, QueueOptions
-from rotation.schedule import Schedule, ScheduleError
+from rotation.serve.daemon import build_app, http_key, is_loopback
+from rotation.serve.queue_worker import Drain, QueueOptions
+from rotation.serve.schedule import Schedule, ScheduleError
 from rotation.settings import SettingsError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,11 +105,11 @@ def test_queue_options_default_to_the_functions_defaults(tmp_path):
 
 def test_serve_without_host_json_says_so_and_agrees_on_the_last_delivery(tmp_path, caplog):
     """No host.json (an installed package): a WARNING names the defaults; the host's override setting wins."""
-    from rotation.daemon import queue_options
+    from rotation.serve.daemon import queue_options
     from rotation.settings import MAX_DEQUEUE_SETTING, Settings
 
     env = {"AzureWebJobsStorage": "UseDevelopmentStorage=true"}
-    with caplog.at_level("WARNING", logger="rotation.daemon"):
+    with caplog.at_level("WARNING", logger="rotation.serve.daemon"):
         options, settings = queue_options(tmp_path / "host.json", Settings.from_env(env), env)
     assert [r.getMessage() for r in caplog.records] == ["rotation.serve_host_json_missing"]
     assert "--host-json" in caplog.records[0].reason
@@ -223,7 +223,7 @@ async def test_every_route_needs_the_key(client):
 
 async def test_read_key_opens_only_the_get_routes(stack):
     """`ROTATION_HTTP_READ_KEY` reads (GET) but never writes nor delivers events (403); the key opens both."""
-    from rotation.daemon import http_read_key
+    from rotation.serve.daemon import http_read_key
 
     reader = "r" * 20
     app = build_app(stack.service, key=KEY, read_key=reader, on_queued=lambda: None)
@@ -351,7 +351,7 @@ async def test_webhook_storage_failure_asks_event_grid_to_redeliver(stack, clien
 
 async def test_webhook_answers_before_event_grid_gives_up(stack, client, monkeypatch):
     """When queueing hangs, the webhook still answers (503, so Event Grid redelivers) by its deadline, under Event Grid's 30 s."""
-    from rotation import webhook
+    from rotation.serve import webhook
 
     key, v1 = stack.new_key()
     await stack.register(stack.add_cluster(key, v1))
@@ -372,9 +372,9 @@ async def test_webhook_answers_before_event_grid_gives_up(stack, client, monkeyp
 
 async def test_worker_runs_at_most_batch_size_plus_new_batch_threshold(stack):
     """As the host's listener: a new batch is fetched only while at most newBatchThreshold jobs run (here 2 + 1)."""
-    from rotation.jobs import Job
-    from rotation.queue_worker import QueueWorker
-    from rotation.storage import queue_client
+    from rotation.serve.queue_worker import QueueWorker
+    from rotation.store.clients import queue_client
+    from rotation.store.jobs import Job
 
     queues = stack.service.queue._service
     prefix = (
@@ -420,7 +420,7 @@ async def test_timer_lease_gives_each_occurrence_to_one_replica(azurite):
 
     from azure.data.tables.aio import TableServiceClient
 
-    from rotation.timer_lease import TABLE, TimerLease
+    from rotation.serve.timer_lease import TABLE, TimerLease
 
     async with TableServiceClient.from_connection_string(azurite.connection_string) as tables:
         timer = f"t{uuid.uuid4().hex[:8]}"

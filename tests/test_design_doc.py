@@ -26,7 +26,7 @@ def test_outcome_table_is_the_outcome_enum_with_its_exit_codes():
 def test_every_rule_the_code_cites_is_written_down():
     """Each "rule N" cited in rotation/ and function_app.py is a numbered rule of docs/design.md."""
     written = {int(n) for n in re.findall(r"^(\d+)\. \*\*", _section("The rules of rotation"), re.MULTILINE)}
-    sources = [*sorted((ROOT / "rotation").glob("*.py")), ROOT / "function_app.py"]
+    sources = [*sorted((ROOT / "rotation").rglob("*.py")), ROOT / "function_app.py"]
     cited = {int(n) for path in sources for n in re.findall(r"\brules? (\d+)\b", path.read_text())}
     assert cited
     assert cited <= written

@@ -20,9 +20,9 @@ import pytest
 
 from azsim.faults import Fault
 from azsim.simulator import Simulator
-from rotation import http_api
-from rotation.doctor import CHECKS, Doctor, Status, format_report
-from rotation.runtime import Runtime
+from rotation.doctor.checks import CHECKS, Doctor, Status, format_report
+from rotation.service import http_api
+from rotation.service.runtime import Runtime
 from rotation.settings import RetrySettings, Settings
 
 FAST_RETRY = RetrySettings(max_attempts=3, max_seconds=10, initial_wait=0.01, max_wait=0.05)
@@ -340,7 +340,7 @@ async def test_reads_are_cached_per_vault_identity_and_key(sim, doctor):
 
 def test_report_table_and_json_shapes():
     """The table has a line per check and a summary; JSON carries status, checks and counts."""
-    from rotation.doctor import ClusterReport, DoctorReport, Finding
+    from rotation.doctor.checks import ClusterReport, DoctorReport, Finding
 
     report = DoctorReport((ClusterReport("/c1", (Finding("cluster.exists", Status.PASS, "ok"),
                                                  Finding("key.expiry", Status.WARN, "soon"))),))  # fmt: skip
@@ -381,7 +381,7 @@ async def test_arm_reads_shapes(world):
     """Vault (purge protection absent when off), identity, role assignments and definitions in ARM shape."""
     from azure.identity.aio import DefaultAzureCredential
 
-    from rotation.arm_reads import ArmReads
+    from rotation.azure.arm_reads import ArmReads
 
     world.sim.set_vault_properties(world.vault, enable_purge_protection=False)
     async with DefaultAzureCredential() as cred, ArmReads("https://management.azure.com", cred) as arm:
@@ -446,11 +446,11 @@ def test_cli_warn_only_exits_0(world):
 
 async def test_http_route_and_register_and_reconcile(world, azurite, sim, caplog):
     """The HTTP route reports one cluster or every watched one; register and reconcile log the findings."""
-    from rotation.jobs import JobQueue
-    from rotation.reconcile import Reconciler
-    from rotation.registry import Registry
-    from rotation.service import Service
-    from rotation.storage import storage_clients
+    from rotation.service.app import Service
+    from rotation.service.reconcile import Reconciler
+    from rotation.store.clients import storage_clients
+    from rotation.store.jobs import JobQueue
+    from rotation.store.registry import Registry
 
     settings = Settings(storage_connection=azurite.connection_string, retry=FAST_RETRY)
     runtime = Runtime.create(settings)

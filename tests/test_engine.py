@@ -18,7 +18,7 @@ from fakes import (
     transient,
 )
 
-from rotation.arm import OperationStatus
+from rotation.azure.arm import OperationStatus
 from rotation.engine import RotationRequest, Rotator, build_body
 from rotation.errors import ClusterBusy, ServiceError, TransientFailure
 from rotation.outcomes import Outcome

@@ -25,9 +25,9 @@ from hypothesis import strategies as st
 from azsim.host import QueueHost
 from rotation.events import EventIgnored, EventRejected, KeyVersionEvent
 from rotation.ids import DEFAULT_VAULT_SUFFIXES
-from rotation.jobs import Job
-from rotation.service import close_services, service_for_loop
+from rotation.service.app import close_services, service_for_loop
 from rotation.settings import Settings
+from rotation.store.jobs import Job
 
 EXAMPLES = settings(
     max_examples=400,
@@ -65,7 +65,7 @@ def world(sim, azurite, monkeypatch):
     monkeypatch.setenv("AzureWebJobsStorage", azurite.connection_string)
     monkeypatch.setenv("ROTATION_RETRY_INITIAL_WAIT", "0.01")
     monkeypatch.setenv("ROTATION_RETRY_MAX_WAIT", "0.05")
-    monkeypatch.setattr("rotation.service.BACKOFF_S", 0.1)  # many jobs for two clusters: defer briefly
+    monkeypatch.setattr("rotation.service.app.BACKOFF_S", 0.1)  # many jobs for two clusters: defer briefly
     loop = asyncio.new_event_loop()
     w = World(sim, loop)
     w.run(_clear(azurite.connection_string))

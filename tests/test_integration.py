@@ -19,7 +19,7 @@ from rotation.engine import RotationRequest
 from rotation.errors import TransientFailure
 from rotation.ids import parse_cluster_id, parse_key_url
 from rotation.outcomes import Outcome
-from rotation.runtime import Runtime
+from rotation.service.runtime import Runtime
 from rotation.settings import RetrySettings, Settings
 
 FAST_RETRY = RetrySettings(max_attempts=5, max_seconds=30, initial_wait=0.05, max_wait=0.2)

@@ -1,4 +1,4 @@
-"""The job queue and the job message format against a real Azurite (rotation/jobs.py)."""
+"""The job queue and the job message format against a real Azurite (rotation/store/jobs.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from azure.storage.queue.aio import QueueClient, QueueServiceClient
 from storage_fixtures import unique_name
 
 from rotation.errors import ServiceError
-from rotation.jobs import Job, JobQueue, JobRejected
+from rotation.store.jobs import Job, JobQueue, JobRejected
 
 azurite_server = storage_fixtures.azurite_server  # the shared session fixture
 

@@ -9,8 +9,8 @@ import re
 import pytest
 
 from azsim.faults import Fault
-from rotation.jobs import Job
 from rotation.logs import JsonFormatter, TextFormatter, record_fields
+from rotation.store.jobs import Job
 
 BEARER_CREDENTIAL = re.compile(r"Bearer\s+(?!authorization=)[A-Za-z0-9._~+/=-]{12,}")
 JOB_FIELDS = {

@@ -19,7 +19,7 @@ from azure.storage.queue import QueueClient
 from test_cli import ROOT, run_cli
 
 from azsim.simulator import Simulator
-from rotation.jobs import QUEUE_NAME, Job
+from rotation.store.jobs import QUEUE_NAME, Job
 
 POISON = f"{QUEUE_NAME}-poison"
 
@@ -66,7 +66,7 @@ def only_this_world(world, azurite):
     """The world, with the CLI's shared registry emptied first: a whole-registry pass sees this test's clusters only."""
     from azure.data.tables import TableClient
 
-    from rotation.registry import WATCH_TABLE
+    from rotation.store.registry import WATCH_TABLE
 
     with (
         TableClient.from_connection_string(azurite.connection_string, WATCH_TABLE) as table,
@@ -180,7 +180,7 @@ def test_progress_bar_only_on_a_terminal():
     """The bar draws `label [###...] done/total` on a terminal and writes nothing to a pipe or file."""
     import io
 
-    from rotation.commands import ProgressBar
+    from rotation.cli.commands import ProgressBar
 
     class Tty(io.StringIO):
         def isatty(self) -> bool:
@@ -219,7 +219,7 @@ def poisoned(client: QueueClient, text: str) -> str:
 async def record_failure(env: dict[str, str], cluster: str, dequeue_count: int) -> None:
     """A failed delivery in the cluster's history, as the queue worker writes it."""
     from rotation.outcomes import Outcome, RotationResult
-    from rotation.service import Service
+    from rotation.service.app import Service
     from rotation.settings import Settings
 
     service = Service.create(Settings.from_env(env))
@@ -296,8 +296,8 @@ def test_poison_retry_of_an_unknown_message_exits_1(world, poison_queue):
 
 def test_purge_asks_on_a_terminal(monkeypatch):
     """On a terminal, purge asks; anything but yes deletes nothing (usage error), yes goes ahead."""
-    from rotation import commands
-    from rotation.cli import UsageError
+    from rotation.cli import commands
+    from rotation.cli.main import UsageError
 
     class Tty:
         def isatty(self) -> bool:
@@ -407,8 +407,8 @@ def test_discover_rejects_a_subscription_that_is_not_a_guid(world):
 
 def test_list_shows_versionless_in_full():
     """The `list` table prints "versionless" whole, not cut to the width of a version."""
-    from rotation.commands import format_watched_table
-    from rotation.registry import WatchedCluster
+    from rotation.cli.commands import format_watched_table
+    from rotation.store.registry import WatchedCluster
 
     now = datetime.now(UTC)
     row = WatchedCluster(
@@ -434,7 +434,7 @@ def test_list_shows_versionless_in_full():
 
 def test_readme_cli_table_matches_the_parser():
     """Every command and option in the README's CLI table exists in the parser, and every command is listed."""
-    from rotation.cli import build_parser
+    from rotation.cli.main import build_parser
 
     readme = (ROOT / "README.md").read_text()
     table = readme.split("| command | does |", 1)[1].split("\n\n", 1)[0]
@@ -453,7 +453,7 @@ def test_readme_cli_table_matches_the_parser():
 
 def test_cli_points_at_documents_that_exist():
     """The CLI module's docstring and help name documents that are in the repository (README, docs/)."""
-    from rotation import cli
+    from rotation.cli import main as cli
 
     named = re.findall(r"[\w/.-]+\.md", cli.__doc__ or "")
     assert named
@@ -465,7 +465,7 @@ def test_cli_points_at_documents_that_exist():
 async def test_a_poisoned_job_moved_back_rotates_its_cluster(stack, caplog):
     """A job that fails every delivery lands in the poison queue; `retry` moves it back and it rotates the cluster."""
     from azsim.host import QueueHost
-    from rotation.poison import PoisonQueue
+    from rotation.store.poison import PoisonQueue
 
     key, v1 = stack.new_key()
     cluster = stack.add_cluster(key, v1)
@@ -506,7 +506,7 @@ async def test_a_poisoned_job_moved_back_rotates_its_cluster(stack, caplog):
 async def test_reconcile_beside_a_worker_holding_the_cluster_reports_pending(only_this_world):
     """A cluster another worker holds (the deployed app) is `pending` in the table, not a failure: exit 0."""
     from rotation.ids import parse_cluster_id
-    from rotation.service import Service
+    from rotation.service.app import Service
     from rotation.settings import Settings
 
     world = only_this_world

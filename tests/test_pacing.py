@@ -1,4 +1,4 @@
-"""The per-subscription ARM pacer (rotation.pacing) on a fake clock: probe, burst, spacing, Retry-After."""
+"""The per-subscription ARM pacer (rotation.azure.pacing) on a fake clock: probe, burst, spacing, Retry-After."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from rotation.pacing import ArmPacer, Ticket, is_write, subscription_of
+from rotation.azure.pacing import ArmPacer, Ticket, is_write, subscription_of
 
 SUB = "11111111-1111-1111-1111-111111111111"
 WRITES = "x-ms-ratelimit-remaining-subscription-writes"

@@ -12,12 +12,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_pyproject_declares_the_console_script_and_a_build_backend():
-    """`cmk-rotator` runs `rotation.cli:main`, the function behind `python -m rotation`."""
+    """`cmk-rotator` runs `rotation.cli.main:main`, the function behind `python -m rotation`."""
     doc = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert doc["build-system"]["build-backend"] == "setuptools.build_meta"
-    assert doc["project"]["scripts"] == {"cmk-rotator": "rotation.cli:main"}
+    assert doc["project"]["scripts"] == {"cmk-rotator": "rotation.cli.main:main"}
     main = (ROOT / "rotation" / "__main__.py").read_text()
-    assert "from rotation.cli import main" in main
+    assert "from rotation.cli.main import main" in main
 
 
 def test_installed_console_script_is_the_cli(tmp_path):
@@ -40,7 +40,7 @@ def test_installed_console_script_is_the_cli(tmp_path):
     script = target / "bin" / "cmk-rotator"
     assert script.is_file()
     [dist] = target.glob("cmk_rotator-*.dist-info")
-    assert "cmk-rotator = rotation.cli:main" in (dist / "entry_points.txt").read_text()
+    assert "cmk-rotator = rotation.cli.main:main" in (dist / "entry_points.txt").read_text()
     requires = (dist / "METADATA").read_text()
     for line in (ROOT / "requirements.txt").read_text().splitlines():
         if line and not line.startswith("#"):

@@ -14,9 +14,9 @@ import pytest
 from azsim.host import Context
 from azsim.simulator import Simulator
 from rotation.ids import parse_cluster_id
-from rotation.jobs import Job
-from rotation.reconcile import Reconciler
-from rotation.storage import queue_client
+from rotation.service.reconcile import Reconciler
+from rotation.store.clients import queue_client
+from rotation.store.jobs import Job
 
 
 def kv_reads(sim: Simulator) -> list:
@@ -161,7 +161,7 @@ async def test_drift_is_reported_with_levels(stack, caplog):
     stack.sim.set_cluster_status(inaccessible, "Inaccessible")
     stack.sim.set_cluster_key_url(repointed, stack.sim.key_url(stack.vault, other_key, other_v))
     stack.sim.remove_cluster(gone)
-    with caplog.at_level(logging.INFO, logger="rotation.reconcile"):
+    with caplog.at_level(logging.INFO, logger="rotation.service.reconcile"):
         report = await Reconciler(stack.service).run()
     drift = {c.cluster_id: c for c in report.clusters}
     assert (drift[inaccessible].drift, drift[inaccessible].level) == ("inaccessible", "ERROR")
@@ -310,7 +310,7 @@ def test_progress_bar_draws_counts_on_a_terminal(monkeypatch, capsys):
     import io
     import sys
 
-    from rotation.commands import ProgressBar
+    from rotation.cli.commands import ProgressBar
 
     class Tty(io.StringIO):
         def isatty(self) -> bool:
@@ -417,7 +417,7 @@ async def test_a_stale_job_waits_for_an_operation_running_on_the_cluster(stack, 
 
 async def test_queued_jobs_rotate_at_most_max_concurrency_at_once(stack, monkeypatch):
     """ROTATION_MAX_CONCURRENCY bounds the clusters in flight in one process, queued jobs included."""
-    from rotation.service import Service
+    from rotation.service.app import Service
 
     settings = replace(stack.service.settings, max_concurrency=2)
     service = Service(

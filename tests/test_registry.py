@@ -1,4 +1,4 @@
-"""The watch registry and history against a real Azurite (rotation/registry.py)."""
+"""The watch registry and history against a real Azurite (rotation/store/registry.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from storage_fixtures import unique_name
 from rotation.errors import ServiceError
 from rotation.ids import parse_cluster_id
 from rotation.outcomes import Outcome, RotationResult
-from rotation.registry import (
+from rotation.store.registry import (
     CLUSTER_PARTITION,
     Registry,
     WatchedCluster,
@@ -604,7 +604,7 @@ async def test_release_claim_after_a_pointer_change_still_releases(registry):
 
 def test_a_claim_is_fresh_for_a_quarter_of_its_ttl():
     """Within ttl/4 of its write no other worker can have taken it; past that it must be renewed."""
-    from rotation.registry import Claim
+    from rotation.store.registry import Claim
 
     claim = Claim(cid(), "w1", ttl=900.0, etag="e", key_partition=None, asserted_at=1000.0)
     assert claim.fresh(now=1000.0)

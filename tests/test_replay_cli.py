@@ -22,9 +22,9 @@ from app_fixtures import cmk_url, forget_created, make_world, puts
 
 from azsim.simulator import Simulator
 from rotation.ids import parse_cluster_id
-from rotation.jobs import Job
-from rotation.service import Service
+from rotation.service.app import Service
 from rotation.settings import Settings
+from rotation.store.jobs import Job
 
 ROOT = Path(__file__).resolve().parent.parent
 

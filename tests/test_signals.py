@@ -10,7 +10,7 @@ import pytest
 from test_cli import run_cli
 from test_doctor import make_world
 
-from rotation.reconcile import Reconciler
+from rotation.service.reconcile import Reconciler
 
 DAY = 86400
 

@@ -1,4 +1,4 @@
-"""Storage clients from AzureWebJobsStorage and the storage error mapping (rotation/storage.py)."""
+"""Storage clients from AzureWebJobsStorage and the storage error mapping (rotation/store/clients.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
 
 from rotation.errors import NotFoundError, ServiceError
 from rotation.settings import Settings, SettingsError
-from rotation.storage import (
+from rotation.store.clients import (
     StorageEndpoints,
     queue_client,
     storage_clients,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rotation.transport import EnvironmentProxies, SharedHttp, SharedTransport
+from rotation.azure.transport import EnvironmentProxies, SharedHttp, SharedTransport
 
 PROXY = "http://127.0.0.1:3128"
 
@@ -65,7 +65,7 @@ async def test_rotation_goes_through_the_proxy_on_the_shared_pool(stack, monkeyp
     cluster = stack.add_cluster(key, v1)
     await stack.register(cluster)
     v2 = stack.sim.create_key_version(stack.vault, key, emit_event=False)
-    from rotation.jobs import Job
+    from rotation.store.jobs import Job
 
     body = Job.new(cluster, trigger="event", target_key_url=stack.sim.key_url(stack.vault, key, v2)).to_json()
     sent: list[str] = []
@@ -127,7 +127,7 @@ async def test_an_answer_without_a_declared_length_is_cut_at_the_cap(chunked_ser
     from azure.core.exceptions import ServiceResponseError
     from azure.core.rest import HttpRequest
 
-    from rotation import transport
+    from rotation.azure import transport
 
     monkeypatch.setattr(transport, "MAX_RESPONSE_BYTES", 1024 * 1024)
     http = SharedHttp(environ={})

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from fakes import OTHER_UAMI, SUB, UAMI, FakeClusters, FakeKeys, cluster, key_url, key_version
 
+from rotation.azure.lro import OperationKind, OperationUrlRefused, check_operation_url
 from rotation.collateral import changed_paths
 from rotation.engine import (
     NOT_UPDATABLE_NEXT_STEP,
@@ -19,7 +20,6 @@ from rotation.engine import (
 )
 from rotation.errors import ServiceError
 from rotation.ids import parse_cluster_id
-from rotation.lro import OperationKind, OperationUrlRefused, check_operation_url
 from rotation.outcomes import Outcome
 from rotation.settings import Settings, SettingsError
 

@@ -35,7 +35,7 @@ def anchors(path: Path) -> set[str]:
 def logged_event_names() -> frozenset[str]:
     """Every ``"rotation.something"`` event name that the code under rotation/ passes to a logger."""
     names: set[str] = set()
-    for path in (ROOT / "rotation").glob("*.py"):
+    for path in (ROOT / "rotation").rglob("*.py"):
         names |= set(re.findall(r'"(rotation\.[a-z_]+)"', path.read_text()))
     return frozenset(n for n in names if not n.startswith(("rotation.function_app",)))
 

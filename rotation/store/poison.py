@@ -28,8 +28,8 @@ from azure.core.exceptions import (
 )
 
 from rotation.ids import DEFAULT_VAULT_SUFFIXES
-from rotation.jobs import QUEUE_NAME, Job, JobRejected
-from rotation.storage import queue_client, storage_errors
+from rotation.store.clients import queue_client, storage_errors
+from rotation.store.jobs import QUEUE_NAME, Job, JobRejected
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Sequence

@@ -1,6 +1,6 @@
 """What the functions and the CLI do: fan an event out to jobs, run one job, register clusters.
 
-One `Service` per process (and event loop) holds the clients; `function_app.py` and `rotation.cli` only
+One `Service` per process (and event loop) holds the clients; `function_app.py` and `rotation.cli.main` only
 translate their inputs and outputs. Storage failures propagate as `ServiceError` so the platform redelivers
 (rule 10); everything the caller sent that cannot be acted on is answered with an outcome and a reason.
 """
@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from rotation.doctor import ClusterReport, Doctor, DoctorReport, log_findings
+from rotation.doctor.checks import ClusterReport, Doctor, DoctorReport, log_findings
 from rotation.engine import RotationRequest, WriteFlag
 from rotation.errors import ClusterBusy, NotFoundError, ServiceError, TransientFailure
 from rotation.events import EventIgnored, EventKind, EventRejected, KeyVersionEvent, parse_event
@@ -31,17 +31,17 @@ from rotation.ids import (
     parse_cluster_id,
     parse_key_url,
 )
-from rotation.jobs import Job, JobQueue, JobRejected
 from rotation.outcomes import Outcome, RotationResult, exhausted
-from rotation.registry import Claim, KeyMember, Registry, WatchedCluster
-from rotation.runtime import Runtime
-from rotation.storage import storage_clients, storage_credential
+from rotation.service.runtime import Runtime
+from rotation.store.clients import storage_clients, storage_credential
+from rotation.store.jobs import Job, JobQueue, JobRejected
+from rotation.store.registry import Claim, KeyMember, Registry, WatchedCluster
 from rotation.untrusted import JsonRefused, bounded_value
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
 
-    from rotation.arm import Cluster
+    from rotation.azure.arm import Cluster
     from rotation.ids import KeyUrl, ResourceId
     from rotation.settings import Settings
 

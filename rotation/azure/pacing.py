@@ -18,7 +18,7 @@ parks the request for a whole ``Retry-After`` (1 s at least, ten refills' worth 
 - a 429 blocks the subscription's requests of that kind until its ``Retry-After`` window ends: no request is
   sent inside it.
 
-One pacer per process (`rotation.runtime.Runtime`), shared by every job, so concurrent jobs on one
+One pacer per process (`rotation.service.runtime.Runtime`), shared by every job, so concurrent jobs on one
 subscription share one budget. Several processes against one subscription each correct their mirror from
 the headers, which count everyone's requests; they can still overshoot briefly, and a 429 then parks them.
 """
@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from rotation.http_errors import header, retry_after_seconds
+from rotation.azure.http_errors import header, retry_after_seconds
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

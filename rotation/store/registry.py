@@ -35,7 +35,7 @@ from azure.data.tables import UpdateMode
 from rotation.errors import ServiceError
 from rotation.ids import InvalidResourceId, parse_cluster_id
 from rotation.outcomes import Outcome
-from rotation.storage import SERVICE, storage_errors
+from rotation.store.clients import SERVICE, storage_errors
 
 if TYPE_CHECKING:
     import builtins

@@ -25,7 +25,7 @@ from rotation.ids import (
     parse_cluster_id,
     parse_key_url,
 )
-from rotation.storage import queue_client, storage_errors
+from rotation.store.clients import queue_client, storage_errors
 from rotation.untrusted import JsonRefused, json_type, loads_bounded, quote
 
 if TYPE_CHECKING:

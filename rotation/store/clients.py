@@ -27,18 +27,18 @@ from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
 from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient, QueueServiceClient
 
+from rotation.azure.http_errors import from_azure_error
+from rotation.azure.transport import transport_kwargs
 from rotation.errors import ServiceError
-from rotation.http_errors import from_azure_error
 from rotation.settings import STORAGE_SETTING, SettingsError
-from rotation.transport import transport_kwargs
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from azure.core.credentials_async import AsyncTokenCredential
 
+    from rotation.azure.transport import SharedHttp
     from rotation.settings import Settings
-    from rotation.transport import SharedHttp
 
 SERVICE = "storage"
 _DEV_ACCOUNT = "devstoreaccount1"
@@ -141,7 +141,7 @@ def storage_clients(
 
     A connection string wins over identity-based settings. Neither set: `SettingsError`. Queue messages
     must be base64 text: take queue clients from `queue_client`, which sets that encoding. ``http``: the
-    process's shared connection pool (`rotation.transport`); None gives each client its own.
+    process's shared connection pool (`rotation.azure.transport`); None gives each client its own.
     """
     if settings.storage_connection:
         conn = settings.storage_connection

@@ -2,7 +2,7 @@
 
 Every adapter (ARM, Key Vault, Storage) ends here: the status picks `NotFoundError` (404) or `ServiceError`,
 and the headers give the server's requested wait and the request ids support asks for. The pacer
-(`rotation.pacing`) reads the same ``Retry-After`` to block a subscription after a 429.
+(`rotation.azure.pacing`) reads the same ``Retry-After`` to block a subscription after a 429.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from rotation.cli import (
+from rotation.cli.main import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
@@ -28,16 +28,16 @@ from rotation.errors import ClusterBusy, Interrupted, NotFoundError, TransientFa
 from rotation.events import EventIgnored, EventKind, EventRejected, KeyVersionEvent, parse_payload
 from rotation.ids import InvalidResourceId, parse_cluster_id
 from rotation.outcomes import Outcome, RotationResult, exhausted
-from rotation.service import RegistrationRefused, Service, watched_dict
+from rotation.service.app import RegistrationRefused, Service, watched_dict
 from rotation.untrusted import MAX_JSON_BYTES, JsonRefused, array_items, loads_bounded, printable
 
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable
 
-    from rotation.jobs import Job
-    from rotation.registry import HistoryEntry, WatchedCluster
     from rotation.settings import Settings
+    from rotation.store.jobs import Job
+    from rotation.store.registry import HistoryEntry, WatchedCluster
 
 
 _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -416,7 +416,7 @@ async def reconcile(args: argparse.Namespace, settings: Settings) -> int:
     ``--enqueue`` hands the jobs to the deployed app's queue instead; ``--dry-run`` runs and queues nothing.
     Exit 1 when a cluster's job ended in an outcome that needs attention (failed, key not usable, ...).
     """
-    from rotation.reconcile import Reconciler  # noqa: PLC0415
+    from rotation.service.reconcile import Reconciler  # noqa: PLC0415
 
     dry_run = args.dry_run or settings.dry_run
     in_process = not args.enqueue and not dry_run
@@ -515,8 +515,8 @@ async def _run_with_progress(service: Service, jobs: list[Job], *, show: bool) -
 
 async def doctor(args: argparse.Namespace, settings: Settings) -> int:
     """`rotation doctor`: one line per check (or JSON); exit 1 when any check fails."""
-    from rotation.doctor import Doctor, DoctorReport, format_report  # noqa: PLC0415
-    from rotation.runtime import Runtime  # noqa: PLC0415
+    from rotation.doctor.checks import Doctor, DoctorReport, format_report  # noqa: PLC0415
+    from rotation.service.runtime import Runtime  # noqa: PLC0415
 
     report: DoctorReport
     if args.cluster_id:
@@ -552,7 +552,7 @@ async def doctor(args: argparse.Namespace, settings: Settings) -> int:
 
 async def poison(args: argparse.Namespace, settings: Settings) -> int:
     """`poison list|retry|purge`: the jobs the queue gave up on, decoded with their last error."""
-    from rotation.poison import PoisonQueue  # noqa: PLC0415
+    from rotation.store.poison import PoisonQueue  # noqa: PLC0415
 
     ids = set(args.message_ids) or None
     if args.action == "list" and ids:

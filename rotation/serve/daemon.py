@@ -2,13 +2,13 @@
 
 One process, one event loop, the same `Service` as `function_app.py`:
 
-- an Event Grid webhook, ``POST /api/events`` (`rotation.webhook`): both schemas and both validation
+- an Event Grid webhook, ``POST /api/events`` (`rotation.serve.webhook`): both schemas and both validation
   handshakes; it only enqueues, so it answers well within Event Grid's 30 s;
 - the queue worker on ``rotation-jobs`` (`QueueWorker`): what the Functions queue trigger does, with the
   settings of host.json's ``extensions.queues``;
-- the reconcile timer on ``ROTATION_RECONCILE_SCHEDULE`` (six-field NCRONTAB, `rotation.schedule`), one
-  replica per occurrence (`rotation.timer_lease`);
-- the HTTP routes of `rotation.http_api` under ``/api/``.
+- the reconcile timer on ``ROTATION_RECONCILE_SCHEDULE`` (six-field NCRONTAB, `rotation.serve.schedule`), one
+  replica per occurrence (`rotation.serve.timer_lease`);
+- the HTTP routes of `rotation.service.http_api` under ``/api/``.
 
 A key (``ROTATION_HTTP_KEY``, sent as ``?code=`` or ``x-functions-key`` as for a function key) is required
 on every route unless the daemon listens on loopback only and no key is set.
@@ -38,16 +38,16 @@ from aiohttp import web
 
 from rotation.engine import Rotator
 from rotation.errors import RotationError
-from rotation.jobs import QUEUE_NAME
-from rotation.queue_worker import Drain, QueueOptions, QueueWorker
-from rotation.runtime import Runtime
-from rotation.schedule import Schedule, ScheduleError
-from rotation.service import Service
+from rotation.serve.queue_worker import Drain, QueueOptions, QueueWorker
+from rotation.serve.schedule import Schedule, ScheduleError
+from rotation.serve.timer_lease import TABLE as TIMER_TABLE
+from rotation.serve.timer_lease import TimerLease
+from rotation.serve.webhook import events_route
+from rotation.service.app import Service
+from rotation.service.runtime import Runtime
 from rotation.settings import MAX_DEQUEUE_SETTING, SettingsError
-from rotation.storage import queue_client
-from rotation.timer_lease import TABLE as TIMER_TABLE
-from rotation.timer_lease import TimerLease
-from rotation.webhook import events_route
+from rotation.store.clients import queue_client
+from rotation.store.jobs import QUEUE_NAME
 
 if TYPE_CHECKING:
     import argparse
@@ -85,7 +85,7 @@ async def reconcile_timer(
 
     One replica runs each occurrence (`TimerLease`); a failed pass is logged and the next occurrence runs.
     """
-    from rotation.reconcile import Reconciler  # noqa: PLC0415 - the doctor's imports, only when it runs
+    from rotation.service.reconcile import Reconciler  # noqa: PLC0415 - the doctor's imports, only when it runs
 
     while not drain.started():
         due = schedule.next_after(datetime.now(UTC))
@@ -167,7 +167,7 @@ def build_app(
     service: Service, *, key: str | None, on_queued: Callable[[], None], read_key: str | None = None
 ) -> web.Application:
     """The aiohttp application: the webhook and the registry's routes, behind the key (or the read key)."""
-    from rotation import http_api  # noqa: PLC0415 - the doctor's imports, only when serving
+    from rotation.service import http_api  # noqa: PLC0415 - the doctor's imports, only when serving
 
     app = web.Application(middlewares=[_auth_middleware(key, read_key)], client_max_size=1024 * 1024 + 4096)
     app.router.add_route("*", "/api/events", events_route(service, on_queued=on_queued))

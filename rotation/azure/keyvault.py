@@ -24,9 +24,9 @@ from azure.core.exceptions import (
 )
 from azure.keyvault.keys.aio import KeyClient
 
+from rotation.azure.http_errors import from_azure_error
+from rotation.azure.transport import transport_kwargs
 from rotation.errors import ServiceError
-from rotation.http_errors import from_azure_error
-from rotation.transport import transport_kwargs
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -34,8 +34,8 @@ if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
     from azure.keyvault.keys import KeyProperties, KeyRotationPolicy, KeyVaultKey
 
+    from rotation.azure.transport import SharedHttp
     from rotation.ids import KeyUrl
-    from rotation.transport import SharedHttp
 
 RSA_TYPES = frozenset({"RSA", "RSA-HSM"})
 RSA_SIZES = frozenset({2048, 3072, 4096})

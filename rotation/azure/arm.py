@@ -8,7 +8,7 @@ Permissions (Azure RBAC on the cluster's scope): ``Microsoft.DocumentDB/mongoClu
 `list_clusters`, ``.../write`` plus ``Microsoft.ManagedIdentity/userAssignedIdentities/assign/action`` for
 `put` and `patch`, ``Microsoft.DocumentDB/locations/*/read`` for `operation_status` (the spec's operation
 types ``mongoClusterAzureAsyncOperation`` and ``mongoClusterOperationResults`` live under ``locations``).
-Which URL an accepted write is followed through, and how, is `rotation.lro`.
+Which URL an accepted write is followed through, and how, is `rotation.azure.lro`.
 """
 
 from __future__ import annotations
@@ -32,17 +32,17 @@ from azure.core.rest import HttpRequest
 from azure.mgmt.core import AsyncARMPipelineClient
 from azure.mgmt.core.policies import ARMHttpLoggingPolicy, AsyncARMChallengeAuthenticationPolicy
 
-from rotation.errors import ServiceError
-from rotation.http_errors import raise_for_status, retry_after_seconds
-from rotation.ids import UnsafeUrl, check_same_origin
-from rotation.lro import (
+from rotation.azure.http_errors import raise_for_status, retry_after_seconds
+from rotation.azure.lro import (
     DEFAULT_POLL_SECONDS,
     OperationKind,
     OperationUrlRefused,
     check_operation_url,
     is_terminal,
 )
-from rotation.pacing import ArmPacer, is_write, subscription_of
+from rotation.azure.pacing import ArmPacer, is_write, subscription_of
+from rotation.errors import ServiceError
+from rotation.ids import UnsafeUrl, check_same_origin
 from rotation.untrusted import JsonRefused, check_json
 
 if TYPE_CHECKING:
@@ -118,7 +118,7 @@ class Cluster:
 
 @dataclass(frozen=True)
 class AcceptedOperation:
-    """The answer to an accepted write: the operation to follow and how (`rotation.lro`).
+    """The answer to an accepted write: the operation to follow and how (`rotation.azure.lro`).
 
     ``url`` is the ``Azure-AsyncOperation`` or ``Location`` URL, or the cluster's own URL when ARM gave
     neither (then ``status`` is the provisioning state the answer showed, and a terminal one means done).
@@ -260,7 +260,7 @@ class ClustersClient(ArmConnection):
         transport: AsyncHttpTransport[Any, Any] | None = None,
         deadline: float | None = None,
     ) -> None:
-        # Per-subscription pacing from the throttling headers (rotation.pacing); share one per process.
+        # Per-subscription pacing from the throttling headers (rotation.azure.pacing); share one per process.
         super().__init__(
             endpoint,
             credential,
@@ -292,7 +292,7 @@ class ClustersClient(ArmConnection):
         return await self._write("PATCH", cluster_id, body)
 
     async def _write(self, method: str, cluster_id: ResourceId, body: dict[str, Any]) -> AcceptedOperation:
-        """One write; its answer read as ARMPolling reads it (`rotation.lro`): 200, 201, 202 or 204."""
+        """One write; its answer read as ARMPolling reads it (`rotation.azure.lro`): 200, 201, 202 or 204."""
         response = await self._send(method, self._resource_url(cluster_id), json=body)
         self._raise_for_status(response, what=str(cluster_id))
         status_code = response.status_code
@@ -428,7 +428,7 @@ def arm_pipeline(
 ) -> AsyncARMPipelineClient[Any, Any]:
     """azure-mgmt-core's async ARM pipeline, azure-core's retry off (rule 6: tenacity is the one layer).
 
-    ``transport``: the process's shared one (`rotation.transport`); None gives the pipeline its own.
+    ``transport``: the process's shared one (`rotation.azure.transport`); None gives the pipeline its own.
     """
     policies: list[Any] = [
         RequestIdPolicy(),

@@ -37,7 +37,7 @@ from rotation.untrusted import JsonRefused, loads_bounded
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from rotation.service import EventReport, Service
+    from rotation.service.app import EventReport, Service
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import UpdateMode
 
-from rotation.storage import storage_errors
+from rotation.store.clients import storage_errors
 
 if TYPE_CHECKING:
     from datetime import datetime

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 from rotation.errors import NotFoundError
 
 if TYPE_CHECKING:
+    from rotation.azure.keyvault import KeyVaultKeys
     from rotation.ids import KeyUrl
-    from rotation.keyvault import KeyVaultKeys
 
 _DURATION = re.compile(
     r"^P(?:(?P<y>\d+)Y)?(?:(?P<mo>\d+)M)?(?:(?P<w>\d+)W)?(?:(?P<d>\d+)D)?"

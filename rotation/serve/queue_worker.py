@@ -24,7 +24,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from rotation.errors import RotationError
 from rotation.outcomes import Outcome
 from rotation.settings import SettingsError
-from rotation.storage import storage_errors
+from rotation.store.clients import storage_errors
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
     from azure.storage.queue.aio import QueueClient
 
-    from rotation.service import Service
+    from rotation.service.app import Service
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """ARM reads for ``rotation doctor``: the vault, the cluster's identity, RBAC on the vault, Resource Graph.
 
-Same pipeline as `rotation.arm` (azure-mgmt-core, the pipeline's retry off: callers retry through
+Same pipeline as `rotation.azure.arm` (azure-mgmt-core, the pipeline's retry off: callers retry through
 `rotation.retry`); each method makes one request (or one per page) and returns a small frozen dataclass,
 or raises `NotFoundError` / `ServiceError`.
 
@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from rotation.arm import ArmConnection
+from rotation.azure.arm import ArmConnection
+from rotation.azure.http_errors import raise_for_status
 from rotation.errors import ServiceError
-from rotation.http_errors import raise_for_status
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -11,15 +11,15 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from rotation.ids import InvalidKeyUrl, InvalidResourceId, parse_cluster_id, parse_key_url
-from rotation.jobs import Job
-from rotation.service import RegistrationRefused, watched_dict
+from rotation.service.app import RegistrationRefused, watched_dict
+from rotation.store.jobs import Job
 from rotation.untrusted import JsonRefused, loads_bounded
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
 
     from rotation.ids import ResourceId
-    from rotation.service import Service
+    from rotation.service.app import Service
 
     Handler = Callable[[Service, str, Mapping[str, str], bytes], Awaitable["Response"]]
 

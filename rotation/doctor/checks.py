@@ -22,13 +22,9 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
-from rotation.arm_reads import ArmReads, IdentityInfo, RoleAssignmentInfo, RoleDefinitionInfo, VaultInfo
-from rotation.doctor_fixes import fix_for
-from rotation.errors import NotFoundError, ServiceError
-from rotation.ids import DEFAULT_VAULT_SUFFIXES, InvalidKeyUrl, KeyUrl, parse_cluster_id, parse_key_url
-from rotation.key_health import EXPIRY_HORIZON, newest_not_usable, newest_version
-from rotation.key_policy import KeyPolicies, RotationPolicy, parse_duration
-from rotation.keyvault import (
+from rotation.azure.arm_reads import ArmReads, IdentityInfo, RoleAssignmentInfo, RoleDefinitionInfo, VaultInfo
+from rotation.azure.key_policy import KeyPolicies, RotationPolicy, parse_duration
+from rotation.azure.keyvault import (
     RSA_SIZES,
     RSA_TYPES,
     KeyVersion,
@@ -36,14 +32,18 @@ from rotation.keyvault import (
     listed_unusable_reason,
     unusable_reason,
 )
+from rotation.doctor.fixes import fix_for
+from rotation.errors import NotFoundError, ServiceError
+from rotation.ids import DEFAULT_VAULT_SUFFIXES, InvalidKeyUrl, KeyUrl, parse_cluster_id, parse_key_url
+from rotation.key_health import EXPIRY_HORIZON, newest_not_usable, newest_version
 from rotation.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable
 
-    from rotation.arm import Cluster, ClustersClient
-    from rotation.keyvault import KeyVaultKeys
-    from rotation.runtime import Runtime
+    from rotation.azure.arm import Cluster, ClustersClient
+    from rotation.azure.keyvault import KeyVaultKeys
+    from rotation.service.runtime import Runtime
     from rotation.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class Finding:
     check: str
     status: Status
     reason: str
-    fix: str | None = None  # the command that fixes a warn/fail (rotation.doctor_fixes), when one does
+    fix: str | None = None  # the command that fixes a warn/fail (rotation.doctor.fixes), when one does
 
     def to_dict(self) -> dict[str, str]:
         """JSON-ready (``fix`` only when there is one)."""

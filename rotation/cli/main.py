@@ -25,12 +25,12 @@ from rotation.untrusted import printable
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from rotation.azure.keyvault import KeyVaultKeys
     from rotation.engine import RotationRequest
     from rotation.ids import KeyUrl
-    from rotation.keyvault import KeyVaultKeys
-    from rotation.runtime import Runtime
+    from rotation.service.runtime import Runtime
 
-STORAGE_SERVICE = "storage"  # ServiceError.service of the registry and queue (rotation.storage.SERVICE)
+STORAGE_SERVICE = "storage"  # ServiceError.service of the registry and queue (rotation.store.clients.SERVICE)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -225,7 +225,7 @@ def main(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) -
 def _run(args: argparse.Namespace, settings: Settings, env: dict[str, str]) -> int:
     """Run the command in its own event loop; `serve` runs until it is stopped."""
     if args.command == "serve":
-        from rotation import daemon  # noqa: PLC0415 - aiohttp's server only for the daemon
+        from rotation.serve import daemon  # noqa: PLC0415 - aiohttp's server only for the daemon
 
         args.host_json = args.host_json or daemon.HOST_JSON
         return asyncio.run(daemon.serve(args, settings, env))
@@ -235,7 +235,7 @@ def _run(args: argparse.Namespace, settings: Settings, env: dict[str, str]) -> i
 async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "rotate":
         return await _rotate(args, settings)
-    from rotation import commands  # noqa: PLC0415 - storage clients only for the commands that need them
+    from rotation.cli import commands  # noqa: PLC0415 - storage clients only for the commands that need them
 
     if args.command == "doctor" and args.cluster_id:
         return await commands.doctor(args, settings)  # one named cluster: no registry needed
@@ -260,7 +260,7 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _rotate(args: argparse.Namespace, settings: Settings) -> int:
     from rotation.engine import RotationRequest  # noqa: PLC0415 - keep `--help` fast
-    from rotation.runtime import Runtime  # noqa: PLC0415
+    from rotation.service.runtime import Runtime  # noqa: PLC0415
 
     dry_run = args.dry_run or settings.dry_run
 
@@ -270,8 +270,8 @@ async def _rotate(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError(str(exc)) from exc
     target = _target_arg(args.key_url, settings) if args.key_url else None
     if settings.storage_configured:
-        from rotation.commands import rotate_recorded  # noqa: PLC0415
-        from rotation.jobs import Job  # noqa: PLC0415
+        from rotation.cli.commands import rotate_recorded  # noqa: PLC0415
+        from rotation.store.jobs import Job  # noqa: PLC0415
 
         job = Job.new(str(cluster_id), trigger="manual", target_key_url=str(target) if target else None)
         result = await rotate_recorded(args, settings, job)
@@ -314,7 +314,7 @@ def _storage_hint(exc: ServiceError, settings: Settings | None) -> str:
     """A storage error, naming the endpoint and what to check when the account could not be reached."""
     if exc.status is not None or settings is None:
         return str(exc)
-    from rotation.storage import storage_endpoints  # noqa: PLC0415
+    from rotation.store.clients import storage_endpoints  # noqa: PLC0415
 
     try:
         endpoints = storage_endpoints(settings)

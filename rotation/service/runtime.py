@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 
 from azure.identity.aio import DefaultAzureCredential
 
-from rotation.arm import ClustersClient
+from rotation.azure.arm import ClustersClient
+from rotation.azure.keyvault import KeyVaultKeys
+from rotation.azure.pacing import ArmPacer
+from rotation.azure.transport import SharedHttp
 from rotation.engine import Rotator
-from rotation.keyvault import KeyVaultKeys
-from rotation.pacing import ArmPacer
-from rotation.transport import SharedHttp
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential

@@ -1,0 +1,1 @@
+"""ARM and Key Vault adapters: the HTTP transport, request pacing, mongoClusters, operations, keys."""
