@@ -19,6 +19,8 @@ keeping up to ``--concurrency`` invocations in flight. Prints a table, writes JS
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import os
 import platform
@@ -33,9 +35,16 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from azure.core.exceptions import ResourceExistsError  # noqa: E402 - after the repository is on the path
+
 SUBSCRIPTIONS = [f"{i:08d}-0000-4000-8000-{i:012d}" for i in range(1, 65)]
 VAULT = "bench-kv"
 QUEUE = "rotation-jobs"
+# The per-job cost before issue 18's changes, measured by this script's stress row on the code it started
+# from (see docs/benchmarks.md): the CPU target is half of it, storage requests must be fewer.
+CPU_MS_PER_JOB_BEFORE = 20.0
+CPU_MS_PER_JOB_TARGET = CPU_MS_PER_JOB_BEFORE / 2
+STORAGE_PER_JOB_BEFORE = 8.0
 IMPORT_PROBE = "import time; t = time.perf_counter(); import function_app; print(time.perf_counter() - t)"
 
 
@@ -75,12 +84,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="queue invocations in flight per worker (default: host.json's batchSize + newBatchThreshold)",
     )
     p.add_argument("--naive-size", type=int, default=3, help="clusters the sequential baseline rotates")
-    p.add_argument("--event-sizes", default="100,1000", help="watched clusters for the event-handling runs")
+    p.add_argument(
+        "--scale-workers", default="1,2,4", help="worker processes of the scale-out runs (one run per count)"
+    )
+    p.add_argument("--scale-size", type=int, default=2000, help="clusters of each scale-out fan-out")
+    p.add_argument("--scale-subscriptions", type=int, default=20, help="subscriptions of the scale-out runs")
+    p.add_argument(
+        "--event-sizes", default="100,1000,10000", help="watched clusters for the event-handling runs"
+    )
+    p.add_argument("--reconcile-size", type=int, default=10000, help="watched clusters of the reconcile pass")
+    p.add_argument("--reconcile-keys", type=int, default=50, help="keys the reconcile pass's clusters use")
+    p.add_argument(
+        "--reconcile-subscriptions",
+        type=int,
+        default=20,
+        help="subscriptions of the reconcile pass's clusters",
+    )
+    p.add_argument("--serve-runs", type=int, default=3, help="cold starts of `rotation serve` timed")
     p.add_argument("--event-repeats", type=int, default=5, help="timed Event Grid calls per size")
     p.add_argument("--import-runs", type=int, default=5, help="fresh processes timing the cold import")
     p.add_argument("--timeout", type=float, default=120.0, help="give up on one fan-out after this long")
     p.add_argument("--json", default="docs/benchmarks.json", help="where the JSON goes")
     p.add_argument("--markdown", default="docs/benchmarks.md", help="where the report goes ('' for none)")
+    p.add_argument("--profile", default="", help="cProfile each worker into PATH.<pid> (for finding CPU)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -88,14 +114,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ---- the worker process ------------------------------------------------------------------------------
 
 
-def worker_main(args: argparse.Namespace) -> None:  # noqa: C901 - one process's whole life
-    """Run rotate_cluster from the queue until stdin says stop; print stats and peak RSS as JSON."""
+def worker_main(args: argparse.Namespace) -> None:  # noqa: C901, PLR0915 - one process's whole life
+    """Run rotate_cluster from the queue until stdin says stop; answer "stats" with counters as JSON.
+
+    Counted here, in the worker, per kind: every request the rotator sends through its shared transport
+    (Table, Queue, ARM, Key Vault, identity) and the host's own queue requests (receives, deletes); CPU time
+    of the process since it was ready. The bench takes a snapshot before and after each fan-out.
+    """
     import asyncio  # noqa: PLC0415
+    import collections  # noqa: PLC0415
     import logging  # noqa: PLC0415
     import resource  # noqa: PLC0415
 
     import function_app  # noqa: PLC0415
     from azsim.host import QueueHost  # noqa: PLC0415
+    from rotation.azure import transport as transport_module  # noqa: PLC0415
     from rotation.service import app as service_module  # noqa: PLC0415
 
     functions = {f.get_function_name(): f.get_user_function() for f in function_app.app.get_functions()}
@@ -103,10 +136,30 @@ def worker_main(args: argparse.Namespace) -> None:  # noqa: C901 - one process's
     for handler in logging.getLogger().handlers:
         handler.addFilter(_details)
 
+    counts: collections.Counter[str] = collections.Counter()
+    original_send = transport_module.SharedTransport.send
+
+    async def counting_send(self: Any, request: Any, **config: Any) -> Any:  # noqa: ANN401
+        counts[f"{request_kind(request.url)} {request.method}"] += 1
+        return await original_send(self, request, **config)
+
+    transport_module.SharedTransport.send = counting_send  # type: ignore[method-assign]
+    profiler = None
+    if args.profile:
+        import cProfile  # noqa: PLC0415
+
+        profiler = cProfile.Profile()
+
     class FeedingHost(QueueHost):
         """QueueHost that keeps up to ``concurrency`` invocations in flight instead of batch by batch."""
 
         slowest_receive_s = 0.0  # the longest receive call (Azurite's answer, or the SDK's retries)
+
+        async def _one(self, message: Any) -> None:  # noqa: ANN401 - azure QueueMessage
+            failed = self.stats.failed
+            await super()._one(message)
+            if self.stats.failed == failed:
+                counts["host queue DELETE"] += 1
 
         async def feed(self, stop: asyncio.Event, concurrency: int) -> None:
             running: set[asyncio.Task[None]] = set()
@@ -124,8 +177,10 @@ def worker_main(args: argparse.Namespace) -> None:  # noqa: C901 - one process's
                 ]
                 self.slowest_receive_s = max(self.slowest_receive_s, time.monotonic() - started)
                 if not batch:
+                    counts["host queue GET (empty)"] += 1
                     await asyncio.sleep(0.1)  # QueueHost's polling interval while the queue is empty
                     continue
+                counts["host queue GET"] += 1
                 for message in batch:
                     task = asyncio.create_task(self._one(message))
                     running.add(task)
@@ -137,7 +192,21 @@ def worker_main(args: argparse.Namespace) -> None:  # noqa: C901 - one process's
                     task.print_stack(limit=12, file=sys.stderr)
                     task.cancel()
 
+    ready_cpu = 0.0
+
+    def snapshot(host: FeedingHost) -> dict[str, Any]:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return {
+            "invocations": host.stats.invocations,
+            "succeeded": host.stats.succeeded,
+            "failed": host.stats.failed,
+            "cpu_s": round(usage.ru_utime + usage.ru_stime - ready_cpu, 3),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+            "requests": dict(counts),
+        }
+
     async def run() -> dict[str, Any]:
+        nonlocal ready_cpu
         host = FeedingHost(
             os.environ["AzureWebJobsStorage"],
             QUEUE,
@@ -145,18 +214,30 @@ def worker_main(args: argparse.Namespace) -> None:  # noqa: C901 - one process's
             concurrency=args.concurrency,
         )
         stop = asyncio.Event()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        ready_cpu = usage.ru_utime + usage.ru_stime
+        if profiler is not None:
+            profiler.enable()
         print("READY", flush=True)
 
-        async def wait_for_stop() -> None:
-            await asyncio.to_thread(sys.stdin.readline)
-            stop.set()
+        async def commands() -> None:
+            while True:
+                line = (await asyncio.to_thread(sys.stdin.readline)).strip()
+                if line == "stats":
+                    print("STATS " + json.dumps(snapshot(host)), flush=True)
+                    continue
+                stop.set()
+                return
 
-        watcher = asyncio.create_task(wait_for_stop())
+        watcher = asyncio.create_task(commands())
         try:
             await host.feed(stop, args.concurrency)
         finally:
             await watcher
             await host.close()
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(f"{args.profile}.{os.getpid()}")
         pacer: dict[str, Any] = {}
         for svc in service_module._services.values():  # noqa: SLF001 - the process's one Service
             if svc.runtime.clusters.pacer is None:  # the default runtime always has one
@@ -167,22 +248,51 @@ def worker_main(args: argparse.Namespace) -> None:  # noqa: C901 - one process's
                 "waited": stats.waited,
                 "wait_seconds": round(stats.wait_seconds, 3),
                 "throttled": stats.throttled,
+                "ledger_reservations": stats.reservations,
+                "ledger_slots": stats.reserved,
+                "ledger_failures": stats.ledger_failures,
             }
         await service_module.close_services()
         return {
-            "invocations": host.stats.invocations,
-            "succeeded": host.stats.succeeded,
-            "failed": host.stats.failed,
+            **snapshot(host),
             "errors": host.stats.errors[:5],
             "slowest_receive_s": round(host.slowest_receive_s, 3),
             "pacer": pacer,
         }
 
     result = asyncio.run(run())
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    result["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)
-    result["cpu_s"] = round(usage.ru_utime + usage.ru_stime, 2)
     print("RESULT " + json.dumps(result), flush=True)
+
+
+def request_kind(url: str) -> str:
+    """What a request of the rotator talks to: table, queue, blob (storage endpoints), arm, kv, identity."""
+    from urllib.parse import urlsplit  # noqa: PLC0415
+
+    parts = urlsplit(url)
+    origin = f"{parts.hostname}:{parts.port}".lower()
+    storage = _storage_origins()
+    if origin in storage:
+        return storage[origin]
+    host = (parts.hostname or "").lower()
+    if host == "management.azure.com":
+        return "arm"
+    if ".vault." in host or host.endswith(".managedhsm.azure.net"):
+        return "kv"
+    return "identity"
+
+
+@functools.cache
+def _storage_origins() -> dict[str, str]:
+    """``host:port`` -> table/queue/blob, from the AzureWebJobsStorage connection string's endpoints."""
+    from urllib.parse import urlsplit  # noqa: PLC0415
+
+    out = {}
+    for part in os.environ.get("AzureWebJobsStorage", "").split(";"):
+        name, _, value = part.partition("=")
+        if name.lower().endswith("endpoint") and value:
+            endpoint = urlsplit(value)
+            out[f"{endpoint.hostname}:{endpoint.port}".lower()] = name.lower().removesuffix("endpoint")
+    return out
 
 
 def _details(record: Any) -> bool:  # noqa: ANN401 - a logging.LogRecord
@@ -196,9 +306,12 @@ def _details(record: Any) -> bool:  # noqa: ANN401 - a logging.LogRecord
 class Worker:
     """A queue worker child process."""
 
-    def __init__(self, concurrency: int) -> None:
+    def __init__(self, concurrency: int, profile: str = "") -> None:
+        argv = [sys.executable, __file__, "--worker", "--concurrency", str(concurrency)]
+        if profile:
+            argv += ["--profile", profile]
         self.proc = subprocess.Popen(  # noqa: S603 - this script, fixed argv
-            [sys.executable, __file__, "--worker", "--concurrency", str(concurrency)],
+            argv,
             cwd=ROOT,
             # as deployed: the app setting lets every invocation the host hands over rotate at once
             env={**os.environ, "ROTATION_MAX_CONCURRENCY": str(concurrency)},
@@ -212,6 +325,20 @@ class Worker:
             self.proc.kill()
             raise RuntimeError(f"worker did not start: {line!r}")
 
+    def snapshot(self) -> dict[str, Any]:
+        """The worker's counters now (invocations, CPU since ready, requests by kind)."""
+        assert self.proc.stdin is not None  # noqa: S101
+        assert self.proc.stdout is not None  # noqa: S101
+        self.proc.stdin.write("stats\n")
+        self.proc.stdin.flush()
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"worker exited {self.proc.poll()} without stats")
+            if line.startswith("STATS "):
+                stats: dict[str, Any] = json.loads(line[len("STATS ") :])
+                return stats
+
     def stop(self) -> dict[str, Any]:
         """Ask the worker to finish its invocations and exit; return what it reported."""
         try:
@@ -224,6 +351,36 @@ class Worker:
                 result: dict[str, Any] = json.loads(line[len("RESULT ") :])
                 return result
         raise RuntimeError(f"worker exited {self.proc.returncode} without a result")
+
+
+def snapshots(workers: list[Worker]) -> list[dict[str, Any]]:
+    """Every worker's counters now."""
+    return [w.snapshot() for w in workers]
+
+
+def cost(before: list[dict[str, Any]], after: list[dict[str, Any]], jobs: int) -> dict[str, Any]:
+    """What the workers spent between two snapshots: CPU and requests by kind, in total and per job."""
+    cpu = sum(a["cpu_s"] - b["cpu_s"] for b, a in zip(before, after, strict=True))
+    requests: dict[str, int] = {}
+    for b, a in zip(before, after, strict=True):
+        for kind, count in a["requests"].items():
+            requests[kind] = requests.get(kind, 0) + count - b["requests"].get(kind, 0)
+    invocations = sum(a["invocations"] - b["invocations"] for b, a in zip(before, after, strict=True))
+    failed = sum(a["failed"] - b["failed"] for b, a in zip(before, after, strict=True))
+    storage = {k: v for k, v in requests.items() if k.split()[0] in {"table", "queue", "blob", "host"}}
+    storage = {k: v for k, v in storage.items() if "(empty)" not in k}
+    per = max(1, jobs)
+    return {
+        "jobs": jobs,
+        "invocations": invocations,
+        "failed": failed,
+        "cpu_s": round(cpu, 3),
+        "cpu_ms_per_job": round(cpu * 1000 / per, 2),
+        "requests": dict(sorted(requests.items())),
+        "storage_per_job": round(sum(storage.values()) / per, 2),
+        "storage_per_job_by_kind": {k: round(v / per, 2) for k, v in sorted(storage.items())},
+        "peak_rss_mb": max(a["peak_rss_mb"] for a in after),
+    }
 
 
 def merge_workers(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -263,6 +420,52 @@ def cold_import(runs: int) -> list[float]:
         )
         times.append(float(out.stdout.strip().splitlines()[-1]))
     return times
+
+
+def serve_cold_start(runs: int) -> list[dict[str, float]]:
+    """Seconds from starting `python -m rotation serve` to its start line, and to a first healthy answer.
+
+    The health route reads the registry (one Table query), so the second figure includes the first storage
+    connection. Needs the simulator's and Azurite's environment; each process is stopped with SIGTERM.
+    """
+    import signal  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    out = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rotation", "--log-format", "json", "serve", "--port", "0"],
+            cwd=ROOT,
+            env={**os.environ, "NO_PROXY": "127.0.0.1,localhost"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stderr is not None  # noqa: S101
+        port = 0
+        for line in proc.stderr:
+            with contextlib.suppress(ValueError):
+                doc = json.loads(line)
+                if doc.get("event") == "rotation.serve_started":
+                    port = int(doc["port"])
+                    break
+        if not port:
+            proc.kill()
+            raise RuntimeError("rotation serve did not start")
+        listening = time.perf_counter() - started
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=10) as answer:
+                    if answer.status == 200:  # noqa: PLR2004
+                        break
+            except OSError:
+                time.sleep(0.01)
+        healthy = time.perf_counter() - started
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+        out.append({"listening_s": round(listening, 3), "healthy_s": round(healthy, 3)})
+    return out
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -434,6 +637,7 @@ class Bench:
             f.get_function_name(): f.get_user_function() for f in function_app.app.get_functions()
         }
         self.identities: dict[str, str] = {}
+        self.workers: list[Worker] = []
 
     def configure(self, timing: tuple[float, float] | None = None) -> None:
         """The scaled ARM limits and timings (refills every bucket); ``timing``: (operation, Retry-After)."""
@@ -449,13 +653,21 @@ class Bench:
             read_refill_per_s=a.read_refill,
         )
 
-    def seed(self, key: str, n: int, *, in_simulator: bool = True) -> tuple[str, list[str]]:
+    def seed(
+        self,
+        key: str,
+        n: int,
+        *,
+        in_simulator: bool = True,
+        subscriptions: int | None = None,
+        offset: int = 0,
+    ) -> tuple[str, list[str]]:
         """A key with one version and ``n`` clusters on it, round-robin over the subscriptions."""
         version = self.sim.create_key_version(VAULT, key, emit_event=False)
         url = self.sim.key_url(VAULT, key, version)
         ids = []
-        subs = SUBSCRIPTIONS[: self.args.subscriptions]
-        for i in range(n):
+        subs = SUBSCRIPTIONS[: subscriptions or self.args.subscriptions]
+        for i in range(offset, offset + n):
             sub = subs[i % len(subs)]
             rg = "rg-bench"
             name = f"{key}-{i:05d}"
@@ -476,27 +688,65 @@ class Bench:
         return version, ids
 
     async def register(self, key: str, version: str, ids: list[str]) -> None:
-        """Registry rows for the clusters (what `register` stores, without its GET)."""
+        """Registry rows for the clusters: what `register` stores, without its GET, written in batches.
+
+        The rows are the registry's own entities; one entity-group transaction writes up to 100 of one
+        partition (the key's watch rows, or the cluster rows), so seeding 10,000 takes seconds, not minutes.
+        """
         import asyncio  # noqa: PLC0415
+        from datetime import UTC, datetime  # noqa: PLC0415
+
+        from azure.data.tables.aio import TableServiceClient  # noqa: PLC0415
 
         from rotation.ids import parse_cluster_id  # noqa: PLC0415
+        from rotation.store import registry  # noqa: PLC0415
 
-        service = await self.service()
         host = f"{VAULT}.vault.azure.net"
-        gate = asyncio.Semaphore(32)
-
-        async def one(cluster_id: str) -> None:
-            async with gate:
-                await service.registry.upsert(
-                    cluster_id=parse_cluster_id(cluster_id),
+        now = datetime.now(UTC)
+        watch_rows: list[dict[str, Any]] = []
+        pointers: list[dict[str, Any]] = []
+        for cluster_id in ids:
+            rid = parse_cluster_id(cluster_id)
+            row = registry._watch_entity(  # noqa: SLF001 - the registry's own row, written in bulk
+                registry.WatchedCluster(
+                    cluster_id=str(rid),
+                    subscription=rid.subscription,
                     vault_host=host,
                     key_name=key,
                     current_version=version,
                     identity=self.identities.get(subscription_of(cluster_id)),
                     owner="bench",
+                    state=registry.ClaimState.WATCHING.value,
+                    last_outcome=None,
+                    last_reason=None,
+                    last_outcome_at=None,
+                    registered_at=now,
+                    updated_at=now,
+                    operation_url=None,
+                    target_key_url=None,
                 )
+            )
+            watch_rows.append({k: v for k, v in row.items() if v is not None})
+            pointers.append(
+                {
+                    "PartitionKey": registry.CLUSTER_PARTITION,
+                    "RowKey": row["RowKey"],
+                    "ClusterId": str(rid),
+                    "KeyPartition": row["PartitionKey"],
+                }
+            )
+        async with TableServiceClient.from_connection_string(self.azurite.connection_string) as tables:
+            table = tables.get_table_client(registry.WATCH_TABLE)
+            with contextlib.suppress(ResourceExistsError):
+                await tables.create_table(registry.WATCH_TABLE)
+            gate = asyncio.Semaphore(8)
 
-        await asyncio.gather(*(one(c) for c in ids))
+            async def batch(entities: list[dict[str, Any]]) -> None:
+                async with gate:
+                    await table.submit_transaction([("upsert", e) for e in entities])
+
+            chunks = [rows[i : i + 100] for rows in (watch_rows, pointers) for i in range(0, len(rows), 100)]
+            await asyncio.gather(*(batch(c) for c in chunks))
 
     async def service(self) -> Any:  # noqa: ANN401
         """The Service the functions use in this process."""
@@ -556,22 +806,28 @@ class Bench:
         }
 
     async def fanout(
-        self, n: int, label: str = "", timing: tuple[float, float] | None = None
+        self,
+        n: int,
+        label: str = "",
+        timing: tuple[float, float] | None = None,
+        subscriptions: int | None = None,
     ) -> dict[str, Any]:
-        """One event for ``n`` clusters, rotated by the worker process; measured from the request log.
+        """One event for ``n`` clusters, rotated by the worker processes; measured from the request log.
 
-        ``timing``: (operation seconds, Retry-After) of this fan-out, the arguments' by default.
+        ``timing``: (operation seconds, Retry-After) of this fan-out, the arguments' by default. The workers'
+        CPU and requests are the difference of their counters from the event to the end of the last job.
         """
         import asyncio  # noqa: PLC0415
 
         timing = timing or (self.args.operation, self.args.poll_interval)
         key = f"fan{n}{label}"
-        version, ids = self.seed(key, n)
+        version, ids = self.seed(key, n, subscriptions=subscriptions)
         await self.register(key, version, ids)
         await asyncio.sleep(1.0)  # let the worker's mirror of the ARM budget refill, as after any idle second
         self.configure(timing)  # full buckets at the start
         self.sim.clear_requests()
         cpu = _cpu()
+        before = snapshots(self.workers)
         t0, enqueue_s, _ = await self.fire(key)
         deadline = time.monotonic() + self.args.timeout
         progress = Progress(ids, timing[0])
@@ -580,10 +836,100 @@ class Bench:
             if progress.verified(self.sim.requests) == n:
                 break
         result = analyse(self.sim.requests, t0, ids, self.args, timing)
+        # The jobs record and release after their verifying GET: wait for every invocation to return.
+        done_by = time.monotonic() + 15
+        while True:
+            after = snapshots(self.workers)
+            ended = sum(
+                a["succeeded"] + a["failed"] - b["succeeded"] - b["failed"]
+                for b, a in zip(before, after, strict=True)
+            )
+            if ended >= n or time.monotonic() > done_by:
+                break
+            await asyncio.sleep(0.2)
         result["operation_s"], result["poll_interval_s"] = timing
         result["event_to_enqueued_s"] = round(enqueue_s, 4)
         result["simulator_process_cpu_s"] = round(_cpu() - cpu, 2)
+        result["workers"] = len(self.workers)
+        result["worker_cost"] = cost(before, after, n)
         return result
+
+    async def scale_out(self, n: int, workers: int) -> dict[str, Any]:
+        """A fan-out of ``n`` clusters over the scale-out subscriptions, by ``workers`` fresh processes."""
+        previous = self.workers
+        self.workers = [Worker(self.args.concurrency, self.args.profile) for _ in range(workers)]
+        try:
+            result = await self.fanout(n, label=f"w{workers}", subscriptions=self.args.scale_subscriptions)
+        finally:
+            stopped = [w.stop() for w in self.workers]
+            self.workers = previous
+        result["scale_out"] = True
+        result["worker_results"] = merge_workers(stopped)
+        return result
+
+    async def reconcile(self, n: int, keys: int, subscriptions: int) -> dict[str, Any]:
+        """One reconcile pass (`rotation reconcile --enqueue`, its own process) over ``n`` watched clusters.
+
+        The clusters are up to date, so the pass is what every timer tick costs: one ARM read per cluster,
+        Key Vault read per key, nothing queued. Timed by the pass's own report (process start excluded) and,
+        from the simulator's log, from its first ARM request to its last.
+        """
+        per_key = [n // keys + (1 if i < n % keys else 0) for i in range(keys)]
+        offset = 0
+        for i, count in enumerate(per_key):
+            key = f"rec{i:03d}"
+            version, ids = self.seed(key, count, subscriptions=subscriptions, offset=offset)
+            offset += count
+            await self.register(key, version, ids)
+        self.configure()
+        self.sim.clear_requests()
+        env = {**os.environ, "ROTATION_MAX_CONCURRENCY": str(self.args.concurrency)}
+        started = time.time()
+        # Blocking on purpose: the pass is timed alone (the simulator serves from its own threads).
+        proc = subprocess.run(  # noqa: ASYNC221
+            [sys.executable, "-m", "rotation", "reconcile", "--enqueue", "--json"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=600,
+        )
+        wall = time.time() - started
+        if proc.returncode != 0:
+            raise RuntimeError(f"reconcile exited {proc.returncode}: {proc.stderr[-2000:]}")
+        summary = json.loads(proc.stdout)["summary"]
+        arm = [r for r in self.sim.requests if r.service == "arm" and r.time >= started]
+        kv = [r for r in self.sim.requests if r.service == "kv" and r.time >= started]
+        per_sub: dict[str, int] = {}
+        for r in arm:
+            if r.method == "GET":
+                per_sub[subscription_of(r.path)] = per_sub.get(subscription_of(r.path), 0) + 1
+        reads_min: dict[str, int] = {}
+        for i in range(n):
+            sub = SUBSCRIPTIONS[i % subscriptions]
+            reads_min[sub] = reads_min.get(sub, 0) + 1
+        a = self.args
+        bound = max(max(0, r - a.read_burst) / a.read_refill for r in reads_min.values()) + 2 * a.latency
+        span = (max(r.time for r in arm) - min(r.time for r in arm)) if arm else 0.0
+        kv_challenges = sum(1 for r in kv if r.status == 401)  # noqa: PLR2004
+        return {
+            "clusters": n,
+            "keys": keys,
+            "subscriptions": subscriptions,
+            "pass_s": summary["duration_s"],
+            "arm_span_s": round(span, 3),
+            "process_wall_s": round(wall, 3),
+            "lower_bound_s": round(bound, 3),
+            "ratio": round(summary["duration_s"] / bound, 3) if bound > 0 else None,
+            "arm_reads": len([r for r in arm if r.method == "GET"]),
+            "arm_reads_429": len([r for r in arm if r.status == 429]),  # noqa: PLR2004
+            "arm_writes": len([r for r in arm if r.method != "GET"]),
+            "keyvault_reads": len(kv) - kv_challenges,
+            "keyvault_reads_per_key": round((len(kv) - kv_challenges) / keys, 2),
+            "queued": summary["queued"],
+            "drift": summary["drift"],
+        }
 
     async def naive(self, n: int) -> dict[str, Any]:
         """The sample functions' way: one cluster after another, PUT, wait for the operation, next."""
@@ -641,9 +987,18 @@ async def run_all(args: argparse.Namespace, sim: Any, azurite: Any) -> dict[str,
     sim.add_vault(VAULT, subscription=SUBSCRIPTIONS[0], resource_group="rg-keys")
     out: dict[str, Any] = {}
     try:
+        # First, on an empty registry: a reconcile pass reads every watched cluster there is.
+        if args.reconcile_size > 0:
+            print(
+                f"bench: reconcile pass over {args.reconcile_size} clusters ...", file=sys.stderr, flush=True
+            )
+            out["reconcile"] = await bench.reconcile(
+                args.reconcile_size, args.reconcile_keys, args.reconcile_subscriptions
+            )
+        out["serve_cold_start"] = [] if args.serve_runs <= 0 else serve_cold_start(args.serve_runs)
         out["fanout"] = []
         await bench.clear_queue()
-        workers = [Worker(args.concurrency) for _ in range(args.workers)]
+        bench.workers = [Worker(args.concurrency, args.profile) for _ in range(args.workers)]
         try:
             # The first event a fresh worker sees pays for its token and TLS connections: shown apart.
             out["warmup"] = await bench.fanout(args.subscriptions, label="w")
@@ -655,9 +1010,19 @@ async def run_all(args: argparse.Namespace, sim: Any, azurite: Any) -> dict[str,
                 print(f"bench: stress fan-out of {n} clusters ...", file=sys.stderr, flush=True)
                 out["fanout"].append({**await bench.fanout(n, label="s", timing=stress), "stress": True})
         finally:
-            out["worker"] = merge_workers([w.stop() for w in workers])
+            out["worker"] = merge_workers([w.stop() for w in bench.workers])
+            bench.workers = []
+        out["scale_out"] = []
+        for w in sizes(args.scale_workers):
+            print(
+                f"bench: scale-out, {args.scale_size} clusters, {w} workers ...", file=sys.stderr, flush=True
+            )
+            out["scale_out"].append(await bench.scale_out(args.scale_size, w))
         # After the fan-outs: thousands of queued-then-cleared jobs would otherwise sit in the worker's queue.
-        out["events"] = [await bench.events(int(n)) for n in args.event_sizes.split(",") if n.strip()]
+        out["events"] = []
+        for n in sizes(args.event_sizes):
+            print(f"bench: event handling, {n} watched ...", file=sys.stderr, flush=True)
+            out["events"].append(await bench.events(n))
         out["naive"] = await bench.naive(args.naive_size) if args.naive_size > 0 else None
     finally:
         await close_services()
@@ -667,7 +1032,9 @@ async def run_all(args: argparse.Namespace, sim: Any, azurite: Any) -> dict[str,
 # ---- report ------------------------------------------------------------------------------------------
 
 
-def rows(result: dict[str, Any], args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
+def rows(  # noqa: C901, PLR0915 - one table, row by row
+    result: dict[str, Any], args: argparse.Namespace
+) -> list[tuple[str, str, str, str]]:
     """(figure, measured, target, verdict) rows of the table."""
     out: list[tuple[str, str, str, str]] = []
 
@@ -690,7 +1057,8 @@ def rows(result: dict[str, Any], args: argparse.Namespace) -> list[tuple[str, st
             f"+ latency {parts['latency_chain_s']:.2f}; reads {parts['read_bucket_s']:.2f})",
             f"{f['lower_bound_s']:.2f} s",
         )
-        add(f"{tag}: ratio makespan / bound", f"{f['ratio']:.2f}", "<= 1.25", met=f["ratio"] <= 1.25)  # noqa: PLR2004
+        limit = 1.5 if f.get("stress") else 1.25
+        add(f"{tag}: ratio makespan / bound", f"{f['ratio']:.2f}", f"<= {limit}", met=f["ratio"] <= limit)
         if naive and not f.get("stress"):
             naive_s = naive["per_cluster_s"] * n
             how = "measured" if n == naive["clusters"] else f"est. {naive['per_cluster_s']:.2f} s x {n}"
@@ -727,6 +1095,9 @@ def rows(result: dict[str, Any], args: argparse.Namespace) -> list[tuple[str, st
             met=f["keyvault_reads_per_key"] <= 4,  # noqa: PLR2004
         )
         add(f"{tag}: event function -> jobs enqueued", f"{f['event_to_enqueued_s']:.3f} s")
+        add_cost(add, tag, f["worker_cost"], stress=bool(f.get("stress")))
+    for f in result.get("scale_out", []):
+        add_scale_out(add, f)
     warm = result.get("warmup")
     if warm and warm.get("makespan_s") is not None:
         add(
@@ -740,7 +1111,7 @@ def rows(result: dict[str, Any], args: argparse.Namespace) -> list[tuple[str, st
         f"{w['pacer'].get('waited', 0)} waited {w['pacer'].get('wait_seconds', 0)} s; "
         f"{w['slowest_receive_s']:.2f} s",
     )
-    targets = {100: 0.3, 1000: 2.0}
+    targets = {100: 0.3, 1000: 2.0, 10000: 5.0}
     for e in result["events"]:
         target = targets.get(e["clusters"])
         add(
@@ -748,6 +1119,37 @@ def rows(result: dict[str, Any], args: argparse.Namespace) -> list[tuple[str, st
             f"{e['p50_s']:.3f} / {e['p99_s']:.3f} / {e['max_s']:.3f} s ({e['first_call_s']:.3f} s)",
             f"p99 < {target} s" if target else "",
             met=e["p99_s"] < target if target else None,
+        )
+    rec = result.get("reconcile")
+    if rec:
+        tag = f"reconcile pass, {rec['clusters']} watched on {rec['keys']} keys ({rec['subscriptions']} subs)"
+        add(
+            f"{tag}: pass (its report) / ARM span / process wall",
+            f"{rec['pass_s']:.2f} / {rec['arm_span_s']:.2f} / {rec['process_wall_s']:.2f} s",
+        )
+        add(f"{tag}: lower bound (read bucket + latency)", f"{rec['lower_bound_s']:.2f} s")
+        add(f"{tag}: ratio pass / bound", f"{rec['ratio']:.2f}", "<= 1.25", met=rec["ratio"] <= 1.25)  # noqa: PLR2004
+        add(
+            f"{tag}: ARM reads per cluster (429s)",
+            f"{rec['arm_reads'] / rec['clusters']:.2f} ({rec['arm_reads_429']})",
+            "1",
+            met=rec["arm_reads"] == rec["clusters"],
+        )
+        add(
+            f"{tag}: Key Vault reads per key",
+            f"{rec['keyvault_reads_per_key']:.2f} ({rec['keyvault_reads']} for {rec['keys']} keys)",
+            "<= 2 (a listing, a GET)",
+            met=rec["keyvault_reads_per_key"] <= 2,  # noqa: PLR2004
+        )
+    for run in result.get("serve_cold_start", [])[:1]:
+        del run
+        starts = result["serve_cold_start"]
+        add(
+            f"cold start of `rotation serve`: listening / first healthy answer (median of {len(starts)})",
+            f"{statistics.median(r['listening_s'] for r in starts):.2f} / "
+            f"{statistics.median(r['healthy_s'] for r in starts):.2f} s",
+            "< 2 s to healthy",
+            met=statistics.median(r["healthy_s"] for r in starts) < 2.0,  # noqa: PLR2004
         )
     fp = result["footprint"]
     add(
@@ -765,6 +1167,76 @@ def rows(result: dict[str, Any], args: argparse.Namespace) -> list[tuple[str, st
         )
     del args
     return out
+
+
+def add_cost(add: Any, tag: str, c: dict[str, Any], *, stress: bool) -> None:  # noqa: ANN401
+    """Rows of what the workers spent per job in one fan-out."""
+    target = f"<= {CPU_MS_PER_JOB_TARGET:g} ms (half of {CPU_MS_PER_JOB_BEFORE:g})" if stress else ""
+    add(
+        f"{tag}: worker CPU per job",
+        f"{c['cpu_ms_per_job']:.1f} ms ({c['cpu_s']:.2f} s / {c['jobs']} jobs)",
+        target,
+        met=c["cpu_ms_per_job"] <= CPU_MS_PER_JOB_TARGET if stress else None,
+    )
+    kinds = ", ".join(f"{k} {v:g}" for k, v in c["storage_per_job_by_kind"].items())
+    add(
+        f"{tag}: storage requests per job ({kinds})",
+        f"{c['storage_per_job']:.2f}",
+        f"< {STORAGE_PER_JOB_BEFORE:g} (before)" if stress else "",
+        met=c["storage_per_job"] < STORAGE_PER_JOB_BEFORE if stress else None,
+    )
+
+
+def add_scale_out(add: Any, f: dict[str, Any]) -> None:  # noqa: ANN401
+    """Rows of one scale-out run; the targets hold at 4 workers."""
+    w = f["workers"]
+    tag = f"scale-out N={f['clusters']} ({f['subscriptions']} subs), {w} worker process(es)"
+    judged = w >= 4  # noqa: PLR2004 - the issue's targets are set at W = 4
+    if f["makespan_s"] is None:
+        add(
+            f"{tag}: makespan",
+            f"incomplete: {f['verified']}/{f['clusters']} verified",
+            "all verified",
+            met=False,
+        )
+        return
+    parts = f["lower_bound_parts"]
+    add(
+        f"{tag}: makespan / bound (bucket {parts['write_bucket_s']:.2f} + op {parts['operation_s']:.2f} "
+        f"+ latency {parts['latency_chain_s']:.2f}; reads {parts['read_bucket_s']:.2f})",
+        f"{f['makespan_s']:.2f} s / {f['lower_bound_s']:.2f} s = {f['ratio']:.2f}",
+        "<= 1.25" if judged else "",
+        met=f["ratio"] <= 1.25 if judged else None,  # noqa: PLR2004
+    )
+    add(
+        f"{tag}: 429 share of writes",
+        f"{f['write_429_share'] * 100:.1f}% ({f['writes_429']}/{f['writes']}; read 429s {f['reads_429']})",
+        "<= 2%" if judged else "",
+        met=f["write_429_share"] <= 0.02 if judged else None,  # noqa: PLR2004
+    )
+    add(
+        f"{tag}: requests sent inside a Retry-After window",
+        str(f["sent_inside_retry_after"]),
+        "0" if judged else "",
+        met=f["sent_inside_retry_after"] == 0 if judged else None,
+    )
+    pc = f["per_cluster"]
+    add(
+        f"{tag}: ARM requests per cluster (GET / PUT / polls)",
+        f"{pc['gets']:.2f} / {pc['puts']:.2f} / {pc['polls']:.2f}",
+    )
+    c = f["worker_cost"]
+    kinds = ", ".join(f"{k} {v:g}" for k, v in c["storage_per_job_by_kind"].items())
+    add(
+        f"{tag}: worker CPU per job; storage requests per job ({kinds})",
+        f"{c['cpu_ms_per_job']:.1f} ms; {c['storage_per_job']:.2f}",
+    )
+    add(
+        f"{tag}: peak RSS of a worker",
+        f"{c['peak_rss_mb']:.0f} MB",
+        "< 200 MB" if f["clusters"] >= 2000 else "",  # noqa: PLR2004
+        met=c["peak_rss_mb"] < 200 if f["clusters"] >= 2000 else None,  # noqa: PLR2004
+    )
 
 
 def table(lines: list[tuple[str, str, str, str]]) -> str:
@@ -875,6 +1347,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         os.environ["AzureWebJobsStorage"] = azurite.connection_string
         os.environ["ROTATION_ARM_WRITE_REFILL_PER_S"] = str(args.refill)
         os.environ["ROTATION_ARM_READ_REFILL_PER_S"] = str(args.read_refill)
+        os.environ["ROTATION_ARM_WRITE_BURST"] = str(args.burst)
+        os.environ["ROTATION_ARM_READ_BURST"] = str(args.read_burst)
         result = asyncio.run(run_all(args, sim, azurite))
     largest = max(result["fanout"], key=lambda f: f["clusters"], default=None)
     result["footprint"] = {

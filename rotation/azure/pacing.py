@@ -1,9 +1,11 @@
 """Per-subscription pacing of ARM requests from the throttling headers (docs/design.md, Azure behaviour 3).
 
-ARM throttles each subscription with a token bucket (writes: 200 burst, 10/s refill; reads: 250, 25/s) and
-answers every request with the budget left (``x-ms-ratelimit-remaining-subscription-writes`` / ``-reads``);
-over the limit it answers 429 with ``Retry-After``. Bursting into the limit wastes a round trip per 429 and
-parks the request for a whole ``Retry-After`` (1 s at least, ten refills' worth of writes).
+ARM throttles each subscription with a token bucket per principal and kind of request (writes: 200 burst,
+10/s refill; reads: 250, 25/s; "Request limits and throttling", learn.microsoft.com/azure/azure-resource-
+manager/management/request-limits-and-throttling) and answers every request with the budget left
+(``x-ms-ratelimit-remaining-subscription-writes`` / ``-reads``); over the limit it answers 429 with
+``Retry-After``. Bursting into the limit wastes a round trip per 429 and parks the request for a whole
+``Retry-After`` (1 s at least, ten refills' worth of writes).
 
 `ArmPacer` keeps, per subscription and kind (read or write), a mirror of that bucket:
 
@@ -19,26 +21,48 @@ parks the request for a whole ``Retry-After`` (1 s at least, ten refills' worth 
   sent inside it.
 
 One pacer per process (`rotation.service.runtime.Runtime`), shared by every job, so concurrent jobs on one
-subscription share one budget. Several processes against one subscription each correct their mirror from
-the headers, which count everyone's requests; they can still overshoot briefly, and a 429 then parks them.
+subscription share one budget. Every instance of the app uses the same identity, so they all spend the same
+bucket; the headers show each process what the others spent, but only after the fact: started together,
+W processes would each spend the burst they all see, and each take the whole refill. With a `BudgetLedger`
+(`rotation.store.budget`: one Table row per bucket) the processes also share the budget *before* spending
+it: each request first takes a slot from the ledger, a generic cell rate algorithm over the bucket's burst
+and refill (the same arithmetic as the token bucket), reserved a few at a time with one conditional write.
+The mirror still applies on top (spenders outside the app show up only in the headers). A ledger that
+cannot be reached is passed by: pacing falls back to the mirror alone, never blocks a rotation.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import logging
 import math
 import re
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rotation.azure.http_errors import header, retry_after_seconds
+from rotation.errors import ServiceError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+logger = logging.getLogger(__name__)
+
 WRITE_REFILL_PER_S = 10.0  # ARM's documented write refill per subscription
 READ_REFILL_PER_S = 25.0  # ARM's documented read refill per subscription
+WRITE_BURST = 200  # ARM's documented write bucket per subscription
+READ_BURST = 250  # ARM's documented read bucket per subscription
+# Write slots reserved from the ledger in one conditional write: at least MIN_GRANT (a trickle of jobs costs
+# a storage request per few writes, not per write; a slot left unused is a tenth of a second of the budget),
+# at most MAX_GRANT (one process does not hold the budget others wait for).
+MIN_GRANT = 4
+MAX_GRANT = 8
+LEDGER_TIMEOUT_S = 5.0  # a ledger slower than this is passed by (the mirror alone paces that request)
+STALE_SLOT_S = (
+    1.0  # a slot not used within this long after its time is dropped: the bucket may have capped it
+)
 RESERVE_TOKENS = 2.0  # left in the bucket: covers requests that reach ARM later than they were admitted
 MAX_BLOCK_S = 60.0  # one odd Retry-After header cannot park a subscription longer than this
 _THROTTLED = 429
@@ -59,6 +83,19 @@ def is_write(method: str) -> bool:
     return method.upper() in _WRITE_METHODS
 
 
+class BudgetLedger(Protocol):
+    """The ARM budget of each subscription, shared by every process of the app (`rotation.store.budget`)."""
+
+    async def reserve(
+        self, subscription: str, *, write: bool, count: int, refill_per_s: float, burst: float
+    ) -> list[float]:
+        """Reserve ``count`` requests of the bucket; the wall-clock time from which each may be sent.
+
+        Raises `ServiceError` when the ledger cannot be read or written.
+        """
+        ...
+
+
 @dataclass
 class PacerStats:
     """What the pacer did, for logs and benchmarks."""
@@ -67,6 +104,9 @@ class PacerStats:
     waited: int = 0  # requests that waited at all
     wait_seconds: float = 0.0
     throttled: int = 0  # 429 answers seen
+    reservations: int = 0  # ledger calls that reserved slots
+    reserved: int = 0  # slots they reserved
+    ledger_failures: int = 0  # ledger calls passed by (storage failure or timeout)
 
 
 @dataclass
@@ -88,6 +128,8 @@ class _Bucket:
     blocked_until: float = 0.0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     answered: asyncio.Event = field(default_factory=asyncio.Event)
+    queued: int = 0  # requests waiting for the lock: how many slots to reserve at once
+    slots: collections.deque[float] = field(default_factory=collections.deque)  # from the ledger, wall clock
 
     def available(self, now: float) -> float:
         if self.tokens is None:
@@ -112,17 +154,28 @@ class ArmPacer:
         write_refill_per_s: float = WRITE_REFILL_PER_S,
         read_refill_per_s: float = READ_REFILL_PER_S,
         reserve: float = RESERVE_TOKENS,
+        write_burst: int = WRITE_BURST,
+        read_burst: int = READ_BURST,
+        ledger: BudgetLedger | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if write_refill_per_s <= 0 or read_refill_per_s <= 0:
             raise ValueError("refill rates must be positive")
         self._refill = {True: write_refill_per_s, False: read_refill_per_s}
+        self._burst = {True: float(write_burst), False: float(read_burst)}
         self._reserve = max(0.0, reserve)
         self._clock = clock
+        self._wall = wall
         self._sleep = sleep
         self._buckets: dict[tuple[str, bool], _Bucket] = {}
+        self.ledger = ledger
         self.stats = PacerStats()
+
+    def share_through(self, ledger: BudgetLedger | None) -> None:
+        """Take slots from ``ledger`` before each request from now on (None: the mirror alone)."""
+        self.ledger = ledger
 
     def _bucket(self, key: tuple[str, bool]) -> _Bucket:
         bucket = self._buckets.get(key)
@@ -147,7 +200,13 @@ class ArmPacer:
         key = (subscription.lower(), write)
         bucket = self._bucket(key)
         started = self._clock()
+        bucket.queued += 1
         async with bucket.lock:  # FIFO: requests are admitted in arrival order
+            bucket.queued -= 1
+            # Writes only: a rotation spends one write and four reads, and ARM's read bucket is larger and
+            # refills 2.5 times faster; reads are paced by the mirror alone (the headers).
+            # With a slot of the shared budget the reserve is already kept, by the ledger, for everyone.
+            shared = write and self.ledger is not None and await self._shared_slot(key, bucket)
             while True:
                 now = self._clock()
                 if now < bucket.blocked_until:
@@ -160,7 +219,7 @@ class ArmPacer:
                     continue
                 available = bucket.available(now)
                 # The reserve never exceeds a tenth of the burst, so small budgets are still usable.
-                need = 1.0 + min(self._reserve, 0.1 * bucket.cap)
+                need = 1.0 if shared else 1.0 + min(self._reserve, 0.1 * bucket.cap)
                 if available >= need - _EPSILON:
                     bucket.set_tokens(max(0.0, available - 1.0), now)
                     break
@@ -173,6 +232,46 @@ class ArmPacer:
             self.stats.waited += 1
             self.stats.wait_seconds += waited
         return Ticket(key, sent_at)
+
+    async def _shared_slot(self, key: tuple[str, bool], bucket: _Bucket) -> bool:
+        """Wait for this request's slot of the shared budget, reserving slots when none is left.
+
+        False when the ledger gave none (unreachable): the mirror alone paces this request.
+        """
+        now = self._wall()
+        while bucket.slots and bucket.slots[0] < now - STALE_SLOT_S:
+            bucket.slots.popleft()
+        if not bucket.slots:
+            assert self.ledger is not None  # noqa: S101 - the caller checked
+            write = key[1]
+            count = max(MIN_GRANT, min(MAX_GRANT, 1 + bucket.queued))
+            # Every process must reserve with the same burst: the configured one (the cap the headers showed
+            # this process is only a lower bound of it). Some tokens stay unreserved, as in the mirror: a
+            # request may reach ARM later than its slot.
+            burst = self._burst[write]
+            burst = max(1.0, burst - min(self._reserve, 0.1 * burst))
+            try:
+                async with asyncio.timeout(LEDGER_TIMEOUT_S):
+                    slots = await self.ledger.reserve(
+                        key[0], write=write, count=count, refill_per_s=self._refill[write], burst=burst
+                    )
+            except (ServiceError, TimeoutError) as exc:
+                self.stats.ledger_failures += 1
+                logger.warning(
+                    "rotation.pacing_ledger_unavailable",
+                    extra={"subscription": key[0], "reason": str(exc) or type(exc).__name__},
+                )
+                return False
+            self.stats.reservations += 1
+            self.stats.reserved += len(slots)
+            bucket.slots.extend(sorted(slots))
+            if not bucket.slots:
+                return False
+        slot = bucket.slots.popleft()
+        delay = slot - self._wall()
+        if delay > 0:
+            await self._sleep(delay)
+        return True
 
     def observe(self, ticket: Ticket, status: int, headers: Any) -> None:  # noqa: ANN401 - any mapping
         """Correct the mirror from the answer to ``ticket``'s request (status and response headers)."""

@@ -33,13 +33,15 @@ from rotation.ids import (
 )
 from rotation.outcomes import Outcome, RotationResult, exhausted
 from rotation.service.runtime import Runtime
+from rotation.store.budget import TableBudget
 from rotation.store.clients import storage_clients, storage_credential
 from rotation.store.jobs import Job, JobQueue, JobRejected
-from rotation.store.registry import Claim, KeyMember, Registry, WatchedCluster
+from rotation.store.registry import WATCH_TABLE, Claim, KeyMember, Registry, WatchedCluster
 from rotation.untrusted import JsonRefused, bounded_value
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
+    from azure.data.tables.aio import TableClient
 
     from rotation.azure.arm import Cluster
     from rotation.ids import KeyUrl, ResourceId
@@ -119,6 +121,7 @@ class Service:
         self._job_slots = asyncio.Semaphore(runtime.settings.max_concurrency)
         # Jobs cancelled after ARM accepted their write, recorded `pending` and handed on (see `execute`).
         self.handed_off: list[RotationResult] = []
+        self._budget_table: TableClient | None = None  # the shared ARM budget's rows (`share_arm_budget`)
 
     @property
     def settings(self) -> Settings:
@@ -140,10 +143,24 @@ class Service:
         )
         tables, queues = storage_clients(settings, credential, http=runtime.http)
         own = credential if credential is not None and credential is not runtime.credential else None
-        return cls(runtime, Registry(tables), JobQueue(queues), storage_credential=own)
+        service = cls(runtime, Registry(tables), JobQueue(queues), storage_credential=own)
+        service.share_arm_budget()
+        return service
+
+    def share_arm_budget(self) -> None:
+        """Pace ARM requests with every other process of the app through the registry's storage.
+
+        Every instance of the app spends the same per-subscription ARM bucket (`rotation.store.budget`).
+        """
+        if self.runtime.clusters.pacer is None:
+            return
+        self._budget_table = self.registry.service_client.get_table_client(WATCH_TABLE)
+        self.runtime.clusters.pacer.share_through(TableBudget(self._budget_table))
 
     async def close(self) -> None:
         """Close every client (the registry and queue close their service clients)."""
+        if self._budget_table is not None:
+            await self._budget_table.close()
         await self.registry.close()
         await self.queue.close()
         if self._storage_credential is not None:
