@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from rotation.azure.keyvault import unusable_reason
 from rotation.azure.lro import DEFAULT_POLL_SECONDS, is_terminal
 from rotation.collateral import changed_paths
 from rotation.errors import ClusterBusy, NotFoundError, ServiceError, TransientFailure
 from rotation.ids import InvalidKeyUrl, KeyUrl, parse_key_url
+from rotation.key_rules import unusable_reason
 from rotation.outcomes import Outcome, RotationResult
 from rotation.retry import RetryPolicy
 
@@ -31,9 +31,9 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from rotation.azure.arm import AcceptedOperation, Cluster, OperationStatus
-    from rotation.azure.keyvault import KeyVersion
     from rotation.azure.lro import OperationKind
     from rotation.ids import ResourceId
+    from rotation.key_rules import KeyVersion
     from rotation.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -354,7 +354,7 @@ async def warn_newest_not_usable(keys: KeyVaultKeys, result: RotationResult) -> 
 
     That version is not the target (the newest *usable* one is), so the dry run alone would not mention it.
     """
-    from rotation.key_health import check_newest  # noqa: PLC0415
+    from rotation.key_rules import check_newest  # noqa: PLC0415
 
     if result.key is None:
         return

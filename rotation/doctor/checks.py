@@ -24,18 +24,20 @@ from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
 from rotation.azure.arm_reads import ArmReads, IdentityInfo, RoleAssignmentInfo, RoleDefinitionInfo, VaultInfo
 from rotation.azure.key_policy import KeyPolicies, RotationPolicy, parse_duration
-from rotation.azure.keyvault import (
+from rotation.doctor.fixes import fix_for
+from rotation.errors import NotFoundError, ServiceError
+from rotation.ids import DEFAULT_VAULT_SUFFIXES, InvalidKeyUrl, KeyUrl, parse_cluster_id, parse_key_url
+from rotation.key_rules import (
+    EXPIRY_HORIZON,
     RSA_SIZES,
     RSA_TYPES,
     KeyVersion,
     candidates,
     listed_unusable_reason,
+    newest_not_usable,
+    newest_version,
     unusable_reason,
 )
-from rotation.doctor.fixes import fix_for
-from rotation.errors import NotFoundError, ServiceError
-from rotation.ids import DEFAULT_VAULT_SUFFIXES, InvalidKeyUrl, KeyUrl, parse_cluster_id, parse_key_url
-from rotation.key_health import EXPIRY_HORIZON, newest_not_usable, newest_version
 from rotation.retry import RetryPolicy
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rotation.ids import InvalidKeyUrl, KeyUrl, parse_key_url
-from rotation.key_health import newest_not_usable
+from rotation.key_rules import newest_not_usable
 
 if TYPE_CHECKING:
     from rotation.doctor.checks import Facts
