@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from rotation.doctor.checks import ClusterReport, Doctor, DoctorReport, log_findings
+from rotation.doctor.checks import Doctor
+from rotation.doctor.report import ClusterDiagnosis, DoctorReport, log_findings
 from rotation.engine import RotationRequest, WriteFlag
 from rotation.errors import ClusterBusy, NotFoundError, ServiceError, TransientFailure
 from rotation.events import EventIgnored, EventKind, EventRejected, KeyVersionEvent, parse_event
@@ -701,7 +702,7 @@ class Service:
 
     async def register_and_check(
         self, raw_cluster_id: str, *, owner: str | None
-    ) -> tuple[WatchedCluster, ClusterReport]:
+    ) -> tuple[WatchedCluster, ClusterDiagnosis]:
         """`register`, then the doctor's checks on the cluster; findings are logged, never a refusal."""
         watched = await self.register(raw_cluster_id, owner=owner)
         [report] = (await self.doctor([watched.cluster_id])).clusters

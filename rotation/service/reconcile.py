@@ -193,7 +193,8 @@ class Reconciler:
 
         One `Doctor` per pass: each vault, identity, role list, key listing and policy is read once.
         """
-        from rotation.doctor.checks import Doctor, log_findings  # noqa: PLC0415 - only when asked for
+        from rotation.doctor.checks import Doctor  # noqa: PLC0415 - only when asked for
+        from rotation.doctor.report import log_findings  # noqa: PLC0415
 
         async with Doctor.for_runtime(self._service.runtime) as doctor:
             report = await doctor.check_many([c.cluster_id for c in self._report.clusters])
