@@ -592,8 +592,8 @@ class Bench:
         from azure.identity.aio import DefaultAzureCredential  # noqa: PLC0415
 
         from rotation.azure.arm import ClustersClient  # noqa: PLC0415
-        from rotation.engine import build_body  # noqa: PLC0415
         from rotation.ids import parse_cluster_id, parse_key_url  # noqa: PLC0415
+        from rotation.write_body import build_body  # noqa: PLC0415
 
         key = "naive"
         _, ids = self.seed(key, n)

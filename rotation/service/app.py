@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 from rotation.doctor.checks import Doctor
 from rotation.doctor.report import ClusterDiagnosis, DoctorReport, log_findings
-from rotation.engine import RotationRequest, WriteFlag
 from rotation.errors import ClusterBusy, NotFoundError, ServiceError, TransientFailure
 from rotation.events import EventIgnored, EventKind, EventRejected, KeyVersionEvent, parse_event
 from rotation.ids import (
@@ -33,6 +32,7 @@ from rotation.ids import (
     parse_key_url,
 )
 from rotation.outcomes import Outcome, RotationResult, exhausted
+from rotation.rotation_job import RotationRequest, WriteFlag
 from rotation.service.runtime import Runtime
 from rotation.store.clients import storage_clients, storage_credential
 from rotation.store.jobs import Job, JobQueue, JobRejected
