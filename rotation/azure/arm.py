@@ -42,8 +42,8 @@ from rotation.azure.lro import (
 )
 from rotation.azure.pacing import ArmPacer, is_write, subscription_of
 from rotation.errors import ServiceError
-from rotation.ids import UnsafeUrl, check_same_origin
 from rotation.untrusted import JsonRefused, check_json
+from rotation.url_guard import UnsafeUrl, check_same_origin
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping

@@ -25,9 +25,6 @@ from rotation.events import EventIgnored, EventKind, EventRejected, KeyVersionEv
 from rotation.ids import (
     InvalidKeyUrl,
     InvalidResourceId,
-    UnsafeUrl,
-    check_operation_path,
-    check_same_origin,
     parse_cluster_id,
     parse_key_url,
 )
@@ -38,6 +35,7 @@ from rotation.store.clients import storage_clients, storage_credential
 from rotation.store.jobs import Job, JobQueue, JobRejected
 from rotation.store.registry import Claim, KeyMember, Registry, WatchedCluster
 from rotation.untrusted import JsonRefused, bounded_value
+from rotation.url_guard import UnsafeUrl, check_operation_path, check_same_origin
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
