@@ -117,3 +117,32 @@ def test_a_batch_is_not_read_as_a_single_job() -> None:
     """Callers that take only single jobs (`Job.from_json`) refuse a batch, saying so."""
     with pytest.raises(JobRejected, match="carries 2 clusters, expected one"):
         Job.from_json(batch_body())
+
+
+async def test_a_poisoned_batch_is_shown_and_moved_back_whole(stack) -> None:
+    """`poison list` decodes a batch (its clusters), `poison retry` sends it back as it was."""
+    from rotation.cli.commands import format_poisoned
+    from rotation.store.clients import queue_client
+    from rotation.store.poison import PoisonQueue
+
+    batch = JobBatch.of(event_jobs(3))
+    poison_queue = queue_client(stack.service.queue.service_client, f"{stack.queue_name}-poison")
+    jobs_queue = queue_client(stack.service.queue.service_client, stack.queue_name)
+    poison = PoisonQueue(stack.service.queue.service_client, name=stack.queue_name)
+    try:
+        await poison_queue.create_queue()
+        await poison_queue.send_message(batch.to_json())
+        [item] = await poison.peek()
+        assert item.batch == batch
+        assert item.job is None
+        doc = item.to_dict()
+        assert doc["cluster_ids"] == list(batch.cluster_ids)
+        assert f"{cid(0)} (+2 more)  trigger=event" in format_poisoned(doc)
+        moved, left = await poison.retry()
+        assert ([m.message_id for m in moved], left) == ([item.message_id], [])
+        [back] = [m async for m in jobs_queue.receive_messages(max_messages=32)]
+        assert parse_message(back.content) == batch
+    finally:
+        await poison.close()
+        await poison_queue.close()
+        await jobs_queue.close()
