@@ -30,10 +30,11 @@ from rotation.ids import (
 )
 from rotation.outcomes import Outcome, RotationResult, exhausted
 from rotation.rotation_job import RotationRequest, WriteFlag
+from rotation.service.batch import run_batch
 from rotation.service.runtime import Runtime
 from rotation.store.budget import TableBudget
 from rotation.store.clients import storage_clients, storage_credential
-from rotation.store.jobs import Job, JobQueue, JobRejected
+from rotation.store.jobs import Job, JobBatch, JobQueue, JobRejected, batches, parse_message
 from rotation.store.registry import WATCH_TABLE, Claim, KeyMember, Registry, WatchedCluster
 from rotation.untrusted import JsonRefused, bounded_value
 from rotation.url_guard import UnsafeUrl, check_operation_path, check_same_origin
@@ -52,6 +53,9 @@ CLAIM_TTL_S = 900.0  # longer than one invocation's polling budget, shorter than
 BACKOFF_S = 15.0  # a job whose cluster another worker holds comes back after this long
 MAX_BACKOFFS = 40  # a claim lapses after CLAIM_TTL_S, so this is never reached by a healthy system
 ENQUEUE_CONCURRENCY = 64  # queue sends in flight while fanning an event out (one connection each)
+# Messages one event is fanned out to, at most (until a message holds `MAX_BATCH` clusters): enough for every
+# instance the host scales out to to get some, few enough to be sent in well under a second.
+FANOUT_MESSAGES = 256
 # A delivery of a key version fanned out less than this long ago queues nothing again (Event Grid delivers
 # at least once; reconcile catches what a skipped duplicate could have reached).
 FANOUT_WINDOW = timedelta(minutes=15)
@@ -272,7 +276,10 @@ class Service:
             )
             for w in _by_subscription_round_robin(watched)
         ]
-        await self.queue.send_many(jobs, concurrency=ENQUEUE_CONCURRENCY)
+        # Up to FANOUT_MESSAGES messages: a small fan-out is one job per message as ever, a large one is
+        # batches that the workers split (Queue storage has no batch send; Event Grid waits 30 s at most).
+        size = math.ceil(len(jobs) / FANOUT_MESSAGES)
+        await self.queue.send_many(batches(jobs, size), concurrency=ENQUEUE_CONCURRENCY)
         # Only once every job is queued: a delivery that failed before this is redelivered in full.
         await self.registry.remember_fanout(host, name, version)
         duration = time.perf_counter() - started
@@ -301,13 +308,28 @@ class Service:
         so the queue redelivers and finally moves the message to the poison queue.
         """
         try:
-            job = Job.from_json(body, allowed_suffixes=self.settings.allowed_vault_suffixes)
+            job = parse_message(body, allowed_suffixes=self.settings.allowed_vault_suffixes)
         except JobRejected as exc:
             logger.error(  # noqa: TRY400 - the reason is the whole story; no traceback to show
                 "rotation.job_rejected",
                 extra={"invocation_id": invocation_id, "reason": str(exc), "outcome": Outcome.REJECTED.value},
             )
             return None
+        if isinstance(job, JobBatch):
+            await run_batch(
+                job,
+                run=self.run_job,
+                requeue=self.queue.send,
+                dequeue_count=dequeue_count,
+                invocation_id=invocation_id,
+            )
+            return None
+        return await self.run_job(job, dequeue_count=dequeue_count, invocation_id=invocation_id)
+
+    async def run_job(
+        self, job: Job, *, dequeue_count: int | None, invocation_id: str | None
+    ) -> RotationResult | None:
+        """`handle_job` for a parsed job: `execute` it, or defer it while another worker holds the cluster."""
         try:
             async with self._job_slots:
                 return await self.execute(job, dequeue_count=dequeue_count, invocation_id=invocation_id)
