@@ -184,9 +184,16 @@ async def test_an_unreachable_ledger_is_passed_by_and_pacing_goes_on(
 
     class Down:
         async def reserve(
-            self, subscription: str, *, write: bool, count: int, refill_per_s: float, burst: float
+            self,
+            subscription: str,
+            *,
+            write: bool,
+            count: int,
+            refill_per_s: float,
+            burst: float,
+            floor: float = 0.0,
         ) -> list[float]:
-            del subscription, write, count, refill_per_s, burst
+            del subscription, write, count, refill_per_s, burst, floor
             raise ServiceError("storage down", service="storage")
 
     time = FakeTime()
@@ -202,3 +209,38 @@ async def test_an_unreachable_ledger_is_passed_by_and_pacing_goes_on(
         assert await time.run(main()) == 2
     assert pacer.stats.ledger_failures == 2
     assert [r.message for r in caplog.records] == ["rotation.pacing_ledger_unavailable"] * 2
+
+
+async def test_jobs_that_announce_their_write_share_one_reservation() -> None:
+    """Eight jobs announce a write, then write one after another: one reservation of eight slots."""
+    time = FakeTime()
+    table = MemoryTable(time)
+    pacer = process(time, table)
+
+    async def job(i: int) -> None:
+        with pacer.expect_write(SUB):
+            await time.sleep(0.01 * i)  # the job reads the cluster first
+            ticket = await pacer.acquire(SUB, write=True)
+            pacer.observe(ticket, 202, {"x-ms-ratelimit-remaining-subscription-writes": "100"})
+
+    async def main() -> None:
+        await asyncio.gather(*(job(i) for i in range(8)))
+
+    await time.run(main())
+    assert (pacer.stats.reservations, pacer.stats.reserved) == (1, 8)
+    assert table.requests == 2  # the first read (no row yet) and one write
+
+
+async def test_a_job_that_ends_without_writing_withdraws_its_announcement() -> None:
+    """A job that found nothing to write (already current) leaves no slot reserved in its name."""
+    time = FakeTime()
+    pacer = process(time, MemoryTable(time))
+
+    async def main() -> None:
+        with pacer.expect_write(SUB):
+            await pacer.acquire(SUB, write=False)  # a read does not use the announcement
+        ticket = await pacer.acquire(SUB, write=True)
+        pacer.observe(ticket, 202, {"x-ms-ratelimit-remaining-subscription-writes": "100"})
+
+    await time.run(main())
+    assert (pacer.stats.reservations, pacer.stats.reserved) == (1, 1)

@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import contextvars
 import logging
 import math
 import re
@@ -46,7 +48,7 @@ from rotation.azure.http_errors import header, retry_after_seconds
 from rotation.errors import ServiceError
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Iterator
 
 logger = logging.getLogger(__name__)
 
@@ -54,15 +56,13 @@ WRITE_REFILL_PER_S = 10.0  # ARM's documented write refill per subscription
 READ_REFILL_PER_S = 25.0  # ARM's documented read refill per subscription
 WRITE_BURST = 200  # ARM's documented write bucket per subscription
 READ_BURST = 250  # ARM's documented read bucket per subscription
-# Write slots reserved from the ledger in one conditional write: at least MIN_GRANT (a trickle of jobs costs
-# a storage request per few writes, not per write; a slot left unused is a tenth of a second of the budget),
-# at most MAX_GRANT (one process does not hold the budget others wait for).
-MIN_GRANT = 4
+# Write slots reserved from the ledger in one conditional write: one for each write waiting in this process,
+# at most MAX_GRANT (one process does not hold the budget others wait for). A slot reserved and not used is
+# budget nobody spends, so grants follow demand and never run ahead of it.
 MAX_GRANT = 8
-LEDGER_TIMEOUT_S = 5.0  # a ledger slower than this is passed by (the mirror alone paces that request)
-STALE_SLOT_S = (
-    1.0  # a slot not used within this long after its time is dropped: the bucket may have capped it
-)
+LEDGER_TIMEOUT_S = 30.0  # a ledger slower than this is passed by (the mirror alone paces that request)
+# A slot not used within this long after its time is dropped: the bucket may have capped it meanwhile.
+STALE_SLOT_S = 1.0
 RESERVE_TOKENS = 2.0  # left in the bucket: covers requests that reach ARM later than they were admitted
 MAX_BLOCK_S = 60.0  # one odd Retry-After header cannot park a subscription longer than this
 _THROTTLED = 429
@@ -70,6 +70,10 @@ _EPSILON = 1e-9  # a token's worth lost to float rounding is still a token
 _MIN_SLEEP_S = 0.001  # every wait moves time forward
 _SUBSCRIPTION = re.compile(r"/subscriptions/([^/?#]+)", re.IGNORECASE)
 _WRITE_METHODS = frozenset({"PUT", "PATCH", "POST", "DELETE"})
+# The write bucket a job announced with `ArmPacer.expect_write`, until its first write (one per task).
+_EXPECTED_WRITE: contextvars.ContextVar[tuple[str, bool] | None] = contextvars.ContextVar(
+    "rotation_expected_write", default=None
+)
 
 
 def subscription_of(url: str) -> str | None:
@@ -87,11 +91,20 @@ class BudgetLedger(Protocol):
     """The ARM budget of each subscription, shared by every process of the app (`rotation.store.budget`)."""
 
     async def reserve(
-        self, subscription: str, *, write: bool, count: int, refill_per_s: float, burst: float
+        self,
+        subscription: str,
+        *,
+        write: bool,
+        count: int,
+        refill_per_s: float,
+        burst: float,
+        floor: float = 0.0,
     ) -> list[float]:
         """Reserve ``count`` requests of the bucket; the wall-clock time from which each may be sent.
 
-        Raises `ServiceError` when the ledger cannot be read or written.
+        ``floor``: the bucket is known to be at least this far spent (its theoretical arrival time, from the
+        headers ARM answered), whatever the ledger says. Raises `ServiceError` when the ledger cannot be read
+        or written.
         """
         ...
 
@@ -116,6 +129,7 @@ class Ticket:
     key: tuple[str, bool]
     sent_at: float
     done: bool = False
+    sent_wall: float = 0.0
 
 
 @dataclass
@@ -130,6 +144,8 @@ class _Bucket:
     answered: asyncio.Event = field(default_factory=asyncio.Event)
     queued: int = 0  # requests waiting for the lock: how many slots to reserve at once
     slots: collections.deque[float] = field(default_factory=collections.deque)  # from the ledger, wall clock
+    expected: int = 0  # writes announced by jobs in this process (`ArmPacer.expect_write`), not sent yet
+    spent_until: tuple[float, float] = (0.0, 0.0)  # (wall time sent, theoretical arrival time) from a header
 
     def available(self, now: float) -> float:
         if self.tokens is None:
@@ -173,6 +189,25 @@ class ArmPacer:
         self.ledger = ledger
         self.stats = PacerStats()
 
+    @contextlib.contextmanager
+    def expect_write(self, subscription: str) -> Iterator[None]:
+        """Announce that the job running in this context will likely write to ``subscription`` soon.
+
+        Reservations from the ledger then cover the writes of jobs still reading, so a burst of jobs costs
+        one storage request per MAX_GRANT writes. The announcement ends with the job's first write, or with
+        the block.
+        """
+        key = (subscription.lower(), True)
+        bucket = self._bucket(key)
+        bucket.expected += 1
+        token = _EXPECTED_WRITE.set(key)
+        try:
+            yield
+        finally:
+            if _EXPECTED_WRITE.get() == key:
+                bucket.expected = max(0, bucket.expected - 1)  # the job ended without writing
+            _EXPECTED_WRITE.reset(token)
+
     def share_through(self, ledger: BudgetLedger | None) -> None:
         """Take slots from ``ledger`` before each request from now on (None: the mirror alone)."""
         self.ledger = ledger
@@ -207,6 +242,9 @@ class ArmPacer:
             # refills 2.5 times faster; reads are paced by the mirror alone (the headers).
             # With a slot of the shared budget the reserve is already kept, by the ledger, for everyone.
             shared = write and self.ledger is not None and await self._shared_slot(key, bucket)
+            if write and bucket.expected and _EXPECTED_WRITE.get() == key:
+                bucket.expected -= 1  # the write this job announced (`expect_write`) has come
+                _EXPECTED_WRITE.set(None)
             while True:
                 now = self._clock()
                 if now < bucket.blocked_until:
@@ -231,7 +269,7 @@ class ArmPacer:
         if waited >= _MIN_SLEEP_S:
             self.stats.waited += 1
             self.stats.wait_seconds += waited
-        return Ticket(key, sent_at)
+        return Ticket(key, sent_at, sent_wall=self._wall())
 
     async def _shared_slot(self, key: tuple[str, bool], bucket: _Bucket) -> bool:
         """Wait for this request's slot of the shared budget, reserving slots when none is left.
@@ -244,16 +282,26 @@ class ArmPacer:
         if not bucket.slots:
             assert self.ledger is not None  # noqa: S101 - the caller checked
             write = key[1]
-            count = max(MIN_GRANT, min(MAX_GRANT, 1 + bucket.queued))
+            # This write, those queued behind it, and those jobs of this process announced (they read the
+            # cluster first): one reservation for a burst of jobs rather than one each.
+            count = min(MAX_GRANT, 1 + bucket.queued + bucket.expected)
             # Every process must reserve with the same burst: the configured one (the cap the headers showed
             # this process is only a lower bound of it). Some tokens stay unreserved, as in the mirror: a
             # request may reach ARM later than its slot.
             burst = self._burst[write]
             burst = max(1.0, burst - min(self._reserve, 0.1 * burst))
+            sent, spent = bucket.spent_until
+            # What the newest header showed spent (spenders outside the app included).
+            floor = max(spent, sent) if spent else 0.0
             try:
                 async with asyncio.timeout(LEDGER_TIMEOUT_S):
                     slots = await self.ledger.reserve(
-                        key[0], write=write, count=count, refill_per_s=self._refill[write], burst=burst
+                        key[0],
+                        write=write,
+                        count=count,
+                        refill_per_s=self._refill[write],
+                        burst=burst,
+                        floor=floor,
                     )
             except (ServiceError, TimeoutError) as exc:
                 self.stats.ledger_failures += 1
@@ -282,6 +330,12 @@ class ArmPacer:
         bucket.in_flight = max(0, bucket.in_flight - 1)
         now = self._clock()
         remaining = _remaining(headers, write=ticket.key[1])
+        if remaining is not None and ticket.sent_wall >= bucket.spent_until[0]:
+            # The bucket's theoretical arrival time (`rotation.store.budget`) as this answer shows it.
+            write = ticket.key[1]
+            burst = self._burst[write] - min(self._reserve, 0.1 * self._burst[write])
+            tat = ticket.sent_wall + (burst - remaining) / self._refill[write]
+            bucket.spent_until = (ticket.sent_wall, tat)
         if remaining is not None:
             bucket.cap = remaining + 1.0 if math.isinf(bucket.cap) else max(bucket.cap, remaining + 1.0)
             others = bucket.in_flight  # admitted, not answered: they will spend budget the header still shows

@@ -8,6 +8,7 @@ translate their inputs and outputs. Storage failures propagate as `ServiceError`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -396,17 +397,25 @@ class Service:
         writing = WriteFlag(guard=still_ours)  # in_flight: up while the rotator's PUT may be on its way
         keep = False
         run = _JobRun()
+        pacer = self.runtime.clusters.pacer
+        # A job that may PUT announces it, so the shared ARM budget is reserved for a burst of jobs at once.
+        announce = (
+            pacer.expect_write(cluster_id.subscription)
+            if pacer is not None and job.operation_url is None
+            else contextlib.nullcontext()
+        )
         try:
-            return await self._run_job(
-                job,
-                claim,
-                invocation_id=invocation_id,
-                dequeue_count=dequeue_count,
-                dry_run=dry_run,
-                write_flag=writing,
-                watched_only=watched_only,
-                run=run,
-            )
+            with announce:
+                return await self._run_job(
+                    job,
+                    claim,
+                    invocation_id=invocation_id,
+                    dequeue_count=dequeue_count,
+                    dry_run=dry_run,
+                    write_flag=writing,
+                    watched_only=watched_only,
+                    run=run,
+                )
         except asyncio.CancelledError:
             # Cancelled with a PUT possibly still on its way to ARM: keep the claim, so that no other worker
             # PUTs before it lands (a late arrival could take the cluster back a version); it lapses at TTL.

@@ -56,9 +56,20 @@ class TableBudget:
         self.requests = 0  # storage requests sent, for benchmarks
 
     async def reserve(
-        self, subscription: str, *, write: bool, count: int, refill_per_s: float, burst: float
+        self,
+        subscription: str,
+        *,
+        write: bool,
+        count: int,
+        refill_per_s: float,
+        burst: float,
+        floor: float = 0.0,
     ) -> list[float]:
-        """Reserve ``count`` requests of the bucket; the wall-clock time from which each may be sent."""
+        """Reserve ``count`` requests of the bucket; the wall-clock time from which each may be sent.
+
+        ``floor``: a TAT the bucket is known to have reached (ARM's headers show everyone's spending,
+        including writes that took no slot): the reservation starts no earlier.
+        """
         if count < 1 or refill_per_s <= 0:
             return []
         row = row_key(subscription, write=write)
@@ -70,7 +81,7 @@ class TableBudget:
                 known = await self._read(row)
             tat, etag = known
             now = self._wall()
-            start = max(tat, now)
+            start = max(tat, now, floor)
             slots = [max(now, start + j * interval - tolerance) for j in range(count)]
             new_tat = start + count * interval
             written = await self._write(row, new_tat, etag)
