@@ -155,11 +155,14 @@ def worker_main(args: argparse.Namespace) -> None:  # noqa: C901, PLR0915 - one 
 
         slowest_receive_s = 0.0  # the longest receive call (Azurite's answer, or the SDK's retries)
 
+        finished = 0  # invocations whose message was deleted (or left to reappear)
+
         async def _one(self, message: Any) -> None:  # noqa: ANN401 - azure QueueMessage
             failed = self.stats.failed
             await super()._one(message)
             if self.stats.failed == failed:
                 counts["host queue DELETE"] += 1
+            self.finished += 1
 
         async def feed(self, stop: asyncio.Event, concurrency: int) -> None:
             running: set[asyncio.Task[None]] = set()
@@ -200,6 +203,7 @@ def worker_main(args: argparse.Namespace) -> None:  # noqa: C901, PLR0915 - one 
             "invocations": host.stats.invocations,
             "succeeded": host.stats.succeeded,
             "failed": host.stats.failed,
+            "finished": host.finished,
             "cpu_s": round(usage.ru_utime + usage.ru_stime - ready_cpu, 3),
             "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
             "requests": dict(counts),
@@ -840,11 +844,10 @@ class Bench:
         done_by = time.monotonic() + 15
         while True:
             after = snapshots(self.workers)
-            ended = sum(
-                a["succeeded"] + a["failed"] - b["succeeded"] - b["failed"]
-                for b, a in zip(before, after, strict=True)
-            )
-            if ended >= n or time.monotonic() > done_by:
+            # Every cluster was verified, so every message was received: wait until each invocation returned.
+            received = sum(a["invocations"] - b["invocations"] for b, a in zip(before, after, strict=True))
+            ended = sum(a["finished"] - b["finished"] for b, a in zip(before, after, strict=True))
+            if (received and ended >= received) or time.monotonic() > done_by:
                 break
             await asyncio.sleep(0.2)
         result["operation_s"], result["poll_interval_s"] = timing
@@ -1006,9 +1009,9 @@ async def run_all(args: argparse.Namespace, sim: Any, azurite: Any) -> dict[str,
                 print(f"bench: fan-out of {n} clusters ...", file=sys.stderr, flush=True)
                 out["fanout"].append(await bench.fanout(n))
             stress = (args.stress_operation, args.stress_poll_interval)
-            for n in sizes(args.stress_sizes):
+            for i, n in enumerate(sizes(args.stress_sizes)):
                 print(f"bench: stress fan-out of {n} clusters ...", file=sys.stderr, flush=True)
-                out["fanout"].append({**await bench.fanout(n, label="s", timing=stress), "stress": True})
+                out["fanout"].append({**await bench.fanout(n, label=f"s{i}", timing=stress), "stress": True})
         finally:
             out["worker"] = merge_workers([w.stop() for w in bench.workers])
             bench.workers = []
