@@ -831,6 +831,8 @@ class Bench:
         self.configure(timing)  # full buckets at the start
         self.sim.clear_requests()
         cpu = _cpu()
+        azurite_pid = self.azurite._proc.pid if self.azurite._proc else 0  # noqa: SLF001 - measuring it
+        azurite_cpu = tree_cpu(azurite_pid)
         before = snapshots(self.workers)
         t0, enqueue_s, _ = await self.fire(key)
         deadline = time.monotonic() + self.args.timeout
@@ -855,6 +857,21 @@ class Bench:
         result["simulator_process_cpu_s"] = round(_cpu() - cpu, 2)
         result["workers"] = len(self.workers)
         result["worker_cost"] = cost(before, after, n)
+        # Where the machine's CPU went from the event to the last job's end (the workers, this process with
+        # the simulator and the Event Grid function, Azurite), against what its cores had in that time.
+        spent = {
+            "workers_s": result["worker_cost"]["cpu_s"],
+            "bench_and_simulator_s": result["simulator_process_cpu_s"],
+            "azurite_s": round(tree_cpu(azurite_pid) - azurite_cpu, 2),
+        }
+        wall = time.time() - t0
+        result["cpu_budget"] = {
+            **spent,
+            "total_s": round(sum(spent.values()), 2),
+            "cores": os.cpu_count(),
+            "wall_s": round(wall, 2),
+            "available_s": round((os.cpu_count() or 1) * wall, 2),
+        }
         return result
 
     async def scale_out(self, n: int, workers: int) -> dict[str, Any]:
@@ -981,6 +998,27 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def tree_cpu(root: int) -> float:
+    """CPU seconds of process ``root`` and its descendants so far (Linux /proc; 0 elsewhere)."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = entry.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(entry.parent.name)
+        parents[pid] = int(fields[1])
+        ticks[pid] = int(fields[11]) + int(fields[12])  # utime, stime
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
+        tree.update(children)
+        frontier.extend(children)
+    return sum(ticks.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
+
+
 async def run_all(args: argparse.Namespace, sim: Any, azurite: Any) -> dict[str, Any]:  # noqa: ANN401
     """Every scenario, in an order that keeps them from disturbing each other."""
     from rotation.service.app import close_services  # noqa: PLC0415
@@ -1099,6 +1137,7 @@ def rows(  # noqa: C901, PLR0915 - one table, row by row
         )
         add(f"{tag}: event function -> jobs enqueued", f"{f['event_to_enqueued_s']:.3f} s")
         add_cost(add, tag, f["worker_cost"], stress=bool(f.get("stress")))
+        add_cpu_budget(add, tag, f)
     for f in result.get("scale_out", []):
         add_scale_out(add, f)
     warm = result.get("warmup")
@@ -1190,6 +1229,19 @@ def add_cost(add: Any, tag: str, c: dict[str, Any], *, stress: bool) -> None:  #
     )
 
 
+def add_cpu_budget(add: Any, tag: str, f: dict[str, Any]) -> None:  # noqa: ANN401
+    """The row that says whether the machine's cores, not ARM, set the pace."""
+    b = f.get("cpu_budget")
+    if not b:
+        return
+    add(
+        f"{tag}: CPU spent (workers + this process with the simulator + Azurite) / cores x wall",
+        f"{b['workers_s']:.1f} + {b['bench_and_simulator_s']:.1f} + {b['azurite_s']:.1f} "
+        f"= {b['total_s']:.1f} s / {b['available_s']:.1f} s "
+        f"({b['total_s'] / max(b['available_s'], 1e-9) * 100:.0f}%)",
+    )
+
+
 def add_scale_out(add: Any, f: dict[str, Any]) -> None:  # noqa: ANN401
     """Rows of one scale-out run; the targets hold at 4 workers."""
     w = f["workers"]
@@ -1234,6 +1286,7 @@ def add_scale_out(add: Any, f: dict[str, Any]) -> None:  # noqa: ANN401
         f"{tag}: worker CPU per job; storage requests per job ({kinds})",
         f"{c['cpu_ms_per_job']:.1f} ms; {c['storage_per_job']:.2f}",
     )
+    add_cpu_budget(add, tag, f)
     add(
         f"{tag}: peak RSS of a worker",
         f"{c['peak_rss_mb']:.0f} MB",
