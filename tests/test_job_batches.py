@@ -247,10 +247,10 @@ async def test_a_batch_acts_only_on_its_watched_clusters(stack) -> None:
 
 
 async def test_a_large_fan_out_is_sent_as_batches_and_every_cluster_is_reached(stack, monkeypatch) -> None:
-    """Past FANOUT_MESSAGES clusters an event is queued as batches; draining them rotates every cluster."""
+    """Past SINGLE_JOB_FANOUT clusters an event is queued as batches; draining them rotates every cluster."""
     from rotation.service import app as service_app
 
-    monkeypatch.setattr(service_app, "FANOUT_MESSAGES", 2)
+    monkeypatch.setattr(service_app, "SINGLE_JOB_FANOUT", 2)
     key, v1 = stack.new_key()
     clusters = [stack.add_cluster(key, v1) for _ in range(5)]
     await stack.register(*clusters)
@@ -259,7 +259,16 @@ async def test_a_large_fan_out_is_sent_as_batches_and_every_cluster_is_reached(s
     assert report.outcome == "queued"
     assert len(report.jobs) == 5
     messages = await _raw_queued(stack)
-    assert [len(m.cluster_ids) for m in messages if isinstance(m, JobBatch)] == [3, 2]
+    assert sorted(len(m.cluster_ids) if isinstance(m, JobBatch) else 1 for m in messages) == [1, 4]
     await stack.drain()
     target = report.jobs[0].target_key_url
     assert [stack.key_of(c) for c in clusters] == [target] * 5
+
+
+def test_the_size_of_an_event_s_messages_follows_its_fan_out() -> None:
+    """One cluster per message up to 32, then 4 or more, never past 256 messages nor 100 per message."""
+    from rotation.service.app import fanout_batch_size
+
+    assert [fanout_batch_size(n) for n in (1, 32, 33, 100, 1024, 2000, 10000)] == [1, 1, 4, 4, 4, 8, 40]
+    assert fanout_batch_size(1_000_000) == MAX_BATCH  # then more messages than 256
+    assert len(batches(event_jobs(1000), fanout_batch_size(1000))) == 250

@@ -35,7 +35,7 @@ from rotation.service.batch import run_batch
 from rotation.service.runtime import Runtime
 from rotation.store.budget import TableBudget
 from rotation.store.clients import storage_clients, storage_credential
-from rotation.store.jobs import Job, JobBatch, JobQueue, JobRejected, batches, parse_message
+from rotation.store.jobs import MAX_BATCH, Job, JobBatch, JobQueue, JobRejected, batches, parse_message
 from rotation.store.registry import WATCH_TABLE, Claim, KeyMember, Registry, WatchedCluster
 from rotation.untrusted import JsonRefused, bounded_value
 from rotation.url_guard import UnsafeUrl, check_operation_path, check_same_origin
@@ -54,8 +54,12 @@ CLAIM_TTL_S = 900.0  # longer than one invocation's polling budget, shorter than
 BACKOFF_S = 15.0  # a job whose cluster another worker holds comes back after this long
 MAX_BACKOFFS = 40  # a claim lapses after CLAIM_TTL_S, so this is never reached by a healthy system
 ENQUEUE_CONCURRENCY = 64  # queue sends in flight while fanning an event out (one connection each)
-# Messages one event is fanned out to, at most (until a message holds `MAX_BATCH` clusters): enough for every
-# instance the host scales out to to get some, few enough to be sent in well under a second.
+# How an event's jobs are put in messages (`fanout_batch_size`): one cluster per message up to
+# SINGLE_JOB_FANOUT clusters; past that at least MIN_BATCH per message (a send, a receive and a delete serve
+# several clusters), and at most FANOUT_MESSAGES messages (until a message holds `MAX_BATCH` clusters): enough
+# for every instance the host scales out to to get some, few enough to be sent in well under a second.
+SINGLE_JOB_FANOUT = 32
+MIN_BATCH = 4
 FANOUT_MESSAGES = 256
 # A delivery of a key version fanned out less than this long ago queues nothing again (Event Grid delivers
 # at least once; reconcile catches what a skipped duplicate could have reached).
@@ -277,10 +281,11 @@ class Service:
             )
             for w in _by_subscription_round_robin(watched)
         ]
-        # Up to FANOUT_MESSAGES messages: a small fan-out is one job per message as ever, a large one is
-        # batches that the workers split (Queue storage has no batch send; Event Grid waits 30 s at most).
-        size = math.ceil(len(jobs) / FANOUT_MESSAGES)
-        await self.queue.send_many(batches(jobs, size), concurrency=ENQUEUE_CONCURRENCY)
+        # A small fan-out is one job per message as ever, a larger one batches that the workers split (Queue
+        # storage has no batch send; Event Grid waits 30 s at most).
+        await self.queue.send_many(
+            batches(jobs, fanout_batch_size(len(jobs))), concurrency=ENQUEUE_CONCURRENCY
+        )
         # Only once every job is queued: a delivery that failed before this is redelivered in full.
         await self.registry.remember_fanout(host, name, version)
         duration = time.perf_counter() - started
@@ -804,6 +809,13 @@ def _as_arm_spells_it(given: ResourceId, arm_id: str) -> ResourceId:
     except InvalidResourceId:
         return given
     return answered if answered.normalized == given.normalized else given
+
+
+def fanout_batch_size(clusters: int) -> int:
+    """Clusters per message when one event reaches ``clusters`` watched clusters."""
+    if clusters <= SINGLE_JOB_FANOUT:
+        return 1
+    return min(MAX_BATCH, max(MIN_BATCH, math.ceil(clusters / FANOUT_MESSAGES)))
 
 
 def _by_subscription_round_robin(watched: list[KeyMember]) -> list[KeyMember]:
