@@ -59,7 +59,7 @@ READ_BURST = 250  # ARM's documented read bucket per subscription
 # Write slots reserved from the ledger in one conditional write: one for each write waiting in this process,
 # at most MAX_GRANT (one process does not hold the budget others wait for). A slot reserved and not used is
 # budget nobody spends, so grants follow demand and never run ahead of it.
-MAX_GRANT = 8
+MAX_GRANT = 32
 LEDGER_TIMEOUT_S = 30.0  # a ledger slower than this is passed by (the mirror alone paces that request)
 # A slot not used within this long after its time is dropped: the bucket may have capped it meanwhile.
 STALE_SLOT_S = 1.0
@@ -284,7 +284,8 @@ class ArmPacer:
             write = key[1]
             # This write, those queued behind it, and those jobs of this process announced (they read the
             # cluster first): one reservation for a burst of jobs rather than one each.
-            count = min(MAX_GRANT, 1 + bucket.queued + bucket.expected)
+            announced = _EXPECTED_WRITE.get() == key  # then this write is among the expected ones
+            count = min(MAX_GRANT, max(1 + bucket.queued, bucket.expected + (0 if announced else 1)))
             # Every process must reserve with the same burst: the configured one (the cap the headers showed
             # this process is only a lower bound of it). Some tokens stay unreserved, as in the mirror: a
             # request may reach ARM later than its slot.
