@@ -85,7 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=host_concurrency(),
         help="queue invocations in flight per worker (default: host.json's batchSize + newBatchThreshold)",
     )
-    p.add_argument("--naive-size", type=int, default=3, help="clusters the sequential baseline rotates")
+    p.add_argument("--naive-size", type=int, default=2, help="clusters the sequential baseline rotates")
     p.add_argument(
         "--scale-workers", default="1,2,4", help="worker processes of the scale-out runs (one run per count)"
     )
