@@ -192,8 +192,9 @@ async def test_an_unreachable_ledger_is_passed_by_and_pacing_goes_on(
             refill_per_s: float,
             burst: float,
             floor: float = 0.0,
+            ahead: int = 0,
         ) -> list[float]:
-            del subscription, write, count, refill_per_s, burst, floor
+            del subscription, write, count, refill_per_s, burst, floor, ahead
             raise ServiceError("storage down", service="storage")
 
     time = FakeTime()
@@ -211,24 +212,42 @@ async def test_an_unreachable_ledger_is_passed_by_and_pacing_goes_on(
     assert [r.message for r in caplog.records] == ["rotation.pacing_ledger_unavailable"] * 2
 
 
-async def test_jobs_that_announce_their_write_share_one_reservation() -> None:
-    """Eight jobs announce a write, then write one after another: one reservation of eight slots."""
+async def test_jobs_that_announce_their_write_share_one_reservation_once_the_bucket_is_spent() -> None:
+    """Another process spent the burst; eight jobs announce a write: one reservation of eight future slots."""
     time = FakeTime()
     table = MemoryTable(time)
     pacer = process(time, table)
+    other = TableBudget(table, wall=time.clock)  # type: ignore[arg-type]
 
     async def job(i: int) -> None:
         with pacer.expect_write(SUB):
             await time.sleep(0.01 * i)  # the job reads the cluster first
             ticket = await pacer.acquire(SUB, write=True)
-            pacer.observe(ticket, 202, {"x-ms-ratelimit-remaining-subscription-writes": "100"})
+            pacer.observe(ticket, 202, {"x-ms-ratelimit-remaining-subscription-writes": "0"})
 
     async def main() -> None:
+        await other.reserve(SUB, write=True, count=20, refill_per_s=10.0, burst=18)
         await asyncio.gather(*(job(i) for i in range(8)))
 
     await time.run(main())
     assert (pacer.stats.reservations, pacer.stats.reserved) == (1, 8)
-    assert table.requests == 2  # the first read (no row yet) and one write
+
+
+async def test_a_full_bucket_is_reserved_only_for_writes_waiting_now() -> None:
+    """A full bucket's tokens go only to writes ready now: one held for a job still reading could be spent twice."""
+    time = FakeTime()
+    table = MemoryTable(time)
+    pacer = process(time, table)
+
+    async def main() -> None:
+        with pacer.expect_write(SUB):
+            for _ in range(7):  # seven more jobs announced, still reading
+                pacer._bucket((SUB, True)).expected += 1  # as seven `expect_write` blocks would
+            ticket = await pacer.acquire(SUB, write=True)
+            pacer.observe(ticket, 202, {"x-ms-ratelimit-remaining-subscription-writes": "19"})
+
+    await time.run(main())
+    assert (pacer.stats.reservations, pacer.stats.reserved) == (1, 1)
 
 
 async def test_a_job_that_ends_without_writing_withdraws_its_announcement() -> None:

@@ -99,12 +99,15 @@ class BudgetLedger(Protocol):
         refill_per_s: float,
         burst: float,
         floor: float = 0.0,
+        ahead: int = 0,
     ) -> list[float]:
         """Reserve ``count`` requests of the bucket; the wall-clock time from which each may be sent.
 
         ``floor``: the bucket is known to be at least this far spent (its theoretical arrival time, from the
-        headers ARM answered), whatever the ledger says. Raises `ServiceError` when the ledger cannot be read
-        or written.
+        headers ARM answered), whatever the ledger says. ``ahead``: as many more, for writes expected soon,
+        but only when the bucket is spent (their slots lie in the future): a slot of the burst taken now and
+        used later could be spent twice, once the bucket refilled to its cap meanwhile. Raises
+        `ServiceError` when the ledger cannot be read or written.
         """
         ...
 
@@ -285,7 +288,8 @@ class ArmPacer:
             # This write, those queued behind it, and those jobs of this process announced (they read the
             # cluster first): one reservation for a burst of jobs rather than one each.
             announced = _EXPECTED_WRITE.get() == key  # then this write is among the expected ones
-            count = min(MAX_GRANT, max(1 + bucket.queued, bucket.expected + (0 if announced else 1)))
+            count = min(MAX_GRANT, 1 + bucket.queued)
+            ahead = max(0, min(MAX_GRANT, bucket.expected + (0 if announced else 1)) - count)
             # Every process must reserve with the same burst: the configured one (the cap the headers showed
             # this process is only a lower bound of it). Some tokens stay unreserved, as in the mirror: a
             # request may reach ARM later than its slot.
@@ -300,6 +304,7 @@ class ArmPacer:
                         key[0],
                         write=write,
                         count=count,
+                        ahead=ahead,
                         refill_per_s=self._refill[write],
                         burst=burst,
                         floor=floor,

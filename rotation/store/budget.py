@@ -68,11 +68,13 @@ class TableBudget:
         refill_per_s: float,
         burst: float,
         floor: float = 0.0,
+        ahead: int = 0,
     ) -> list[float]:
         """Reserve ``count`` requests of the bucket; the wall-clock time from which each may be sent.
 
         ``floor``: a TAT the bucket is known to have reached (ARM's headers show everyone's spending,
-        including writes that took no slot): the reservation starts no earlier.
+        including writes that took no slot): the reservation starts no earlier. ``ahead``: as many more
+        when the bucket is spent, so that every one of them lies in the future (`BudgetLedger.reserve`).
         """
         if count < 1 or refill_per_s <= 0:
             return []
@@ -89,7 +91,9 @@ class TableBudget:
             now = self._wall()
             start = max(tat, now, floor)
             slots = [max(now, start + j * interval - tolerance) for j in range(count)]
-            new_tat = start + count * interval
+            if ahead and start + count * interval - tolerance > now:  # spent: the next slot is a future one
+                slots += [start + j * interval - tolerance for j in range(count, count + ahead)]
+            new_tat = start + len(slots) * interval
             written = await self._write(row, new_tat, etag)
             if written is None:
                 self._known.pop(row, None)  # another process moved it: read it again
