@@ -1377,30 +1377,34 @@ throttling). Every instance of the app runs as the same identity, so all of them
 process already paces itself from the `x-ms-ratelimit-remaining-subscription-writes` header, and that header
 does count everyone's writes; but it tells a process what the others spent only after the fact. Started
 together, W processes each see the same full bucket and each spend it, then each take the whole refill
-(`tests/test_pacing_shared.py`, on a fake clock: 100 writes from 4 processes against a 20/10 bucket got 52
-429s). Three ways were weighed:
+(`tests/test_pacing_shared.py`, on a fake clock: 100 writes from 4 processes against a 20/10 bucket drew
+52 429s). Three ways were weighed:
 
 - *Adaptive pacing from the headers alone* (each process estimates what the others spend and takes the
   rest): free, but the shares it converges to are the ones it started from, not equal ones, and the start
-  is blind. Tried on the fake clock: 2 processes took 119 s for an 8 s bound (one starved), 4 processes
-  still drew 46 429s. It cannot promise "no request inside a `Retry-After`" either, since a 429 one process
-  gets is not seen by the others.
+  is blind. A prototype (not kept) on the fake clock: 2 processes took 119 s for an 8 s bound (one
+  starved), 4 processes still drew 46 429s. It cannot promise "no request inside a `Retry-After`"
+  either, since a 429 one process gets is not seen by the others.
 - *A lease per subscription in Table storage* (one writer at a time): exact, but every other process waits
   for the lease and polls it, and a dead holder stalls the subscription for the lease's length.
 - *A shared ledger in Table storage* (chosen, `rotation/store/budget.py`): one row per subscription holds
   the bucket's theoretical arrival time of the generic cell rate algorithm, the virtual-scheduling form of
   the same token bucket. A process reserves slots with one ETag-conditional write (a process that lost the
   race reads the row and reserves after the winner: never the same token twice) and sends each write at its
-  slot. Reservations follow demand (the writes waiting, plus those the process's running jobs announced when
-  they started: `ArmPacer.expect_write`), at most 32 at once, so a burst of jobs costs one storage request per
-  few writes and no process holds budget others wait for. The header mirror still applies on top (spenders
-  outside the app show up only there), and the newest header is a floor for the ledger. A ledger that cannot
-  be reached within 30 s is passed by: the mirror alone paces that write; rotations never wait on it.
+  slot. Reservations follow demand: the writes waiting now and, once the bucket is spent (the slots lie in
+  the future), those the process's running jobs announced when they started (`ArmPacer.expect_write`), at
+  most 32 at once; so a burst of jobs costs one storage request per few writes, no process holds budget
+  others wait for, and no token of a full bucket is held for a job still reading (used after the bucket
+  refilled to its cap, it would be spent twice: the first version of this design drew 9 429s that way).
+  The header mirror still applies on top (spenders outside the app show up only there), and the newest
+  header is a floor for the ledger. A ledger that cannot be reached within 30 s is passed by: the mirror
+  alone paces that write; rotations never wait on it.
   Reads are not shared this way: a rotation spends one write and four reads, the read bucket is larger and
   refills 2.5 times faster, and the scale-out rows show no read 429s.
 
 On the fake clock (`tests/test_pacing_shared.py`) 4 processes sharing the ledger finish 100 writes within 5 %
-of the 8 s bound with no 429, for about 0.5 storage requests per write.
+of the 8 s bound with no 429 (27 storage requests for the 100 writes in that scenario; a trickle of jobs
+costs more per write, the scale-out rows below count it).
 
 ## What one job costs
 

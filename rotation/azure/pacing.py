@@ -61,8 +61,6 @@ READ_BURST = 250  # ARM's documented read bucket per subscription
 # budget nobody spends, so grants follow demand and never run ahead of it.
 MAX_GRANT = 32
 LEDGER_TIMEOUT_S = 30.0  # a ledger slower than this is passed by (the mirror alone paces that request)
-# A slot not used within this long after its time is dropped: the bucket may have capped it meanwhile.
-STALE_SLOT_S = 1.0
 RESERVE_TOKENS = 2.0  # left in the bucket: covers requests that reach ARM later than they were admitted
 MAX_BLOCK_S = 60.0  # one odd Retry-After header cannot park a subscription longer than this
 _THROTTLED = 429
@@ -280,7 +278,8 @@ class ArmPacer:
         False when the ledger gave none (unreachable): the mirror alone paces this request.
         """
         now = self._wall()
-        while bucket.slots and bucket.slots[0] < now - STALE_SLOT_S:
+        stale = _stale_after(bucket.refill_per_s, min(self._reserve, 0.1 * self._burst[True]))
+        while bucket.slots and bucket.slots[0] < now - stale:
             bucket.slots.popleft()
         if not bucket.slots:
             assert self.ledger is not None  # noqa: S101 - the caller checked
@@ -380,3 +379,13 @@ def _remaining(headers: Any, *, write: bool) -> float | None:  # noqa: ANN401
     except ValueError:
         return None
     return value if math.isfinite(value) and value >= 0 else None
+
+
+def _stale_after(refill_per_s: float, reserve: float) -> float:
+    """How long after its time a slot of the ledger may still be used: the reserve's worth of refill.
+
+    Used later, the tokens a slot stood for may have been lost to the bucket's cap meanwhile (the bucket
+    refilled while the slot waited), and spending it would overdraw the bucket by more than the reserve.
+    A dropped slot costs a new reservation.
+    """
+    return max(reserve, 1.0) / refill_per_s
