@@ -117,7 +117,11 @@ async def test_four_processes_without_a_ledger_overrun_the_bucket() -> None:
 
 
 async def test_four_processes_sharing_the_ledger_get_no_429_and_keep_the_refill_pace() -> None:
-    """100 writes over 4 processes, burst 20, refill 10/s: no 429, done within 5 % of the bound (8 s)."""
+    """100 writes over 4 processes, burst 20, refill 10/s: no 429, and the refill's pace from the start.
+
+    The ledger keeps a quarter of the burst back (slack for late writes): the writes past the first 15 go at
+    the refill rate, 8.5 s; ARM's own bound is 8 s.
+    """
     time = FakeTime()
     server = ServerBucket(time, burst=20, refill=10.0)
     table = MemoryTable(time)
@@ -128,7 +132,7 @@ async def test_four_processes_sharing_the_ledger_get_no_429_and_keep_the_refill_
     assert statuses.count(429) == 0
     assert len(statuses) == 100
     bound = (100 - 20) / 10.0
-    assert bound <= makespan <= bound * 1.05 + 2 * LATENCY
+    assert bound <= makespan <= (100 - 15) / 10.0 + 2 * LATENCY
     reserved = sum(p.stats.reserved for p in pacers)
     assert reserved >= 100
     # A few slots at a time: far fewer storage requests than writes, even with four processes racing.

@@ -61,6 +61,10 @@ READ_BURST = 250  # ARM's documented read bucket per subscription
 # budget nobody spends, so grants follow demand and never run ahead of it.
 MAX_GRANT = 32
 LEDGER_TIMEOUT_S = 30.0  # a ledger slower than this is passed by (the mirror alone paces that request)
+# The part of the burst the shared ledger keeps back (`ArmPacer._ledger_reserve`): a quarter of 200 writes is
+# five seconds of refill a late write may lag its slot; a fan-out under 150 writes per subscription loses
+# nothing by it, a larger one a few seconds of the minutes its operations take.
+LEDGER_RESERVE = 0.25
 RESERVE_TOKENS = 2.0  # left in the bucket: covers requests that reach ARM later than they were admitted
 MAX_BLOCK_S = 60.0  # one odd Retry-After header cannot park a subscription longer than this
 _THROTTLED = 429
@@ -213,6 +217,16 @@ class ArmPacer:
         """Take slots from ``ledger`` before each request from now on (None: the mirror alone)."""
         self.ledger = ledger
 
+    def _ledger_reserve(self, *, write: bool) -> float:
+        """Tokens of the bucket the ledger never hands out: slack for slots used after their time.
+
+        A slot used late spends a token the bucket may have lost to its cap while the slot waited (the
+        processes hold slots the bucket does not know of): the reserve is that slack, and a slot older than
+        the reserve's worth of refill is dropped. LEDGER_RESERVE of the burst, at least the mirror's.
+        """
+        burst = self._burst[write]
+        return max(min(self._reserve, 0.1 * burst), LEDGER_RESERVE * burst)
+
     def _bucket(self, key: tuple[str, bool]) -> _Bucket:
         bucket = self._buckets.get(key)
         if bucket is None:
@@ -278,7 +292,7 @@ class ArmPacer:
         False when the ledger gave none (unreachable): the mirror alone paces this request.
         """
         now = self._wall()
-        stale = _stale_after(bucket.refill_per_s, min(self._reserve, 0.1 * self._burst[True]))
+        stale = self._ledger_reserve(write=True) / bucket.refill_per_s
         while bucket.slots and bucket.slots[0] < now - stale:
             bucket.slots.popleft()
         if not bucket.slots:
@@ -292,8 +306,7 @@ class ArmPacer:
             # Every process must reserve with the same burst: the configured one (the cap the headers showed
             # this process is only a lower bound of it). Some tokens stay unreserved, as in the mirror: a
             # request may reach ARM later than its slot.
-            burst = self._burst[write]
-            burst = max(1.0, burst - min(self._reserve, 0.1 * burst))
+            burst = max(1.0, self._burst[write] - self._ledger_reserve(write=write))
             sent, spent = bucket.spent_until
             # What the newest header showed spent (spenders outside the app included).
             floor = max(spent, sent) if spent else 0.0
@@ -338,7 +351,7 @@ class ArmPacer:
         if remaining is not None and ticket.sent_wall >= bucket.spent_until[0]:
             # The bucket's theoretical arrival time (`rotation.store.budget`) as this answer shows it.
             write = ticket.key[1]
-            burst = self._burst[write] - min(self._reserve, 0.1 * self._burst[write])
+            burst = self._burst[write] - self._ledger_reserve(write=write)
             tat = ticket.sent_wall + (burst - remaining) / self._refill[write]
             bucket.spent_until = (ticket.sent_wall, tat)
         if remaining is not None:
@@ -379,13 +392,3 @@ def _remaining(headers: Any, *, write: bool) -> float | None:  # noqa: ANN401
     except ValueError:
         return None
     return value if math.isfinite(value) and value >= 0 else None
-
-
-def _stale_after(refill_per_s: float, reserve: float) -> float:
-    """How long after its time a slot of the ledger may still be used: the reserve's worth of refill.
-
-    Used later, the tokens a slot stood for may have been lost to the bucket's cap meanwhile (the bucket
-    refilled while the slot waited), and spending it would overdraw the bucket by more than the reserve.
-    A dropped slot costs a new reservation.
-    """
-    return max(reserve, 1.0) / refill_per_s
