@@ -28,6 +28,7 @@ from rotation.key_health import EXPIRY_HORIZON, newest_not_usable, newest_versio
 from rotation.outcomes import Outcome
 from rotation.retry import RetryPolicy
 from rotation.store.jobs import Job
+from rotation.store.watch import WatchState
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -294,7 +295,7 @@ class Reconciler:
             newest.version if newest else None,
             "up-to-date",
         )
-        if watched.state == "pending" and watched.operation_url and self._pending_lost(watched):
+        if watched.state is WatchState.PENDING and watched.operation_url and self._pending_lost(watched):
             await self._queue(
                 Job.new(
                     watched.cluster_id,
