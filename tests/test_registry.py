@@ -142,7 +142,7 @@ async def test_key_change_moves_the_row_to_the_new_key_partition(registry):
 
 
 async def test_remove_unwatches_and_reports_whether_it_was_watched(registry):
-    """Removing a watched cluster returns True once, then False; it leaves get, list and for_key."""
+    """Removing a watched cluster returns True once, then False; it leaves get, iterate and for_key."""
     await register(registry)
     assert await registry.watched.remove(cid()) is True
     assert await registry.watched.get(cid()) is None
@@ -630,7 +630,7 @@ async def test_renew_fails_once_another_owner_took_the_lapsed_claim(registry):
 
 
 async def test_release_claim_after_a_pointer_change_still_releases(registry):
-    """release_claim whose ETag is stale (a registration wrote the row) reads it and clears our claim."""
+    """Releasing a claim whose ETag is stale (a registration wrote the row) reads it and clears our claim."""
     await register(registry)
     claim = await registry.claims.take(cid(), owner="w1", ttl=60)
     assert claim is not None
