@@ -18,8 +18,8 @@ from rotation.ids import parse_cluster_id
 from rotation.outcomes import Outcome, RotationResult
 from rotation.store.claims import Claim
 from rotation.store.registry import Registry
-from rotation.store.tables import CLUSTER_PARTITION, cluster_row_key
-from rotation.store.watch import WatchedCluster, WatchState, _watch_entity, key_partition
+from rotation.store.tables import CLUSTER_PARTITION, cluster_row_key, key_partition
+from rotation.store.watch import WatchedCluster, WatchState, _watch_entity
 
 azurite_server = storage_fixtures.azurite_server  # the shared session fixture
 

@@ -102,6 +102,11 @@ async def read_row(table: TableClient, partition: str, row: str) -> TableEntity 
             return None
 
 
+def key_partition(vault_host: str, key_name: str) -> str:
+    """The watch-table PartitionKey of a key: ``{vault host}|{key name}``, lower-cased."""
+    return f"{vault_host.strip().lower()}|{key_name.strip().lower()}"
+
+
 def cluster_row_key(cluster_id: ResourceId) -> str:
     """The table key of a cluster: its normalized id with ``/`` replaced by ``|``."""
     return cluster_id.normalized.replace("/", "|")

@@ -27,6 +27,7 @@ from rotation.store.tables import (
     cluster_row_key,
     conflict,
     etag,
+    key_partition,
     meta_etag,
     now,
     read_row,
@@ -112,18 +113,11 @@ class KeyMember:
     etag: str | None
 
 
-def key_partition(vault_host: str, key_name: str) -> str:
-    """The watch-table PartitionKey of a key: ``{vault host}|{key name}``, lower-cased."""
-    return f"{vault_host.strip().lower()}|{key_name.strip().lower()}"
-
-
 class WatchedClusters:
     """Register, find, list and unregister watched clusters; keep each one's outcome and operation."""
 
     def __init__(self, tables: Tables) -> None:
         self._tables = tables
-
-    # -- reads -------------------------------------------------------------------------------------
 
     async def _locate(self, row: str) -> tuple[TableEntity | None, TableEntity | None]:
         """The cluster row of ``row`` and, when watched, its watch row."""
@@ -185,8 +179,6 @@ class WatchedClusters:
             )
             async for entity in pages:
                 yield _watched(entity, etag(entity))
-
-    # -- registration ------------------------------------------------------------------------------
 
     async def upsert(
         self,
@@ -274,8 +266,6 @@ class WatchedClusters:
             if text(pointer.get(POINTER)) is not None:
                 await self._point(row, str(pointer.get("ClusterId") or cluster_id), "")
         return entity is not None
-
-    # -- outcomes ----------------------------------------------------------------------------------
 
     async def _update(
         self,
@@ -369,8 +359,6 @@ class WatchedClusters:
             cluster_row_key(cluster_id), f"record operation of {cluster_id}", change, known
         )
 
-    # -- fan-out memory ----------------------------------------------------------------------------
-
     async def fanned_out_at(self, vault_host: str, key_name: str, version: str) -> datetime | None:
         """When an event for this key version was last fanned out to its clusters (None: not recently).
 
@@ -432,14 +420,8 @@ def _known(kind: type[_E], column: str, entity: Mapping[str, Any]) -> _E | None:
     except ValueError:
         if (column, stored) not in _reported:
             _reported.add((column, stored))
-            logger.warning(
-                "rotation.watch_row_unknown_value",
-                extra={
-                    "cluster_id": str(entity.get("ClusterId", "")),
-                    "column": column,
-                    "value": stored[:64],
-                },
-            )
+            fields = {"cluster_id": str(entity.get("ClusterId", "")), "column": column, "value": stored[:64]}
+            logger.warning("rotation.watch_row_unknown_value", extra=fields)
         return None
 
 
