@@ -24,7 +24,7 @@ from rotation.azure.lro import DEFAULT_POLL_SECONDS, is_terminal
 from rotation.collateral import changed_paths
 from rotation.errors import ClusterBusy, NotFoundError, ServiceError, TransientFailure
 from rotation.ids import InvalidKeyUrl, KeyUrl, parse_key_url
-from rotation.outcomes import Outcome, RotationResult
+from rotation.outcomes import Outcome, RotationResult, Trigger
 from rotation.retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ class RotationRequest:
 
     cluster_id: ResourceId
     target: KeyUrl | None = None
-    trigger: str = "manual"  # event | reconcile | manual | replay | check
+    trigger: Trigger = Trigger.MANUAL
     event_id: str | None = None
     dry_run: bool = False
     operation_url: str | None = None  # an accepted operation to resume instead of PUTting (rule 7)

@@ -11,7 +11,6 @@ import asyncio
 import json
 import re
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -25,10 +24,12 @@ from rotation.cli.main import (
     warn_newest_not_usable,
 )
 from rotation.errors import ClusterBusy, Interrupted, NotFoundError, TransientFailure
-from rotation.events import EventIgnored, EventKind, EventRejected, KeyVersionEvent, parse_payload
+from rotation.events import EventKind, KeyVersionEvent, ParsedEvent, RejectedEvent, parse_payload
 from rotation.ids import InvalidResourceId, parse_cluster_id
-from rotation.outcomes import Outcome, RotationResult, exhausted
-from rotation.service.app import RegistrationRefused, Service, watched_dict
+from rotation.outcomes import EventOutcome, Outcome, RotationResult, Trigger, exhausted
+from rotation.service.registration import RegistrationRefused, watched_dict
+from rotation.service.runtime import Service
+from rotation.store.jobs import Job
 from rotation.untrusted import MAX_JSON_BYTES, JsonRefused, array_items, loads_bounded, printable
 
 if TYPE_CHECKING:
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from rotation.settings import Settings
-    from rotation.store.jobs import Job
     from rotation.store.registry import HistoryEntry, WatchedCluster
 
 
@@ -77,7 +77,7 @@ async def register(args: argparse.Namespace, settings: Settings) -> int:
 
     async def work(service: Service) -> int:
         try:
-            watched, report = await service.register_and_check(cluster_id, owner=args.owner)
+            watched, report = await service.registration.register_and_check(cluster_id, owner=args.owner)
         except RegistrationRefused as exc:
             _err(f"error: refused: {exc}")
             return EXIT_FAILED
@@ -238,7 +238,7 @@ def format_history_entry(e: HistoryEntry) -> str:
     )
 
 
-def load_events(path: str) -> list[KeyVersionEvent | EventRejected | EventIgnored]:
+def load_events(path: str) -> list[ParsedEvent]:
     """Read FILE (an event, an array, or dead-letter records); UsageError if it is not JSON."""
     try:
         raw = Path(path).read_bytes()
@@ -256,14 +256,14 @@ def load_events(path: str) -> list[KeyVersionEvent | EventRejected | EventIgnore
     return parse_payload(payload)
 
 
-def _load_items(path: str, items: list[bytes]) -> list[KeyVersionEvent | EventRejected | EventIgnored]:
+def _load_items(path: str, items: list[bytes]) -> list[ParsedEvent]:
     """Each element of a top-level array parsed on its own; one that cannot be read is rejected in place."""
-    events: list[KeyVersionEvent | EventRejected | EventIgnored] = []
+    events: list[ParsedEvent] = []
     for number, item in enumerate(items, start=1):
         try:
             value = loads_bounded(item, what=f"{path} element {number}")
         except ValueError as exc:
-            events.append(EventRejected(str(exc).splitlines()[0]))
+            events.append(RejectedEvent(str(exc).splitlines()[0]))
             continue
         events.extend(parse_payload(value) if isinstance(value, dict) else parse_payload([value]))
     return events
@@ -298,24 +298,23 @@ async def replay(args: argparse.Namespace, settings: Settings) -> int:
 _ATTENTION = frozenset(o.value for o in Outcome if o.needs_attention)
 
 
-async def _replay_one(
-    service: Service, event: KeyVersionEvent | EventRejected | EventIgnored, *, dry_run: bool | None
-) -> list[dict[str, Any]]:
+async def _replay_one(service: Service, event: ParsedEvent, *, dry_run: bool | None) -> list[dict[str, Any]]:
     """One event: rejected/ignored/warned as the function answers it, or every watched cluster rotated."""
     if not isinstance(event, KeyVersionEvent) or event.kind is not EventKind.NEW_VERSION:
-        report = await service.handle_event(event, invocation_id="replay")
+        report = await service.fanout.handle_event(event, invocation_id="replay")
         return [{"event_id": report.event_id, "outcome": report.outcome, "reason": report.reason}]
     watched = await service.registry.for_key(event.key_url.host, event.key_url.name)
     if not watched:
         reason = f"no watched cluster uses {event.key_url.host}/{event.key_url.name}"
-        return [{"event_id": event.event_id, "outcome": "no-clusters", "reason": reason}]
-    jobs = [_replay_job(j) for j in service.resolve_jobs(event, watched)]
+        return [{"event_id": event.event_id, "outcome": EventOutcome.NO_CLUSTERS, "reason": reason}]
+    jobs = [
+        Job.new(
+            w.cluster_id, trigger=Trigger.REPLAY, target_key_url=str(event.key_url), event_id=event.event_id
+        )
+        for w in watched
+    ]
     results = await _run_all(service, jobs, dry_run=dry_run)
     return [{"event_id": event.event_id, **r.to_dict()} for r in results]
-
-
-def _replay_job(job: Job) -> Job:
-    return replace(job, trigger="replay")
 
 
 def _result_fields(line: dict[str, Any]) -> dict[str, Any]:
@@ -354,7 +353,9 @@ async def _run_one(
     service: Service, job: Job, *, dry_run: bool | None, busy: Outcome, watched_only: bool
 ) -> RotationResult:
     try:
-        return await service.execute(job, invocation_id="cli", dry_run=dry_run, watched_only=watched_only)
+        return await service.worker.execute(
+            job, invocation_id="cli", dry_run=dry_run, watched_only=watched_only
+        )
     except ClusterBusy as exc:
         return RotationResult(job.cluster_id, busy, str(exc))
     except TransientFailure as exc:
@@ -365,7 +366,7 @@ async def rotate_recorded(args: argparse.Namespace, settings: Settings, job: Job
     """`rotate` with storage configured: the same claimed, recorded path as a queued job, on any cluster.
 
     Interrupted (Ctrl-C) after ARM accepted the write: the operation is recorded and handed on (see
-    `Service.execute`), and `Interrupted` says what is still running.
+    `Worker.execute`), and `Interrupted` says what is still running.
     """
     service = Service.create(settings)
     try:
@@ -375,8 +376,8 @@ async def rotate_recorded(args: argparse.Namespace, settings: Settings, job: Job
         if args.dry_run and job.target_key_url is None:
             await warn_newest_not_usable(service.runtime.keys, result)
     except asyncio.CancelledError:
-        if service.handed_off:
-            raise Interrupted(still_running(service.handed_off[-1].operation_url)) from None
+        if service.worker.handed_off:
+            raise Interrupted(still_running(service.worker.handed_off[-1].operation_url)) from None
         raise
     else:
         return result
@@ -531,7 +532,7 @@ async def doctor(args: argparse.Namespace, settings: Settings) -> int:
 
         async def work(service: Service) -> int:
             nonlocal report
-            report = await service.doctor()
+            report = await service.registration.doctor()
             return EXIT_OK
 
         await _with_service(settings, work)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from rotation.errors import ClusterBusy, Interrupted, RotationError, ServiceError, TransientFailure
 from rotation.ids import InvalidKeyUrl, InvalidResourceId, parse_cluster_id, parse_key_url
 from rotation.logs import configure_cli_logging
-from rotation.outcomes import Outcome, RotationResult, exhausted
+from rotation.outcomes import Outcome, RotationResult, Trigger, exhausted
 from rotation.settings import STORAGE_SETTING, Settings, SettingsError
 from rotation.untrusted import printable
 
@@ -273,7 +273,7 @@ async def _rotate(args: argparse.Namespace, settings: Settings) -> int:
         from rotation.cli.commands import rotate_recorded  # noqa: PLC0415
         from rotation.store.jobs import Job  # noqa: PLC0415
 
-        job = Job.new(str(cluster_id), trigger="manual", target_key_url=str(target) if target else None)
+        job = Job.new(str(cluster_id), trigger=Trigger.MANUAL, target_key_url=str(target) if target else None)
         result = await rotate_recorded(args, settings, job)
         _print_results([result], as_json=args.json)
         return rotate_exit_code(result)
