@@ -180,7 +180,7 @@ def test_progress_bar_only_on_a_terminal():
     """The bar draws `label [###...] done/total` on a terminal and writes nothing to a pipe or file."""
     import io
 
-    from rotation.cli.commands import ProgressBar
+    from rotation.cli.output import ProgressBar
 
     class Tty(io.StringIO):
         def isatty(self) -> bool:
@@ -297,7 +297,7 @@ def test_poison_retry_of_an_unknown_message_exits_1(world, poison_queue):
 def test_purge_asks_on_a_terminal(monkeypatch):
     """On a terminal, purge asks; anything but yes deletes nothing (usage error), yes goes ahead."""
     from rotation.cli import commands
-    from rotation.cli.main import UsageError
+    from rotation.cli.output import UsageError
 
     class Tty:
         def isatty(self) -> bool:

@@ -312,7 +312,7 @@ def test_progress_bar_draws_counts_on_a_terminal(monkeypatch, capsys):
     import io
     import sys
 
-    from rotation.cli.commands import ProgressBar
+    from rotation.cli.output import ProgressBar
 
     class Tty(io.StringIO):
         def isatty(self) -> bool:
