@@ -2,7 +2,7 @@
 
 Each generated event goes through `on_key_event` as the worker delivers it (the trigger object built by
 `EventGridEventInConverter.decode`), or, when the converter itself refuses it (the host's behaviour, not
-ours), through `Service.parse` + `handle_event`. Whatever the input, nothing raises, nothing reaches ARM or
+ours), through `Fanout.parse` + `handle_event`. Whatever the input, nothing raises, nothing reaches ARM or
 Key Vault from the event function, and whatever was queued, run by the queue function, sends no PUT.
 """
 
