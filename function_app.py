@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import azure.functions as func
 
 if TYPE_CHECKING:
-    from rotation.service.runtime import Service
+    from rotation.service.process import Service
 
 app = func.FunctionApp()
 logger = logging.getLogger("rotation.function_app")
@@ -29,7 +29,7 @@ RECONCILE_JITTER_S = 30.0  # spread instances and apps started by the same sched
 
 async def _service() -> Service:
     """The process's `Service` (built on first use, with Application Insights when it is configured)."""
-    from rotation.service.runtime import service_for_loop  # noqa: PLC0415 - see the module docstring
+    from rotation.service.process import service_for_loop  # noqa: PLC0415 - see the module docstring
     from rotation.settings import Settings  # noqa: PLC0415
     from rotation.telemetry import configure_telemetry  # noqa: PLC0415
 

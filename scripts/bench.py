@@ -96,7 +96,7 @@ def worker_main(args: argparse.Namespace) -> None:  # noqa: C901 - one process's
 
     import function_app  # noqa: PLC0415
     from azsim.host import QueueHost  # noqa: PLC0415
-    from rotation.service import runtime as service_module  # noqa: PLC0415
+    from rotation.service import process as service_module  # noqa: PLC0415
 
     functions = {f.get_function_name(): f.get_user_function() for f in function_app.app.get_functions()}
     logging.basicConfig(level=logging.WARNING, format="worker: %(message)s %(details)s", stream=sys.stderr)
@@ -274,7 +274,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def is_poll(path: str) -> bool:
     """Whether an ARM path is a long-running operation's status or result."""
-    from rotation.ids import OPERATION_TYPES  # noqa: PLC0415 - the rotator is imported where it is used
+    from rotation.url_guard import OPERATION_TYPES  # noqa: PLC0415 - the rotator is imported where it is used
 
     low = path.lower()  # the spec's operation types, the ones the rotator follows
     return any(f"/{kind}/" in low for kind in OPERATION_TYPES)
@@ -500,7 +500,7 @@ class Bench:
 
     async def service(self) -> Any:  # noqa: ANN401
         """The Service the functions use in this process."""
-        from rotation.service.runtime import service_for_loop  # noqa: PLC0415
+        from rotation.service.process import service_for_loop  # noqa: PLC0415
         from rotation.settings import Settings  # noqa: PLC0415
 
         return await service_for_loop(lambda: Settings.from_env(os.environ))
@@ -592,8 +592,8 @@ class Bench:
         from azure.identity.aio import DefaultAzureCredential  # noqa: PLC0415
 
         from rotation.azure.arm import ClustersClient  # noqa: PLC0415
-        from rotation.engine import build_body  # noqa: PLC0415
         from rotation.ids import parse_cluster_id, parse_key_url  # noqa: PLC0415
+        from rotation.write_body import build_body  # noqa: PLC0415
 
         key = "naive"
         _, ids = self.seed(key, n)
@@ -634,7 +634,7 @@ def _cpu() -> float:
 
 async def run_all(args: argparse.Namespace, sim: Any, azurite: Any) -> dict[str, Any]:  # noqa: ANN401
     """Every scenario, in an order that keeps them from disturbing each other."""
-    from rotation.service.runtime import close_services  # noqa: PLC0415
+    from rotation.service.process import close_services  # noqa: PLC0415
 
     bench = Bench(args, sim, azurite)
     bench.configure()

@@ -72,7 +72,7 @@ async def stack(sim: Simulator, azurite: Azurite, monkeypatch: pytest.MonkeyPatc
 
     from stack import Stack
 
-    from rotation.service.runtime import Service
+    from rotation.service.process import Service
     from rotation.settings import RetrySettings, Settings
 
     monkeypatch.setenv("AzureWebJobsStorage", azurite.connection_string)

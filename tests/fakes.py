@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from rotation.azure.arm import AcceptedOperation, Cluster, OperationStatus
-from rotation.azure.keyvault import KeyVersion
 from rotation.azure.lro import OperationKind
 from rotation.errors import NotFoundError, ServiceError
 from rotation.ids import KeyUrl, ResourceId, parse_key_url
+from rotation.key_rules import KeyVersion
 
 SUB = "22222222-2222-2222-2222-222222222222"
 VAULT = "https://contoso-kv.vault.azure.net"
@@ -147,7 +147,7 @@ class FakeKeys:
             raise NotFoundError("no such version", service="keyvault", status=404) from None
 
     async def newest_usable(self, key: KeyUrl, now: datetime | None = None) -> KeyVersion | None:
-        from rotation.azure.keyvault import unusable_reason
+        from rotation.key_rules import unusable_reason
 
         self.reads += 1
         now = now or datetime.now(UTC)

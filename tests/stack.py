@@ -13,7 +13,7 @@ from azure.core.exceptions import ResourceNotFoundError
 
 from azsim.host import QueueHost
 from azsim.simulator import Simulator
-from rotation.service.runtime import Service
+from rotation.service.process import Service
 from rotation.store.clients import queue_client
 from rotation.store.jobs import Job
 

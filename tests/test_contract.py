@@ -20,8 +20,8 @@ from sdk_oracle import as_cluster, as_update, contract
 
 from rotation.azure.arm import Cluster, ClustersClient
 from rotation.azure.lro import OperationKind
-from rotation.engine import build_body, build_patch_body
 from rotation.ids import parse_cluster_id, parse_key_url
+from rotation.write_body import build_body, build_patch_body
 
 FIXTURES = ("get-cmk.json", "put-create-cmk.json", "patch-cmk-202.json")
 TARGET = parse_key_url("https://orders-kv.vault.azure.net/keys/cmk-docdb/1f2e3d4c5b6a79880796a5b4c3d2e1f0")

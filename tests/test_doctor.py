@@ -20,7 +20,8 @@ import pytest
 
 from azsim.faults import Fault
 from azsim.simulator import Simulator
-from rotation.doctor.checks import CHECKS, Doctor, Status, format_report
+from rotation.doctor.checks import CHECKS, Doctor
+from rotation.doctor.report import Status, format_report
 from rotation.service import http_api
 from rotation.service.runtime import Runtime
 from rotation.settings import RetrySettings, Settings
@@ -340,9 +341,9 @@ async def test_reads_are_cached_per_vault_identity_and_key(sim, doctor):
 
 def test_report_table_and_json_shapes():
     """The table has a line per check and a summary; JSON carries status, checks and counts."""
-    from rotation.doctor.checks import ClusterReport, DoctorReport, Finding
+    from rotation.doctor.report import ClusterDiagnosis, DoctorReport, Finding
 
-    report = DoctorReport((ClusterReport("/c1", (Finding("cluster.exists", Status.PASS, "ok"),
+    report = DoctorReport((ClusterDiagnosis("/c1", (Finding("cluster.exists", Status.PASS, "ok"),
                                                  Finding("key.expiry", Status.WARN, "soon"))),))  # fmt: skip
     lines = format_report(report)
     assert lines[0] == "/c1"
@@ -446,8 +447,8 @@ def test_cli_warn_only_exits_0(world):
 
 async def test_http_route_and_register_and_reconcile(world, azurite, sim, caplog):
     """The HTTP route reports one cluster or every watched one; register and reconcile log the findings."""
+    from rotation.service.process import Service
     from rotation.service.reconcile import Reconciler
-    from rotation.service.runtime import Service
 
     settings = Settings(storage_connection=azurite.connection_string, retry=FAST_RETRY)
     suffix = uuid.uuid4().hex[:8]

@@ -19,10 +19,12 @@ from fakes import (
 )
 
 from rotation.azure.arm import OperationStatus
-from rotation.engine import RotationRequest, Rotator, build_body
+from rotation.engine import Rotator
 from rotation.errors import ClusterBusy, ServiceError, TransientFailure
 from rotation.outcomes import Outcome
+from rotation.rotation_job import RotationRequest
 from rotation.settings import RetrySettings, Settings
+from rotation.write_body import build_body
 
 NOW = datetime(2026, 11, 28, tzinfo=UTC)
 
@@ -395,7 +397,7 @@ async def test_transient_key_vault_read_is_retried(arm, kv, fake_time):
 
 async def test_guard_runs_before_each_put_and_can_stop_it(arm, kv, fake_time):
     """Rule 8: the caller's guard runs before every PUT attempt; when it raises, no PUT is sent."""
-    from rotation.engine import WriteFlag
+    from rotation.rotation_job import WriteFlag
 
     class Lost(Exception):
         pass

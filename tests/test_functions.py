@@ -24,7 +24,7 @@ from app_fixtures import user_function as fn
 
 from azsim.host import QueueHost, max_dequeue_count
 from rotation.ids import parse_cluster_id
-from rotation.service.runtime import Service
+from rotation.service.process import Service
 from rotation.store.jobs import Job
 
 app = app_fixtures.app  # the fixture

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from azsim.host import QueueHost
 from rotation.events import IgnoredEvent, KeyVersionEvent, RejectedEvent
 from rotation.ids import DEFAULT_VAULT_SUFFIXES
-from rotation.service.runtime import close_services, service_for_loop
+from rotation.service.process import close_services, service_for_loop
 from rotation.settings import Settings
 from rotation.store.jobs import Job
 

@@ -219,7 +219,7 @@ def poisoned(client: QueueClient, text: str) -> str:
 async def record_failure(env: dict[str, str], cluster: str, dequeue_count: int) -> None:
     """A failed delivery in the cluster's history, as the queue worker writes it."""
     from rotation.outcomes import Outcome, RotationResult
-    from rotation.service.runtime import Service
+    from rotation.service.process import Service
     from rotation.settings import Settings
 
     service = Service.create(Settings.from_env(env))
@@ -506,7 +506,7 @@ async def test_a_poisoned_job_moved_back_rotates_its_cluster(stack, caplog):
 async def test_reconcile_beside_a_worker_holding_the_cluster_reports_pending(only_this_world):
     """A cluster another worker holds (the deployed app) is `pending` in the table, not a failure: exit 0."""
     from rotation.ids import parse_cluster_id
-    from rotation.service.runtime import Service
+    from rotation.service.process import Service
     from rotation.settings import Settings
 
     world = only_this_world

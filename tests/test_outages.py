@@ -25,7 +25,7 @@ from azsim.azurite import ACCOUNT, ACCOUNT_KEY
 from azsim.host import QueueHost
 from rotation.errors import ServiceError
 from rotation.ids import parse_cluster_id
-from rotation.service.runtime import close_services
+from rotation.service.process import close_services
 
 app = app_fixtures.app  # the fixture
 ROOT = Path(__file__).resolve().parent.parent

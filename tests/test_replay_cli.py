@@ -22,7 +22,7 @@ from app_fixtures import cmk_url, forget_created, make_world, puts
 
 from azsim.simulator import Simulator
 from rotation.ids import parse_cluster_id
-from rotation.service.runtime import Service
+from rotation.service.process import Service
 from rotation.settings import Settings
 from rotation.store.jobs import Job
 

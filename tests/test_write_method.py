@@ -10,18 +10,13 @@ from fakes import OTHER_UAMI, SUB, UAMI, FakeClusters, FakeKeys, cluster, key_ur
 
 from rotation.azure.lro import OperationKind, OperationUrlRefused, check_operation_url
 from rotation.collateral import changed_paths
-from rotation.engine import (
-    NOT_UPDATABLE_NEXT_STEP,
-    RotationRequest,
-    Rotator,
-    build_body,
-    build_patch_body,
-    not_updatable,
-)
+from rotation.engine import Rotator
 from rotation.errors import ServiceError
 from rotation.ids import parse_cluster_id
 from rotation.outcomes import Outcome
+from rotation.rotation_job import RotationRequest
 from rotation.settings import Settings, SettingsError
+from rotation.write_body import NOT_UPDATABLE_NEXT_STEP, build_body, build_patch_body, not_updatable
 
 CLUSTER = parse_cluster_id(
     f"/subscriptions/{SUB}/resourceGroups/rg-data/providers/Microsoft.DocumentDB/mongoClusters/orders-prod"

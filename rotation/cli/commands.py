@@ -15,8 +15,9 @@ from rotation.cli.output import EXIT_FAILED, EXIT_OK, UsageError, err, out, out_
 from rotation.errors import NotFoundError
 from rotation.ids import InvalidResourceId, parse_cluster_id
 from rotation.outcomes import Outcome
+from rotation.service.process import Service
 from rotation.service.registration import RegistrationRefused, watched_dict
-from rotation.service.runtime import Runtime, Service
+from rotation.service.runtime import Runtime
 
 if TYPE_CHECKING:
     import argparse
@@ -192,7 +193,8 @@ def format_history_entry(e: HistoryEntry) -> str:
 
 async def doctor(args: argparse.Namespace, settings: Settings) -> int:
     """`rotation doctor`: one line per check (or JSON); exit 1 when any check fails."""
-    from rotation.doctor.checks import Doctor, DoctorReport, format_report  # noqa: PLC0415
+    from rotation.doctor.checks import Doctor  # noqa: PLC0415
+    from rotation.doctor.report import DoctorReport, format_report  # noqa: PLC0415
 
     report: DoctorReport
     if args.cluster_id:

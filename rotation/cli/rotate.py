@@ -25,12 +25,13 @@ from rotation.cli.output import (
     out_json,
     print_results,
 )
-from rotation.engine import RotationRequest
 from rotation.errors import ClusterBusy, Interrupted, TransientFailure
 from rotation.events import EventKind, KeyVersionEvent, ParsedEvent, RejectedEvent, parse_payload
 from rotation.ids import InvalidKeyUrl, InvalidResourceId, parse_cluster_id, parse_key_url
 from rotation.outcomes import EventOutcome, Outcome, RotationResult, Trigger, exhausted
-from rotation.service.runtime import Runtime, Service
+from rotation.rotation_job import RotationRequest
+from rotation.service.process import Service
+from rotation.service.runtime import Runtime
 from rotation.store.jobs import Job
 from rotation.untrusted import MAX_JSON_BYTES, JsonRefused, array_items, loads_bounded
 
@@ -140,7 +141,7 @@ async def warn_newest_not_usable(keys: KeyVaultKeys, result: RotationResult) -> 
 
     That version is not the target (the newest *usable* one is), so the dry run alone would not mention it.
     """
-    from rotation.key_health import check_newest  # noqa: PLC0415
+    from rotation.key_rules import check_newest  # noqa: PLC0415
 
     if result.key is None:
         return

@@ -43,7 +43,8 @@ from rotation.serve.schedule import Schedule, ScheduleError
 from rotation.serve.timer_lease import TABLE as TIMER_TABLE
 from rotation.serve.timer_lease import TimerLease
 from rotation.serve.webhook import events_route
-from rotation.service.runtime import Runtime, Service
+from rotation.service.process import Service
+from rotation.service.runtime import Runtime
 from rotation.settings import MAX_DEQUEUE_SETTING, SettingsError
 from rotation.store.clients import queue_client
 from rotation.store.jobs import QUEUE_NAME

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
     from azure.storage.queue.aio import QueueClient
 
-    from rotation.service.runtime import Service
+    from rotation.service.process import Service
 
 logger = logging.getLogger(__name__)
 

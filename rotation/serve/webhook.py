@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from rotation.service.fanout import EventReport
-    from rotation.service.runtime import Service
+    from rotation.service.process import Service
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
 
     from rotation.ids import ResourceId
-    from rotation.service.runtime import Service
+    from rotation.service.process import Service
 
     Handler = Callable[[Service, str, Mapping[str, str], bytes], Awaitable["Response"]]
 

@@ -11,7 +11,8 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from rotation.doctor.checks import ClusterReport, Doctor, DoctorReport, log_findings
+from rotation.doctor.checks import Doctor
+from rotation.doctor.report import ClusterDiagnosis, DoctorReport, log_findings
 from rotation.errors import NotFoundError
 from rotation.ids import InvalidKeyUrl, InvalidResourceId, parse_cluster_id, parse_key_url
 
@@ -71,7 +72,7 @@ class Registration:
 
     async def register_and_check(
         self, raw_cluster_id: str, *, owner: str | None
-    ) -> tuple[WatchedCluster, ClusterReport]:
+    ) -> tuple[WatchedCluster, ClusterDiagnosis]:
         """`register`, then the doctor's checks on the cluster; findings are logged, never a refusal."""
         watched = await self.register(raw_cluster_id, owner=owner)
         [report] = (await self.doctor([watched.cluster_id])).clusters

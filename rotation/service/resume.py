@@ -10,15 +10,9 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from rotation.ids import (
-    InvalidKeyUrl,
-    UnsafeUrl,
-    check_operation_path,
-    check_same_origin,
-    parse_cluster_id,
-    parse_key_url,
-)
+from rotation.ids import InvalidKeyUrl, parse_cluster_id, parse_key_url
 from rotation.outcomes import Outcome
+from rotation.url_guard import UnsafeUrl, check_operation_path, check_same_origin
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -18,10 +18,10 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from rotation.engine import RotationRequest, WriteFlag
 from rotation.errors import ClusterBusy, ServiceError, TransientFailure
 from rotation.ids import parse_cluster_id, parse_key_url
 from rotation.outcomes import Outcome, RotationResult, Trigger, exhausted
+from rotation.rotation_job import RotationRequest, WriteFlag
 from rotation.service.resume import operation_to_follow, operation_to_resume
 from rotation.store.jobs import Job, JobRejected
 
