@@ -62,8 +62,6 @@ class Worker:
         """The process settings."""
         return self.runtime.settings
 
-    # ---- jobs ---------------------------------------------------------------------------------------
-
     async def handle_job(
         self, body: str | bytes, *, dequeue_count: int = 1, invocation_id: str | None = None
     ) -> RotationResult | None:
@@ -86,7 +84,8 @@ class Worker:
                 return await self.execute(job, dequeue_count=dequeue_count, invocation_id=invocation_id)
         except ClusterBusy as exc:
             backoff, ttl = self.settings.defer_seconds, self.settings.claim_ttl_seconds
-            # Defer at least until a dead worker's claim has lapsed (40 x 15 s alone is less than 900 s).
+            # Defer at least until a dead worker's claim has lapsed: ROTATION_MAX_DEFERS defers of
+            # ROTATION_DEFER_SECONDS alone (40 x 15 s by default) are less than the 900 s claim TTL.
             if job.backoffs >= max(self.settings.max_defers, math.ceil(ttl / max(backoff, 0.001)) + 1):
                 raise
             await self.queue.send(replace(job, backoffs=job.backoffs + 1), delay=backoff)
