@@ -20,7 +20,7 @@ from test_replay_cli import ROOT, Cli, cli, one_error_line
 
 from rotation.ids import parse_cluster_id
 from rotation.outcomes import Outcome, RotationResult
-from rotation.service.app import Service
+from rotation.service.process import Service
 from rotation.settings import Settings
 
 __all__ = ["cli"]  # the fixture, imported for this module's tests
