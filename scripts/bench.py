@@ -131,7 +131,7 @@ def worker_main(args: argparse.Namespace) -> None:  # noqa: C901, PLR0915 - one 
     import function_app  # noqa: PLC0415
     from azsim.host import QueueHost  # noqa: PLC0415
     from rotation.azure import transport as transport_module  # noqa: PLC0415
-    from rotation.service import app as service_module  # noqa: PLC0415
+    from rotation.service import process as service_module  # noqa: PLC0415
 
     functions = {f.get_function_name(): f.get_user_function() for f in function_app.app.get_functions()}
     logging.basicConfig(level=logging.WARNING, format="worker: %(message)s %(details)s", stream=sys.stderr)
@@ -705,7 +705,8 @@ class Bench:
         from azure.data.tables.aio import TableServiceClient  # noqa: PLC0415
 
         from rotation.ids import parse_cluster_id  # noqa: PLC0415
-        from rotation.store import registry  # noqa: PLC0415
+        from rotation.store import tables as layout  # noqa: PLC0415
+        from rotation.store import watch  # noqa: PLC0415
 
         host = f"{VAULT}.vault.azure.net"
         now = datetime.now(UTC)
@@ -713,8 +714,8 @@ class Bench:
         pointers: list[dict[str, Any]] = []
         for cluster_id in ids:
             rid = parse_cluster_id(cluster_id)
-            row = registry._watch_entity(  # noqa: SLF001 - the registry's own row, written in bulk
-                registry.WatchedCluster(
+            row = watch._watch_entity(  # noqa: SLF001 - the registry's own row, written in bulk
+                watch.WatchedCluster(
                     cluster_id=str(rid),
                     subscription=rid.subscription,
                     vault_host=host,
@@ -722,7 +723,7 @@ class Bench:
                     current_version=version,
                     identity=self.identities.get(subscription_of(cluster_id)),
                     owner="bench",
-                    state=registry.ClaimState.WATCHING.value,
+                    state=watch.WatchState.WATCHING,
                     last_outcome=None,
                     last_reason=None,
                     last_outcome_at=None,
@@ -735,16 +736,16 @@ class Bench:
             watch_rows.append({k: v for k, v in row.items() if v is not None})
             pointers.append(
                 {
-                    "PartitionKey": registry.CLUSTER_PARTITION,
+                    "PartitionKey": layout.CLUSTER_PARTITION,
                     "RowKey": row["RowKey"],
                     "ClusterId": str(rid),
-                    "KeyPartition": row["PartitionKey"],
+                    layout.POINTER: row["PartitionKey"],
                 }
             )
         async with TableServiceClient.from_connection_string(self.azurite.connection_string) as tables:
-            table = tables.get_table_client(registry.WATCH_TABLE)
+            table = tables.get_table_client(layout.WATCH_TABLE)
             with contextlib.suppress(ResourceExistsError):
-                await tables.create_table(registry.WATCH_TABLE)
+                await tables.create_table(layout.WATCH_TABLE)
             gate = asyncio.Semaphore(8)
 
             async def batch(entities: list[dict[str, Any]]) -> None:
@@ -756,7 +757,7 @@ class Bench:
 
     async def service(self) -> Any:  # noqa: ANN401
         """The Service the functions use in this process."""
-        from rotation.service.app import service_for_loop  # noqa: PLC0415
+        from rotation.service.process import service_for_loop  # noqa: PLC0415
         from rotation.settings import Settings  # noqa: PLC0415
 
         return await service_for_loop(lambda: Settings.from_env(os.environ))
@@ -1023,7 +1024,7 @@ def tree_cpu(root: int) -> float:
 
 async def run_all(args: argparse.Namespace, sim: Any, azurite: Any) -> dict[str, Any]:  # noqa: ANN401
     """Every scenario, in an order that keeps them from disturbing each other."""
-    from rotation.service.app import close_services  # noqa: PLC0415
+    from rotation.service.process import close_services  # noqa: PLC0415
 
     bench = Bench(args, sim, azurite)
     bench.configure()

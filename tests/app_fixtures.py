@@ -34,7 +34,7 @@ from azsim.azurite import Azurite
 from azsim.host import Context
 from azsim.simulator import Simulator
 from rotation.ids import parse_cluster_id
-from rotation.service.app import Service, close_services, service_for_loop
+from rotation.service.process import Service, close_services, service_for_loop
 from rotation.settings import Settings
 
 JOB_QUEUE = "rotation-jobs"
@@ -180,12 +180,12 @@ async def forget_created(service: Service) -> None:
     """Unregister every cluster of the subscriptions `make_world` created (the registry tables are shared)."""
     subs = {s.lower() for s in CREATED_SUBSCRIPTIONS}
     CREATED_SUBSCRIPTIONS.clear()
-    rows = [w async for w in service.registry.list() if w.subscription.lower() in subs]
+    rows = [w async for w in service.registry.watched.iterate() if w.subscription.lower() in subs]
     gate = asyncio.Semaphore(16)
 
     async def remove(cluster_id: str) -> None:
         async with gate:
-            await service.registry.remove(parse_cluster_id(cluster_id))
+            await service.registry.watched.remove(parse_cluster_id(cluster_id))
 
     await asyncio.gather(*(remove(row.cluster_id) for row in rows))
 

@@ -72,12 +72,8 @@ async def stack(sim: Simulator, azurite: Azurite, monkeypatch: pytest.MonkeyPatc
 
     from stack import Stack
 
-    from rotation.service.app import Service
-    from rotation.service.runtime import Runtime
+    from rotation.service.process import Service
     from rotation.settings import RetrySettings, Settings
-    from rotation.store.clients import storage_clients
-    from rotation.store.jobs import JobQueue
-    from rotation.store.registry import Registry
 
     monkeypatch.setenv("AzureWebJobsStorage", azurite.connection_string)
     settings = replace(
@@ -87,19 +83,15 @@ async def stack(sim: Simulator, azurite: Azurite, monkeypatch: pytest.MonkeyPatc
         check_delay_seconds=0,
         max_concurrency=4,
     )
-    runtime = Runtime.create(settings)
-    tables, queues = storage_clients(settings, http=runtime.http)  # the production path: one pool
     suffix = uuid.uuid4().hex[:10]
     queue_name = f"jobs-{suffix}"
-    service = Service(
-        runtime,
-        Registry(tables, watch_table=f"w{suffix}", history_table=f"h{suffix}"),
-        JobQueue(queues, name=queue_name),
-    )
+    tables = (f"w{suffix}", f"h{suffix}")
+    service = Service.create(settings, watch_table=tables[0], history_table=tables[1], queue_name=queue_name)
     sub = str(uuid.uuid4())
     vault = f"kv-{suffix}"
     simulator = sim
     simulator.add_vault(vault, subscription=sub)
     identity = simulator.add_identity(subscription=sub, resource_group="rg-data", name="id-cmk")
-    yield Stack(simulator, service, azurite.connection_string, queue_name, sub, vault, identity)
-    await service.close()
+    built = Stack(simulator, service, azurite.connection_string, queue_name, sub, vault, identity, tables)
+    yield built
+    await built.service.close()

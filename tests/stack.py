@@ -6,13 +6,14 @@ Used as the `stack` fixture (tests/conftest.py) by the reconcile, logging and re
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
 
 from azsim.host import QueueHost
 from azsim.simulator import Simulator
-from rotation.service.app import Service
+from rotation.service.process import Service
 from rotation.store.clients import queue_client
 from rotation.store.jobs import Job
 
@@ -28,6 +29,21 @@ class Stack:
     subscription: str
     vault: str
     identity: str
+    tables: tuple[str, str]  # the watch and history tables
+
+    def service_with(self, **settings: Any) -> Service:
+        """Another `Service` on this stack's tables and queue, with these settings changed (caller closes)."""
+        return Service.create(
+            replace(self.service.settings, **settings),
+            watch_table=self.tables[0],
+            history_table=self.tables[1],
+            queue_name=self.queue_name,
+        )
+
+    async def reconfigure(self, **settings: Any) -> None:
+        """Rebuild the stack's service with these settings changed, on the same tables and queue."""
+        old, self.service = self.service, self.service_with(**settings)
+        await old.close()
 
     def new_key(self, name: str | None = None, **kw) -> tuple[str, str]:
         key = name or f"k{uuid.uuid4().hex[:8]}"
@@ -44,7 +60,7 @@ class Stack:
 
     async def register(self, *cluster_ids: str) -> None:
         for cid in cluster_ids:
-            await self.service.register(cid, owner="team")
+            await self.service.registration.register(cid, owner="team")
 
     def key_of(self, cluster_id: str) -> str:
         enc = self.sim.cluster(cluster_id)["properties"]["encryption"]["customerManagedKeyEncryption"]
@@ -57,7 +73,7 @@ class Stack:
         """Run the queue function on every job (as the host would) until the queue stays empty."""
 
         async def function(msg, ctx) -> None:
-            await self.service.handle_job(
+            await self.service.worker.handle_job(
                 msg.get_body(), dequeue_count=msg.dequeue_count, invocation_id=ctx.invocation_id
             )
 

@@ -24,7 +24,7 @@ from app_fixtures import user_function as fn
 
 from azsim.host import QueueHost, max_dequeue_count
 from rotation.ids import parse_cluster_id
-from rotation.service.app import Service
+from rotation.service.process import Service
 from rotation.store.jobs import Job
 
 app = app_fixtures.app  # the fixture
@@ -42,7 +42,7 @@ HTTP_FUNCTIONS = {
 async def register_all(app, cluster_ids: list[str]) -> Service:
     service = await app.service()
     for cluster_id in cluster_ids:
-        await service.register(cluster_id, owner="team-test")
+        await service.registration.register(cluster_id, owner="team-test")
     app.sim.clear_requests()
     return service
 
@@ -218,7 +218,7 @@ async def test_event_to_enqueue_for_100_clusters(app, request):
             f"Microsoft.DocumentDB/mongoClusters/bulk-{i:03d}"
         )
         async with gate:
-            await service.registry.upsert(
+            await service.registry.watched.upsert(
                 cluster_id=cluster_id,
                 vault_host=host,
                 key_name="cmk",
@@ -258,10 +258,10 @@ async def test_job_rotates_cluster_and_records_it(app):
     [put] = puts(app.sim, cluster)
     assert put.status in {200, 201, 202}
     assert world.version_of(cluster) == v2
-    row = await service.registry.get(parse_cluster_id(cluster))
+    row = await service.registry.watched.get(parse_cluster_id(cluster))
     assert (row.last_outcome, row.current_version, row.state) == ("rotated", v2, "watching")
     assert row.operation_url is None
-    [entry] = await service.registry.history(parse_cluster_id(cluster))
+    [entry] = await service.registry.history.recent(parse_cluster_id(cluster))
     assert (entry.outcome, entry.trigger, entry.event_id) == ("rotated", "event", event["id"])
     assert (entry.from_version, entry.to_version) == (world.v1, v2)
 
@@ -277,7 +277,7 @@ async def test_end_to_end_across_two_subscriptions(app):
     for cluster in world.clusters:
         assert world.version_of(cluster) == v2
         assert len(puts(app.sim, cluster)) == 1
-        row = await service.registry.get(parse_cluster_id(cluster))
+        row = await service.registry.watched.get(parse_cluster_id(cluster))
         assert (row.last_outcome, row.current_version) == ("rotated", v2)
     assert puts(app.sim, world.other_cluster) == []
     assert {r.path.split("/")[2] for r in puts(app.sim)} == set(world.subscriptions)
@@ -286,7 +286,7 @@ async def test_end_to_end_across_two_subscriptions(app):
 
 async def test_duplicate_event_delivery_puts_once_per_cluster(app, monkeypatch):
     """The same event delivered twice queues one job per cluster (fan-out memory) and one PUT each."""
-    monkeypatch.setattr("rotation.service.app.BACKOFF_S", 1.0)  # a job deferred by a claim comes back soon
+    monkeypatch.setenv("ROTATION_DEFER_SECONDS", "1.0")  # a job deferred by a claim comes back soon
     world = make_world(app.sim, subscriptions=2, per_subscription=2)
     service = await register_all(app, world.clusters)
     v2, event = world.new_version()
@@ -298,7 +298,7 @@ async def test_duplicate_event_delivery_puts_once_per_cluster(app, monkeypatch):
     for cluster in world.clusters:
         assert len(puts(app.sim, cluster)) == 1, cluster
         assert world.version_of(cluster) == v2
-        outcomes = sorted(e.outcome for e in await service.registry.history(parse_cluster_id(cluster)))
+        outcomes = sorted(e.outcome for e in await service.registry.history.recent(parse_cluster_id(cluster)))
         assert outcomes == ["rotated"]
 
 
@@ -315,7 +315,7 @@ async def test_a_storm_of_one_event_queues_one_job_per_cluster(app):
 
 async def test_two_services_on_one_cluster_put_once(app, sim, caplog, monkeypatch):
     """Two workers (distinct worker ids) handling the same job at once: one PUT, the other defers."""
-    monkeypatch.setattr("rotation.service.app.BACKOFF_S", 1.0)
+    monkeypatch.setenv("ROTATION_DEFER_SECONDS", "1.0")
     world = make_world(sim, subscriptions=1, per_subscription=1)
     first = await register_all(app, world.clusters)
     [cluster] = world.clusters
@@ -325,7 +325,7 @@ async def test_two_services_on_one_cluster_put_once(app, sim, caplog, monkeypatc
     try:
         body = Job.new(cluster, trigger="manual", target_key_url=world.key_url(v2)).to_json()
         caplog.set_level(logging.INFO, logger="rotation")
-        results = await asyncio.gather(first.handle_job(body), second.handle_job(body))
+        results = await asyncio.gather(first.worker.handle_job(body), second.worker.handle_job(body))
     finally:
         await second.close()
     assert len(puts(sim, cluster)) == 1
@@ -340,7 +340,7 @@ async def test_two_services_on_one_cluster_put_once(app, sim, caplog, monkeypatc
 @pytest.mark.parametrize("stagger", [0.0, 0.3], ids=["together", "while-polling"])
 async def test_two_invocations_of_one_job_put_once(app, sim, monkeypatch, stagger):
     """Two rotate_cluster invocations of one job in one process: one PUT; the later one is re-queued."""
-    monkeypatch.setattr("rotation.service.app.BACKOFF_S", 1.0)
+    monkeypatch.setenv("ROTATION_DEFER_SECONDS", "1.0")
     world = make_world(sim, subscriptions=1, per_subscription=1)
     service = await register_all(app, world.clusters)
     [cluster] = world.clusters
@@ -356,7 +356,7 @@ async def test_two_invocations_of_one_job_put_once(app, sim, monkeypatch, stagge
     await asyncio.gather(rotate(queue_message(body), context("rotate_cluster")), later())
     assert [p.status for p in puts(sim, cluster)] == [200]  # one update PUT, answered 200 as the spec says
     assert world.version_of(cluster) == v2
-    history = [e.outcome for e in await service.registry.history(parse_cluster_id(cluster))]
+    history = [e.outcome for e in await service.registry.history.recent(parse_cluster_id(cluster))]
     assert history == ["rotated"]
     [requeued] = await app.wait_jobs(1)
     assert (requeued["cluster_id"], requeued["backoffs"]) == (cluster, 1)
@@ -385,7 +385,7 @@ async def test_persistent_503_poisons_the_job_and_rotate_finishes_it(app, sim, m
     assert world.version_of(cluster) == world.v1
     [poisoned] = await app.take_jobs(POISON_QUEUE)
     assert (poisoned["cluster_id"], poisoned["target_key_url"]) == (cluster, world.key_url(v2))
-    failed = await service.registry.history(parse_cluster_id(cluster))
+    failed = await service.registry.history.recent(parse_cluster_id(cluster))
     assert [e.outcome for e in failed] == ["failed", "failed"]
     assert all("retries exhausted" in e.reason for e in failed)
     assert all(e.error_code in {"ServiceUnavailable", "503"} for e in failed)
@@ -401,7 +401,7 @@ async def test_persistent_503_poisons_the_job_and_rotate_finishes_it(app, sim, m
         2,
         POISON_QUEUE,
     )
-    row = await service.registry.get(parse_cluster_id(cluster))
+    row = await service.registry.watched.get(parse_cluster_id(cluster))
     assert row.last_outcome == "failed"
 
     sim.set_fault_rates({})
@@ -428,7 +428,7 @@ async def test_persistent_503_poisons_the_job_and_rotate_finishes_it(app, sim, m
     assert proc.stdout.startswith("rotated")
     assert len(puts(sim, cluster)) == 1
     assert world.version_of(cluster) == v2
-    latest = (await service.registry.history(parse_cluster_id(cluster)))[0]
+    latest = (await service.registry.history.recent(parse_cluster_id(cluster)))[0]
     assert (latest.outcome, latest.trigger, latest.to_version) == ("rotated", "manual", v2)
 
 

@@ -186,11 +186,11 @@ def _batch(clusters: list[str], target: str) -> JobBatch:
 async def test_a_batch_rotates_each_of_its_clusters_once(stack) -> None:
     """One message, three clusters: three rotations (one PUT each), each recorded, nothing queued again."""
     clusters, target = await _three_behind(stack)
-    assert await stack.service.handle_job(_batch(clusters, target).to_json(), dequeue_count=1) is None
+    assert await stack.service.worker.handle_job(_batch(clusters, target).to_json(), dequeue_count=1) is None
     assert [stack.key_of(c) for c in clusters] == [target] * 3
     assert sorted(r.path.lower() for r in stack.puts()) == sorted(c.lower() for c in clusters)
     for c in clusters:
-        [entry, *_] = await stack.service.registry.history(parse_cluster_id(c), limit=1)
+        [entry, *_] = await stack.service.registry.history.recent(parse_cluster_id(c), limit=1)
         assert (entry.outcome, entry.event_id) == ("rotated", "ev-b")
     assert await _raw_queued(stack) == []
 
@@ -204,7 +204,9 @@ async def test_a_failing_cluster_is_queued_alone_and_the_others_are_not_redone(s
     attempts = stack.service.settings.retry.max_attempts  # every attempt of the batch's run fails, no more
     stack.sim.inject(method="PUT", service="arm", path_contains=name, faults=[Fault.status(503)] * attempts)
     with caplog.at_level(logging.WARNING, logger="rotation.service.batch"):
-        assert await stack.service.handle_job(_batch(clusters, target).to_json(), dequeue_count=1) is None
+        assert (
+            await stack.service.worker.handle_job(_batch(clusters, target).to_json(), dequeue_count=1) is None
+        )
     assert [stack.key_of(c) == target for c in clusters] == [True, False, True]
     [queued] = await _raw_queued(stack)
     assert isinstance(queued, Job)
@@ -231,7 +233,7 @@ async def test_a_batch_whose_failure_cannot_be_queued_raises_for_redelivery(stac
 
     stack.service.queue.send = storage_down  # type: ignore[method-assign]
     with pytest.raises(ServiceError, match="send job"):
-        await stack.service.handle_job(_batch(clusters, target).to_json(), dequeue_count=1)
+        await stack.service.worker.handle_job(_batch(clusters, target).to_json(), dequeue_count=1)
     assert [stack.key_of(c) == target for c in clusters] == [False, True, True]
 
 
@@ -240,7 +242,7 @@ async def test_a_batch_acts_only_on_its_watched_clusters(stack) -> None:
     clusters, target = await _three_behind(stack)
     stranger = stack.add_cluster(*stack.first_version)  # on the same key, never registered
     before = stack.key_of(stranger)
-    await stack.service.handle_job(_batch([*clusters, stranger], target).to_json(), dequeue_count=1)
+    await stack.service.worker.handle_job(_batch([*clusters, stranger], target).to_json(), dequeue_count=1)
     assert [stack.key_of(c) for c in clusters] == [target] * 3
     assert stack.key_of(stranger) == before
     assert await _raw_queued(stack) == []
@@ -248,14 +250,14 @@ async def test_a_batch_acts_only_on_its_watched_clusters(stack) -> None:
 
 async def test_a_large_fan_out_is_sent_as_batches_and_every_cluster_is_reached(stack, monkeypatch) -> None:
     """Past SINGLE_JOB_FANOUT clusters an event is queued as batches; draining them rotates every cluster."""
-    from rotation.service import app as service_app
+    from rotation.service import fanout
 
-    monkeypatch.setattr(service_app, "SINGLE_JOB_FANOUT", 2)
+    monkeypatch.setattr(fanout, "SINGLE_JOB_FANOUT", 2)
     key, v1 = stack.new_key()
     clusters = [stack.add_cluster(key, v1) for _ in range(5)]
     await stack.register(*clusters)
     stack.sim.create_key_version(stack.vault, key, emit_event=True)
-    report = await stack.service.handle_event(stack.service.parse(stack.sim.events[-1]))
+    report = await stack.service.fanout.handle_event(stack.service.fanout.parse(stack.sim.events[-1]))
     assert report.outcome == "queued"
     assert len(report.jobs) == 5
     messages = await _raw_queued(stack)
@@ -267,7 +269,7 @@ async def test_a_large_fan_out_is_sent_as_batches_and_every_cluster_is_reached(s
 
 def test_the_size_of_an_event_s_messages_follows_its_fan_out() -> None:
     """One cluster per message up to 32, then 4 or more, never past 256 messages nor 100 per message."""
-    from rotation.service.app import fanout_batch_size
+    from rotation.service.fanout import fanout_batch_size
 
     assert [fanout_batch_size(n) for n in (1, 32, 33, 100, 1024, 2000, 10000)] == [1, 1, 4, 4, 4, 8, 40]
     assert fanout_batch_size(1_000_000) == MAX_BATCH  # then more messages than 256

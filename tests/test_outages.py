@@ -25,7 +25,7 @@ from azsim.azurite import ACCOUNT, ACCOUNT_KEY
 from azsim.host import QueueHost
 from rotation.errors import ServiceError
 from rotation.ids import parse_cluster_id
-from rotation.service.app import close_services
+from rotation.service.process import close_services
 
 app = app_fixtures.app  # the fixture
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,7 +109,7 @@ async def test_storage_down_event_raises_writes_nothing_then_redelivery_complete
     world = make_world(app.sim, subscriptions=2, per_subscription=1)
     service = await app.service()
     for cluster in world.clusters:
-        await service.register(cluster, owner="team")
+        await service.registration.register(cluster, owner="team")
     v2, event = world.new_version()
     app.sim.clear_requests()
 
@@ -147,7 +147,7 @@ async def test_arm_down_past_the_retry_budget_poisons_then_replay_finishes(
     world = make_world(sim, subscriptions=1, per_subscription=1)
     [cluster] = world.clusters
     service = await app.service()
-    await service.register(cluster, owner="team")
+    await service.registration.register(cluster, owner="team")
     v2, event = world.new_version()
     await fn("on_key_event")(event_trigger(event), context("on_key_event"))
     sim.set_fault_rates({"503": 1.0}, service="arm")  # every method: ARM is down
@@ -157,13 +157,13 @@ async def test_arm_down_past_the_retry_budget_poisons_then_replay_finishes(
     assert puts(sim) == []  # the GET never got through, so no PUT was even tried
     [poisoned] = await app.take_jobs(POISON_QUEUE)
     assert (poisoned["cluster_id"], poisoned["event_id"]) == (cluster, event["id"])
-    history = await service.registry.history(parse_cluster_id(cluster))
+    history = await service.registry.history.recent(parse_cluster_id(cluster))
     assert [h.outcome for h in history] == ["failed"] * 3
     assert all("retries exhausted" in h.reason and h.error_code == "ServiceUnavailable" for h in history)
     exhausted = [r for r in caplog.records if r.getMessage() == "rotation.cluster_retry_exhausted"]
     assert len(exhausted) == 3
     assert all(r.levelno == logging.ERROR and r.cluster_id == cluster for r in exhausted)
-    assert (await service.registry.get(parse_cluster_id(cluster))).last_outcome == "failed"
+    assert (await service.registry.watched.get(parse_cluster_id(cluster))).last_outcome == "failed"
 
     sim.set_fault_rates({})
     sim.clear_requests()
@@ -182,5 +182,5 @@ async def test_arm_down_past_the_retry_budget_poisons_then_replay_finishes(
     assert proc.returncode == 0, proc.stderr
     assert world.version_of(cluster) == v2
     assert len(puts(sim, cluster)) == 1
-    latest = (await service.registry.history(parse_cluster_id(cluster)))[0]
+    latest = (await service.registry.history.recent(parse_cluster_id(cluster)))[0]
     assert (latest.outcome, latest.to_version) == ("rotated", v2)

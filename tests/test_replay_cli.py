@@ -22,7 +22,7 @@ from app_fixtures import cmk_url, forget_created, make_world, puts
 
 from azsim.simulator import Simulator
 from rotation.ids import parse_cluster_id
-from rotation.service.app import Service
+from rotation.service.process import Service
 from rotation.settings import Settings
 from rotation.store.jobs import Job
 
@@ -55,7 +55,7 @@ class Cli:
         service = Service.create(Settings.from_env(self.env))
         try:
             for cluster_id in cluster_ids:
-                await service.register(cluster_id, owner=None)
+                await service.registration.register(cluster_id, owner=None)
         finally:
             await service.close()
 
@@ -63,7 +63,7 @@ class Cli:
         """Every watched cluster by id, read in-process (the `list` command itself is tested below)."""
         service = Service.create(Settings.from_env(self.env))
         try:
-            return {w.cluster_id: w async for w in service.registry.list()}
+            return {w.cluster_id: w async for w in service.registry.watched.iterate()}
         finally:
             await service.close()
 
@@ -71,14 +71,14 @@ class Cli:
         """Run one job in-process, as the queue function would."""
         service = Service.create(Settings.from_env(self.env))
         try:
-            await service.execute(job)
+            await service.worker.execute(job)
         finally:
             await service.close()
 
     async def history(self, cluster_id: str) -> list:
         service = Service.create(Settings.from_env(self.env))
         try:
-            return await service.registry.history(parse_cluster_id(cluster_id))
+            return await service.registry.history.recent(parse_cluster_id(cluster_id))
         finally:
             await service.close()
 

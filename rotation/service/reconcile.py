@@ -17,7 +17,7 @@ import asyncio
 import logging
 import random
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -25,13 +25,11 @@ from rotation.errors import NotFoundError, ServiceError
 from rotation.ids import InvalidKeyUrl, KeyUrl, parse_cluster_id, parse_key_url
 from rotation.key_rules import (
     EXPIRY_HORIZON,
-    candidates,
     newest_not_usable,
     newest_version,
-    same_second,
-    unusable_reason,
+    pick_newest_usable,
 )
-from rotation.outcomes import Outcome
+from rotation.outcomes import Outcome, Trigger
 from rotation.retry import RetryPolicy
 from rotation.store.jobs import Job
 
@@ -39,8 +37,8 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from rotation.key_rules import KeyVersion
-    from rotation.service.app import Service
-    from rotation.store.registry import WatchedCluster
+    from rotation.service.process import Service
+    from rotation.store.watch import WatchedCluster
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +49,7 @@ CLUSTER_DEADLINE_S = 180.0
 
 
 @dataclass
-class ClusterReport:
+class ReconcileLine:
     """One cluster's line in the reconcile table."""
 
     cluster_id: str
@@ -75,7 +73,7 @@ class ReconcileReport:
     """What one pass found and did."""
 
     dry_run: bool
-    clusters: list[ClusterReport] = field(default_factory=list)
+    clusters: list[ReconcileLine] = field(default_factory=list)
     arm_reads: int = 0
     keyvault_reads: int = 0
     keys: int = 0
@@ -168,7 +166,7 @@ class Reconciler:
         done = 0
         total = 0
         tasks: list[asyncio.Task[None]] = []
-        async for watched in self._service.registry.list(page_size=self._page_size):
+        async for watched in self._service.registry.watched.iterate(page_size=self._page_size):
             total += 1
             tasks.append(asyncio.create_task(self._one(watched)))
             if len(tasks) >= self._page_size:
@@ -211,7 +209,7 @@ class Reconciler:
                 async with asyncio.timeout(self._cluster_deadline):
                     line = await self._check(watched)
             except (TimeoutError, ServiceError) as exc:
-                line = ClusterReport(
+                line = ReconcileLine(
                     watched.cluster_id,
                     watched.key,
                     watched.current_version,
@@ -239,10 +237,10 @@ class Reconciler:
                 },
             )
 
-    async def _check(self, watched: WatchedCluster) -> ClusterReport:
+    async def _check(self, watched: WatchedCluster) -> ReconcileLine:
         service = self._service
         cluster_id = parse_cluster_id(watched.cluster_id)
-        fields = {"cluster_id": watched.cluster_id, "trigger": "reconcile"}
+        fields = {"cluster_id": watched.cluster_id, "trigger": Trigger.RECONCILE}
         try:
             cluster, attempts = await self._retry.call(
                 lambda: service.runtime.clusters.get(cluster_id), log_fields=fields
@@ -274,7 +272,7 @@ class Reconciler:
         # between verifying and recording) outside dry runs.
         if repointed or ((actual.version or None) != watched.current_version and not self._dry_run):
             host, name = (actual.host, actual.name) if repointed else (watched.vault_host, watched.key_name)
-            await service.registry.upsert(
+            await service.registry.watched.upsert(
                 cluster_id=cluster_id,
                 vault_host=host,
                 key_name=name,
@@ -288,13 +286,13 @@ class Reconciler:
             )
             drift = (Outcome.KEY_MISMATCH.value, detail, "WARNING")
         if actual.versionless:
-            line = ClusterReport(
+            line = ReconcileLine(
                 watched.cluster_id, f"{actual.host}/{actual.name}", None, None, "versionless"
             )
             return self._with_drift(line, drift)
         key = await self._key_state(actual)
         newest = key.newest
-        line = ClusterReport(
+        line = ReconcileLine(
             watched.cluster_id,
             f"{actual.host}/{actual.name}",
             actual.version,
@@ -305,7 +303,7 @@ class Reconciler:
             await self._queue(
                 Job.new(
                     watched.cluster_id,
-                    trigger="check",
+                    trigger=Trigger.CHECK,
                     target_key_url=watched.target_key_url,
                     operation_url=watched.operation_url,
                 )
@@ -317,7 +315,7 @@ class Reconciler:
         return self._with_drift(line, drift)
 
     async def _compare(
-        self, watched: WatchedCluster, line: ClusterReport, actual: KeyUrl, key: _KeyState
+        self, watched: WatchedCluster, line: ReconcileLine, actual: KeyUrl, key: _KeyState
     ) -> tuple[str, str, str] | None:
         """Queue a job when a newer usable version exists; else report expiry or an unusable key."""
         newest = key.newest
@@ -337,7 +335,7 @@ class Reconciler:
         )
         if newest.version != actual.version and forward:
             await self._queue(
-                Job.new(watched.cluster_id, trigger="reconcile", target_key_url=str(newest.url))
+                Job.new(watched.cluster_id, trigger=Trigger.RECONCILE, target_key_url=str(newest.url))
             )
             line.action = "queued" if not self._dry_run else "would-queue"
             return None
@@ -379,23 +377,18 @@ class Reconciler:
 
     async def _fetch_key(self, key: KeyUrl) -> _KeyState:
         keys = self._service.runtime.keys
-        fields = {"key": f"{key.host}/{key.name}", "trigger": "reconcile"}
+        fields = {"key": f"{key.host}/{key.name}", "trigger": Trigger.RECONCILE}
         versions, attempts = await self._retry.call(lambda: keys.list_versions(key), log_fields=fields)
         self._report.keyvault_reads += attempts
-        now = self._now()
-        newest: KeyVersion | None = None
         read: dict[str, KeyVersion] = {}
-        for listed in candidates(versions, now):
-            url = listed.url
-            full, attempts = await self._retry.call(
-                lambda: keys.get_version(url),  # noqa: B023 - awaited before the loop moves on
-                log_fields=fields,
-            )
+
+        async def read_version(url: KeyUrl) -> KeyVersion:
+            full, attempts = await self._retry.call(lambda: keys.get_version(url), log_fields=fields)
             self._report.keyvault_reads += attempts
             read[full.version] = full
-            if unusable_reason(full, now) is None:
-                newest = replace(full, ambiguous=True) if same_second(listed, versions, now) else full
-                break
+            return full
+
+        newest = await pick_newest_usable(versions, read_version, self._now())
         return _KeyState(
             created={v.version: v.created_on for v in versions},
             expires={v.version: v.expires_on for v in versions},
@@ -405,13 +398,13 @@ class Reconciler:
         )
 
     @staticmethod
-    def _skipped(watched: WatchedCluster, drift: str, detail: str, level: str) -> ClusterReport:
-        return ClusterReport(
+    def _skipped(watched: WatchedCluster, drift: str, detail: str, level: str) -> ReconcileLine:
+        return ReconcileLine(
             watched.cluster_id, watched.key, watched.current_version, None, "skipped", drift, detail, level
         )
 
     @staticmethod
-    def _with_drift(line: ClusterReport, drift: tuple[str, str, str] | None) -> ClusterReport:
+    def _with_drift(line: ReconcileLine, drift: tuple[str, str, str] | None) -> ReconcileLine:
         if drift is not None:
             line.drift, line.detail, line.level = drift
         return line

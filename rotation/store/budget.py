@@ -9,7 +9,7 @@ tolerance ``(burst - 1) * T``, a request at ``t`` conforms when ``t >= TAT - tol
 Two processes that race for a row lose one write (412) and one read, never a token: the loser reads the
 winner's TAT and reserves after it.
 
-Rows live in the watch table (`rotation.store.registry.WATCH_TABLE`), partition ``~budget``, RowKey
+Rows live in the watch table (layout: `rotation.store.tables`), partition ``~budget``, RowKey
 ``~{subscription}|writes`` or ``|reads``: a RowKey from ``~`` on is never a watch row (those queries stop at
 ``RowKey lt '~'``), and the table exists wherever the app runs, with the access it already has.
 Clock: each process's wall clock; instances in Azure keep theirs synchronised well within one refill.
