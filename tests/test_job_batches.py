@@ -274,3 +274,17 @@ def test_the_size_of_an_event_s_messages_follows_its_fan_out() -> None:
     assert [fanout_batch_size(n) for n in (1, 32, 33, 100, 1024, 2000, 10000)] == [1, 1, 4, 4, 4, 8, 40]
     assert fanout_batch_size(1_000_000) == MAX_BATCH  # then more messages than 256
     assert len(batches(event_jobs(1000), fanout_batch_size(1000))) == 250
+
+
+async def test_a_hostile_batch_reaching_the_worker_is_acknowledged_and_nothing_is_sent(stack, caplog) -> None:
+    """A batch naming a cluster twice is rejected whole (logged, acknowledged): no ARM request at all."""
+    clusters, target = await _three_behind(stack)
+    body = json.loads(_batch(clusters, target).to_json())
+    body["cluster_ids"].append(clusters[0].upper())
+    stack.sim.clear_requests()
+    with caplog.at_level(logging.ERROR, logger="rotation.service.worker"):
+        assert await stack.service.worker.handle_job(json.dumps(body), dequeue_count=1) is None
+    [rejected] = [r for r in caplog.records if r.getMessage() == "rotation.job_rejected"]
+    assert "repeats a cluster" in rejected.reason
+    assert [r for r in stack.sim.requests if r.service == "arm"] == []
+    assert await _raw_queued(stack) == []
