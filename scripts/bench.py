@@ -4,14 +4,20 @@ Scenarios (sizes and the simulator's scale are parameters; `--help`):
 
 - fan-out: N clusters on one key over S subscriptions; makespan from the Event Grid function call to the last
   verifying GET (from the simulator's request log), against the lower bound that the write bucket, the
-  operation time and the request latency impose;
+  operation time and the request latency impose; a stress fan-out with a short operation;
+- scale-out: N clusters over 20 subscriptions run by W = 1, 2, 4 worker processes on one queue, sharing each
+  subscription's ARM budget;
 - naive baseline: the same rotation one cluster after another (GET, PUT, poll to the end, next);
 - throttle: 429s as a share of writes, and requests sent inside a ``Retry-After`` window;
 - requests per rotated cluster (ARM reads, writes, polls) and Key Vault reads per key;
-- event handling: Event Grid function call to all jobs enqueued, for 100 and 1000 watched clusters;
-- footprint: cold ``import function_app`` in a fresh process, and the queue worker's peak RSS.
+- per job, counted in the workers: CPU time and storage requests by kind; and the CPU the whole machine spent;
+- event handling: Event Grid function call to all jobs enqueued, for 100, 1000 and 10,000 watched clusters;
+- reconcile: one pass (`rotation reconcile --enqueue`, its own process) over 10,000 clusters on 50 keys,
+  against the read bucket's bound, and Key Vault reads per key;
+- footprint: cold ``import function_app`` and cold start of ``rotation serve`` in fresh processes, and the
+  queue workers' peak RSS.
 
-The queue function runs in a child process (``bench.py --worker``), fed from Azurite like the Functions host
+The queue function runs in child processes (``bench.py --worker``), fed from Azurite like the Functions host
 feeds it (a message is received, handed to ``rotate_cluster`` as a ``func.QueueMessage``, deleted on return),
 keeping up to ``--concurrency`` invocations in flight. Prints a table, writes JSON and docs/benchmarks.md.
 """
@@ -60,9 +66,9 @@ def host_concurrency() -> int:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The bench's parameters (defaults: the `make bench` run, under 3 minutes on 2 cores)."""
+    """The bench's parameters (defaults: the `make bench` run, about 5 minutes on 2 cores)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    p.add_argument("--sizes", default="10,100,500", help="fan-out cluster counts")
+    p.add_argument("--sizes", default="10,100", help="fan-out cluster counts (the scale-out runs go larger)")
     p.add_argument("--subscriptions", type=int, default=5, help="subscriptions the clusters are spread over")
     p.add_argument("--burst", type=int, default=20, help="write bucket burst per subscription (ARM: 200)")
     p.add_argument("--refill", type=float, default=10.0, help="write refill per second (ARM: 10)")
