@@ -24,11 +24,15 @@ One pacer per process (`rotation.service.runtime.Runtime`), shared by every job,
 subscription share one budget. Every instance of the app uses the same identity, so they all spend the same
 bucket; the headers show each process what the others spent, but only after the fact: started together,
 W processes would each spend the burst they all see, and each take the whole refill. With a `BudgetLedger`
-(`rotation.store.budget`: one Table row per bucket) the processes also share the budget *before* spending
-it: each request first takes a slot from the ledger, a generic cell rate algorithm over the bucket's burst
-and refill (the same arithmetic as the token bucket), reserved a few at a time with one conditional write.
-The mirror still applies on top (spenders outside the app show up only in the headers). A ledger that
-cannot be reached is passed by: pacing falls back to the mirror alone, never blocks a rotation.
+(`rotation.store.budget`: one Table row per bucket) the processes also share the write budget *before*
+spending it: each write first takes a slot from the ledger, a generic cell rate algorithm over the bucket's
+burst and refill (the same arithmetic as the token bucket), reserved a few at a time with one conditional
+write: the writes waiting now and, once the bucket is spent, those jobs announced (`expect_write`). The
+ledger keeps a quarter of the burst back, and a slot older than that slack's worth of refill is dropped:
+a slot used late could spend tokens the bucket lost to its cap meanwhile. The newest header is a floor
+for the ledger, and the mirror still applies on top (spenders outside the app show up only in the
+headers). A ledger that cannot be reached is passed by: pacing falls back to the mirror alone, never blocks
+a rotation. Reads are paced by the mirror alone (a rotation's four reads against a bucket 2.5 times faster).
 """
 
 from __future__ import annotations
