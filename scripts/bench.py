@@ -886,6 +886,7 @@ class Bench:
     async def scale_out(self, n: int, workers: int) -> dict[str, Any]:
         """A fan-out of ``n`` clusters over the scale-out subscriptions, by ``workers`` fresh processes."""
         previous = self.workers
+        await self.clear_queue()  # each run starts from an empty queue (no job deferred by an earlier run)
         self.workers = [Worker(self.args.concurrency, self.args.profile) for _ in range(workers)]
         try:
             result = await self.fanout(n, label=f"w{workers}", subscriptions=self.args.scale_subscriptions)

@@ -288,3 +288,24 @@ async def test_a_hostile_batch_reaching_the_worker_is_acknowledged_and_nothing_i
     assert "repeats a cluster" in rejected.reason
     assert [r for r in stack.sim.requests if r.service == "arm"] == []
     assert await _raw_queued(stack) == []
+
+
+async def test_a_claim_that_cannot_be_released_lapses_and_the_rotation_stands(stack, caplog) -> None:
+    """A release that fails after the outcome is recorded is logged; the job stands and is not run again."""
+    from rotation.errors import ServiceError
+
+    clusters, target = await _three_behind(stack)
+
+    async def release_fails(claim: object) -> None:
+        raise ServiceError("storage (no response): release", service="storage")
+
+    stack.service.registry.claims.release = release_fails  # type: ignore[method-assign]
+    job = Job.new(clusters[0], trigger="event", target_key_url=target, event_id="ev-r")
+    with caplog.at_level(logging.WARNING, logger="rotation.service.worker"):
+        result = await stack.service.worker.handle_job(job.to_json(), dequeue_count=1)
+    assert result is not None
+    assert result.outcome == "rotated"
+    assert stack.key_of(clusters[0]) == target
+    [failed] = [r for r in caplog.records if r.getMessage() == "rotation.claim_release_failed"]
+    assert failed.cluster_id == clusters[0]
+    assert await _raw_queued(stack) == []

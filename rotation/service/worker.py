@@ -203,7 +203,19 @@ class Worker:
             raise
         finally:
             if not keep:
-                await self.registry.claims.release(claim)
+                try:
+                    await self.registry.claims.release(claim)
+                except (
+                    ServiceError
+                ) as exc:  # it lapses at its TTL; failing the job would run it into its claim
+                    logger.warning(
+                        "rotation.claim_release_failed",
+                        extra={
+                            "cluster_id": job.cluster_id,
+                            "invocation_id": invocation_id,
+                            "reason": str(exc),
+                        },
+                    )
 
     async def _record_exhausted(
         self,
