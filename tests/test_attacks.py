@@ -15,8 +15,6 @@ from dataclasses import replace
 
 import pytest
 from azure.identity.aio import DefaultAzureCredential
-from fakes import FakeClusters, FakeKeys, cluster, key_url, key_version
-from test_engine import FakeTime, make_rotator, rotate
 
 from azsim.faults import Fault
 from rotation.azure.arm import ClustersClient
@@ -30,6 +28,15 @@ from rotation.service import http_api
 from rotation.service.app import MAX_CHECKS
 from rotation.service.reconcile import Reconciler
 from rotation.store.jobs import Job
+from tests.helpers.fakes import (
+    FakeClusters,
+    FakeKeys,
+    cluster,
+    key_url,
+    key_version,
+    make_rotator,
+    rotate,
+)
 
 ARM = "https://management.azure.com"
 DEEP = "[" * 20_000 + "]" * 20_000  # 40 KB, 20,000 deep
@@ -38,6 +45,7 @@ CLUSTER = f"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.DocumentD
 
 
 def arm_requests(sim, method: str | None = None) -> list:
+    """The ARM requests in the simulator's log, of one method when given."""
     return [r for r in sim.requests if r.service == "arm" and (method is None or r.method == method)]
 
 
@@ -107,11 +115,6 @@ async def test_job_for_an_older_version_is_stale_whatever_its_state(fake_time):
     result = await rotate(make_rotator(arm, kv, fake_time), cid, key_url(1))
     assert result.outcome is Outcome.STALE_EVENT
     assert arm.puts == []
-
-
-@pytest.fixture
-def fake_time() -> FakeTime:
-    return FakeTime()
 
 
 # -- 2. forged check jobs -----------------------------------------------------------------------------

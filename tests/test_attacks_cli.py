@@ -14,21 +14,20 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 
-from app_fixtures import cmk_url, make_world, puts
 from azure.storage.queue.aio import QueueClient
-from test_replay_cli import ROOT, Cli, cli, one_error_line
 
 from rotation.ids import parse_cluster_id
 from rotation.outcomes import Outcome, RotationResult
 from rotation.service.app import Service
 from rotation.settings import Settings
-
-__all__ = ["cli"]  # the fixture, imported for this module's tests
+from tests.helpers.cli import ROOT, Cli, one_error_line
+from tests.helpers.world import cmk_url, make_world, puts
 
 ESCAPES = "\x1b[2K\r\x1b[32mrotated\x1b[0m  everything is fine\x07"
 
 
 async def in_process(cli: Cli, work):
+    """Run ``work`` with a Service on the CLI's settings, closed after."""
     service = Service.create(Settings.from_env(cli.env))
     try:
         return await work(service)
@@ -38,7 +37,7 @@ async def in_process(cli: Cli, work):
 
 async def test_terminal_escapes_in_an_answer_are_printed_escaped(sim, cli):
     """ARM error text with escape sequences is shown escaped by `history` and `list`: no forged lines."""
-    world = make_world(sim, subscriptions=1, per_subscription=1)
+    world = make_world(sim, subscriptions=1, per_subscription=1, other_key=True)
     [cluster] = world.clusters
     await cli.register(cluster)
     failed = RotationResult(
@@ -66,10 +65,10 @@ async def test_terminal_escapes_in_an_answer_are_printed_escaped(sim, cli):
 
 async def test_replay_file_with_a_deep_event_still_handles_the_good_one(sim, cli, tmp_path):
     """A replay file whose first event nests 20,000 deep: that one is rejected, the good one rotates."""
-    world = make_world(sim, subscriptions=1, per_subscription=1)
+    world = make_world(sim, subscriptions=1, per_subscription=1, other_key=True)
     [cluster] = world.clusters
     await cli.register(cluster)
-    v2, event = world.new_version()
+    v2, event = world.new_version_event()
     path = tmp_path / "deep.json"
     deep = '{"id": "deep", "data": ' + "[" * 20_000 + "]" * 20_000 + "}"
     path.write_text(f"[{deep}, {json.dumps(event)}]", encoding="utf-8")
@@ -121,7 +120,8 @@ async def check_jobs(connection: str, cluster: str) -> list[dict]:
 
 
 async def interrupted_rotation(sim, cli, *, watched: bool) -> None:
-    world = make_world(sim, subscriptions=1, per_subscription=1)
+    """Start `rotate` on a fresh cluster (watched or not) and interrupt it with Ctrl-C during the operation."""
+    world = make_world(sim, subscriptions=1, per_subscription=1, other_key=True)
     [cluster] = world.clusters
     if watched:
         await cli.register(cluster)
@@ -166,7 +166,7 @@ async def test_ctrl_c_on_an_unwatched_cluster_is_resumed_from_history(sim, cli):
 
 async def test_busy_cluster_names_its_holder_and_when_the_claim_ends(sim, cli):
     """A `rotate` on a claimed cluster says who holds it and until when, instead of "another worker"."""
-    world = make_world(sim, subscriptions=1, per_subscription=1)
+    world = make_world(sim, subscriptions=1, per_subscription=1, other_key=True)
     [cluster] = world.clusters
     await cli.register(cluster)
     sim.create_key_version(world.vault, "cmk", emit_event=False)

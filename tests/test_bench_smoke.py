@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_bench_runs_at_a_tiny_size(tmp_path: Path) -> None:
+    """scripts/bench.py runs at a tiny size, exits 0 and writes its JSON and Markdown with every section."""
     out_json = tmp_path / "bench.json"
     out_md = tmp_path / "benchmarks.md"
     argv = [

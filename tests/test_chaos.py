@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from app_fixtures import user_function
 
 from scripts.chaos import run_chaos
+from tests.helpers.app import user_function
 
 SEED = 20261128
 

@@ -3,53 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import uuid
-from pathlib import Path
 
 import pytest
 
 from azsim.simulator import Simulator
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def run_cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ROTATION_")}
-    full_env.update(env or {})
-    full_env.setdefault("ROTATION_RETRY_INITIAL_WAIT", "0.05")
-    full_env.setdefault("ROTATION_RETRY_MAX_WAIT", "0.2")
-    return subprocess.run(  # noqa: S603
-        [sys.executable, "-m", "rotation", *args],
-        cwd=ROOT,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+from tests.helpers.cli import run_cli
+from tests.helpers.world import make_world
 
 
 @pytest.fixture
 def cmk_cluster(sim: Simulator) -> tuple[str, str, str]:
-    sub = str(uuid.uuid4())
-    vault = f"kv-{uuid.uuid4().hex[:10]}"
-    sim.add_vault(vault, subscription=sub)
-    v1 = sim.create_key_version(vault, "cmk", emit_event=False)
-    identity = sim.add_identity(subscription=sub, resource_group="rg", name="id-cmk")
-    cluster = sim.add_cluster(
-        subscription=sub,
-        resource_group="rg",
-        name="orders",
-        key_url=sim.key_url(vault, "cmk", v1),
-        identity=identity,
-    )
-    v2 = sim.create_key_version(vault, "cmk", emit_event=False)
-    return cluster, vault, v2
+    """A CMK cluster ``orders`` on v1 of key ``cmk``, whose newest version is v2: (cluster, vault, v2)."""
+    world = make_world(sim, name="orders", resource_group="rg")
+    return world.cluster_id, world.vault, world.new_version()
 
 
 def test_rotate_prints_one_line_and_exits_0(sim, cmk_cluster):

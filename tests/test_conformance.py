@@ -9,8 +9,7 @@ cost the user: tags kept, other properties checked (collateral changes), a creat
 from __future__ import annotations
 
 import logging
-import uuid
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -22,6 +21,7 @@ from rotation.ids import parse_cluster_id, parse_key_url
 from rotation.outcomes import Outcome
 from rotation.service.runtime import Runtime
 from rotation.settings import RetrySettings, Settings
+from tests.helpers.world import World, make_world
 
 FAST_RETRY = RetrySettings(max_attempts=3, max_seconds=10, initial_wait=0.02, max_wait=0.1)
 TAGS = {"costCentre": "4711", "owner": "orders team", "policy:data-class": "confidential"}
@@ -29,67 +29,36 @@ WRITE_ANSWERS = ("both", "location", "none")
 METHODS = ("put", "patch")
 
 
-@dataclass
-class World:
-    """A vault with key ``cmk``, the cluster's key identity and a CMK cluster with tags, on version v1."""
+def _polls(world: World) -> list[str]:
+    """Paths of ARM GETs other than the cluster's own."""
+    return [
+        r.path
+        for r in world.sim.requests
+        if r.service == "arm" and r.method == "GET" and r.path.lower() != world.cluster_id.lower()
+    ]
 
-    sim: Simulator
-    subscription: str
-    vault: str
-    identity: str
-    cluster_id: str
 
-    def key_url(self, version: str) -> str:
-        return self.sim.key_url(self.vault, "cmk", version)
-
-    def new_version(self) -> str:
-        return self.sim.create_key_version(self.vault, "cmk", emit_event=False)
-
-    def cluster(self) -> dict[str, Any]:
-        return self.sim.cluster(self.cluster_id)
-
-    def writes(self) -> list[Any]:
-        return [r for r in self.sim.requests if r.service == "arm" and r.method in {"PUT", "PATCH"}]
-
-    def polls(self) -> list[str]:
-        """Paths of ARM GETs other than the cluster's own."""
-        return [
-            r.path
-            for r in self.sim.requests
-            if r.service == "arm" and r.method == "GET" and r.path.lower() != self.cluster_id.lower()
-        ]
-
-    def resource_gets(self) -> int:
-        gets = [r for r in self.sim.requests if r.service == "arm" and r.method == "GET"]
-        return sum(1 for r in gets if r.path.lower() == self.cluster_id.lower())
+def _resource_gets(world: World) -> int:
+    """ARM GETs of the cluster itself."""
+    gets = [r for r in world.sim.requests if r.service == "arm" and r.method == "GET"]
+    return sum(1 for r in gets if r.path.lower() == world.cluster_id.lower())
 
 
 @pytest.fixture
 def world(sim: Simulator) -> World:
-    sub = str(uuid.uuid4())
-    vault = f"kv-{uuid.uuid4().hex[:10]}"
-    sim.add_vault(vault, subscription=sub)
-    v1 = sim.create_key_version(vault, "cmk", emit_event=False)
-    identity = sim.add_identity(subscription=sub, resource_group="rg-data", name="id-cmk")
-    cluster_id = sim.add_cluster(
-        subscription=sub,
-        resource_group="rg-data",
-        name="orders-prod",
-        key_url=sim.key_url(vault, "cmk", v1),
-        identity=identity,
-        tags=dict(TAGS),
-    )
-    sim.clear_requests()
-    return World(sim, sub, vault, identity, cluster_id)
+    """A vault with key ``cmk``, the key identity and the CMK cluster ``orders-prod`` with tags, on v1."""
+    return make_world(sim, name="orders-prod", tags=dict(TAGS))
 
 
 def settings(method: str = "put", **kw: Any) -> Settings:
+    """Settings for the write method (its api-version unless given), fast retries, ``kw`` overriding."""
     api = kw.pop("api_version", "2025-09-01" if method == "patch" else "2025-07-01-preview")
     env = {"ROTATION_WRITE_METHOD": method, "ROTATION_ARM_API_VERSION": api}
     return replace(Settings.from_env(env), **{"retry": FAST_RETRY, "poll_budget_seconds": 20, **kw})
 
 
 async def rotate(world: World, target: str, cfg: Settings, **kw: Any):
+    """Rotate the world's cluster to ``target`` with a runtime on ``cfg``."""
     runtime = Runtime.create(cfg)
     try:
         request = RotationRequest(
@@ -113,10 +82,10 @@ async def test_rotation_succeeds_in_each_write_answer_mode(world, method, answer
     result = await rotate(world, world.key_url(v2), settings(method))
     assert result.outcome is Outcome.ROTATED, result.reason
     assert _cmk_url(world.cluster()) == world.key_url(v2)
-    (write,) = world.writes()
+    (write,) = world.puts(patch=True)
     assert write.method == method.upper()
     assert write.status == (202 if method == "patch" else 200)  # PatchCMK: 202; an update PUT: 200
-    polls = world.polls()
+    polls = _polls(world)
     if answer == "both":
         assert polls
         assert all("/mongoClusterAzureAsyncOperation/" in p for p in polls)
@@ -125,7 +94,7 @@ async def test_rotation_succeeds_in_each_write_answer_mode(world, method, answer
         assert all("/mongoClusterOperationResults/" in p for p in polls)
     else:
         assert polls == []
-        assert world.resource_gets() >= 3  # decide, at least one provisioningState poll, verify
+        assert _resource_gets(world) >= 3  # decide, at least one provisioningState poll, verify
     assert result.collateral_changes == ()
     assert world.cluster()["tags"] == TAGS
 
@@ -159,7 +128,7 @@ async def test_resumed_job_completes_in_each_write_answer_mode(world, method, an
         world, target, settings(method), operation_url=first.operation_url, trigger="check"
     )
     assert resumed.outcome is Outcome.ROTATED, resumed.reason
-    assert len(world.writes()) == 1
+    assert len(world.puts(patch=True)) == 1
     assert _cmk_url(world.cluster()) == target
 
 
@@ -171,7 +140,7 @@ async def test_tags_survive_a_put_in_the_mode_that_clears_omitted_tags(world):
     assert result.outcome is Outcome.ROTATED
     after = world.cluster()
     assert after["tags"] == before["tags"] == TAGS
-    assert world.writes()[0].body["tags"] == TAGS
+    assert world.puts(patch=True)[0].body["tags"] == TAGS
     assert result.collateral_changes == ()
 
 
@@ -203,7 +172,7 @@ async def test_patch_leaves_omitted_properties_alone(world):
     result = await rotate(world, world.key_url(v2), settings("patch"))
     assert result.outcome is Outcome.ROTATED
     assert result.collateral_changes == ()
-    assert world.writes()[0].body == {
+    assert world.puts(patch=True)[0].body == {
         "identity": {"type": "UserAssigned", "userAssignedIdentities": {world.identity: {}}},
         "properties": {
             "encryption": {
@@ -231,7 +200,7 @@ async def test_create_only_refusal_names_the_next_step(world, caplog):
     assert "ROTATION_WRITE_METHOD=patch" in result.reason
     (failed,) = [r for r in caplog.records if r.getMessage() == "rotation.cluster_failed"]
     assert "ROTATION_ARM_API_VERSION=2025-09-01" in failed.reason
-    assert len(world.writes()) == 1  # a 400 is not retried
+    assert len(world.puts(patch=True)) == 1  # a 400 is not retried
     retried = await rotate(world, world.key_url(v2), settings("put", api_version="2025-09-01"))
     assert retried.outcome is Outcome.ROTATED, retried.reason
 
@@ -271,7 +240,7 @@ async def test_operation_url_outside_the_checks_is_never_followed(world, header,
     )
     assert result.outcome is Outcome.FAILED
     assert "operation URL" in result.reason
-    assert world.polls() == []
+    assert _polls(world) == []
 
 
 async def test_collateral_change_is_in_the_cluster_history(stack):
@@ -298,7 +267,7 @@ async def test_collateral_change_is_in_the_cluster_history(stack):
 
 def test_cli_reports_the_create_only_refusal_with_the_next_step(world):
     """`rotate` exits 1 and its line (and its log) says which setting to change when ARM refuses the key change."""
-    from test_cli import run_cli
+    from tests.helpers.cli import run_cli
 
     world.sim.configure(encryption_updatable_from="2025-08-01-preview")
     v2 = world.new_version()
@@ -323,35 +292,22 @@ def test_cli_reports_the_create_only_refusal_with_the_next_step(world):
 
 def test_cli_refuses_patch_with_an_old_api_version_in_one_line(world):
     """ROTATION_WRITE_METHOD=patch with 2025-07-01-preview stops at start-up: exit 2, one line, no write."""
-    from test_cli import run_cli
+    from tests.helpers.cli import run_cli
 
     proc = run_cli("rotate", world.cluster_id, env={"ROTATION_WRITE_METHOD": "patch"})
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1, proc.stderr
     assert "ROTATION_WRITE_METHOD=patch needs ROTATION_ARM_API_VERSION 2025-08-01-preview" in proc.stderr
-    assert world.writes() == []
+    assert world.puts(patch=True) == []
 
 
 @pytest.mark.parametrize("method", METHODS)
 async def test_system_and_user_assigned_identity_type_is_kept(sim, method):
     """A cluster with `SystemAssigned,UserAssigned` keeps both after a PUT or PATCH rotation."""
-    sub = str(uuid.uuid4())
-    vault = f"kv-{uuid.uuid4().hex[:10]}"
-    sim.add_vault(vault, subscription=sub)
-    v1 = sim.create_key_version(vault, "cmk", emit_event=False)
-    identity = sim.add_identity(subscription=sub, resource_group="rg-data", name="id-cmk")
-    cluster_id = sim.add_cluster(
-        subscription=sub,
-        resource_group="rg-data",
-        name="orders-sys",
-        key_url=sim.key_url(vault, "cmk", v1),
-        identity=identity,
-        identity_type="SystemAssigned,UserAssigned",
-    )
-    world = World(sim, sub, vault, identity, cluster_id)
+    world = make_world(sim, name="orders-sys", identity_type="SystemAssigned,UserAssigned")
     v2 = world.new_version()
     result = await rotate(world, world.key_url(v2), settings(method))
     assert result.outcome is Outcome.ROTATED, result.reason
-    assert world.writes()[0].body["identity"]["type"] == "SystemAssigned,UserAssigned"
+    assert world.puts(patch=True)[0].body["identity"]["type"] == "SystemAssigned,UserAssigned"
     assert world.cluster()["identity"]["type"] == "SystemAssigned,UserAssigned"
     assert result.collateral_changes == ()

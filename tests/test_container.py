@@ -34,6 +34,7 @@ def instructions() -> list[tuple[str, str]]:
 
 
 def entrypoint() -> list[str]:
+    """The Dockerfile's ENTRYPOINT as an argv list."""
     [args] = [json.loads(rest) for word, rest in instructions() if word == "ENTRYPOINT"]
     return args
 

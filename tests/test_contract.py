@@ -16,12 +16,12 @@ from azure.core.credentials import AccessToken
 from azure.core.pipeline.transport import AsyncHttpTransport
 from azure.core.rest._http_response_impl_async import AsyncHttpResponseImpl
 from azure.core.utils import CaseInsensitiveDict
-from sdk_oracle import as_cluster, as_update, contract
 
 from rotation.azure.arm import Cluster, ClustersClient
 from rotation.azure.lro import OperationKind
 from rotation.engine import build_body, build_patch_body
 from rotation.ids import parse_cluster_id, parse_key_url
+from tests.helpers.sdk_oracle import as_cluster, as_update, contract
 
 FIXTURES = ("get-cmk.json", "put-create-cmk.json", "patch-cmk-202.json")
 TARGET = parse_key_url("https://orders-kv.vault.azure.net/keys/cmk-docdb/1f2e3d4c5b6a79880796a5b4c3d2e1f0")
@@ -78,6 +78,7 @@ class StaticToken:
 
 
 def client(transport: ReplayTransport, api: str = "2025-09-01") -> ClustersClient:
+    """An ARM clusters client on the replayed transport, at ``api``."""
     return ClustersClient(
         "https://management.azure.com", StaticToken(), api_version=api, transport=transport, pacer=None
     )

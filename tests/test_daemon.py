@@ -23,6 +23,7 @@ KEY = "0123456789abcdef-key"
 
 
 def at(text: str) -> datetime:
+    """An ISO time as a UTC datetime."""
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 

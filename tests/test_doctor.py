@@ -14,16 +14,15 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import pytest
 
-from azsim.faults import Fault
 from azsim.simulator import Simulator
 from rotation.doctor.checks import CHECKS, Doctor, Status, format_report
 from rotation.service import http_api
 from rotation.service.runtime import Runtime
 from rotation.settings import RetrySettings, Settings
+from tests.helpers.world import World, make_world
 
 FAST_RETRY = RetrySettings(max_attempts=3, max_seconds=10, initial_wait=0.01, max_wait=0.05)
 DAY = 86400
@@ -32,64 +31,15 @@ KV_READER = "21090545-7ca7-4776-b22c-e363652d74d2"
 SERVICE_ENCRYPTION_USER = "e147488a-f6f5-4113-8e2d-b22465e65bf6"
 
 
-@dataclass
-class World:
-    sim: Simulator
-    subscription: str
-    vault: str
-    v1: str
-    identity: str
-    cluster_id: str
-
-    @property
-    def vault_id(self) -> str:
-        return self.sim.vault_arm_id(self.vault)
-
-    @property
-    def principal(self) -> str:
-        return self.sim.principal_id(self.identity)
-
-    def point_at(self, **version_kw) -> str:
-        """A new version (with these attributes) that the cluster is then pointed at, out of band."""
-        version = self.sim.create_key_version(self.vault, "cmk", emit_event=False, **version_kw)
-        self.sim.set_cluster_key_url(self.cluster_id, self.sim.key_url(self.vault, "cmk", version))
-        return version
-
-    def rbac_off(self, *permissions: str) -> None:
-        self.sim.set_vault_properties(self.vault, enable_rbac_authorization=False)
-        if permissions:
-            self.sim.add_access_policy(self.vault, self.principal, list(permissions))
-
-    def fail(self, path_contains: str, *, service: str = "arm", times: int = 3) -> None:
-        """The next `times` matching requests answer 503 (enough to exhaust FAST_RETRY)."""
-        self.sim.inject(service=service, path_contains=path_contains, faults=[Fault.status(503)] * times)
-
-
-def make_world(sim: Simulator) -> World:
-    sub = str(uuid.uuid4())
-    vault = f"kv-{uuid.uuid4().hex[:10]}"
-    sim.add_vault(vault, subscription=sub)
-    v1 = sim.create_key_version(vault, "cmk", emit_event=False)
-    identity = sim.add_identity(subscription=sub, resource_group="rg-data", name="id-cmk")
-    cluster_id = sim.add_cluster(
-        subscription=sub,
-        resource_group="rg-data",
-        name="orders-prod",
-        key_url=sim.key_url(vault, "cmk", v1),
-        identity=identity,
-    )
-    return World(sim, sub, vault, v1, identity, cluster_id)
-
-
 @pytest.fixture
 def world(sim: Simulator) -> World:
-    made = make_world(sim)
-    sim.clear_requests()
-    return made
+    """A vault with key ``cmk``, the key identity and the CMK cluster ``orders-prod`` on v1."""
+    return make_world(sim, name="orders-prod")
 
 
 @pytest.fixture
 async def doctor(sim: Simulator):
+    """A Doctor on a runtime with fast retries."""
     runtime = Runtime.create(Settings(retry=FAST_RETRY))
     async with Doctor.for_runtime(runtime) as doc:
         yield doc
@@ -100,15 +50,18 @@ async def doctor(sim: Simulator):
 
 
 def unchanged(_w: World) -> None:
-    return None
+    """Leave the world as it is."""
 
 
 def policy_on_rbac_vault(w: World) -> None:
+    """Access policies for the key identity on a vault that uses RBAC, and no role."""
     w.sim.remove_role_assignments(w.principal)
     w.sim.add_access_policy(w.vault, w.principal, ["get", "wrapKey", "unwrapKey"])
 
 
 def policy_with_expiring_key(rotation: dict, days: int) -> Callable[[World], None]:
+    """A setup: the key gets this rotation policy and the cluster a version expiring in ``days``."""
+
     def setup(w: World) -> None:
         w.sim.set_key_rotation_policy(w.vault, "cmk", policy(rotation))
         w.point_at(exp=int(time.time()) + days * DAY)
@@ -117,15 +70,18 @@ def policy_with_expiring_key(rotation: dict, days: int) -> Callable[[World], Non
 
 
 def plain_cluster(w: World) -> str:
+    """A service-managed cluster beside the world's, to check instead."""
     return w.sim.add_cluster(subscription=w.subscription, resource_group="rg-data", name="plain-db")
 
 
 def other_key_identity(w: World) -> None:
+    """The cluster's only identity becomes one that is not its key identity."""
     other = w.sim.add_identity(subscription=w.subscription, resource_group="rg-data", name="id-other")
     w.sim.set_cluster_identities(w.cluster_id, [other])
 
 
 def custom_role(w: World, data: list[str], not_data: list[str] | None = None) -> None:
+    """The key identity's only role is a custom one with these data actions."""
     w.sim.remove_role_assignments(w.principal)
     role = w.sim.add_role_definition("custom", data_actions=data, not_data_actions=not_data)
     w.sim.add_role_assignment(w.vault_id, w.principal, role)
@@ -134,11 +90,13 @@ def custom_role(w: World, data: list[str], not_data: list[str] | None = None) ->
 def only_role_at(
     w: World, scope: str, role: str = SERVICE_ENCRYPTION_USER, condition: str | None = None
 ) -> None:
+    """The key identity's only role assignment is ``role`` at ``scope`` (with a condition when given)."""
     w.sim.remove_role_assignments(w.principal)
     w.sim.add_role_assignment(scope, w.principal, role, condition=condition)
 
 
 def policy(*actions: dict) -> dict:
+    """A key rotation policy with these lifetime actions and a one-year expiry."""
     return {"lifetimeActions": list(actions), "attributes": {"expiryTime": "P1Y"}}
 
 
@@ -272,6 +230,7 @@ async def test_check_states(world, doctor, case):
 
 
 def format_report_for(report) -> str:
+    """The findings of a report, one `status check reason` line each."""
     return "\n".join(f"{f.status} {f.check} {f.reason}" for f in report.findings)
 
 
@@ -315,7 +274,7 @@ async def test_transient_errors_are_retried(world, doctor):
 
 async def test_reads_are_cached_per_vault_identity_and_key(sim, doctor):
     """Three clusters on one vault, identity and key: the vault, identity, roles, versions and policy are read once."""
-    w = make_world(sim)
+    w = make_world(sim, name="orders-prod")
     others = [
         sim.add_cluster(subscription=w.subscription, resource_group="rg-data", name=f"db-{i}",
                         key_url=sim.key_url(w.vault, "cmk", w.v1), identity=w.identity)
@@ -405,7 +364,8 @@ async def test_arm_reads_shapes(world):
 
 
 def run_doctor_cli(*args: str):
-    from test_cli import run_cli
+    """`rotation doctor ARGS` with JSON logs and two attempts per call."""
+    from tests.helpers.cli import run_cli
 
     return run_cli("--log-format", "json", "doctor", *args, env={"ROTATION_RETRY_MAX_ATTEMPTS": "2"})
 

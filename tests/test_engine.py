@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
-from fakes import (
+
+from rotation.azure.arm import OperationStatus
+from rotation.engine import RotationRequest, build_body
+from rotation.errors import ClusterBusy, ServiceError, TransientFailure
+from rotation.outcomes import Outcome
+from rotation.settings import RetrySettings
+from tests.helpers.fakes import (
+    NOW,
     OTHER_UAMI,
     SUB,
     UAMI,
@@ -15,62 +22,22 @@ from fakes import (
     cluster,
     key_url,
     key_version,
+    make_rotator,
+    rotate,
     transient,
 )
-
-from rotation.azure.arm import OperationStatus
-from rotation.engine import RotationRequest, Rotator, build_body
-from rotation.errors import ClusterBusy, ServiceError, TransientFailure
-from rotation.outcomes import Outcome
-from rotation.settings import RetrySettings, Settings
-
-NOW = datetime(2026, 11, 28, tzinfo=UTC)
-
-
-class FakeTime:
-    """A clock that moves only when the rotator sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
-@pytest.fixture
-def fake_time() -> FakeTime:
-    return FakeTime()
 
 
 @pytest.fixture
 def arm() -> FakeClusters:
+    """An empty fake ARM."""
     return FakeClusters()
 
 
 @pytest.fixture
 def kv() -> FakeKeys:
+    """A fake vault with versions 1, 2 and 3 of the key."""
     return FakeKeys(key_version(1), key_version(2), key_version(3))
-
-
-def make_rotator(arm: FakeClusters, kv: FakeKeys, fake_time: FakeTime, **settings: object) -> Rotator:
-    base = Settings(retry=RetrySettings(max_attempts=4, max_seconds=600, initial_wait=0.5, max_wait=4))
-    return Rotator(
-        clusters=arm,
-        keys=kv,
-        settings=replace(base, **settings),  # type: ignore[arg-type]
-        sleep=fake_time.sleep,
-        clock=fake_time.clock,
-        now=lambda: NOW,
-    )
-
-
-async def rotate(rotator: Rotator, cid, target=None, **kw):
-    return await rotator.rotate(RotationRequest(cluster_id=cid, target=target, **kw))
 
 
 async def test_rotates_to_event_version_and_verifies(arm, kv, fake_time):

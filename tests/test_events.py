@@ -35,6 +35,7 @@ EXP = datetime(2026, 11, 20, 9, 13, tzinfo=UTC)
 
 
 def load(name: str) -> Any:
+    """A captured payload of tests/events/, parsed."""
     return json.loads((EVENTS / name).read_text(encoding="utf-8"))
 
 
@@ -68,6 +69,7 @@ def with_top(**fields: object) -> dict[str, Any]:
 
 
 def rejection(raw: object) -> EventRejected:
+    """The EventRejected that parsing ``raw`` raises (the test fails if it does not)."""
     with pytest.raises(EventRejected) as info:
         parse_event(raw)
     return info.value
@@ -539,6 +541,7 @@ def test_hostile_values_are_truncated_and_escaped():
 
 
 def trigger_fields(**overrides: object) -> dict[str, Any]:
+    """The trigger metadata fields of the captured event, ``overrides`` changing some."""
     raw = base_event()
     fields: dict[str, Any] = {
         "event_id": raw["id"],

@@ -140,6 +140,7 @@ def styled(draw: st.DrawFn, name: str) -> str:
 
 
 def recase(draw: st.DrawFn, text: str) -> str:
+    """``text`` as is, upper-cased or lower-cased."""
     return draw(st.sampled_from([text, text.upper(), text.lower()]))
 
 

@@ -17,17 +17,22 @@ import time
 import uuid
 from pathlib import Path
 
-import app_fixtures
 import pytest
-from app_fixtures import JOB_QUEUE, POISON_QUEUE, context, event_trigger, make_world, puts, queue_message
-from app_fixtures import user_function as fn
 
-from azsim.host import QueueHost, max_dequeue_count
+from azsim.host import max_dequeue_count
 from rotation.ids import parse_cluster_id
 from rotation.service.app import Service
 from rotation.store.jobs import Job
-
-app = app_fixtures.app  # the fixture
+from tests.helpers.app import (
+    POISON_QUEUE,
+    bindings,
+    context,
+    event_trigger,
+    functions,
+    queue_message,
+)
+from tests.helpers.app import user_function as fn
+from tests.helpers.world import make_world, puts
 
 ROOT = Path(__file__).resolve().parent.parent
 HTTP_FUNCTIONS = {
@@ -40,6 +45,7 @@ HTTP_FUNCTIONS = {
 
 
 async def register_all(app, cluster_ids: list[str]) -> Service:
+    """Watch the clusters through the app's Service, then empty the request log."""
     service = await app.service()
     for cluster_id in cluster_ids:
         await service.register(cluster_id, owner="team-test")
@@ -48,19 +54,12 @@ async def register_all(app, cluster_ids: list[str]) -> Service:
 
 
 async def send_event(event: dict) -> None:
+    """Deliver one event to `on_key_event` as the worker does."""
     await fn("on_key_event")(event_trigger(event), context("on_key_event"))
 
 
-async def drain(app, **kw) -> QueueHost:
-    host = QueueHost(app.azurite.connection_string, JOB_QUEUE, fn("rotate_cluster"), **kw)
-    try:
-        await host.drain(idle_seconds=0.5, limit_seconds=30)
-    finally:
-        await host.close()
-    return host
-
-
 def records(caplog, message: str) -> list[logging.LogRecord]:
+    """The log records whose message is ``message``."""
     return [r for r in caplog.records if r.getMessage() == message]
 
 
@@ -69,29 +68,27 @@ def records(caplog, message: str) -> list[logging.LogRecord]:
 
 def test_bindings_of_every_function():
     """Each function has the trigger binding the host needs; every HTTP route requires a function key."""
-    names = set(app_fixtures.functions())
+    names = set(functions())
     assert {"on_key_event", "rotate_cluster", *HTTP_FUNCTIONS} <= names
-    assert app_fixtures.bindings("on_key_event") == [
-        {"direction": "IN", "type": "eventGridTrigger", "name": "event"}
-    ]
-    queue = app_fixtures.bindings("rotate_cluster")
+    assert bindings("on_key_event") == [{"direction": "IN", "type": "eventGridTrigger", "name": "event"}]
+    queue = bindings("rotate_cluster")
     assert len(queue) == 1
     assert queue[0]["type"] == "queueTrigger"
     assert queue[0]["queueName"] == "rotation-jobs"
     assert queue[0]["connection"] == "AzureWebJobsStorage"
     for name, (methods, route) in HTTP_FUNCTIONS.items():
-        trigger, out = app_fixtures.bindings(name)
+        trigger, out = bindings(name)
         assert trigger["type"] == "httpTrigger"
         assert trigger["authLevel"].lower() == "function"
         assert sorted(trigger["methods"]) == sorted(methods)
         assert trigger["route"] == route
         assert out == {"direction": "OUT", "type": "http", "name": "$return"}
     if "reconcile" in names:
-        [timer] = app_fixtures.bindings("reconcile")
+        [timer] = bindings("reconcile")
         assert timer["type"] == "timerTrigger"
         assert timer["schedule"] == "%ROTATION_RECONCILE_SCHEDULE%"  # the app setting, default in infra
     for name in names:  # any function added later must not open an anonymous route
-        for binding in app_fixtures.bindings(name):
+        for binding in bindings(name):
             if binding["type"] == "httpTrigger":
                 assert binding["authLevel"].lower() in {"function", "admin"}, name
 
@@ -122,9 +119,9 @@ def test_host_json():
 @pytest.mark.parametrize("schema", ["eventgrid", "cloudevents"])
 async def test_new_version_event_queues_one_job_per_watched_cluster(app, schema):
     """A KeyNewVersionCreated event (either schema) queues exactly one job per watched cluster of the key."""
-    world = make_world(app.sim)
+    world = make_world(app.sim, subscriptions=2, per_subscription=2, other_key=True)
     await register_all(app, [*world.clusters, world.other_cluster])
-    v2, event = world.new_version()
+    v2, event = world.new_version_event()
     payload = event if schema == "eventgrid" else app.sim.to_cloud_event(event)
     await send_event(payload)
     jobs = await app.take_jobs()
@@ -140,7 +137,7 @@ async def test_new_version_event_queues_one_job_per_watched_cluster(app, schema)
 
 async def test_near_expiry_warns_naming_clusters_and_queues_nothing(app, caplog):
     """KeyNearExpiry logs rotation.key_near_expiry at WARNING naming the watched clusters; no job."""
-    world = make_world(app.sim)
+    world = make_world(app.sim, subscriptions=2, per_subscription=2, other_key=True)
     await register_all(app, world.clusters)
     event = app.sim.emit_key_event(world.vault, "cmk", world.v1, "Microsoft.KeyVault.KeyNearExpiry")
     caplog.set_level(logging.INFO, logger="rotation")
@@ -154,7 +151,7 @@ async def test_near_expiry_warns_naming_clusters_and_queues_nothing(app, caplog)
 
 async def test_key_expired_logs_error_and_queues_nothing(app, caplog):
     """KeyExpired logs rotation.key_expired at ERROR naming the watched clusters; no job."""
-    world = make_world(app.sim, subscriptions=1)
+    world = make_world(app.sim, subscriptions=1, per_subscription=2, other_key=True)
     await register_all(app, world.clusters)
     event = app.sim.emit_key_event(world.vault, "cmk", world.v1, "Microsoft.KeyVault.KeyExpired")
     caplog.set_level(logging.INFO, logger="rotation")
@@ -167,9 +164,9 @@ async def test_key_expired_logs_error_and_queues_nothing(app, caplog):
 
 async def test_secret_event_is_ignored(app, caplog):
     """A SecretNewVersionCreated event is acknowledged as ignored and queues nothing."""
-    world = make_world(app.sim, subscriptions=1)
+    world = make_world(app.sim, subscriptions=1, per_subscription=2, other_key=True)
     await register_all(app, world.clusters)
-    _, event = world.new_version()
+    _, event = world.new_version_event()
     secret = json.loads(json.dumps(event).replace("/keys/", "/secrets/"))
     secret["eventType"] = "Microsoft.KeyVault.SecretNewVersionCreated"
     secret["data"]["ObjectType"] = "Secret"
@@ -191,9 +188,9 @@ async def test_secret_event_is_ignored(app, caplog):
 )
 async def test_malformed_event_is_rejected_and_acknowledged(app, caplog, tamper):
     """A malformed key event is logged at ERROR as rotation.event_rejected with its id; no job, no raise."""
-    world = make_world(app.sim, subscriptions=1)
+    world = make_world(app.sim, subscriptions=1, per_subscription=2, other_key=True)
     await register_all(app, world.clusters)
-    _, event = world.new_version()
+    _, event = world.new_version_event()
     tamper(event)
     caplog.set_level(logging.INFO, logger="rotation")
     await send_event(event)  # returns: Event Grid must not redeliver what cannot be fixed
@@ -207,7 +204,7 @@ async def test_malformed_event_is_rejected_and_acknowledged(app, caplog, tamper)
 
 async def test_event_to_enqueue_for_100_clusters(app, request):
     """One event for a key watched by 100 clusters queues 100 jobs, well within Event Grid's 30 s."""
-    world = make_world(app.sim, subscriptions=1, per_subscription=1)
+    world = make_world(app.sim, subscriptions=1, per_subscription=1, other_key=True)
     service = await app.service()
     host = f"{world.vault}.vault.azure.net"
     gate = asyncio.Semaphore(16)
@@ -228,7 +225,7 @@ async def test_event_to_enqueue_for_100_clusters(app, request):
             )
 
     await asyncio.gather(*(upsert(i) for i in range(100)))
-    _, event = world.new_version()
+    _, event = world.new_version_event()
     trigger = event_trigger(event)
     started = time.perf_counter()
     await fn("on_key_event")(trigger, context("on_key_event"))
@@ -246,10 +243,10 @@ async def test_event_to_enqueue_for_100_clusters(app, request):
 
 async def test_job_rotates_cluster_and_records_it(app):
     """A queued job PUTs the new key version, and the registry row and history record the rotation."""
-    world = make_world(app.sim, subscriptions=1, per_subscription=1)
+    world = make_world(app.sim, subscriptions=1, per_subscription=1, other_key=True)
     service = await register_all(app, world.clusters)
     [cluster] = world.clusters
-    v2, event = world.new_version()
+    v2, event = world.new_version_event()
     await send_event(event)
     [job] = await app.take_jobs()
     await fn("rotate_cluster")(queue_message(json.dumps(job)), context("rotate_cluster"))
@@ -266,11 +263,11 @@ async def test_job_rotates_cluster_and_records_it(app):
 
 async def test_end_to_end_across_two_subscriptions(app):
     """Event -> queue -> QueueHost: every watched cluster in both subscriptions moves, the other key's does not."""
-    world = make_world(app.sim, subscriptions=2, per_subscription=3)
+    world = make_world(app.sim, subscriptions=2, per_subscription=3, other_key=True)
     service = await register_all(app, [*world.clusters, world.other_cluster])
-    v2, event = world.new_version()
+    v2, event = world.new_version_event()
     await send_event(event)
-    host = await drain(app)
+    host = await app.drain()
     assert (host.stats.invocations, host.stats.succeeded, host.stats.poisoned) == (6, 6, 0)
     for cluster in world.clusters:
         assert world.version_of(cluster) == v2
@@ -285,13 +282,13 @@ async def test_end_to_end_across_two_subscriptions(app):
 async def test_duplicate_event_delivery_puts_once_per_cluster(app, monkeypatch):
     """The same event delivered twice queues one job per cluster (fan-out memory) and one PUT each."""
     monkeypatch.setattr("rotation.service.app.BACKOFF_S", 1.0)  # a job deferred by a claim comes back soon
-    world = make_world(app.sim, subscriptions=2, per_subscription=2)
+    world = make_world(app.sim, subscriptions=2, per_subscription=2, other_key=True)
     service = await register_all(app, world.clusters)
-    v2, event = world.new_version()
+    v2, event = world.new_version_event()
     await send_event(event)
     await send_event(event)
     assert await app.count() == len(world.clusters)
-    host = await drain(app)
+    host = await app.drain()
     assert host.stats.failed == 0
     for cluster in world.clusters:
         assert len(puts(app.sim, cluster)) == 1, cluster
@@ -302,9 +299,9 @@ async def test_duplicate_event_delivery_puts_once_per_cluster(app, monkeypatch):
 
 async def test_a_storm_of_one_event_queues_one_job_per_cluster(app):
     """The same valid event delivered 20 times queues 5 jobs for 5 clusters, not 100 (then nothing more)."""
-    world = make_world(app.sim, subscriptions=1, per_subscription=5)
+    world = make_world(app.sim, subscriptions=1, per_subscription=5, other_key=True)
     await register_all(app, world.clusters)
-    _, event = world.new_version()
+    _, event = world.new_version_event()
     for _ in range(20):
         await send_event(event)
     jobs = await app.take_jobs()
@@ -314,11 +311,11 @@ async def test_a_storm_of_one_event_queues_one_job_per_cluster(app):
 async def test_two_services_on_one_cluster_put_once(app, sim, caplog, monkeypatch):
     """Two workers (distinct worker ids) handling the same job at once: one PUT, the other defers."""
     monkeypatch.setattr("rotation.service.app.BACKOFF_S", 1.0)
-    world = make_world(sim, subscriptions=1, per_subscription=1)
+    world = make_world(sim, subscriptions=1, per_subscription=1, other_key=True)
     first = await register_all(app, world.clusters)
     [cluster] = world.clusters
     sim.configure(operation_seconds=0.5)
-    v2, _ = world.new_version()
+    v2, _ = world.new_version_event()
     second = Service.create(first.settings)
     try:
         body = Job.new(cluster, trigger="manual", target_key_url=world.key_url(v2)).to_json()
@@ -339,11 +336,11 @@ async def test_two_services_on_one_cluster_put_once(app, sim, caplog, monkeypatc
 async def test_two_invocations_of_one_job_put_once(app, sim, monkeypatch, stagger):
     """Two rotate_cluster invocations of one job in one process: one PUT; the later one is re-queued."""
     monkeypatch.setattr("rotation.service.app.BACKOFF_S", 1.0)
-    world = make_world(sim, subscriptions=1, per_subscription=1)
+    world = make_world(sim, subscriptions=1, per_subscription=1, other_key=True)
     service = await register_all(app, world.clusters)
     [cluster] = world.clusters
     sim.configure(operation_seconds=0.6)
-    v2, _ = world.new_version()
+    v2, _ = world.new_version_event()
     body = Job.new(cluster, trigger="manual", target_key_url=world.key_url(v2)).to_json()
     rotate = fn("rotate_cluster")
 
@@ -370,13 +367,13 @@ async def test_persistent_503_poisons_the_job_and_rotate_finishes_it(app, sim, m
     monkeypatch.setenv("ROTATION_RETRY_MAX_ATTEMPTS", "2")
     monkeypatch.setenv("ROTATION_RETRY_INITIAL_WAIT", "0")
     monkeypatch.setenv("ROTATION_RETRY_MAX_WAIT", "0.01")
-    world = make_world(sim, subscriptions=1, per_subscription=1)
+    world = make_world(sim, subscriptions=1, per_subscription=1, other_key=True)
     service = await register_all(app, world.clusters)
     [cluster] = world.clusters
-    v2, event = world.new_version()
+    v2, event = world.new_version_event()
     await send_event(event)
     sim.set_fault_rates({"503": 1.0}, service="arm", methods=("PUT",))
-    host = await drain(app, max_dequeue=2, visibility_timeout=1)
+    host = await app.drain(max_dequeue=2, visibility_timeout=1)
     assert (host.stats.invocations, host.stats.failed, host.stats.poisoned) == (2, 2, 1)
     assert all(e.startswith("TransientFailure") for e in host.stats.errors)
     assert [p.status for p in puts(sim, cluster)] == [503] * 4  # 2 attempts x 2 deliveries
@@ -464,9 +461,9 @@ async def test_malformed_job_is_acknowledged_with_error_log(app, caplog, body):
 
 async def test_queue_body_from_the_wire_is_base64_json(app):
     """Jobs are sent base64-encoded (the queue trigger's default decoding) with every field of the job."""
-    world = make_world(app.sim, subscriptions=1, per_subscription=1)
+    world = make_world(app.sim, subscriptions=1, per_subscription=1, other_key=True)
     await register_all(app, world.clusters)
-    _, event = world.new_version()
+    _, event = world.new_version_event()
     await send_event(event)
     async with app.queue() as q:
         [message] = await q.peek_messages(max_messages=32)

@@ -17,8 +17,6 @@ import string
 from typing import Any
 
 import pytest
-from app_fixtures import JOB_QUEUE, context, event_trigger, forget_created, make_world, puts
-from app_fixtures import user_function as fn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -28,6 +26,9 @@ from rotation.ids import DEFAULT_VAULT_SUFFIXES
 from rotation.service.app import close_services, service_for_loop
 from rotation.settings import Settings
 from rotation.store.jobs import Job
+from tests.helpers.app import JOB_QUEUE, context, event_trigger, forget_created
+from tests.helpers.app import user_function as fn
+from tests.helpers.world import make_world, puts
 
 EXAMPLES = settings(
     max_examples=400,
@@ -48,7 +49,7 @@ class World:
     def __init__(self, sim, loop: asyncio.AbstractEventLoop) -> None:
         self.sim = sim
         self.loop = loop
-        self.keys = make_world(sim, subscriptions=1, per_subscription=2)
+        self.keys = make_world(sim, subscriptions=1, per_subscription=2, other_key=True)
         self.v2 = sim.create_key_version(self.keys.vault, "cmk", emit_event=False)
         self.host = f"{self.keys.vault}.vault.azure.net"
         self.examples = 0

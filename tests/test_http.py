@@ -10,15 +10,13 @@ import json
 import logging
 import uuid
 
-import app_fixtures
 import pytest
-from app_fixtures import context, http_request, make_world, puts, queue_message
-from app_fixtures import user_function as fn
 
 from rotation.ids import parse_cluster_id
 from rotation.logs import JsonFormatter, TextFormatter
-
-app = app_fixtures.app  # the fixture
+from tests.helpers.app import context, http_request, queue_message
+from tests.helpers.app import user_function as fn
+from tests.helpers.world import make_world, puts
 
 SUB = "11111111-1111-1111-1111-111111111111"
 VALID_ID = f"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.DocumentDB/mongoClusters/abc"
@@ -26,12 +24,14 @@ HOSTILE_ID = VALID_ID + "\nrotation.cluster_registered cluster_id=forged outcome
 
 
 async def call(name: str, method: str, *, params=None, body=None) -> tuple[int, dict]:
+    """Call an HTTP function; its status and JSON body (the content type must be JSON)."""
     response = await fn(name)(http_request(method, name, params=params, body=body))
     assert response.mimetype == "application/json"
     return response.status_code, json.loads(response.get_body())
 
 
 def assert_error(status: int, doc: dict, expected_status: int, code: str) -> None:
+    """The answer is an error of ``expected_status`` with ``code`` and a message, nothing else."""
     assert status == expected_status, doc
     assert set(doc) == {"error"}
     assert doc["error"]["code"] == code
@@ -41,7 +41,7 @@ def assert_error(status: int, doc: dict, expected_status: int, code: str) -> Non
 
 async def test_register_list_unregister(app):
     """POST registers a CMK cluster (200, its row), GET lists it, DELETE removes it (200, then 404)."""
-    world = make_world(app.sim, subscriptions=1, per_subscription=1)
+    world = make_world(app.sim, subscriptions=1, per_subscription=1, other_key=True)
     [cluster] = world.clusters
     status, row = await call("clusters", "POST", body={"clusterId": cluster, "owner": "team-orders"})
     assert status == 200, row
@@ -72,7 +72,7 @@ async def test_register_list_unregister(app):
 
 async def test_reregister_updates_owner(app):
     """POSTing a watched cluster again is idempotent and updates its owner."""
-    world = make_world(app.sim, subscriptions=1, per_subscription=1)
+    world = make_world(app.sim, subscriptions=1, per_subscription=1, other_key=True)
     [cluster] = world.clusters
     await call("clusters", "POST", body={"clusterId": cluster, "owner": "a"})
     status, row = await call("clusters", "POST", body={"clusterId": cluster, "owner": "b"})
@@ -132,7 +132,7 @@ async def test_register_rejects_bad_input(app, body, status, code):
 
 async def test_register_refuses_service_managed_and_missing_clusters(app):
     """A service-managed or non-existent cluster is refused with 422 RegistrationRefused and not recorded."""
-    world = make_world(app.sim, subscriptions=1, per_subscription=1)
+    world = make_world(app.sim, subscriptions=1, per_subscription=1, other_key=True)
     plain = app.sim.add_cluster(
         subscription=world.subscriptions[0], resource_group="rg-data", name="plain-db"
     )
@@ -165,7 +165,7 @@ async def test_clusters_rejects_other_methods(app):
 
 async def test_rotate_queues_a_job_and_history_shows_it(app):
     """POST rotate is 202 with a manual job in the queue; run by the queue function, history lists it."""
-    world = make_world(app.sim, subscriptions=1, per_subscription=1)
+    world = make_world(app.sim, subscriptions=1, per_subscription=1, other_key=True)
     [cluster] = world.clusters
     await call("clusters", "POST", body={"clusterId": cluster})
     v2 = app.sim.create_key_version(world.vault, "cmk", emit_event=False)
@@ -191,7 +191,7 @@ async def test_rotate_queues_a_job_and_history_shows_it(app):
 
 async def test_rotate_without_key_url_queues_newest_version_job(app):
     """POST rotate without keyUrl queues a job with no target (newest usable version)."""
-    world = make_world(app.sim, subscriptions=1, per_subscription=1)
+    world = make_world(app.sim, subscriptions=1, per_subscription=1, other_key=True)
     [cluster] = world.clusters
     await call("clusters", "POST", body={"clusterId": cluster})
     status, _ = await call("rotate", "POST", body={"clusterId": cluster})
@@ -202,7 +202,7 @@ async def test_rotate_without_key_url_queues_newest_version_job(app):
 
 async def test_rotate_of_an_unwatched_cluster_is_404_and_queues_nothing(app):
     """Rule 11: POST rotate for a cluster nobody registered (it exists, it is CMK) is a one-line 404."""
-    world = make_world(app.sim, subscriptions=1, per_subscription=1)
+    world = make_world(app.sim, subscriptions=1, per_subscription=1, other_key=True)
     [cluster] = world.clusters
     v2 = app.sim.create_key_version(world.vault, "cmk", emit_event=False)
     status, doc = await call("rotate", "POST", body={"clusterId": cluster, "keyUrl": world.key_url(v2)})

@@ -13,14 +13,15 @@ import os
 import uuid
 
 import pytest
-from app_fixtures import forget_created, functions, http_request, puts
-from app_fixtures import user_function as fn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rotation.logs import JsonFormatter, TextFormatter
 from rotation.service.app import close_services, service_for_loop
 from rotation.settings import Settings
+from tests.helpers.app import forget_created, functions, http_request
+from tests.helpers.app import user_function as fn
+from tests.helpers.world import puts
 
 EXAMPLES = settings(
     max_examples=300,
@@ -48,12 +49,14 @@ def loop(sim, azurite, monkeypatch):
 
 
 def call(loop, route: str, method: str, *, params=None, body=b"") -> tuple[int, dict]:
+    """Call an HTTP function on ``loop``; its status and JSON body (the content type must be JSON)."""
     response = loop.run_until_complete(fn(route)(http_request(method, route, params=params, body=body)))
     assert response.mimetype == "application/json"
     return response.status_code, json.loads(response.get_body())
 
 
 def check_answer(status: int, doc: dict) -> None:
+    """The status is one an HTTP function may answer, and an error has exactly a code and a message."""
     assert status in ALLOWED, (status, doc)
     if status >= 400:
         assert set(doc) == {"error"}

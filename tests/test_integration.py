@@ -7,8 +7,6 @@ Assertions about what was sent are read from the simulator's request log, never 
 from __future__ import annotations
 
 import time
-import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -21,65 +19,27 @@ from rotation.ids import parse_cluster_id, parse_key_url
 from rotation.outcomes import Outcome
 from rotation.service.runtime import Runtime
 from rotation.settings import RetrySettings, Settings
+from tests.helpers.world import World, make_world
 
 FAST_RETRY = RetrySettings(max_attempts=5, max_seconds=30, initial_wait=0.05, max_wait=0.2)
 
 
-@dataclass
-class World:
-    """One subscription's resources: a vault with key `cmk`, identities, a CMK cluster on version v1."""
-
-    sim: Simulator
-    subscription: str
-    vault: str
-    v1: str
-    identity: str
-    other_identity: str
-    cluster_id: str
-
-    def key_url(self, version: str | None, *, key: str = "cmk", vault: str | None = None) -> str:
-        return self.sim.key_url(vault or self.vault, key, version)
-
-    def new_version(self, **kw: Any) -> str:
-        return self.sim.create_key_version(self.vault, "cmk", emit_event=False, **kw)
-
-    def puts(self) -> list[Any]:
-        return [r for r in self.sim.requests if r.service == "arm" and r.method == "PUT"]
-
-    def cluster_key(self) -> str:
-        return self.sim.cluster(self.cluster_id)["properties"]["encryption"]["customerManagedKeyEncryption"][
-            "keyEncryptionKeyUrl"
-        ]
-
-
 @pytest.fixture
 def world(sim: Simulator) -> World:
-    sub = str(uuid.uuid4())
-    vault = f"kv-{uuid.uuid4().hex[:10]}"
-    sim.add_vault(vault, subscription=sub)
-    v1 = sim.create_key_version(vault, "cmk", emit_event=False)
-    identity = sim.add_identity(subscription=sub, resource_group="rg-data", name="id-cmk")
-    other = sim.add_identity(subscription=sub, resource_group="rg-data", name="id-app")
-    cluster_id = sim.add_cluster(
-        subscription=sub,
-        resource_group="rg-data",
-        name="orders-prod",
-        key_url=sim.key_url(vault, "cmk", v1),
-        identity=identity,
-        extra_identities=[other],
-    )
-    sim.clear_requests()
-    return World(sim, sub, vault, v1, identity, other, cluster_id)
+    """A vault with key ``cmk``, the CMK cluster ``orders-prod`` on v1 with its key identity and ``id-app``."""
+    return make_world(sim, name="orders-prod", other_identity="id-app", attach_other_identity=True)
 
 
 @pytest.fixture
 async def runtime(sim: Simulator):
+    """A runtime with fast retries, closed after the test."""
     rt = Runtime.create(Settings(retry=FAST_RETRY, poll_budget_seconds=30))
     yield rt
     await rt.close()
 
 
 async def rotate(rt: Runtime, world: World, target: str | None = None, **kw: Any):
+    """Rotate the world's cluster (to ``target`` when given) with ``rt``."""
     request = RotationRequest(
         cluster_id=parse_cluster_id(world.cluster_id),
         target=parse_key_url(target) if target else None,
@@ -93,7 +53,7 @@ async def test_rotates_and_sends_the_documented_body(world, runtime):
     v2 = world.new_version()
     result = await rotate(runtime, world, world.key_url(v2))
     assert result.outcome is Outcome.ROTATED, result.reason
-    assert world.cluster_key() == world.key_url(v2)
+    assert world.key_of() == world.key_url(v2)
     puts = world.puts()
     assert len(puts) == 1
     assert puts[0].body == {
@@ -242,7 +202,7 @@ async def test_transient_put_fault_then_success(world, runtime, fault):
     # aiohttp itself re-sends once when a pooled connection is reset before any answer; other faults
     # come back to tenacity.
     assert result.attempts == (1 if fault.kind == "reset" else 2)
-    assert world.cluster_key() == world.key_url(v2)
+    assert world.key_of() == world.key_url(v2)
 
 
 async def test_repeated_resets_reach_tenacity(world, runtime):
@@ -287,7 +247,7 @@ async def test_failed_operation(world, runtime):
     result = await rotate(runtime, world, world.key_url(v2))
     assert result.outcome is Outcome.FAILED
     assert result.error_code == "KeyVaultAccessForbidden"
-    assert world.cluster_key() == world.key_url(world.v1)
+    assert world.key_of() == world.key_url(world.v1)
 
 
 async def test_verification_mismatch(world, runtime):
@@ -305,7 +265,7 @@ async def test_dry_run_sends_no_put(world, runtime):
     result = await rotate(runtime, world, world.key_url(v2), dry_run=True)
     assert result.outcome is Outcome.DRY_RUN
     assert world.puts() == []
-    assert world.cluster_key() == world.key_url(world.v1)
+    assert world.key_of() == world.key_url(world.v1)
 
 
 async def test_key_vault_challenge_and_token_reuse(world, runtime):

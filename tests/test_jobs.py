@@ -8,16 +8,13 @@ import json
 from datetime import UTC, datetime
 
 import pytest
-import storage_fixtures
 from azure.core.exceptions import ServiceRequestError
 from azure.storage.queue import TextBase64DecodePolicy
 from azure.storage.queue.aio import QueueClient, QueueServiceClient
-from storage_fixtures import unique_name
 
 from rotation.errors import ServiceError
 from rotation.store.jobs import Job, JobQueue, JobRejected
-
-azurite_server = storage_fixtures.azurite_server  # the shared session fixture
+from tests.helpers.azurite import unique_name
 
 SUB = "22222222-2222-2222-2222-222222222222"
 CLUSTER = (
@@ -29,6 +26,7 @@ T0 = datetime(2026, 11, 1, 12, 30, tzinfo=UTC)
 
 
 def job(**overrides) -> Job:
+    """A rotation job for the test cluster, ``overrides`` changing fields."""
     fields = {
         "cluster_id": CLUSTER,
         "target_key_url": TARGET,
@@ -42,34 +40,37 @@ def job(**overrides) -> Job:
 
 @pytest.fixture
 async def queue_name():
+    """A queue name no other test uses."""
     return unique_name("jobs")
 
 
 @pytest.fixture
-async def jobs(azurite_server, queue_name):
-    q = JobQueue(QueueServiceClient.from_connection_string(azurite_server.connection_string), name=queue_name)
+async def jobs(azurite, queue_name):
+    """A JobQueue on its own queue in Azurite."""
+    q = JobQueue(QueueServiceClient.from_connection_string(azurite.connection_string), name=queue_name)
     yield q
     await q.close()
 
 
 @pytest.fixture
-async def reader(azurite_server, queue_name):
+async def reader(azurite, queue_name):
     """A plain SDK client on the same queue, decoding base64 as the Functions host does."""
     client = QueueClient.from_connection_string(
-        azurite_server.connection_string, queue_name, message_decode_policy=TextBase64DecodePolicy()
+        azurite.connection_string, queue_name, message_decode_policy=TextBase64DecodePolicy()
     )
     yield client
     await client.close()
 
 
 async def receive_all(client: QueueClient) -> list:
+    """Every visible message of the queue."""
     return [m async for m in client.receive_messages(messages_per_page=32, max_messages=1000)]
 
 
 # -- through the real queue --------------------------------------------------------------------------
 
 
-async def test_job_round_trips_through_the_queue_as_base64_json(jobs, reader, azurite_server, queue_name):
+async def test_job_round_trips_through_the_queue_as_base64_json(jobs, reader, azurite, queue_name):
     """A sent job arrives base64-encoded on the wire, decodes to compact JSON, and parses back equal."""
     sent = job(backoffs=2)
     await jobs.send(sent)
@@ -87,7 +88,7 @@ async def test_job_round_trips_through_the_queue_as_base64_json(jobs, reader, az
     }
     assert " " not in message.content  # compact
     assert Job.from_json(message.content) == sent
-    raw = QueueClient.from_connection_string(azurite_server.connection_string, queue_name)  # no decoding
+    raw = QueueClient.from_connection_string(azurite.connection_string, queue_name)  # no decoding
     try:
         await jobs.send(sent)
         (wire,) = await receive_all(raw)

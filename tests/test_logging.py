@@ -31,6 +31,7 @@ JOB_FIELDS = {
 
 @pytest.fixture
 def records(caplog):
+    """The caplog fixture, capturing every logger at DEBUG."""
     caplog.set_level(logging.DEBUG)  # every logger, azure.* included
     return caplog
 
@@ -47,6 +48,7 @@ async def deliver(stack, records, *, version: str | None = None):
 
 @pytest.fixture
 async def watched(stack):
+    """The stack with a new key and two watched clusters on its first version."""
     stack.key, v1 = stack.new_key()
     stack.clusters = [stack.add_cluster(stack.key, v1) for _ in range(2)]
     await stack.register(*stack.clusters)
@@ -54,6 +56,7 @@ async def watched(stack):
 
 
 def by_event(records, event_id: str) -> list[logging.LogRecord]:
+    """The captured records that carry ``event_id``."""
     return [r for r in records.records if getattr(r, "event_id", None) == event_id]
 
 

@@ -16,10 +16,11 @@ from datetime import UTC, datetime
 import pytest
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.queue import QueueClient
-from test_cli import ROOT, run_cli
 
 from azsim.simulator import Simulator
 from rotation.store.jobs import QUEUE_NAME, Job
+from tests.helpers.cli import ROOT, run_cli
+from tests.helpers.world import cmk_url, make_world
 
 POISON = f"{QUEUE_NAME}-poison"
 
@@ -45,20 +46,16 @@ def cli(*args: str, env: dict[str, str], timeout: float = 90) -> subprocess.Comp
 @pytest.fixture
 def world(sim: Simulator, azurite):
     """A vault, a key with one version, an identity and one CMK cluster on it; the storage env."""
-    sub = str(uuid.uuid4())
-    vault = f"kv-{uuid.uuid4().hex[:10]}"
-    sim.add_vault(vault, subscription=sub)
-    v1 = sim.create_key_version(vault, "cmk", emit_event=False)
-    identity = sim.add_identity(subscription=sub, resource_group="rg", name="id-cmk")
-    cluster = sim.add_cluster(
-        subscription=sub,
-        resource_group="rg",
-        name=f"c{uuid.uuid4().hex[:8]}",
-        key_url=sim.key_url(vault, "cmk", v1),
-        identity=identity,
-    )
+    made = make_world(sim, resource_group="rg")
     env = {"AzureWebJobsStorage": azurite.connection_string}
-    return {"sim": sim, "vault": vault, "v1": v1, "cluster": cluster, "env": env, "sub": sub}
+    return {
+        "sim": sim,
+        "vault": made.vault,
+        "v1": made.v1,
+        "cluster": made.cluster_id,
+        "env": env,
+        "sub": made.subscription,
+    }
 
 
 @pytest.fixture
@@ -78,12 +75,12 @@ def only_this_world(world, azurite):
 
 
 def kek(sim: Simulator, cluster: str) -> str:
-    return sim.cluster(cluster)["properties"]["encryption"]["customerManagedKeyEncryption"][
-        "keyEncryptionKeyUrl"
-    ]
+    """The key URL the cluster is encrypted with."""
+    return cmk_url(sim.cluster(cluster))
 
 
 def queue(azurite, name: str) -> QueueClient:
+    """A client of a queue in Azurite."""
     return QueueClient.from_connection_string(azurite.connection_string, name)
 
 

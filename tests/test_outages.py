@@ -16,18 +16,16 @@ import sys
 import time
 from pathlib import Path
 
-import app_fixtures
 import pytest
-from app_fixtures import JOB_QUEUE, POISON_QUEUE, context, event_trigger, make_world, puts
-from app_fixtures import user_function as fn
 
 from azsim.azurite import ACCOUNT, ACCOUNT_KEY
-from azsim.host import QueueHost
 from rotation.errors import ServiceError
 from rotation.ids import parse_cluster_id
 from rotation.service.app import close_services
+from tests.helpers.app import POISON_QUEUE, context, event_trigger
+from tests.helpers.app import user_function as fn
+from tests.helpers.world import make_world, puts
 
-app = app_fixtures.app  # the fixture
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -95,22 +93,13 @@ async def gated(app, monkeypatch):
             await gate.down()
 
 
-async def drain(app, **kw) -> QueueHost:
-    host = QueueHost(app.azurite.connection_string, JOB_QUEUE, fn("rotate_cluster"), **kw)
-    try:
-        await host.drain(idle_seconds=0.5, limit_seconds=30)
-    finally:
-        await host.close()
-    return host
-
-
 async def test_storage_down_event_raises_writes_nothing_then_redelivery_completes(app, gated):
     """Storage down: the function raises (Event Grid redelivers) and queues nothing; back up: it completes."""
-    world = make_world(app.sim, subscriptions=2, per_subscription=1)
+    world = make_world(app.sim, subscriptions=2, per_subscription=1, other_key=True)
     service = await app.service()
     for cluster in world.clusters:
         await service.register(cluster, owner="team")
-    v2, event = world.new_version()
+    v2, event = world.new_version_event()
     app.sim.clear_requests()
 
     for down in (("Table", "Queue"), ("Queue",)):  # all of storage, then only the queue (registry readable)
@@ -129,7 +118,7 @@ async def test_storage_down_event_raises_writes_nothing_then_redelivery_complete
 
     await fn("on_key_event")(event_trigger(event), context("on_key_event"))  # Event Grid's redelivery
     assert await app.count() == len(world.clusters)
-    host = await drain(app)
+    host = await app.drain()
     assert host.stats.failed == 0
     for cluster in world.clusters:
         assert world.version_of(cluster) == v2
@@ -144,14 +133,14 @@ async def test_arm_down_past_the_retry_budget_poisons_then_replay_finishes(
     monkeypatch.setenv("ROTATION_RETRY_INITIAL_WAIT", "0")
     monkeypatch.setenv("ROTATION_RETRY_MAX_WAIT", "0.01")
     caplog.set_level(logging.INFO, logger="rotation")
-    world = make_world(sim, subscriptions=1, per_subscription=1)
+    world = make_world(sim, subscriptions=1, per_subscription=1, other_key=True)
     [cluster] = world.clusters
     service = await app.service()
     await service.register(cluster, owner="team")
-    v2, event = world.new_version()
+    v2, event = world.new_version_event()
     await fn("on_key_event")(event_trigger(event), context("on_key_event"))
     sim.set_fault_rates({"503": 1.0}, service="arm")  # every method: ARM is down
-    host = await drain(app, max_dequeue=3, visibility_timeout=1)
+    host = await app.drain(max_dequeue=3, visibility_timeout=1)
     assert (host.stats.failed, host.stats.poisoned) == (3, 1)
     assert all(e.startswith("TransientFailure") for e in host.stats.errors)
     assert puts(sim) == []  # the GET never got through, so no PUT was even tried

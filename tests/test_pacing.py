@@ -67,10 +67,12 @@ class ServerBucket:
 
 
 def pacer_on(time: FakeTime, refill: float = 10.0, reserve: float = 0.0) -> ArmPacer:
+    """An `ArmPacer` on the fake time with the given write refill rate and reserve."""
     return ArmPacer(write_refill_per_s=refill, reserve=reserve, clock=time.clock, sleep=time.sleep)
 
 
 def test_subscription_and_kind_of_a_request() -> None:
+    """A request's subscription is read from its path, case-folded, and PUT and PATCH count as writes."""
     assert subscription_of(f"/subscriptions/{SUB.upper()}/resourceGroups/rg/x") == SUB
     assert subscription_of("https://management.azure.com/providers/x") is None
     assert is_write("put")
@@ -79,11 +81,13 @@ def test_subscription_and_kind_of_a_request() -> None:
 
 
 def test_refill_rates_must_be_positive() -> None:
+    """A refill rate of zero is refused."""
     with pytest.raises(ValueError, match="positive"):
         ArmPacer(write_refill_per_s=0)
 
 
 async def test_first_request_probes_alone_then_the_budget_admits_a_burst() -> None:
+    """The first write goes alone; its answer's remaining budget lets the waiting writes go at once."""
     time = FakeTime()
     pacer = pacer_on(time)
 
@@ -102,6 +106,7 @@ async def test_first_request_probes_alone_then_the_budget_admits_a_burst() -> No
 
 
 async def test_an_empty_budget_spaces_requests_at_the_refill_rate() -> None:
+    """Once the budget is spent, writes are spaced at the refill rate."""
     time = FakeTime()
     pacer = pacer_on(time, refill=10.0)
 
@@ -117,6 +122,7 @@ async def test_an_empty_budget_spaces_requests_at_the_refill_rate() -> None:
 
 
 async def test_a_reserve_stays_unspent_and_the_pace_is_kept() -> None:
+    """The reserve is never spent: beyond the budget less the reserve, writes wait for the refill."""
     time = FakeTime()
     pacer = pacer_on(time, refill=10.0, reserve=2.0)
 
@@ -132,6 +138,7 @@ async def test_a_reserve_stays_unspent_and_the_pace_is_kept() -> None:
 
 
 async def test_no_request_is_sent_inside_a_retry_after_window() -> None:
+    """After a 429 with Retry-After no write goes until the window ends; reads have their own budget."""
     time = FakeTime()
     pacer = pacer_on(time)
 
@@ -153,6 +160,7 @@ async def test_no_request_is_sent_inside_a_retry_after_window() -> None:
 
 
 async def test_a_lower_budget_from_the_server_wins_over_the_mirror() -> None:
+    """A lower remaining budget from the server replaces the pacer's own count."""
     time = FakeTime()
     pacer = pacer_on(time, refill=10.0)
 
@@ -169,6 +177,7 @@ async def test_a_lower_budget_from_the_server_wins_over_the_mirror() -> None:
 
 
 async def test_a_request_without_an_answer_lets_the_next_one_probe() -> None:
+    """A probe released without an answer lets the next request go as the new probe."""
     time = FakeTime()
     pacer = pacer_on(time)
 

@@ -260,7 +260,7 @@ def test_timer_binding_uses_the_schedule_setting():
     """The reconcile function is a timer on %ROTATION_RECONCILE_SCHEDULE%."""
     import json
 
-    from app_fixtures import functions
+    from tests.helpers.app import functions
 
     bindings = json.loads(functions()["reconcile"].get_function_json())["bindings"]
     assert bindings[0]["type"] == "timerTrigger"
@@ -276,7 +276,7 @@ def test_cli_reconcile_json_and_table(sim, azurite, monkeypatch):
     """`reconcile --json` prints machine output only; without it a table and a summary line; exit 0."""
     import json
 
-    from test_cli import run_cli
+    from tests.helpers.cli import run_cli
 
     sub = str(uuid.uuid4())
     vault = f"kv-{uuid.uuid4().hex[:10]}"

@@ -7,10 +7,8 @@ import itertools
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import storage_fixtures
 from azure.core.exceptions import ServiceRequestError
 from azure.data.tables.aio import TableServiceClient
-from storage_fixtures import unique_name
 
 from rotation.errors import ServiceError
 from rotation.ids import parse_cluster_id
@@ -23,8 +21,7 @@ from rotation.store.registry import (
     cluster_row_key,
     key_partition,
 )
-
-azurite_server = storage_fixtures.azurite_server  # the shared session fixture
+from tests.helpers.azurite import unique_name
 
 SUB = "22222222-2222-2222-2222-222222222222"
 VAULT = "contoso-kv.vault.azure.net"
@@ -38,20 +35,23 @@ OP = "https://management.azure.com/subscriptions/x/providers/Microsoft.DocumentD
 
 
 def cid(name: str = "orders-prod", *, rg: str = "rg-data"):
+    """A mongoClusters id in the test subscription."""
     return parse_cluster_id(
         f"/subscriptions/{SUB}/resourceGroups/{rg}/providers/Microsoft.DocumentDB/mongoClusters/{name}"
     )
 
 
 @pytest.fixture
-async def registry(azurite_server):
-    tables = TableServiceClient.from_connection_string(azurite_server.connection_string)
+async def registry(azurite):
+    """A Registry on tables of its own in Azurite."""
+    tables = TableServiceClient.from_connection_string(azurite.connection_string)
     reg = Registry(tables, watch_table=unique_name("watch"), history_table=unique_name("hist"))
     yield reg
     await reg.close()
 
 
 async def register(reg: Registry, name: str = "orders-prod", **overrides) -> WatchedCluster:
+    """Watch a cluster of the test vault and key, ``overrides`` changing fields."""
     fields = {
         "cluster_id": cid(name),
         "vault_host": VAULT,
@@ -65,6 +65,7 @@ async def register(reg: Registry, name: str = "orders-prod", **overrides) -> Wat
 
 
 def result(outcome: Outcome, name: str = "orders-prod", **fields) -> RotationResult:
+    """A rotation result of ``outcome`` for a cluster of the test key."""
     base = {"reason": f"because {outcome.value}", "key": f"{VAULT}/{KEY}"}
     base.update(fields)
     return RotationResult(cluster_id=str(cid(name)), outcome=outcome, **base)
@@ -183,11 +184,11 @@ async def test_for_key_returns_only_that_keys_clusters_case_insensitively(regist
     assert all(c.etag for c in found)
 
 
-async def test_for_key_over_1000_rows_is_one_single_partition_request(azurite_server):
+async def test_for_key_over_1000_rows_is_one_single_partition_request(azurite):
     """1000 clusters on one key (and 200 on another) come back from one request filtered on one PartitionKey."""
     urls: list[str] = []
     tables = TableServiceClient.from_connection_string(
-        azurite_server.connection_string, raw_request_hook=lambda req: urls.append(req.http_request.url)
+        azurite.connection_string, raw_request_hook=lambda req: urls.append(req.http_request.url)
     )
     watch = unique_name("watch")
     reg = Registry(tables, watch_table=watch, history_table=unique_name("hist"))
@@ -483,16 +484,14 @@ async def test_unregister_keeps_a_live_claim(registry):
 
 
 @pytest.fixture
-async def counted(azurite_server):
+async def counted(azurite):
     """A registry whose table requests are counted (method, partition of the URL)."""
     sent: list[tuple[str, str]] = []
 
     def hook(request) -> None:
         sent.append((request.http_request.method, request.http_request.url))
 
-    tables = TableServiceClient.from_connection_string(
-        azurite_server.connection_string, raw_request_hook=hook
-    )
+    tables = TableServiceClient.from_connection_string(azurite.connection_string, raw_request_hook=hook)
     reg = Registry(tables, watch_table=unique_name("watch"), history_table=unique_name("hist"))
     await reg.get(cid("warm-up"))  # creates the tables
     sent.clear()

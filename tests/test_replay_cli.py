@@ -10,108 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
-from app_fixtures import cmk_url, forget_created, make_world, puts
 
-from azsim.simulator import Simulator
-from rotation.ids import parse_cluster_id
-from rotation.service.app import Service
-from rotation.settings import Settings
 from rotation.store.jobs import Job
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-class Cli:
-    """`python -m rotation ARGS` in a subprocess with the simulator's settings and Azurite as storage."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-
-    async def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "rotation",
-            *args,
-            cwd=ROOT,
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-        assert proc.returncode is not None
-        return subprocess.CompletedProcess(list(args), proc.returncode, out.decode(), err.decode())
-
-    async def register(self, *cluster_ids: str) -> None:
-        """Register clusters in-process (the `register` command itself is tested below)."""
-        service = Service.create(Settings.from_env(self.env))
-        try:
-            for cluster_id in cluster_ids:
-                await service.register(cluster_id, owner=None)
-        finally:
-            await service.close()
-
-    async def rows(self) -> dict[str, Any]:
-        """Every watched cluster by id, read in-process (the `list` command itself is tested below)."""
-        service = Service.create(Settings.from_env(self.env))
-        try:
-            return {w.cluster_id: w async for w in service.registry.list()}
-        finally:
-            await service.close()
-
-    async def execute(self, job: Job) -> None:
-        """Run one job in-process, as the queue function would."""
-        service = Service.create(Settings.from_env(self.env))
-        try:
-            await service.execute(job)
-        finally:
-            await service.close()
-
-    async def history(self, cluster_id: str) -> list:
-        service = Service.create(Settings.from_env(self.env))
-        try:
-            return await service.registry.history(parse_cluster_id(cluster_id))
-        finally:
-            await service.close()
-
-
-@pytest.fixture
-async def cli(sim: Simulator, azurite):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ROTATION_")}
-    env["AzureWebJobsStorage"] = azurite.connection_string
-    env["ROTATION_RETRY_INITIAL_WAIT"] = "0.01"
-    env["ROTATION_RETRY_MAX_WAIT"] = "0.05"
-    yield Cli(env)
-    service = Service.create(Settings.from_env(env))
-    try:
-        await forget_created(service)  # the registry tables are shared with other modules
-    finally:
-        await service.close()
-
-
-def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
-    """The single stderr line of a refused command (log lines go to stderr too: take the error line)."""
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    return errors[0]
+from tests.helpers.cli import one_error_line
+from tests.helpers.world import cmk_url, make_world, puts
 
 
 async def listed(cli) -> dict[str, dict]:
+    """`list --json` (it must exit 0) by cluster id."""
     proc = await cli("list", "--json")
     assert proc.returncode == 0, proc.stderr
     return {row["cluster_id"]: row for row in json.loads(proc.stdout)}
 
 
 def write(tmp_path: Path, name: str, doc: object) -> str:
+    """Write ``doc`` as JSON to a file in ``tmp_path``; its path."""
     path = tmp_path / name
     path.write_text(json.dumps(doc), encoding="utf-8")
     return str(path)
@@ -119,7 +36,7 @@ def write(tmp_path: Path, name: str, doc: object) -> str:
 
 async def test_register_prints_what_it_found_and_reregister_updates_owner(sim, cli):
     """`register` prints vault, key, version and identity; registering again is idempotent and updates owner."""
-    world = make_world(sim, subscriptions=1, per_subscription=1)
+    world = make_world(sim, subscriptions=1, per_subscription=1, other_key=True)
     [cluster] = world.clusters
     proc = await cli("register", cluster, "--owner", "team-a")
     assert proc.returncode == 0, proc.stderr
@@ -143,7 +60,7 @@ async def test_register_prints_what_it_found_and_reregister_updates_owner(sim, c
 
 async def test_register_refuses_with_one_line(sim, cli):
     """A missing or service-managed cluster is refused: exit 1, one error line, nothing recorded."""
-    world = make_world(sim, subscriptions=1, per_subscription=1)
+    world = make_world(sim, subscriptions=1, per_subscription=1, other_key=True)
     plain = sim.add_cluster(subscription=world.subscriptions[0], resource_group="rg-data", name="plain-db")
     missing = plain.replace("plain-db", "gone-db")
     refused = await asyncio.gather(cli("register", missing), cli("register", plain))
@@ -160,7 +77,7 @@ async def test_register_refuses_with_one_line(sim, cli):
 
 async def test_list_table_unregister_and_discover(sim, cli):
     """`list` shows a watched row, `discover` marks watched and not watched, `unregister` removes it."""
-    world = make_world(sim, subscriptions=1, per_subscription=2)
+    world = make_world(sim, subscriptions=1, per_subscription=2, other_key=True)
     watched, unwatched = world.clusters
     sim.add_cluster(subscription=world.subscriptions[0], resource_group="rg-data", name="plain-db")
     await cli.register(watched)
@@ -202,9 +119,9 @@ def _deadletter(event: dict) -> dict:
 @pytest.mark.parametrize("schema", ["eventgrid", "cloudevents", "deadletter"])
 async def test_replay_rotates_every_watched_cluster(sim, cli, tmp_path, schema):
     """`replay FILE` (any schema, dead-letter records) rotates each watched cluster: one line per cluster."""
-    world = make_world(sim, subscriptions=2, per_subscription=1)
+    world = make_world(sim, subscriptions=2, per_subscription=1, other_key=True)
     await cli.register(*world.clusters, world.other_cluster)
-    v2, event = world.new_version()
+    v2, event = world.new_version_event()
     doc = {"eventgrid": [event], "cloudevents": sim.to_cloud_event(event), "deadletter": [_deadletter(event)]}
     sim.clear_requests()
     proc = await cli("replay", write(tmp_path, "events.json", doc[schema]))
@@ -226,9 +143,9 @@ async def test_replay_rotates_every_watched_cluster(sim, cli, tmp_path, schema):
 
 async def test_replay_dry_run_sends_no_put(sim, cli, tmp_path):
     """`replay --dry-run` reports dry-run for each cluster and sends no PUT."""
-    world = make_world(sim, subscriptions=1, per_subscription=2)
+    world = make_world(sim, subscriptions=1, per_subscription=2, other_key=True)
     await cli.register(*world.clusters)
-    _, event = world.new_version()
+    _, event = world.new_version_event()
     sim.clear_requests()
     proc = await cli("replay", "--dry-run", "--json", write(tmp_path, "e.json", event))
     assert proc.returncode == 0, proc.stderr
@@ -241,10 +158,10 @@ async def test_replay_dry_run_sends_no_put(sim, cli, tmp_path):
 
 async def test_replay_with_a_rejected_event_still_handles_the_good_one(sim, cli, tmp_path):
     """A file with a malformed event and a good one: the good one is rotated, the bad one reported; exit 2."""
-    world = make_world(sim, subscriptions=1, per_subscription=1)
+    world = make_world(sim, subscriptions=1, per_subscription=1, other_key=True)
     [cluster] = world.clusters
     await cli.register(cluster)
-    v2, event = world.new_version()
+    v2, event = world.new_version_event()
     bad = json.loads(json.dumps(event))
     bad["id"] = str(uuid.uuid4())
     bad["data"]["Id"] = bad["data"]["Id"].replace(".vault.azure.net", ".vault.evil.example")
@@ -271,7 +188,7 @@ async def test_replay_of_a_file_that_is_not_json_exits_2(sim, cli, tmp_path):
 
 async def test_rotate_records_history_newest_first(sim, cli):
     """`rotate` with storage configured records history; `history --json` lists it newest first."""
-    world = make_world(sim, subscriptions=1, per_subscription=1)
+    world = make_world(sim, subscriptions=1, per_subscription=1, other_key=True)
     [cluster] = world.clusters
     await cli.register(cluster)
     await cli.execute(Job.new(cluster, trigger="reconcile"))  # an older entry: already-current on v1

@@ -10,17 +10,15 @@ import json
 import logging
 import re
 
-import app_fixtures
-from app_fixtures import JOB_QUEUE, context, event_trigger, make_world, puts
-from app_fixtures import user_function as fn
-
 from azsim.azurite import ACCOUNT_KEY
 from azsim.host import QueueHost
 from azsim.simulator import Fault
 from rotation.ids import parse_cluster_id
 from rotation.logs import JsonFormatter, TextFormatter
+from tests.helpers.app import JOB_QUEUE, context, event_trigger
+from tests.helpers.app import user_function as fn
+from tests.helpers.world import make_world, puts
 
-app = app_fixtures.app  # the fixture
 # "Bearer <credential>"; Key Vault's challenge header (Bearer authorization="https://login...") is not one.
 BEARER = re.compile(r"Bearer (?!authorization=)")
 LOGGERS = (
@@ -38,11 +36,11 @@ async def test_no_secret_in_logs_or_history_of_a_rotation(app, caplog):
     for name in LOGGERS:
         caplog.set_level(logging.DEBUG, logger=name)
     sim = app.sim
-    world = make_world(sim, subscriptions=1, per_subscription=2)
+    world = make_world(sim, subscriptions=1, per_subscription=2, other_key=True)
     service = await app.service()
     for cluster in world.clusters:
         await service.register(cluster, owner="team")
-    v2, event = world.new_version()
+    v2, event = world.new_version_event()
     sim.inject(method="PUT", service="arm", faults=[Fault.status(429, headers={"Retry-After": "0"})])
     await fn("on_key_event")(event_trigger(event), context("on_key_event"))
     host = QueueHost(app.azurite.connection_string, JOB_QUEUE, fn("rotate_cluster"))

@@ -12,18 +12,17 @@ import json
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from daemon_process import Daemon
-from test_cli import run_cli
 
 from azsim.azurite import Azurite
 from azsim.faults import Fault
-from azsim.simulator import Simulator
 from azsim.webhook import SubscriptionError
+from tests.helpers.cli import run_cli
+from tests.helpers.daemon import Daemon
+from tests.helpers.world import World, make_world
 
 KEY = "k" * 32
 
@@ -36,6 +35,7 @@ def storage() -> Iterator[Azurite]:
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    """Wait for ``check`` to hold (the test fails after ``timeout`` seconds)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
@@ -45,6 +45,7 @@ def wait_until(check: Callable[[], bool], timeout: float = 30.0, what: str = "co
 
 
 def http(method: str, url: str, body: object = None, headers: dict[str, str] | None = None):
+    """One HTTP request to the daemon; its status and JSON body."""
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, method=method, headers=headers or {})  # noqa: S310
     try:
@@ -54,48 +55,14 @@ def http(method: str, url: str, body: object = None, headers: dict[str, str] | N
         return exc.code, json.loads(exc.read() or b"null")
 
 
-class World:
-    """A vault, a key and CMK clusters in two subscriptions, in the simulator."""
-
-    def __init__(self, sim: Simulator, clusters: int = 3) -> None:
-        self.sim = sim
-        self.vault = f"kv-{uuid.uuid4().hex[:10]}"
-        subs = [str(uuid.uuid4()), str(uuid.uuid4())]
-        sim.add_vault(self.vault, subscription=subs[0])
-        self.v1 = sim.create_key_version(self.vault, "cmk", emit_event=False)
-        self.clusters: list[str] = []
-        for i in range(clusters):
-            sub = subs[i % 2]
-            identity = sim.add_identity(subscription=sub, resource_group="rg", name="id-cmk")
-            self.clusters.append(
-                sim.add_cluster(
-                    subscription=sub,
-                    resource_group="rg",
-                    name=f"c{i}-{uuid.uuid4().hex[:6]}",
-                    key_url=sim.key_url(self.vault, "cmk", self.v1),
-                    identity=identity,
-                )
-            )
-
-    def key_of(self, cluster_id: str) -> str:
-        enc = self.sim.cluster(cluster_id)["properties"]["encryption"]["customerManagedKeyEncryption"]
-        return enc["keyEncryptionKeyUrl"]
-
-    def on(self, version: str) -> bool:
-        url = self.sim.key_url(self.vault, "cmk", version)
-        return all(self.key_of(c) == url for c in self.clusters)
-
-    def puts(self, cluster_id: str) -> int:
-        return sum(
-            1
-            for r in self.sim.requests
-            if r.method == "PUT" and r.path.lower() == cluster_id.lower() and r.status < 300
-        )
+def _on(world: World, version: str) -> bool:
+    """Every cluster of the world is on ``version`` of ``cmk``."""
+    return all(world.key_of(c) == world.key_url(version) for c in world.clusters)
 
 
 def test_webhook_event_rotates_every_watched_cluster(sim, storage):
     """The simulator delivers the Key Vault event to `rotation serve` (Event Grid schema, handshake first); every watched cluster is rotated, once."""
-    world = World(sim, clusters=3)
+    world = make_world(sim, subscriptions=3, resource_group="rg")  # one cluster in each
     env = {"AzureWebJobsStorage": storage.connection_string}
     daemon = Daemon(env).start()
     try:
@@ -114,7 +81,7 @@ def test_webhook_event_rotates_every_watched_cluster(sim, storage):
         delivered = [d for d in sim.subscriptions.deliveries if d["event_id"] == event_id]
         assert [(d["status"], d["outcome"]) for d in delivered] == [(200, "delivered")]
         daemon.wait_for("rotation.cluster_rotated", count=2)
-        assert [world.puts(c) for c in world.clusters] == [1, 1, 0]
+        assert [len(world.puts(c, accepted=True)) for c in world.clusters] == [1, 1, 0]
 
         def recorded() -> bool:  # the history row is written just after the log line
             status, doc = http("GET", f"{daemon.url}/api/history?clusterId={world.clusters[0]}")
@@ -132,7 +99,7 @@ def test_webhook_event_rotates_every_watched_cluster(sim, storage):
 
 def test_cloudevents_subscription_needs_the_key_and_rotates(sim, storage):
     """With ROTATION_HTTP_KEY set, the CloudEvents handshake and deliveries need `code=`; with it, the event rotates the cluster."""
-    world = World(sim, clusters=1)
+    world = make_world(sim, resource_group="rg")
     env = {"AzureWebJobsStorage": storage.connection_string, "ROTATION_HTTP_KEY": KEY}
     assert run_cli("register", world.clusters[0], env=env).returncode == 0
     daemon = Daemon(env).start()
@@ -146,7 +113,7 @@ def test_cloudevents_subscription_needs_the_key_and_rotates(sim, storage):
         )
         assert daemon.events("rotation.webhook_validated")[0]["origin"] == "eventgrid.azure.net"
         v2 = sim.create_key_version(world.vault, "cmk")
-        wait_until(lambda: world.on(v2), what="rotation")
+        wait_until(lambda: _on(world, v2), what="rotation")
         sim.subscriptions.remove(subscription["name"])
     finally:
         assert daemon.terminate() == 0
@@ -154,7 +121,7 @@ def test_cloudevents_subscription_needs_the_key_and_rotates(sim, storage):
 
 def test_sigterm_mid_operation_hands_over_to_a_check_job(sim, storage):
     """SIGTERM while an operation runs: the daemon exits 0 at once, a check job carries it, and the next daemon finishes it without a second PUT."""
-    world = World(sim, clusters=1)
+    world = make_world(sim, resource_group="rg")
     cluster = world.clusters[0]
     sim.set_operation_seconds(cluster, 3600)  # runs until the test moves the clock
     env = {
@@ -186,7 +153,7 @@ def test_sigterm_mid_operation_hands_over_to_a_check_job(sim, storage):
         assert rotated["trigger"] == "check"
     finally:
         assert second.terminate() == 0
-    assert world.puts(cluster) == 1  # resumed, not repeated (rule 7)
+    assert len(world.puts(cluster, accepted=True)) == 1  # resumed, not repeated (rule 7)
     history = json.loads(run_cli("history", cluster, "--json", env=env).stdout)
     entries = history if isinstance(history, list) else history["history"]
     assert [e["outcome"] for e in entries[:2]] == ["rotated", "pending"]
@@ -194,7 +161,7 @@ def test_sigterm_mid_operation_hands_over_to_a_check_job(sim, storage):
 
 def test_job_outliving_the_grace_goes_back_to_the_queue(sim, storage):
     """A job stuck in a slow call when the grace ends is cancelled and its message handed back; the next daemon rotates."""
-    world = World(sim, clusters=1)
+    world = make_world(sim, resource_group="rg")
     cluster = world.clusters[0]
     env = {"AzureWebJobsStorage": storage.connection_string}
     assert run_cli("register", cluster, env=env).returncode == 0
@@ -212,14 +179,14 @@ def test_job_outliving_the_grace_goes_back_to_the_queue(sim, storage):
     assert world.key_of(cluster) != sim.key_url(world.vault, "cmk", v2)
     second = Daemon(env).start()
     try:
-        wait_until(lambda: world.on(v2), what="rotation by the next daemon")
+        wait_until(lambda: _on(world, v2), what="rotation by the next daemon")
     finally:
         assert second.terminate() == 0
 
 
 def test_failing_job_goes_to_poison_after_max_dequeue_count(sim, storage, tmp_path):
     """A job that fails on every delivery is retried maxDequeueCount times (read from host.json), then moved to rotation-jobs-poison."""
-    world = World(sim, clusters=1)
+    world = make_world(sim, resource_group="rg")
     cluster = world.clusters[0]
     env = {
         "AzureWebJobsStorage": storage.connection_string,
@@ -248,14 +215,14 @@ def test_failing_job_goes_to_poison_after_max_dequeue_count(sim, storage, tmp_pa
 
 def test_reconcile_timer_runs_each_occurrence_once_across_replicas(sim, storage):
     """Two daemons on one storage: each NCRONTAB occurrence runs one reconcile pass, and the cluster whose event was lost is rotated."""
-    world = World(sim, clusters=1)
+    world = make_world(sim, resource_group="rg")
     env = {"AzureWebJobsStorage": storage.connection_string, "ROTATION_RECONCILE_SCHEDULE": "*/2 * * * * *"}
     assert run_cli("register", world.clusters[0], env=env).returncode == 0
     v2 = sim.create_key_version(world.vault, "cmk", emit_event=False)  # no event: only reconcile sees it
     daemons = [Daemon(env, "--reconcile-jitter", "0").start() for _ in range(2)]
     try:
         assert daemons[0].events("rotation.serve_started")[0]["schedule"] == "*/2 * * * * *"
-        wait_until(lambda: world.on(v2), what="reconciled rotation")
+        wait_until(lambda: _on(world, v2), what="reconciled rotation")
         wait_until(lambda: any(d.events("rotation.cluster_rotated") for d in daemons), what="its log line")
         rotated = [r for d in daemons for r in d.events("rotation.cluster_rotated")]
         assert [r["trigger"] for r in rotated] == ["reconcile"]

@@ -7,21 +7,22 @@ import shlex
 import time
 
 import pytest
-from test_cli import run_cli
-from test_doctor import make_world
 
 from rotation.service.reconcile import Reconciler
+from tests.helpers.cli import run_cli
+from tests.helpers.world import make_world
 
 DAY = 86400
 
 
 def doctor_cli(*args: str, env: dict[str, str] | None = None):
+    """`rotation doctor ARGS` with two attempts per call."""
     return run_cli("doctor", *args, env={"ROTATION_RETRY_MAX_ATTEMPTS": "2", **(env or {})})
 
 
 def test_doctor_prints_the_role_assignment_that_fixes_missing_key_access(sim):
     """A cluster identity without wrap/unwrap on an RBAC vault: the fail line is followed by the exact grant."""
-    world = make_world(sim)
+    world = make_world(sim, name="orders-prod")
     sim.remove_role_assignments(world.principal)
     proc = doctor_cli(world.cluster_id, "--json")
     assert proc.returncode == 1, proc.stderr
@@ -45,7 +46,7 @@ def test_doctor_prints_the_role_assignment_that_fixes_missing_key_access(sim):
 
 def test_doctor_fix_for_an_access_policy_vault_and_purge_protection(sim):
     """On an access-policy vault the fix is `az keyvault set-policy`; purge protection off gets its `az keyvault update`."""
-    world = make_world(sim)
+    world = make_world(sim, name="orders-prod")
     world.rbac_off()
     sim.set_vault_properties(world.vault, enable_purge_protection=False)
     proc = doctor_cli(world.cluster_id, "--json")
@@ -62,7 +63,7 @@ def test_doctor_fix_for_an_access_policy_vault_and_purge_protection(sim):
 def test_doctor_problems_shows_only_warn_and_fail_across_clusters(sim, azurite):
     """`doctor --problems` over every watched cluster prints only the clusters with a warn/fail, only those lines."""
     env = {"AzureWebJobsStorage": azurite.connection_string}
-    healthy, broken = make_world(sim), make_world(sim)
+    healthy, broken = make_world(sim, name="orders-prod"), make_world(sim, name="orders-prod")
     for world in (healthy, broken):
         assert run_cli("register", world.cluster_id, env=env).returncode == 0
     sim.set_vault_properties(broken.vault, enable_purge_protection=False)
@@ -109,7 +110,7 @@ async def test_reconcile_warns_when_the_newest_version_is_not_usable(stack, capl
 
 def test_rotate_dry_run_warns_about_an_unusable_newest_version(sim):
     """`rotate --dry-run` on a cluster whose key's newest version is disabled warns on stderr, naming the URL."""
-    world = make_world(sim)
+    world = make_world(sim, name="orders-prod")
     v2 = sim.create_key_version(world.vault, "cmk", emit_event=False, enabled=False)
     proc = run_cli("rotate", world.cluster_id, "--dry-run")
     assert proc.returncode == 0, proc.stderr
@@ -122,7 +123,7 @@ def test_rotate_dry_run_warns_about_an_unusable_newest_version(sim):
 
 def test_key_not_usable_reason_names_the_target_url(sim):
     """A refused target (disabled version): outcome key-not-usable, exit 1, and the reason starts with the URL."""
-    world = make_world(sim)
+    world = make_world(sim, name="orders-prod")
     v2 = sim.create_key_version(world.vault, "cmk", emit_event=False, enabled=False)
     url = sim.key_url(world.vault, "cmk", v2)
     proc = run_cli("rotate", world.cluster_id, "--key-url", url, "--json")
@@ -135,7 +136,7 @@ def test_key_not_usable_reason_names_the_target_url(sim):
 def test_history_shows_changes_and_failures_with_the_arm_message(sim, azurite):
     """`history` text shows rotations and failures (ARM's code and message); skips with --all; --json keeps all."""
     env = {"AzureWebJobsStorage": azurite.connection_string}
-    world = make_world(sim)
+    world = make_world(sim, name="orders-prod")
     cluster = world.cluster_id
     assert run_cli("register", cluster, env=env).returncode == 0
     assert run_cli("rotate", cluster, env=env).returncode == 0  # already-current: a skip
@@ -162,7 +163,7 @@ def test_history_shows_changes_and_failures_with_the_arm_message(sim, azurite):
 def test_history_of_only_skips_says_so(sim, azurite):
     """A cluster with only skips in its history says nothing changed, and how to see the skips."""
     env = {"AzureWebJobsStorage": azurite.connection_string}
-    world = make_world(sim)
+    world = make_world(sim, name="orders-prod")
     assert run_cli("register", world.cluster_id, env=env).returncode == 0
     assert run_cli("rotate", world.cluster_id, env=env).returncode == 0
     text = run_cli("history", world.cluster_id, env=env).stdout.splitlines()

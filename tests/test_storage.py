@@ -5,7 +5,6 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-import storage_fixtures
 from azure.core.credentials import AzureNamedKeyCredential
 from azure.core.exceptions import (
     ClientAuthenticationError,
@@ -28,16 +27,16 @@ from rotation.store.clients import (
     storage_errors,
 )
 
-azurite_server = storage_fixtures.azurite_server  # the shared session fixture
-
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
 def from_env(**env: str) -> Settings:
+    """Settings from exactly these variables."""
     return Settings.from_env(env)
 
 
 async def close(*clients) -> None:
+    """Close each client."""
     for client in clients:
         await client.close()
 
@@ -76,9 +75,9 @@ async def test_account_connection_string_uses_the_account_key_and_public_endpoin
     assert storage_endpoints(settings).blob_url == "https://st1.blob.core.windows.net"
 
 
-async def test_azurite_connection_string_reaches_azurite(azurite_server):
+async def test_azurite_connection_string_reaches_azurite(azurite):
     """Clients from Azurite's connection string talk to it (tables and queues listed without error)."""
-    tables, queues = storage_clients(from_env(AzureWebJobsStorage=azurite_server.connection_string))
+    tables, queues = storage_clients(from_env(AzureWebJobsStorage=azurite.connection_string))
     try:
         assert isinstance([t async for t in tables.list_tables()], list)
         assert isinstance([q async for q in queues.list_queues()], list)
@@ -170,6 +169,7 @@ async def test_queue_client_encodes_messages_as_base64_text():
 
 
 def http_error(status: int, cls=HttpResponseError, headers=None, code=None):
+    """An azure-core error of ``cls`` carrying a response of ``status`` (headers and code when given)."""
     response = SimpleNamespace(
         status_code=status, reason="Reason", headers=headers or {}, text=lambda: "", request=None
     )

@@ -28,10 +28,12 @@ PROXY = "http://127.0.0.1:3128"
 def test_proxy_for_url_follows_the_standard_variables(
     environ: dict[str, str], url: str, expected: str | None
 ) -> None:
+    """The proxy for a URL follows HTTPS_PROXY/NO_PROXY as the standard variables define them."""
     assert EnvironmentProxies(environ).for_url(url) == expected
 
 
 def test_proxies_are_read_once() -> None:
+    """Proxy settings are read once, when the object is made."""
     environ = {"HTTPS_PROXY": PROXY}
     proxies = EnvironmentProxies(environ)
     environ["HTTPS_PROXY"] = "http://elsewhere:1"
@@ -39,6 +41,7 @@ def test_proxies_are_read_once() -> None:
 
 
 async def test_clients_share_one_session_and_closing_one_leaves_it_open() -> None:
+    """Clients share one session without trust_env; closing one leaves it open, closing the pool closes it."""
     http = SharedHttp(environ={})
     first, second = http.transport(), http.transport()
     await first.open()

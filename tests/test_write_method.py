@@ -6,7 +6,6 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
-from fakes import OTHER_UAMI, SUB, UAMI, FakeClusters, FakeKeys, cluster, key_url, key_version
 
 from rotation.azure.lro import OperationKind, OperationUrlRefused, check_operation_url
 from rotation.collateral import changed_paths
@@ -22,6 +21,7 @@ from rotation.errors import ServiceError
 from rotation.ids import parse_cluster_id
 from rotation.outcomes import Outcome
 from rotation.settings import Settings, SettingsError
+from tests.helpers.fakes import OTHER_UAMI, SUB, UAMI, FakeClusters, FakeKeys, cluster, key_url, key_version
 
 CLUSTER = parse_cluster_id(
     f"/subscriptions/{SUB}/resourceGroups/rg-data/providers/Microsoft.DocumentDB/mongoClusters/orders-prod"

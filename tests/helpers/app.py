@@ -31,7 +31,7 @@ from azure.functions.queue import QueueMessage
 from azure.storage.queue.aio import QueueClient
 
 from azsim.azurite import Azurite
-from azsim.host import Context
+from azsim.host import Context, QueueHost
 from azsim.simulator import Simulator
 from rotation.ids import parse_cluster_id
 from rotation.service.app import Service, close_services, service_for_loop
@@ -122,6 +122,7 @@ class App:
         return await service_for_loop(lambda: Settings.from_env(os.environ))
 
     def queue(self, name: str = JOB_QUEUE) -> QueueClient:
+        """A client of a queue on Azurite (the job queue by default)."""
         return QueueClient.from_connection_string(self.azurite.connection_string, name)
 
     async def take_jobs(self, name: str = JOB_QUEUE) -> list[dict[str, Any]]:
@@ -152,6 +153,15 @@ class App:
             with contextlib.suppress(Exception):
                 return (await q.get_queue_properties()).approximate_message_count
         return 0
+
+    async def drain(self, **kw: Any) -> QueueHost:
+        """Run the queue function on every job (as the host would) until the queue stays empty; the host's stats."""
+        host = QueueHost(self.azurite.connection_string, JOB_QUEUE, user_function("rotate_cluster"), **kw)
+        try:
+            await host.drain(idle_seconds=0.5, limit_seconds=30)
+        finally:
+            await host.close()
+        return host
 
     async def clear(self) -> None:
         """Empty the job and poison queues (creating them if missing)."""

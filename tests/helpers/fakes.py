@@ -7,6 +7,8 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from rotation.azure.arm import AcceptedOperation, Cluster, OperationStatus
 from rotation.azure.keyvault import KeyVersion
 from rotation.azure.lro import OperationKind
@@ -24,15 +26,18 @@ T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
 
 def version_id(n: int) -> str:
+    """Version ``n`` as Key Vault writes versions: 32 hex digits."""
     return f"{n:032x}"
 
 
 def key_url(n: int | None, *, name: str = "cmk-docdb", vault: str = VAULT) -> KeyUrl:
+    """The URL of version ``n`` of a key (versionless for None) in the fake vault."""
     url = f"{vault}/keys/{name}" + (f"/{version_id(n)}" if n is not None else "")
     return parse_key_url(url)
 
 
 def key_version(n: int, **overrides: Any) -> KeyVersion:
+    """A usable RSA 2048 version ``n``, created ``n`` days after T0; ``overrides`` change fields."""
     base = KeyVersion(
         url=key_url(n),
         enabled=True,
@@ -45,6 +50,7 @@ def key_version(n: int, **overrides: Any) -> KeyVersion:
 
 
 def cluster(name: str = "orders-prod", *, key: KeyUrl | str | None = None, **overrides: Any) -> Cluster:
+    """A ready CMK cluster with its key identity and another identity, on ``key`` (version 1 by default)."""
     base = Cluster(
         id=f"/subscriptions/{SUB}/resourceGroups/rg-data/providers/Microsoft.DocumentDB/mongoClusters/{name}",
         name=name,
@@ -160,6 +166,7 @@ class FakeKeys:
 
 
 def transient(status: int = 503, retry_after: float | None = None, code: str | None = None) -> ServiceError:
+    """A retryable ARM error (503 by default)."""
     return ServiceError("transient", service="arm", status=status, code=code, retry_after=retry_after)
 
 
@@ -181,6 +188,12 @@ class FakeTime:
         """Record the sleep and move the clock on, at once."""
         self.sleeps.append(seconds)
         self.now += seconds
+
+
+@pytest.fixture
+def fake_time() -> FakeTime:
+    """A clock that moves only when the code under test sleeps."""
+    return FakeTime()
 
 
 def make_rotator(arm: FakeClusters, kv: FakeKeys, fake_time: FakeTime, **settings: object) -> Rotator:

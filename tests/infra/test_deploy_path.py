@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hooks_harness import HOOKS, Cli, shell_function
 from pycep import BicepParser
+
+from tests.helpers.hooks import HOOKS, Cli, shell_function
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
@@ -38,15 +39,18 @@ ASSIGNMENTS = "/providers/Microsoft.Authorization/roleAssignments/"
 
 @functools.cache
 def parse(relative: str) -> dict[str, Any]:
+    """A Bicep file under infra/, parsed by pycep (cached)."""
     return BicepParser().parse(file_path=INFRA / relative)
 
 
 def body(declaration: dict[str, Any]) -> dict[str, Any]:
+    """A resource declaration's body, inside a loop or condition when it has one."""
     config = declaration["config"]
     return config["config"] if "loop_type" in config or "condition" in config else config
 
 
 def resources_of_type(relative: str, resource_type: str) -> dict[str, dict[str, Any]]:
+    """The resources of one type in a Bicep file, by symbolic name."""
     return {
         name: body(resource)
         for name, resource in parse(relative)["resources"].items()
@@ -55,6 +59,7 @@ def resources_of_type(relative: str, resource_type: str) -> dict[str, dict[str, 
 
 
 def relative_name(path: Path) -> str:
+    """A Bicep file's path under infra/."""
     return path.relative_to(INFRA).as_posix()
 
 
@@ -92,6 +97,7 @@ def hook_env(env_name: str = "prod", **extra: str) -> dict[str, str]:
 
 
 def env_id(env_name: str = "prod") -> str:
+    """The resource group id of an azd environment in the test subscription."""
     return f"/subscriptions/{SUB}/resourceGroups/rg-{env_name}"
 
 
@@ -110,6 +116,7 @@ def after_down(env: dict[str, str]) -> dict[str, str]:
 
 @pytest.fixture
 def cli(tmp_path: Path) -> Cli:
+    """Stand-in `az` and `azd` programs in a temporary directory."""
     return Cli(tmp_path)
 
 
@@ -121,6 +128,8 @@ PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[=-])([^}]*))?\}")
 
 
 def azd_envsubst(text: str, env: dict[str, str]) -> str:
+    """The text with ${NAME}, ${NAME=default} and ${NAME:=default} replaced as azd does."""
+
     def replace(match: re.Match[str]) -> str:
         name, operator, default = match.group(1), match.group(2), match.group(3) or ""
         if name not in env:
@@ -158,6 +167,7 @@ def azd_parameter_values(raw: str, bicep_types: dict[str, str], env: dict[str, s
 
 
 def bicep_types(relative: str) -> dict[str, str]:
+    """The declared type of each parameter of a Bicep file."""
     return {name: parameter["type"] for name, parameter in parse(relative)["parameters"].items()}
 
 
@@ -293,6 +303,7 @@ def test_every_value_the_parameters_file_and_hooks_can_produce_satisfies_the_dec
 
 
 def published_operations() -> list[str]:
+    """The Azure RBAC operations published (infra data file, comments and blanks left out)."""
     lines = (DATA / "azure-rbac-operations.txt").read_text(encoding="utf-8").splitlines()
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
 
@@ -314,6 +325,7 @@ def role_actions() -> list[tuple[str, str, str]]:
 
 
 def wildcard_matches(pattern: str, operations: list[str]) -> list[str]:
+    """The operations an RBAC action pattern with ``*`` matches, case-insensitively."""
     regex = re.compile("^" + ".*".join(re.escape(part) for part in pattern.split("*")) + "$", re.IGNORECASE)
     return [operation for operation in operations if regex.match(operation)]
 
@@ -459,6 +471,7 @@ def topic_row(name: str, source: str, owner: str) -> str:
 
 
 def created_topic(create_call: list[str]) -> str:
+    """The system topic name an `az deployment` call passes."""
     [argument] = [a for a in create_call if a.startswith("existingSystemTopicName=")]
     return argument.split("=", 1)[1]
 
@@ -754,17 +767,19 @@ def test_the_package_is_uploaded_with_the_deployment_identity_not_the_app_identi
 
 
 def http_functions() -> dict[str, set[str]]:
-    import app_fixtures
+    """The methods of each HTTP function of the app."""
+    from tests.helpers.app import bindings, functions
 
     found = {}
-    for name in app_fixtures.functions():
-        for binding in app_fixtures.bindings(name):
+    for name in functions():
+        for binding in bindings(name):
             if binding["type"] == "httpTrigger":
                 found[name] = {method.upper() for method in binding["methods"]}
     return found
 
 
 def hook_function_list(name: str) -> list[str]:
+    """The function names a list variable of the postdeploy hook holds."""
     text = (HOOKS / "postdeploy.sh").read_text(encoding="utf-8")
     match = re.search(rf'^{name}="([^"]*)"', text, re.MULTILINE)
     assert match, name

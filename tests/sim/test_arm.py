@@ -32,6 +32,7 @@ async def _wait_done(arm, answer) -> dict[str, Any]:
 
 
 async def test_get_cluster_returns_the_documented_shape(world, arm):
+    """A GET answers the cluster's documented ARM JSON (type, tags, identity, CMK, states) with rate-limit and request-id headers."""
     answer = await arm.call("GET", world.cluster_id)
     assert answer.status == 200
     body = answer.body
@@ -40,7 +41,7 @@ async def test_get_cluster_returns_the_documented_shape(world, arm):
     assert body["tags"] == {"team": "orders"}
     assert set(body["identity"]["userAssignedIdentities"]) == {world.identity}
     cmk = body["properties"]["encryption"]["customerManagedKeyEncryption"]
-    assert cmk["keyEncryptionKeyUrl"] == world.key_url(world.version)
+    assert cmk["keyEncryptionKeyUrl"] == world.key_url(world.v1)
     assert cmk["keyEncryptionKeyIdentity"]["userAssignedIdentityResourceId"] == world.identity
     assert body["properties"]["provisioningState"] == "Succeeded"
     assert body["properties"]["clusterStatus"] == "Ready"
@@ -50,18 +51,21 @@ async def test_get_cluster_returns_the_documented_shape(world, arm):
 
 
 async def test_path_segments_match_case_insensitively(world, arm):
+    """A GET finds the cluster whatever the case of the path's segments, and answers its id as created."""
     answer = await arm.call("GET", world.cluster_id.lower().replace("mongoclusters", "MONGOCLUSTERS"))
     assert answer.status == 200
     assert answer.body["id"] == world.cluster_id
 
 
 async def test_service_managed_cluster_has_no_cmk(world, arm):
-    body = (await arm.call("GET", world.plain_cluster_id)).body
+    """A service-managed cluster's JSON has neither `encryption` nor `identity`."""
+    body = (await arm.call("GET", world.plain_cluster)).body
     assert "encryption" not in body["properties"]
     assert "identity" not in body
 
 
 async def test_missing_token_is_401_and_missing_api_version_is_400(world, arm):
+    """No token or a forged one is 401 AuthenticationFailed; no api-version is 400 MissingApiVersionParameter."""
     unauthenticated = await arm.call("GET", world.cluster_id, token=None)
     assert unauthenticated.status == 401
     assert unauthenticated.body["error"]["code"] == "AuthenticationFailed"
@@ -73,12 +77,14 @@ async def test_missing_token_is_401_and_missing_api_version_is_400(world, arm):
 
 
 async def test_unknown_cluster_is_404_resource_not_found(world, arm):
+    """A GET of a cluster that does not exist is 404 ResourceNotFound."""
     answer = await arm.call("GET", world.cluster_id + "-gone")
     assert answer.status == 404
     assert answer.body["error"]["code"] == "ResourceNotFound"
 
 
 async def test_correlation_and_client_request_ids_are_echoed(world, arm):
+    """The correlation and client request ids are echoed in the answer and the client's id is logged."""
     answer = await arm.call(
         "GET",
         world.cluster_id,
@@ -90,6 +96,7 @@ async def test_correlation_and_client_request_ids_are_echoed(world, arm):
 
 
 async def test_list_is_paged_with_absolute_next_links(world, arm):
+    """Listing by subscription is paged with absolute nextLinks; listing by resource group returns only its clusters."""
     sim = world.sim
     for index in range(3):
         sim.add_cluster(subscription=world.subscription, resource_group="rg-other", name=f"c{index}")
@@ -117,7 +124,7 @@ async def test_list_is_paged_with_absolute_next_links(world, arm):
 async def test_put_runs_a_long_running_operation_and_changes_the_key(world, arm):
     """An update PUT answers 200 (the spec: 200 update, 201 create) with the examples' two operation URLs."""
     sim = world.sim
-    new_version = sim.create_key_version(world.vault, world.key)
+    new_version = sim.create_key_version(world.vault, "cmk")
     sim.configure(operation_seconds=0.3, poll_interval=0.05)
     answer = await arm.call("PUT", world.cluster_id, body=world.put_body(world.key_url(new_version)))
     assert answer.status == 200
@@ -151,7 +158,7 @@ async def test_put_runs_a_long_running_operation_and_changes_the_key(world, arm)
 
 async def test_put_through_the_arm_pipeline_client_and_lro_poller(world, credential):
     """The SDK's own ARM pipeline and ARM polling drive a PUT to completion."""
-    new_version = world.sim.create_key_version(world.vault, world.key)
+    new_version = world.sim.create_key_version(world.vault, "cmk")
     world.sim.configure(operation_seconds=0.2, poll_interval=0.05)
     client = AsyncARMPipelineClient(
         base_url="https://management.azure.com",
@@ -183,6 +190,7 @@ async def test_put_through_the_arm_pipeline_client_and_lro_poller(world, credent
 
 
 async def test_put_during_an_operation_is_409_conflict(world, arm):
+    """A second PUT while the first operation runs is 409 Conflict, and the cluster stays Updating."""
     world.sim.set_operation_seconds(world.cluster_id, 5)
     first = await arm.call("PUT", world.cluster_id, body=world.put_body())
     assert first.status == 200
@@ -194,6 +202,7 @@ async def test_put_during_an_operation_is_409_conflict(world, arm):
 
 
 async def test_empty_write_bucket_is_429_with_retry_after(world, arm):
+    """Writes beyond the write bucket are 429 TooManyRequests with Retry-After; reads have their own bucket."""
     world.sim.configure(write_burst=2, write_refill_per_s=0.25, operation_seconds=0)
     statuses = []
     remaining = []
@@ -210,6 +219,7 @@ async def test_empty_write_bucket_is_429_with_retry_after(world, arm):
 
 
 async def test_empty_read_bucket_is_429(world, arm):
+    """A read beyond the read bucket is 429 with Retry-After 1 and no reads remaining."""
     world.sim.configure(read_burst=1, read_refill_per_s=1)
     assert (await arm.call("GET", world.cluster_id)).status == 200
     answer = await arm.call("GET", world.cluster_id)
@@ -297,7 +307,7 @@ def _unknown_vault(body, world):
 
 
 def _unknown_key(body, world):
-    _cmk(body)["keyEncryptionKeyUrl"] = f"{world.vault_url}/keys/other/{world.version}"
+    _cmk(body)["keyEncryptionKeyUrl"] = f"{world.vault_url}/keys/other/{world.v1}"
 
 
 def _unknown_version(body, world):
@@ -305,12 +315,12 @@ def _unknown_version(body, world):
 
 
 def _disabled_version(body, world):
-    version = world.sim.create_key_version(world.vault, world.key, enabled=False)
+    version = world.sim.create_key_version(world.vault, "cmk", enabled=False)
     _cmk(body)["keyEncryptionKeyUrl"] = world.key_url(version)
 
 
 def _expired_version(body, world):
-    version = world.sim.create_key_version(world.vault, world.key, exp=int(time.time()) - 60)
+    version = world.sim.create_key_version(world.vault, "cmk", exp=int(time.time()) - 60)
     _cmk(body)["keyEncryptionKeyUrl"] = world.key_url(version)
 
 
@@ -341,6 +351,7 @@ def _drop_cmk(body, world):
     ],
 )
 async def test_invalid_put_body_is_400_with_an_arm_error(world, arm, mutate, code):
+    """Each invalid PUT body is 400 with its ARM error code, changes nothing and starts no operation."""
     body = world.put_body()
     mutate(body, world)
     before = world.sim.cluster(world.cluster_id)
@@ -354,18 +365,21 @@ async def test_invalid_put_body_is_400_with_an_arm_error(world, arm, mutate, cod
 
 
 async def test_cmk_on_a_service_managed_cluster_is_refused(world, arm):
-    answer = await arm.call("PUT", world.plain_cluster_id, body=world.put_body())
+    """A CMK PUT on a service-managed cluster is 400 EncryptionModeChangeNotSupported."""
+    answer = await arm.call("PUT", world.plain_cluster, body=world.put_body())
     assert answer.status == 400
     assert answer.body["error"]["code"] == "EncryptionModeChangeNotSupported"
 
 
 async def test_location_is_compared_without_case_or_spaces(world, arm):
+    """A PUT with location `West Europe` matches the cluster's `westeurope`."""
     body = world.put_body()
     body["location"] = "West Europe"
     assert (await arm.call("PUT", world.cluster_id, body=body)).status == 200
 
 
 async def test_identities_in_the_body_are_attached_even_when_the_put_fails(world, arm):
+    """Identities named in a PUT body are attached even when the PUT is refused (an unknown key version)."""
     body = world.put_body(world.key_url("0" * 32))
     body["identity"]["userAssignedIdentities"][world.other_identity] = {}
     answer = await arm.call("PUT", world.cluster_id, body=body)
@@ -405,8 +419,9 @@ async def test_key_identity_without_wrap_access_fails_the_operation(world, arm):
 
 
 async def test_failed_operation_keeps_the_old_key(world, arm):
+    """A failed operation reports its error in the status and the operation result, and the cluster keeps the old key."""
     sim = world.sim
-    new_version = sim.create_key_version(world.vault, world.key)
+    new_version = sim.create_key_version(world.vault, "cmk")
     sim.fail_next_operation(world.cluster_id, code="KeyVaultAccessDenied", message="no access")
     answer = await arm.call("PUT", world.cluster_id, body=world.put_body(world.key_url(new_version)))
     assert answer.status == 200
@@ -414,7 +429,7 @@ async def test_failed_operation_keeps_the_old_key(world, arm):
     assert final["status"] == "Failed"
     assert final["error"] == {"code": "KeyVaultAccessDenied", "message": "no access"}
     cluster = sim.cluster(world.cluster_id)
-    assert _cmk(cluster)["keyEncryptionKeyUrl"] == world.key_url(world.version)
+    assert _cmk(cluster)["keyEncryptionKeyUrl"] == world.key_url(world.v1)
     assert cluster["properties"]["provisioningState"] == "Succeeded"
     put = next(r for r in sim.requests if r.method == "PUT")
     assert (put.status, put.fault) == (200, "op-failed")
@@ -424,22 +439,25 @@ async def test_failed_operation_keeps_the_old_key(world, arm):
 
 
 async def test_operation_failure_rate_fails_operations(world, arm):
+    """With an operation failure rate of 1 every accepted PUT's operation ends Failed."""
     world.sim.set_operation_failure_rate(1.0)
     answer = await arm.call("PUT", world.cluster_id, body=world.put_body())
     assert (await _wait_done(arm, answer))["status"] == "Failed"
 
 
 async def test_ignored_key_updates_succeed_without_changing_the_key(world, arm):
+    """With key updates ignored the operation succeeds but the cluster keeps its old key."""
     sim = world.sim
     sim.ignore_key_updates(world.cluster_id)
-    new_version = sim.create_key_version(world.vault, world.key)
+    new_version = sim.create_key_version(world.vault, "cmk")
     answer = await arm.call("PUT", world.cluster_id, body=world.put_body(world.key_url(new_version)))
     assert (await _wait_done(arm, answer))["status"] == "Succeeded"
-    assert _cmk(sim.cluster(world.cluster_id))["keyEncryptionKeyUrl"] == world.key_url(world.version)
+    assert _cmk(sim.cluster(world.cluster_id))["keyEncryptionKeyUrl"] == world.key_url(world.v1)
 
 
 async def test_patch_is_202_with_location_and_applies_encryption(world, arm):
-    new_version = world.sim.create_key_version(world.vault, world.key)
+    """A PATCH is 202 with Location and changes the key; a PATCH without the key identity is 400 MissingEncryptionProperty."""
+    new_version = world.sim.create_key_version(world.vault, "cmk")
     body = {"properties": copy.deepcopy(world.put_body(world.key_url(new_version))["properties"])}
     answer = await arm.call("PATCH", world.cluster_id, body=body)
     assert answer.status == 202
@@ -453,6 +471,7 @@ async def test_patch_is_202_with_location_and_applies_encryption(world, arm):
 
 
 async def test_out_of_band_changes_show_in_get(world, arm):
+    """Status and key changed out of band show in the next GET; a removed cluster is 404."""
     sim = world.sim
     sim.set_cluster_status(world.cluster_id, "Inaccessible")
     sim.set_cluster_key_url(world.cluster_id, world.key_url())

@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def azsim(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m azsim ARGS` in a subprocess, its output captured."""
     return subprocess.run(  # noqa: S603 - fixed argv
         [sys.executable, "-m", "azsim", *args],
         cwd=REPO,

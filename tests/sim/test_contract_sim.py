@@ -13,7 +13,8 @@ import re
 from typing import Any
 
 import pytest
-from sdk_oracle import as_cluster, as_update, contract, shape
+
+from tests.helpers.sdk_oracle import as_cluster, as_update, contract, shape
 
 OPERATION_FIELDS = {"id", "name", "status", "startTime", "endTime", "error", "percentComplete", "properties"}
 
@@ -73,7 +74,7 @@ async def test_put_update_answers_200_with_the_selected_headers(world, arm, answ
     answer = await arm.call(
         "PUT",
         world.cluster_id,
-        body=world.put_body(world.key_url(world.sim.create_key_version(world.vault, world.key))),
+        body=world.put_body(world.key_url(world.sim.create_key_version(world.vault, "cmk"))),
     )
     assert answer.status == 200
     assert shape(answer.body) <= GET_SHAPE
@@ -102,7 +103,7 @@ async def test_patch_cmk_answers_202_with_the_published_headers(world, arm):
     body["identity"]["userAssignedIdentities"] = {world.identity: {}}
     cmk = body["properties"]["encryption"]["customerManagedKeyEncryption"]
     cmk["keyEncryptionKeyIdentity"]["userAssignedIdentityResourceId"] = world.identity
-    cmk["keyEncryptionKeyUrl"] = world.key_url(world.sim.create_key_version(world.vault, world.key))
+    cmk["keyEncryptionKeyUrl"] = world.key_url(world.sim.create_key_version(world.vault, "cmk"))
     as_update(body)
     answer = await arm.call("PATCH", world.cluster_id, body=body)
     published = contract("patch-cmk-202.json")["response"]
@@ -175,7 +176,7 @@ async def test_resetting_put_mode_resets_only_omitted_service_properties(world, 
 async def test_encryption_update_is_refused_before_its_api_version_in_that_mode(world, arm):
     """In the create-only mode, a key change at 2025-07-01-preview is a 400 saying it cannot be updated."""
     world.sim.configure(encryption_updatable_from="2025-08-01-preview", operation_seconds=0.0)
-    body = world.put_body(world.key_url(world.sim.create_key_version(world.vault, world.key)))
+    body = world.put_body(world.key_url(world.sim.create_key_version(world.vault, "cmk")))
     refused = await arm.call("PUT", world.cluster_id, body=body)
     assert refused.status == 400
     assert "cannot be updated" in refused.body["error"]["message"]
@@ -189,7 +190,7 @@ async def test_the_official_sdk_drives_each_write_to_completion(world, credentia
     from azure.mgmt.mongocluster.aio import MongoClusterMgmtClient
 
     world.sim.configure(write_answer=answer_mode, operation_seconds=0.1, poll_interval=0.02)
-    new_url = world.key_url(world.sim.create_key_version(world.vault, world.key))
+    new_url = world.key_url(world.sim.create_key_version(world.vault, "cmk"))
     name = world.cluster_id.rsplit("/", 1)[1]
     async with MongoClusterMgmtClient(credential, world.subscription) as client:
         if method == "put":
