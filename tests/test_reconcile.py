@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -277,19 +276,10 @@ def test_cli_reconcile_json_and_table(sim, azurite, monkeypatch):
     import json
 
     from tests.helpers.cli import run_cli
+    from tests.helpers.world import make_world
 
-    sub = str(uuid.uuid4())
-    vault = f"kv-{uuid.uuid4().hex[:10]}"
-    sim.add_vault(vault, subscription=sub)
-    v1 = sim.create_key_version(vault, "cmk", emit_event=False)
-    identity = sim.add_identity(subscription=sub, resource_group="rg", name="id")
-    cluster = sim.add_cluster(
-        subscription=sub,
-        resource_group="rg",
-        name="recon",
-        key_url=sim.key_url(vault, "cmk", v1),
-        identity=identity,
-    )
+    world = make_world(sim, name="recon", resource_group="rg")
+    vault, v1, cluster = world.vault, world.v1, world.cluster_id
     env = {"AzureWebJobsStorage": azurite.connection_string}
     assert run_cli("register", cluster, env=env).returncode == 0
     v2 = sim.create_key_version(vault, "cmk", emit_event=False)

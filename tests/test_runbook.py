@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from pathlib import Path
 
 from tests.helpers.cli import run_cli
+from tests.helpers.world import make_world
 
 RUNBOOK = Path(__file__).resolve().parent.parent / "docs" / "runbook.md"
 
@@ -31,18 +31,8 @@ def test_runbook_names_the_recovery_commands():
 
 def test_every_runbook_command_runs_against_the_simulator(sim, azurite, tmp_path):
     """Each runbook command, with its placeholders filled in, exits 0 against the simulator and Azurite."""
-    sub = str(uuid.uuid4())
-    vault = f"kv-{uuid.uuid4().hex[:10]}"
-    sim.add_vault(vault, subscription=sub)
-    v1 = sim.create_key_version(vault, "cmk", emit_event=False)
-    identity = sim.add_identity(subscription=sub, resource_group="rg", name="id")
-    cluster = sim.add_cluster(
-        subscription=sub,
-        resource_group="rg",
-        name="oncall",
-        key_url=sim.key_url(vault, "cmk", v1),
-        identity=identity,
-    )
+    world = make_world(sim, name="oncall", resource_group="rg")
+    vault, cluster = world.vault, world.cluster_id
     env = {"AzureWebJobsStorage": azurite.connection_string}
     assert run_cli("register", cluster, env=env).returncode == 0
     sim.create_key_version(vault, "cmk")  # the event Event Grid would have delivered, now dead-lettered
