@@ -20,7 +20,8 @@ from rotation.ids import parse_cluster_id
 from rotation.outcomes import Outcome, RotationResult
 from rotation.service.app import Service
 from rotation.settings import Settings
-from tests.helpers.cli import ROOT, Cli, one_error_line
+from tests.helpers.cli import Cli, one_error_line
+from tests.helpers.paths import ROOT
 from tests.helpers.world import cmk_url, make_world, puts
 
 ESCAPES = "\x1b[2K\r\x1b[32mrotated\x1b[0m  everything is fine\x07"

@@ -10,14 +10,13 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from rotation.cli.main import build_parser
 from rotation.store.jobs import QUEUE_NAME
+from tests.helpers.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 
 

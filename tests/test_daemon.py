@@ -6,7 +6,6 @@ import asyncio
 import json
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -16,9 +15,8 @@ from rotation.serve.daemon import build_app, http_key, is_loopback
 from rotation.serve.queue_worker import Drain, QueueOptions
 from rotation.serve.schedule import Schedule, ScheduleError
 from rotation.settings import SettingsError
+from tests.helpers.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
-EVENTS = ROOT / "tests" / "events"
 KEY = "0123456789abcdef-key"
 
 

@@ -6,8 +6,8 @@ import re
 from pathlib import Path
 
 from rotation.outcomes import Outcome
+from tests.helpers.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 DESIGN = (ROOT / "docs" / "design.md").read_text()
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,8 +20,8 @@ from rotation.events import (
     parse_payload,
 )
 from rotation.ids import KeyUrl
+from tests.helpers.paths import EVENTS
 
-EVENTS = Path(__file__).parent / "events"
 EVENT_FILES = sorted(p.name for p in EVENTS.glob("*.json") if not p.name.startswith("cluster-"))
 VAULT_ID = (
     "/subscriptions/11111111-1111-1111-1111-111111111111/resourceGroups/rg-keys"

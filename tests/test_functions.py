@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -32,9 +31,9 @@ from tests.helpers.app import (
     queue_message,
 )
 from tests.helpers.app import user_function as fn
+from tests.helpers.paths import ROOT
 from tests.helpers.world import make_world, puts
 
-ROOT = Path(__file__).resolve().parent.parent
 HTTP_FUNCTIONS = {
     "clusters": (["GET"], "clusters"),
     "clusters_write": (["POST", "DELETE"], "clusters"),

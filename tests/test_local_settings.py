@@ -5,11 +5,10 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
-from pathlib import Path
 
 from rotation.settings import Settings
+from tests.helpers.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "local.settings.json.example"
 # Settings the Functions host itself reads (Core Tools' local.settings.json), not the app.
 HOST_SETTINGS = frozenset({"FUNCTIONS_WORKER_RUNTIME"})

@@ -19,7 +19,8 @@ from azure.storage.queue import QueueClient
 
 from azsim.simulator import Simulator
 from rotation.store.jobs import QUEUE_NAME, Job
-from tests.helpers.cli import ROOT, run_cli
+from tests.helpers.cli import run_cli
+from tests.helpers.paths import ROOT
 from tests.helpers.world import cmk_url, make_world
 
 POISON = f"{QUEUE_NAME}-poison"

@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -24,9 +23,8 @@ from rotation.ids import parse_cluster_id
 from rotation.service.app import close_services
 from tests.helpers.app import POISON_QUEUE, context, event_trigger
 from tests.helpers.app import user_function as fn
+from tests.helpers.paths import ROOT
 from tests.helpers.world import make_world, puts
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class Gate:

@@ -6,9 +6,8 @@ import shutil
 import subprocess
 import sys
 import tomllib
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers.paths import ROOT
 
 
 def test_pyproject_declares_the_console_script_and_a_build_backend():

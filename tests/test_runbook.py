@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 from tests.helpers.cli import run_cli
+from tests.helpers.paths import ROOT
 from tests.helpers.world import make_world
 
-RUNBOOK = Path(__file__).resolve().parent.parent / "docs" / "runbook.md"
+RUNBOOK = ROOT / "docs" / "runbook.md"
 
 
 def runbook_commands() -> list[str]:

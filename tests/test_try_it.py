@@ -15,7 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers.paths import ROOT
+
 README = ROOT / "README.md"
 SHELL = shutil.which("bash") or "/bin/sh"  # `. FILE` sources it in either
 

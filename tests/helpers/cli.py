@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,8 +18,7 @@ from rotation.service.app import Service
 from rotation.settings import Settings
 from rotation.store.jobs import Job
 from tests.helpers.app import forget_created
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.paths import ROOT
 
 
 def run_cli(

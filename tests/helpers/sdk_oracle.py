@@ -8,11 +8,12 @@ The SDK is generated from the REST spec (Azure/azure-rest-api-specs, specificati
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from azure.mgmt.mongocluster import models
 from azure.mgmt.mongocluster._utils.model_base import Model  # the generated models' base class
+
+from tests.helpers.paths import CONTRACT
 
 
 def unknown_fields(model: Model, path: str = "$") -> list[str]:
@@ -58,9 +59,6 @@ def as_update(body: dict[str, Any]) -> models.MongoClusterUpdate:
     model = check_round_trip(body, models.MongoClusterUpdate)
     assert isinstance(model, models.MongoClusterUpdate)
     return model
-
-
-CONTRACT = Path(__file__).resolve().parents[1] / "contract"
 
 
 def contract(name: str) -> dict[str, Any]:
