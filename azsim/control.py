@@ -1,5 +1,8 @@
 """The control API (plain http JSON on ``AZSIM_CONTROL_URL``): a thin layer over :class:`Simulator`.
 
+It sees the simulator through `Controlled`, the calls below, so this module does not import the simulator
+(which adds these routes when it starts).
+
 | route | does |
 |---|---|
 | ``GET /_sim/health`` | ``{"ok": true}`` |
@@ -37,16 +40,60 @@ import asyncio
 import dataclasses
 import json
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
 from azsim.faults import Fault
 
 if TYPE_CHECKING:
-    from azsim.simulator import Simulator
+    from azsim.messages import RequestRecord
+    from azsim.webhook import EventSubscriptions
 
-__all__ = ["add_control_routes"]
+__all__ = ["Controlled", "add_control_routes"]
+
+
+class Controlled(Protocol):
+    """What the control routes call on the simulator (`azsim.simulator.Simulator`), one method per route."""
+
+    subscriptions: EventSubscriptions
+
+    @property
+    def events(self) -> list[dict[str, Any]]: ...  # noqa: D102
+    @property
+    def requests(self) -> list[RequestRecord]: ...  # noqa: D102
+    def seed(self, spec: dict[str, Any]) -> dict[str, Any]: ...  # noqa: D102
+    def create_key_version(self, vault: str, key: str, *args: Any, **kwargs: Any) -> str: ...  # noqa: ANN401, D102
+    def key_url(self, vault: str, key: str, version: str | None = None) -> str: ...  # noqa: D102
+    def key_versions(self, vault: str, key: str) -> list[dict[str, Any]]: ...  # noqa: D102
+    def update_key_version(self, vault: str, key: str, version: str, *args: Any, **kwargs: Any) -> None: ...  # noqa: ANN401, D102
+    def emit_key_event(self, vault: str, key: str, version: str, event_type: str) -> dict[str, Any]: ...  # noqa: D102
+    def to_cloud_event(self, event: dict[str, Any]) -> dict[str, Any]: ...  # noqa: D102
+    def clear_requests(self) -> None: ...  # noqa: D102
+    def set_fault_rates(  # noqa: D102
+        self,
+        rates: dict[str, float],
+        *,
+        service: str | None = "arm",
+        methods: tuple[str, ...] | None = None,
+        slow_seconds: float = 5.0,
+        seed: int | None = None,
+    ) -> None: ...
+    def inject(  # noqa: D102
+        self,
+        *,
+        method: str | None = None,
+        service: str | None = None,
+        path_contains: str | None = None,
+        faults: list[Fault],
+    ) -> None: ...
+    def configure(self, *args: Any, **kwargs: Any) -> None: ...  # noqa: ANN401, D102
+    def set_operation_failure_rate(self, rate: float) -> None: ...  # noqa: D102
+    def reset(self) -> None: ...  # noqa: D102
+    def cluster(self, cluster_id: str) -> dict[str, Any]: ...  # noqa: D102
+    def set_cluster_status(self, cluster_id: str, status: str) -> None: ...  # noqa: D102
+    def fail_next_operation(self, cluster_id: str, *, code: str = ..., message: str = ...) -> None: ...  # noqa: D102
+
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -105,7 +152,7 @@ def _fault(spec: dict[str, Any]) -> Fault:
     raise ValueError(f"unknown fault {spec!r}")
 
 
-def add_control_routes(app: web.Application, sim: Simulator) -> None:  # noqa: C901, PLR0915 - a flat route table
+def add_control_routes(app: web.Application, sim: Controlled) -> None:  # noqa: C901, PLR0915 - a flat route table
     """Register the ``/_sim`` routes on ``app``."""
 
     async def health(_: web.Request) -> web.StreamResponse:

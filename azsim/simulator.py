@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 from azsim.arm import WRITE_ANSWERS, cluster_json, parse_key_url
+from azsim.control import add_control_routes
 from azsim.faults import Fault
 from azsim.identity import TOKEN_PATH
 from azsim.messages import RequestRecord
@@ -86,8 +87,6 @@ class Simulator:
 
     def start(self) -> None:
         """Start the servers; fills ``env`` and ``ports``."""
-        from azsim.control import add_control_routes  # noqa: PLC0415 - control imports this module
-
         runtime = Runtime(
             self._state, self.ca, self._identity_header, lambda app: add_control_routes(app, self)
         )

@@ -1,8 +1,9 @@
 """The rotation of one cluster to a key version: rules 1-7 and 9 of docs/design.md.
 
-`Rotator.rotate` decides (rotate, or skip with a reason), builds the PUT body, PUTs through the write retry
-policy, follows the long-running operation, verifies, and returns a `RotationResult`. Its collaborators are
-`Protocol`s, so every rule is tested with in-memory fakes as well as against the simulator.
+`Rotator.rotate` runs one job (`rotation.rotation_job`): it decides (rotate, or skip with a reason), builds
+the body (rule 5, `rotation.write_body`), PUTs through the write retry policy, follows the long-running
+operation, verifies, and returns a `RotationResult`. Its collaborators are `Protocol`s, so every rule is
+tested with in-memory fakes as well as against the simulator.
 
 Each step checks whether its work is already done before doing it, so any delivery of the same job can run
 twice safely: a duplicate finds the cluster ``already-current``; a resumed job polls the recorded
@@ -13,156 +14,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from rotation.azure.keyvault import unusable_reason
 from rotation.azure.lro import DEFAULT_POLL_SECONDS, is_terminal
 from rotation.collateral import changed_paths
 from rotation.errors import ClusterBusy, NotFoundError, ServiceError, TransientFailure
 from rotation.ids import InvalidKeyUrl, KeyUrl, parse_key_url
+from rotation.key_rules import unusable_reason
 from rotation.outcomes import Outcome, RotationResult
 from rotation.retry import RetryPolicy
+from rotation.rotation_job import ClustersPort, JobState, KeysPort, RotationRequest, WriteFlag
+from rotation.write_body import NOT_UPDATABLE_NEXT_STEP, build_body, build_patch_body, not_updatable
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from rotation.azure.arm import AcceptedOperation, Cluster, OperationStatus
-    from rotation.azure.keyvault import KeyVersion
+    from rotation.azure.arm import AcceptedOperation, Cluster
     from rotation.azure.lro import OperationKind
     from rotation.ids import ResourceId
+    from rotation.key_rules import KeyVersion
     from rotation.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-
-class ClustersPort(Protocol):
-    """The ARM calls a rotation makes (`rotation.azure.arm.ClustersClient`)."""
-
-    async def get(self, cluster_id: ResourceId) -> Cluster: ...  # noqa: D102
-    async def put(self, cluster_id: ResourceId, body: dict[str, Any]) -> AcceptedOperation: ...  # noqa: D102
-    async def patch(self, cluster_id: ResourceId, body: dict[str, Any]) -> AcceptedOperation: ...  # noqa: D102
-    async def operation_status(  # noqa: D102
-        self, url: str, *, cluster_id: ResourceId, kind: OperationKind | None = None
-    ) -> OperationStatus: ...
-
-
-class KeysPort(Protocol):
-    """The Key Vault reads a rotation makes (`rotation.azure.keyvault.KeyVaultKeys`)."""
-
-    async def get_version(self, key: KeyUrl) -> KeyVersion: ...  # noqa: D102
-    async def newest_usable(self, key: KeyUrl, now: datetime | None = None) -> KeyVersion | None: ...  # noqa: D102
-
-
-@dataclass(frozen=True)
-class RotationRequest:
-    """One job: move ``cluster_id`` to ``target`` (None: the newest usable version of its own key)."""
-
-    cluster_id: ResourceId
-    target: KeyUrl | None = None
-    trigger: str = "manual"  # event | reconcile | manual | replay | check
-    event_id: str | None = None
-    dry_run: bool = False
-    operation_url: str | None = None  # an accepted operation to resume instead of PUTting (rule 7)
-    invocation_id: str | None = None  # the Functions invocation (or CLI run) doing the job, for the logs
-    dequeue_count: int | None = None  # the queue delivery running the job (None: not from the queue)
-
-
-def build_body(cluster: Cluster, target: KeyUrl) -> dict[str, Any]:
-    """Rule 5: the documented PUT body, built from the cluster's location, tags, key identity and identities.
-
-    A PUT replaces the resource (the spec: it "overwrites all properties"), so every user-assigned identity
-    the cluster already has is listed and its tags are sent back as they were; nothing else of the GET is.
-    """
-    return {
-        "identity": _identity(cluster),
-        "location": cluster.location,
-        "tags": dict(cluster.tags),
-        "properties": {"encryption": _encryption(cluster, target)},
-    }
-
-
-def build_patch_body(cluster: Cluster, target: KeyUrl) -> dict[str, Any]:
-    """The spec's ``MongoClusters_PatchCMK`` body (identity + encryption), for ROTATION_WRITE_METHOD=patch.
-
-    Shape of Azure/azure-rest-api-specs ``specification/mongocluster/resource-manager/Microsoft.DocumentDB/
-    MongoCluster/examples/2025-09-01/MongoClusters_PatchCMK.json`` (2025-08-01-preview on). A PATCH merges,
-    so tags and other properties are left out and stay as they are.
-    """
-    return {
-        "identity": _identity(cluster),
-        "properties": {"encryption": _encryption(cluster, target)},
-    }
-
-
-def _identity(cluster: Cluster) -> dict[str, Any]:
-    """Every identity the cluster has, the key identity included; the type kept (case-insensitively).
-
-    ``SystemAssigned,UserAssigned`` stays as it is: dropping ``SystemAssigned`` from a replacing PUT would
-    remove the cluster's system identity.
-    """
-    if cluster.key_identity is None:
-        raise ValueError("cluster has no key identity")
-    identities = dict.fromkeys(cluster.identity_ids)
-    if not any(i.lower() == cluster.key_identity.lower() for i in identities):
-        identities[cluster.key_identity] = None
-    current = cluster.identity_type or ""
-    compact = current.replace(" ", "").lower()
-    if "userassigned" in compact:
-        identity_type = current
-    elif "systemassigned" in compact:
-        identity_type = "SystemAssigned,UserAssigned"
-    else:
-        identity_type = "UserAssigned"
-    return {"type": identity_type, "userAssignedIdentities": {i: {} for i in identities}}
-
-
-def _encryption(cluster: Cluster, target: KeyUrl) -> dict[str, Any]:
-    return {
-        "customerManagedKeyEncryption": {
-            "keyEncryptionKeyIdentity": {
-                "identityType": "UserAssignedIdentity",
-                "userAssignedIdentityResourceId": cluster.key_identity,
-            },
-            "keyEncryptionKeyUrl": str(target),
-        }
-    }
-
-
-# Wording of a 400 that refuses to change a property the api-version treats as create-only (in the
-# 2025-07-01-preview swagger `properties.encryption` has x-ms-mutability read, create). ARM's own code for
-# it is PropertyChangeNotAllowed; providers also answer in words.
-_NOT_UPDATABLE = re.compile(
-    r"cannot be updated|can ?not be (?:updated|modified)|not updatable|is not allowed to be updated"
-    r"|propertychangenotallowed|create-?only",
-    re.IGNORECASE,
-)
-NOT_UPDATABLE_NEXT_STEP = (
-    "next step: set ROTATION_ARM_API_VERSION=2025-09-01 (encryption is updatable from 2025-08-01-preview on) "
-    "or ROTATION_WRITE_METHOD=patch (with such an api-version)"
-)
-
-
-def not_updatable(exc: ServiceError) -> bool:
-    """Whether ARM refused the write because a property cannot be updated at this api-version."""
-    if exc.status != 400:  # noqa: PLR2004
-        return False
-    return bool(_NOT_UPDATABLE.search(f"{exc.code or ''} {exc.message or ''}"))
-
-
-@dataclass
-class WriteFlag:
-    """Up while a PUT of this job may be on its way to ARM; ``guard`` runs before each PUT attempt.
-
-    The guard is where the caller re-asserts its claim on the cluster (rule 8): it raises to stop a PUT
-    that another writer could overtake, e.g. when this job ran past its claim's expiry.
-    """
-
-    in_flight: bool = False
-    guard: Callable[[], Awaitable[None]] | None = None
 
 
 class _Done(Exception):  # internal control flow: a decision was reached early
@@ -209,7 +84,7 @@ class Rotator:
         PUT may be on its way to ARM, so a caller cancelled then knows a write could still land.
         """
         started = self._clock()
-        state = _State(request)
+        state = JobState(request)
         try:
             await self._run(request, state, on_accepted, write_flag or WriteFlag())
         except _Done as done:
@@ -232,7 +107,7 @@ class Rotator:
     async def _run(
         self,
         request: RotationRequest,
-        state: _State,
+        state: JobState,
         on_accepted: Callable[[str, KeyUrl], Awaitable[None]] | None,
         write_flag: WriteFlag,
     ) -> None:
@@ -287,7 +162,7 @@ class Rotator:
     async def _write(
         self,
         request: RotationRequest,
-        state: _State,
+        state: JobState,
         cluster: Cluster,
         body: dict[str, Any],
         write_flag: WriteFlag,
@@ -331,7 +206,7 @@ class Rotator:
             # An answer (or an error) came back: nothing of ours is on the wire. Cancelled: it may be.
             write_flag.in_flight = _cancelling()
 
-    async def _get_cluster(self, cluster_id: ResourceId, state: _State) -> Cluster:
+    async def _get_cluster(self, cluster_id: ResourceId, state: JobState) -> Cluster:
         try:
             cluster, _ = await self._arm_read.call(
                 lambda: self._clusters.get(cluster_id), log_fields=state.log_fields()
@@ -355,7 +230,7 @@ class Rotator:
             )
         return current
 
-    async def _decide_target(self, request: RotationRequest, current: KeyUrl, state: _State) -> KeyUrl:
+    async def _decide_target(self, request: RotationRequest, current: KeyUrl, state: JobState) -> KeyUrl:
         now = self._now()
         target_info: KeyVersion | None = None
         if request.target is None:
@@ -391,7 +266,7 @@ class Rotator:
             raise _Done(Outcome.KEY_NOT_USABLE, f"{target}: {reason}")
         return target
 
-    async def _raise_if_not_newer(self, current: KeyUrl, target: KeyVersion, state: _State) -> None:
+    async def _raise_if_not_newer(self, current: KeyUrl, target: KeyVersion, state: JobState) -> None:
         """Rule 2: `stale-event` unless ``target`` was created strictly after the cluster's current version.
 
         Key Vault's ``created`` is whole seconds: an equal value, or a missing one, says nothing about which
@@ -416,7 +291,7 @@ class Rotator:
         if before > after:
             raise _Done(Outcome.STALE_EVENT, f"cluster uses a newer version (created {before.isoformat()})")
 
-    async def _target_version(self, target: KeyUrl, state: _State) -> KeyVersion:
+    async def _target_version(self, target: KeyUrl, state: JobState) -> KeyVersion:
         try:
             info, _ = await self._kv_read.call(
                 lambda: self._keys.get_version(target), log_fields=state.log_fields()
@@ -428,7 +303,7 @@ class Rotator:
     async def _follow(
         self,
         request: RotationRequest,
-        state: _State,
+        state: JobState,
         url: str,
         target: KeyUrl,
         *,
@@ -469,7 +344,7 @@ class Rotator:
             wait = pace
         await self._verify(request, state, target)
 
-    async def _verify(self, request: RotationRequest, state: _State, target: KeyUrl) -> None:
+    async def _verify(self, request: RotationRequest, state: JobState, target: KeyUrl) -> None:
         """Rule 9: GET the cluster; its key URL must be the target and provisioning Succeeded.
 
         Anything else that differs from the GET before the write is a collateral change: logged at ERROR
@@ -526,69 +401,6 @@ def _cancelling() -> bool:
     """Whether the running task is being cancelled (then a PUT may still be on its way to ARM)."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
-
-
-class _State:
-    """What is known so far about one job, for its result and its log lines."""
-
-    def __init__(self, request: RotationRequest) -> None:
-        self.request = request
-        self.key: str | None = None
-        self.from_version: str | None = None
-        self.target: KeyUrl | None = request.target
-        self.attempts = 0
-        self.operation_url: str | None = None
-        self.request_id: str | None = None
-        self.correlation_id: str | None = None
-        self.before: Cluster | None = None  # the GET this job started from (rule 9's comparison)
-        self.collateral: tuple[str, ...] = ()
-
-    def log_fields(self) -> dict[str, Any]:
-        return {
-            "cluster_id": str(self.request.cluster_id),
-            "subscription": self.request.cluster_id.subscription,
-            "event_id": self.request.event_id,
-            "invocation_id": self.request.invocation_id,
-            "trigger": self.request.trigger,
-            "key": self.key,
-            "from_version": self.from_version,
-            "to_version": self.target.version if self.target else None,
-        }
-
-    def result(
-        self,
-        outcome: Outcome,
-        reason: str,
-        duration: float,
-        *,
-        error: ServiceError | None = None,
-        error_code: str | None = None,
-        error_message: str | None = None,
-        body: dict[str, Any] | None = None,
-    ) -> RotationResult:
-        if error is not None:
-            error_code = error_code or error.error_code
-            error_message = error_message or error.message
-            self.request_id = self.request_id or error.request_id
-            self.correlation_id = self.correlation_id or error.correlation_id
-        return RotationResult(
-            cluster_id=str(self.request.cluster_id),
-            outcome=outcome,
-            reason=reason,
-            from_version=self.from_version,
-            to_version=self.target.version if self.target else None,
-            key=self.key,
-            target_key_url=str(self.target) if self.target else None,
-            attempts=self.attempts,
-            duration_s=duration,
-            error_code=error_code,
-            error_message=error_message,
-            operation_url=self.operation_url,
-            request_id=self.request_id,
-            correlation_id=self.correlation_id,
-            body=body,
-            collateral_changes=self.collateral,
-        )
 
 
 _EVENT_NAMES = {

@@ -1,7 +1,8 @@
 """ARM resource ids and Key Vault key URLs: parse once, strictly, into frozen values.
 
-Nothing else in the code base splits an id or a URL: it calls one of the parsers here, which either
-return a value whose parts are valid or raise with a one-line reason naming the part that is wrong.
+Nothing else in the code base splits an id or a URL: it calls one of the parsers here (or, for a URL an
+answer hands over, `rotation.url_guard`), which either return a value whose parts are valid or raise with a
+one-line reason naming the part that is wrong.
 Quoted input is truncated and ``repr()``-ed, so a hostile value cannot forge log lines.
 """
 
@@ -47,7 +48,7 @@ _HTTPS_PORT = 443
 _VERSIONED_SEGMENTS = 3  # keys/{name}/{version}
 _MAX_HOST_LENGTH = 253
 
-_CLUSTER = ("Microsoft.DocumentDB", "mongoClusters")
+CLUSTER_TYPE = ("Microsoft.DocumentDB", "mongoClusters")
 _IDENTITY = ("Microsoft.ManagedIdentity", "userAssignedIdentities")
 _VAULT_NAMESPACE = "Microsoft.KeyVault"
 _VAULT_TYPES = ("vaults", "managedHSMs")
@@ -72,8 +73,19 @@ class InvalidKeyUrl(ValueError):
         self.detail = detail if detail is not None else message
 
 
-def _has_control_or_space(value: str) -> bool:
+def has_control_or_space(value: str) -> bool:
+    """Whether ``value`` holds whitespace or a control character (URL parsers disagree on those)."""
     return any(ch <= " " or ch == "\x7f" for ch in value)
+
+
+def is_https_port(port: str) -> bool:
+    """Whether the port text of an authority is the default https port, 443 (the only one allowed)."""
+    return bool(_PORT.fullmatch(port)) and int(port) == _HTTPS_PORT
+
+
+def is_dns_name(host: str) -> bool:
+    """Whether ``host`` (lower case) is a DNS name: at most 253 characters of valid labels."""
+    return len(host) <= _MAX_HOST_LENGTH and all(_DNS_LABEL.fullmatch(label) for label in host.split("."))
 
 
 @dataclass(frozen=True)
@@ -117,7 +129,7 @@ def _check_text(value: object, max_length: int, error: Callable[[str], ValueErro
         problem = f"is longer than {max_length} characters"
     elif not text.isascii():
         problem = "contains non-ASCII characters"
-    elif _has_control_or_space(text):
+    elif has_control_or_space(text):
         problem = "contains whitespace or control characters"
     elif "%" in text:
         problem = "contains percent-encoding"
@@ -218,7 +230,7 @@ def _parse_resource_id(
 
 def parse_cluster_id(value: str) -> ResourceId:
     """Parse a ``Microsoft.DocumentDB/mongoClusters`` id; the name is 3-40 letters, digits and hyphens."""
-    rid = parse_resource_id(value, namespace=_CLUSTER[0], resource_type=_CLUSTER[1])
+    rid = parse_resource_id(value, namespace=CLUSTER_TYPE[0], resource_type=CLUSTER_TYPE[1])
     if not _CLUSTER_NAME.fullmatch(rid.name):
         raise InvalidResourceId(
             f"mongoClusters name {quote(rid.name)} is invalid: 3-40 lowercase letters, digits and hyphens, "
@@ -322,7 +334,7 @@ def _split_authority(authority: str) -> str:
     host = authority
     if ":" in authority:
         host, _, port = authority.rpartition(":")
-        if not _PORT.fullmatch(port) or int(port) != _HTTPS_PORT:
+        if not is_https_port(port):
             raise _key_url_error(f"port {quote(port)} is not allowed (only the default https port)")
     return host.lower()
 
@@ -333,7 +345,7 @@ def _check_host(host: str, suffixes: tuple[str, ...]) -> None:
     labels = host.split(".")
     if any(label == "" for label in labels):
         raise _key_url_error(f"host {quote(host)} has an empty label")
-    if len(host) > _MAX_HOST_LENGTH or not all(_DNS_LABEL.fullmatch(label) for label in labels):
+    if not is_dns_name(host):
         raise _key_url_error(f"host {quote(host)} is not a valid DNS name")
     suffix = next((s for s in suffixes if host.endswith(s) and len(host) > len(s)), None)
     if suffix is None:
@@ -392,87 +404,3 @@ def parse_key_url(
     elif require_version:
         raise _key_url_error(f"has no version: {quote(text)}")
     return KeyUrl(host=host, name=name, version=version)
-
-
-class UnsafeUrl(ValueError):
-    """A URL an answer handed over (an operation URL, a ``nextLink``) must not be followed; says why."""
-
-
-# The operation URLs ARM's DocumentDB provider hands out for mongoClusters writes, as the REST spec's examples
-# answer them (Azure/azure-rest-api-specs, specification/mongocluster/.../examples: ``Azure-AsyncOperation:
-# .../locations/{loc}/mongoClusterAzureAsyncOperation/{id}``, ``Location: .../mongoClusterOperationResults
-# /{id}``); the same two `rotation.azure.lro` follows.
-OPERATION_TYPES = frozenset({"mongoclusterazureasyncoperation", "mongoclusteroperationresults"})
-_OPERATION_SEGMENTS = 8  # subscriptions/{sub}/providers/Microsoft.DocumentDB/locations/{loc}/{type}/{id}
-_OPERATION_PART = re.compile(r"[A-Za-z0-9_.()-]{1,128}")
-
-
-def _origin(url: str) -> tuple[str, str]:
-    """``(host, path)`` of an https URL after one strict parse; `UnsafeUrl` for anything ambiguous.
-
-    Refused: text that is not a string, too long, or holds whitespace, control characters or a backslash
-    (parsers disagree on those); a scheme other than https; user info; any port but 443; an empty or
-    malformed host; a fragment.
-    """
-    if not isinstance(url, str) or len(url) > MAX_KEY_URL_LENGTH:
-        raise UnsafeUrl("URL is not a string of at most 2048 characters")
-    if _has_control_or_space(url) or "\\" in url:
-        raise UnsafeUrl(f"URL contains whitespace, a control character or a backslash: {quote(url)}")
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() != "https":
-        raise UnsafeUrl(f"URL is not https: {quote(url)}")
-    authority_end = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=-1)
-    authority = rest if authority_end < 0 else rest[:authority_end]
-    remainder = "" if authority_end < 0 else rest[authority_end:]
-    if "@" in authority:
-        raise UnsafeUrl(f"URL carries user info: {quote(url)}")
-    host = authority
-    if ":" in authority:
-        host, _, port = authority.rpartition(":")
-        if not _PORT.fullmatch(port) or int(port) != _HTTPS_PORT:
-            raise UnsafeUrl(f"URL port {quote(port)} is not allowed (only 443): {quote(url)}")
-    host = host.lower()
-    labels = host.split(".")
-    if len(host) > _MAX_HOST_LENGTH or not all(_DNS_LABEL.fullmatch(label) for label in labels):
-        raise UnsafeUrl(f"URL host {quote(host)} is not a valid DNS name")
-    if "#" in remainder:
-        raise UnsafeUrl(f"URL has a fragment: {quote(url)}")
-    path = remainder.partition("?")[0]
-    return host, path
-
-
-def check_same_origin(url: str, endpoint: str) -> str:
-    """The path of ``url`` when it is an https URL on ``endpoint``'s host and port; `UnsafeUrl` otherwise.
-
-    Guards every URL an answer hands over before the ARM token goes with it: one strict parse of each,
-    then scheme, host and port compared (the default port, 443, is the only one allowed).
-    """
-    host, path = _origin(url)
-    expected, _ = _origin(endpoint)
-    if host != expected:
-        raise UnsafeUrl(f"URL host {quote(host)} is not the ARM endpoint {expected!r}")
-    if any(segment in {".", ".."} for segment in path.split("/")):
-        raise UnsafeUrl(f"URL path contains a '.' or '..' segment: {quote(path)}")
-    return path
-
-
-def check_operation_path(path: str, cluster: ResourceId) -> None:
-    """`UnsafeUrl` unless ``path`` is a DocumentDB operation of ``cluster``'s subscription.
-
-    ``/subscriptions/{sub}/providers/Microsoft.DocumentDB/locations/{loc}/{type}/{id}``, ``type`` one of
-    `OPERATION_TYPES` (case-insensitive, as ARM paths are).
-    """
-    segments = path.split("/")[1:]
-    low = [s.lower() for s in segments]
-    if (
-        len(segments) != _OPERATION_SEGMENTS
-        or low[0] != "subscriptions"
-        or low[1] != cluster.subscription.lower()
-        or low[2:5] != ["providers", _CLUSTER[0].lower(), "locations"]
-        or low[6] not in OPERATION_TYPES
-        or not all(_OPERATION_PART.fullmatch(s) for s in (segments[5], segments[7]))
-    ):
-        raise UnsafeUrl(
-            f"operation path {quote(path)} is not a Microsoft.DocumentDB operation of subscription "
-            f"{cluster.subscription}"
-        )

@@ -274,7 +274,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def is_poll(path: str) -> bool:
     """Whether an ARM path is a long-running operation's status or result."""
-    from rotation.ids import OPERATION_TYPES  # noqa: PLC0415 - the rotator is imported where it is used
+    from rotation.url_guard import OPERATION_TYPES  # noqa: PLC0415 - the rotator is imported where it is used
 
     low = path.lower()  # the spec's operation types, the ones the rotator follows
     return any(f"/{kind}/" in low for kind in OPERATION_TYPES)
@@ -592,8 +592,8 @@ class Bench:
         from azure.identity.aio import DefaultAzureCredential  # noqa: PLC0415
 
         from rotation.azure.arm import ClustersClient  # noqa: PLC0415
-        from rotation.engine import build_body  # noqa: PLC0415
         from rotation.ids import parse_cluster_id, parse_key_url  # noqa: PLC0415
+        from rotation.write_body import build_body  # noqa: PLC0415
 
         key = "naive"
         _, ids = self.seed(key, n)

@@ -75,11 +75,12 @@ from azsim.azurite import ACCOUNT_KEY, Azurite  # noqa: E402
 from azsim.host import Context, QueueHost  # noqa: E402
 from azsim.simulator import Simulator  # noqa: E402
 from rotation.azure.arm import ClustersClient  # noqa: E402
-from rotation.azure.keyvault import RSA_SIZES, KeyVaultKeys, KeyVersion, unusable_reason  # noqa: E402
+from rotation.azure.keyvault import KeyVaultKeys  # noqa: E402
 from rotation.azure.transport import SharedHttp  # noqa: E402
 from rotation.engine import Rotator  # noqa: E402
 from rotation.errors import ServiceError  # noqa: E402
 from rotation.ids import InvalidKeyUrl, parse_cluster_id, parse_key_url  # noqa: E402
+from rotation.key_rules import RSA_SIZES, KeyVersion, unusable_reason  # noqa: E402
 from rotation.logs import JsonFormatter, TextFormatter  # noqa: E402
 from rotation.service import app as service_module  # noqa: E402
 from rotation.service.app import Service  # noqa: E402

@@ -21,13 +21,14 @@ from rotation.azure.arm import ClustersClient
 from rotation.azure.transport import SharedHttp
 from rotation.engine import Rotator
 from rotation.errors import ServiceError
-from rotation.ids import UnsafeUrl, check_operation_path, check_same_origin, parse_cluster_id, parse_key_url
+from rotation.ids import parse_cluster_id, parse_key_url
 from rotation.outcomes import Outcome
 from rotation.serve import webhook
 from rotation.service import http_api
 from rotation.service.app import MAX_CHECKS
 from rotation.service.reconcile import Reconciler
 from rotation.store.jobs import Job
+from rotation.url_guard import UnsafeUrl, check_operation_path, check_same_origin
 from tests.helpers.fakes import (
     FakeClusters,
     FakeKeys,

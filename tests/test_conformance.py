@@ -16,9 +16,9 @@ import pytest
 
 from azsim.faults import Fault
 from azsim.simulator import Simulator
-from rotation.engine import RotationRequest
 from rotation.ids import parse_cluster_id, parse_key_url
 from rotation.outcomes import Outcome
+from rotation.rotation_job import RotationRequest
 from rotation.service.runtime import Runtime
 from rotation.settings import RetrySettings, Settings
 from tests.helpers.world import World, make_world

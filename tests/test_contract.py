@@ -19,8 +19,8 @@ from azure.core.utils import CaseInsensitiveDict
 
 from rotation.azure.arm import Cluster, ClustersClient
 from rotation.azure.lro import OperationKind
-from rotation.engine import build_body, build_patch_body
 from rotation.ids import parse_cluster_id, parse_key_url
+from rotation.write_body import build_body, build_patch_body
 from tests.helpers.sdk_oracle import as_cluster, as_update, contract
 
 FIXTURES = ("get-cmk.json", "put-create-cmk.json", "patch-cmk-202.json")

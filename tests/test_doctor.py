@@ -18,7 +18,8 @@ from collections.abc import Callable
 import pytest
 
 from azsim.simulator import Simulator
-from rotation.doctor.checks import CHECKS, Doctor, Status, format_report
+from rotation.doctor.checks import CHECKS, Doctor
+from rotation.doctor.report import Status, format_report
 from rotation.service import http_api
 from rotation.service.runtime import Runtime
 from rotation.settings import RetrySettings, Settings
@@ -299,9 +300,9 @@ async def test_reads_are_cached_per_vault_identity_and_key(sim, doctor):
 
 def test_report_table_and_json_shapes():
     """The table has a line per check and a summary; JSON carries status, checks and counts."""
-    from rotation.doctor.checks import ClusterReport, DoctorReport, Finding
+    from rotation.doctor.report import ClusterDiagnosis, DoctorReport, Finding
 
-    report = DoctorReport((ClusterReport("/c1", (Finding("cluster.exists", Status.PASS, "ok"),
+    report = DoctorReport((ClusterDiagnosis("/c1", (Finding("cluster.exists", Status.PASS, "ok"),
                                                  Finding("key.expiry", Status.WARN, "soon"))),))  # fmt: skip
     lines = format_report(report)
     assert lines[0] == "/c1"

@@ -8,10 +8,11 @@ from datetime import timedelta
 import pytest
 
 from rotation.azure.arm import OperationStatus
-from rotation.engine import RotationRequest, build_body
 from rotation.errors import ClusterBusy, ServiceError, TransientFailure
 from rotation.outcomes import Outcome
+from rotation.rotation_job import RotationRequest
 from rotation.settings import RetrySettings
+from rotation.write_body import build_body
 from tests.helpers.fakes import (
     NOW,
     OTHER_UAMI,
@@ -362,7 +363,7 @@ async def test_transient_key_vault_read_is_retried(arm, kv, fake_time):
 
 async def test_guard_runs_before_each_put_and_can_stop_it(arm, kv, fake_time):
     """Rule 8: the caller's guard runs before every PUT attempt; when it raises, no PUT is sent."""
-    from rotation.engine import WriteFlag
+    from rotation.rotation_job import WriteFlag
 
     class Lost(Exception):
         pass

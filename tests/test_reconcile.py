@@ -373,8 +373,8 @@ async def test_a_stale_job_waits_for_an_operation_running_on_the_cluster(stack, 
     The operation is another tool's, or a job's past its polling budget: the job is deferred instead of
     PUTting, and the cluster ends on v3, never back on v2.
     """
-    from rotation.engine import build_body
     from rotation.ids import parse_key_url
+    from rotation.write_body import build_body
 
     key, v1 = stack.new_key()
     cluster = stack.add_cluster(key, v1)

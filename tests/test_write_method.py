@@ -9,18 +9,13 @@ import pytest
 
 from rotation.azure.lro import OperationKind, OperationUrlRefused, check_operation_url
 from rotation.collateral import changed_paths
-from rotation.engine import (
-    NOT_UPDATABLE_NEXT_STEP,
-    RotationRequest,
-    Rotator,
-    build_body,
-    build_patch_body,
-    not_updatable,
-)
+from rotation.engine import Rotator
 from rotation.errors import ServiceError
 from rotation.ids import parse_cluster_id
 from rotation.outcomes import Outcome
+from rotation.rotation_job import RotationRequest
 from rotation.settings import Settings, SettingsError
+from rotation.write_body import NOT_UPDATABLE_NEXT_STEP, build_body, build_patch_body, not_updatable
 from tests.helpers.fakes import OTHER_UAMI, SUB, UAMI, FakeClusters, FakeKeys, cluster, key_url, key_version
 
 CLUSTER = parse_cluster_id(

@@ -1,8 +1,9 @@
 """ARM adapter for ``Microsoft.DocumentDB/mongoClusters``: GET, PUT, operation status, list.
 
-Built on azure-mgmt-core's async ARM pipeline with the pipeline's own retry switched off: rule 6 gives the
-one retry layer to tenacity (`rotation.retry`). Each method makes exactly one HTTP request and translates
-the answer into `Cluster` / `AcceptedOperation` / `OperationStatus`, or raises `ServiceError`.
+Built on `rotation.azure.arm_connection` (azure-mgmt-core's async ARM pipeline with the pipeline's own retry
+switched off: rule 6 gives the one retry layer to tenacity, `rotation.retry`). Each method makes exactly one
+HTTP request and translates the answer into `Cluster` / `AcceptedOperation` / `OperationStatus`, or raises
+`ServiceError`.
 
 Permissions (Azure RBAC on the cluster's scope): ``Microsoft.DocumentDB/mongoClusters/read`` for `get` and
 `list_clusters`, ``.../write`` plus ``Microsoft.ManagedIdentity/userAssignedIdentities/assign/action`` for
@@ -13,25 +14,12 @@ Which URL an accepted write is followed through, and how, is `rotation.azure.lro
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import time
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Self
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
 
-from azure.core.exceptions import ServiceRequestError, ServiceResponseError
-from azure.core.pipeline.policies import (
-    AsyncRetryPolicy,
-    DistributedTracingPolicy,
-    HeadersPolicy,
-    RequestIdPolicy,
-    UserAgentPolicy,
-)
-from azure.core.rest import HttpRequest
-from azure.mgmt.core import AsyncARMPipelineClient
-from azure.mgmt.core.policies import ARMHttpLoggingPolicy, AsyncARMChallengeAuthenticationPolicy
-
+from rotation.azure.arm_connection import ArmConnection
 from rotation.azure.http_errors import raise_for_status, retry_after_seconds
 from rotation.azure.lro import (
     DEFAULT_POLL_SECONDS,
@@ -40,10 +28,9 @@ from rotation.azure.lro import (
     check_operation_url,
     is_terminal,
 )
-from rotation.azure.pacing import ArmPacer, is_write, subscription_of
+from rotation.azure.pacing import ArmPacer
 from rotation.errors import ServiceError
-from rotation.ids import UnsafeUrl, check_same_origin
-from rotation.untrusted import JsonRefused, check_json
+from rotation.url_guard import UnsafeUrl, check_same_origin
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
@@ -54,9 +41,7 @@ if TYPE_CHECKING:
 
     from rotation.ids import ResourceId
 
-USER_AGENT = "cmk-rotator/0.1"
 _ACCEPTED = frozenset({200, 201, 202, 204})  # ARMPolling's valid answers to a long-running write
-MAX_ANSWER_BYTES = 4 * 1024 * 1024  # an ARM answer larger than this is refused, not read
 MAX_LIST_PAGES = 200  # a listing longer than this (a nextLink loop?) is refused, as `arm_reads` does
 LIST_DEADLINE_SECONDS = 300.0  # the whole of one listing, however its pages come
 
@@ -157,92 +142,6 @@ class OperationStatus:
     def succeeded(self) -> bool:
         """Whether the operation ended Succeeded."""
         return self.status.lower() == "succeeded"
-
-
-class ArmConnection:
-    """One ARM pipeline to one endpoint, shared by the ARM clients.
-
-    The token never goes to another host, transport errors become `ServiceError`, and requests wait for the
-    per-subscription pacer when there is one.
-    """
-
-    def __init__(
-        self,
-        endpoint: str,
-        credential: AsyncTokenCredential,
-        *,
-        connection_timeout: float,
-        read_timeout: float,
-        pacer: ArmPacer | None = None,
-        transport: AsyncHttpTransport[Any, Any] | None = None,
-        deadline: float | None = None,
-    ) -> None:
-        self._endpoint = endpoint.rstrip("/")
-        self._host = (urlsplit(self._endpoint).hostname or "").lower()
-        self._timeouts = {"connection_timeout": connection_timeout, "read_timeout": read_timeout}
-        # The read timeout bounds each wait for a byte; this bounds the whole request (a trickled answer).
-        self._deadline = deadline if deadline is not None else connection_timeout + read_timeout
-        self._client = arm_pipeline(self._endpoint, credential, transport=transport)
-        self.pacer = pacer
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        """Close the connection pool."""
-        await self._client.close()
-
-    def _check_same_host(self, url: str) -> str:
-        """The path of ``url``; refused unless on the configured endpoint (scheme, host, port 443)."""
-        try:
-            return check_same_origin(url, self._endpoint)
-        except UnsafeUrl as exc:
-            # 421 Misdirected Request: not an answer ARM gave, and never retried (the same URL stays refused).
-            raise ServiceError(
-                f"refused to follow {exc}", service="arm", status=421, code="UnsafeUrl"
-            ) from None
-
-    async def _request(
-        self, method: str, url: str, *, params: dict[str, str] | None, json: dict[str, Any] | None
-    ) -> AsyncHttpResponse:
-        """Send one request (after the pacer allows it); `ServiceError` when no answer comes back."""
-        request = HttpRequest(method, url, params=params, json=json)
-        subscription = subscription_of(_path(url)) if self.pacer is not None else None
-        ticket = None
-        if self.pacer is not None and subscription is not None:
-            ticket = await self.pacer.acquire(subscription, write=is_write(method))
-        try:
-            async with asyncio.timeout(self._deadline):
-                response: AsyncHttpResponse = await self._client.send_request(
-                    request,
-                    connection_timeout=self._timeouts["connection_timeout"],
-                    read_timeout=self._timeouts["read_timeout"],
-                )
-        except BaseException as exc:
-            if self.pacer is not None and ticket is not None:
-                self.pacer.release(ticket)  # no answer, no news about the budget
-            if isinstance(exc, ServiceRequestError | ServiceResponseError):
-                raise ServiceError(f"{method} {_path(url)}: {type(exc).__name__}", service="arm") from exc
-            if isinstance(exc, TimeoutError):
-                raise ServiceError(
-                    f"{method} {_path(url)}: no complete answer within {self._deadline:g} s", service="arm"
-                ) from None
-            raise
-        if self.pacer is not None and ticket is not None:
-            self.pacer.observe(ticket, response.status_code, response.headers)
-        try:
-            check_json(response.content, what="ARM answer", max_bytes=MAX_ANSWER_BYTES)
-        except JsonRefused as exc:
-            raise ServiceError(
-                f"{method} {_path(url)}: {exc}",
-                service="arm",
-                status=response.status_code,
-                code="AnswerRefused",
-            ) from None
-        return response
 
 
 class ClustersClient(ArmConnection):
@@ -423,28 +322,6 @@ class ClustersClient(ArmConnection):
         raise_for_status(response, service="arm", what=what)
 
 
-def arm_pipeline(
-    endpoint: str, credential: AsyncTokenCredential, *, transport: AsyncHttpTransport[Any, Any] | None = None
-) -> AsyncARMPipelineClient[Any, Any]:
-    """azure-mgmt-core's async ARM pipeline, azure-core's retry off (rule 6: tenacity is the one layer).
-
-    ``transport``: the process's shared one (`rotation.azure.transport`); None gives the pipeline its own.
-    """
-    policies: list[Any] = [
-        RequestIdPolicy(),
-        HeadersPolicy({"Accept": "application/json"}),
-        UserAgentPolicy(base_user_agent=USER_AGENT),
-        # No ContentDecodePolicy: each caller parses the answer itself, after `check_json` bounded it.
-        AsyncRetryPolicy(retry_total=0),
-        AsyncARMChallengeAuthenticationPolicy(credential, endpoint.rstrip("/") + "/.default"),
-        ARMHttpLoggingPolicy(),  # headers are redacted by azure-core; Authorization is never logged
-        DistributedTracingPolicy(),
-    ]
-    if transport is None:
-        return AsyncARMPipelineClient(base_url=endpoint.rstrip("/"), policies=policies)
-    return AsyncARMPipelineClient(base_url=endpoint.rstrip("/"), policies=policies, transport=transport)
-
-
 def _dig(doc: object, *keys: str) -> dict[str, Any]:
     for key in keys:
         doc = doc.get(key) if isinstance(doc, dict) else None
@@ -453,7 +330,3 @@ def _dig(doc: object, *keys: str) -> dict[str, Any]:
 
 def _str_or_none(value: object) -> str | None:
     return value if isinstance(value, str) else None
-
-
-def _path(url: str) -> str:
-    return urlsplit(url).path

@@ -1,8 +1,8 @@
 """ARM reads for ``rotation doctor``: the vault, the cluster's identity, RBAC on the vault, Resource Graph.
 
-Same pipeline as `rotation.azure.arm` (azure-mgmt-core, the pipeline's retry off: callers retry through
-`rotation.retry`); each method makes one request (or one per page) and returns a small frozen dataclass,
-or raises `NotFoundError` / `ServiceError`.
+On the connection `rotation.azure.arm` uses too (`rotation.azure.arm_connection`, the pipeline's retry off:
+callers retry through `rotation.retry`); each method makes one request (or one per page) and returns a small
+frozen dataclass, or raises `NotFoundError` / `ServiceError`.
 
 Permissions (all read-only; Key Vault Reader on the vault covers the first three): ``Microsoft.KeyVault/
 vaults/read`` (`get_vault`, `find_vault`), ``Microsoft.Authorization/roleAssignments/read`` and
@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from rotation.azure.arm import ArmConnection
+from rotation.azure.arm_connection import ArmConnection
 from rotation.azure.http_errors import raise_for_status
 from rotation.errors import ServiceError
 

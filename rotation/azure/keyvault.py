@@ -1,7 +1,8 @@
-"""Key Vault adapter on ``azure-keyvault-keys`` (aio): a version's properties, the newest usable version.
+"""Key Vault adapter on ``azure-keyvault-keys`` (aio): a version's properties, a key's versions.
 
-Also home of rule 3, the usability check (`unusable_reason`), which is pure and tested without I/O.
-The SDK's own retry is off (``retry_total=0``): tenacity is the one retry layer (rule 6).
+A pure adapter: HTTP, paging and the answers parsed into `rotation.key_rules.KeyVersion`; rule 3 (which
+version is usable, which is the newest usable one) is `rotation.key_rules`. The SDK's own retry is off
+(``retry_total=0``): tenacity is the one retry layer (rule 6).
 
 Permissions: reading key properties and listing versions (``keys/get``, ``keys/list`` access policy, or
 ``Microsoft.KeyVault/vaults/keys/read`` data action, e.g. the Key Vault Reader role). No key material
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TypeVar
 
@@ -27,6 +27,7 @@ from azure.keyvault.keys.aio import KeyClient
 from rotation.azure.http_errors import from_azure_error
 from rotation.azure.transport import transport_kwargs
 from rotation.errors import ServiceError
+from rotation.key_rules import KeyVersion, pick_newest_usable
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -37,9 +38,6 @@ if TYPE_CHECKING:
     from rotation.azure.transport import SharedHttp
     from rotation.ids import KeyUrl
 
-RSA_TYPES = frozenset({"RSA", "RSA-HSM"})
-RSA_SIZES = frozenset({2048, 3072, 4096})
-REQUIRED_OPS = ("wrapKey", "unwrapKey")
 # How long a version's properties read from Key Vault are reused by this process. A fan-out of one key to
 # many clusters then reads each version once (per process), not once per cluster; a version disabled in
 # the vault is seen by rotations starting after this, as by one that read it just before the change.
@@ -50,78 +48,6 @@ MAX_LIST_PAGES = 200
 # The whole of one adapter call (every page of a listing, every byte of an answer), however slowly it comes.
 CALL_DEADLINE_SECONDS = 60.0
 _T = TypeVar("_T")
-
-
-@dataclass(frozen=True)
-class KeyVersion:
-    """The facts of one key version that rule 3 looks at."""
-
-    url: KeyUrl
-    enabled: bool
-    created_on: datetime | None
-    not_before: datetime | None = None
-    expires_on: datetime | None = None
-    key_type: str | None = None
-    size: int | None = None
-    operations: tuple[str, ...] = ()
-    # Set by `newest_usable`: another candidate was created in the same second (Key Vault's ``created`` is
-    # whole seconds), or this one has no creation time, so which of them is newest is not known (rule 2).
-    ambiguous: bool = False
-
-    @property
-    def version(self) -> str:
-        """The 32-hex version id."""
-        return self.url.version or ""
-
-
-def listed_unusable_reason(version: KeyVersion, now: datetime) -> str | None:
-    """Rule 3 on what a version listing carries (enabled, nbf, exp); type, size and operations need a GET."""
-    if not version.enabled:
-        return "key version is disabled"
-    if version.not_before is not None and version.not_before > now:
-        return f"key version is not active until {version.not_before.isoformat()}"
-    if version.expires_on is not None and version.expires_on <= now:
-        return f"key version expired at {version.expires_on.isoformat()}"
-    return None
-
-
-def unusable_reason(key: KeyVersion, now: datetime) -> str | None:
-    """Rule 3: why ``key`` must not be given to a cluster, or None when it is usable."""
-    reason = listed_unusable_reason(key, now)
-    if reason is not None:
-        return reason
-    if key.key_type not in RSA_TYPES:
-        reason = f"key type {key.key_type} is not RSA or RSA-HSM"
-    elif key.size not in RSA_SIZES:
-        reason = f"key size {key.size} is not 2048, 3072 or 4096 bits"
-    else:
-        missing = [op for op in REQUIRED_OPS if op not in key.operations]
-        if missing:
-            reason = f"key version does not allow {' and '.join(missing)}"
-    return reason
-
-
-def candidates(versions: list[KeyVersion], now: datetime) -> list[KeyVersion]:
-    """Listed versions whose listed attributes (enabled, nbf, exp) do not already fail rule 3, newest first.
-
-    A listing carries no key type, size or operations: each candidate still needs its GET and
-    `unusable_reason` before it is used.
-    """
-    alive = [v for v in versions if listed_unusable_reason(v, now) is None]
-    return sorted(alive, key=lambda v: v.created_on or datetime.min.replace(tzinfo=UTC), reverse=True)
-
-
-def same_second(chosen: KeyVersion, listed: list[KeyVersion], now: datetime) -> bool:
-    """Whether the order of ``chosen`` among the listed candidates is unknown (rule 2).
-
-    True when it has no creation time, or another candidate (by its listed attributes) was created in the
-    same second: ``created`` is whole seconds, and an equal value says nothing about which is newer.
-    """
-    if chosen.created_on is None:
-        return True
-    return any(
-        v.version != chosen.version and v.created_on == chosen.created_on for v in candidates(listed, now)
-    )
 
 
 class KeyVaultKeys:
@@ -235,18 +161,14 @@ class KeyVaultKeys:
         return [_from_properties(key, props) for props in items if props.version]
 
     async def newest_usable(self, key: KeyUrl, now: datetime | None = None) -> KeyVersion | None:
-        """The most recently created version that passes rule 3, or None.
+        """The most recently created version that passes rule 3, or None (`rotation.key_rules`).
 
         One list call, then one GET per candidate, newest first, skipping versions whose listed
         attributes (enabled, nbf, exp) already rule them out; usually one GET in all.
         """
         now = now or datetime.now(UTC)
         versions = await self.list_versions(key)
-        for listed in candidates(versions, now):
-            full = await self.get_version(listed.url)
-            if unusable_reason(full, now) is None:
-                return replace(full, ambiguous=True) if same_second(listed, versions, now) else full
-        return None
+        return await pick_newest_usable(versions, self.get_version, now)
 
 
 async def _call(func: Callable[[], Awaitable[_T]], key: KeyUrl, deadline: float) -> _T:

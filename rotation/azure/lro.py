@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from rotation.errors import ServiceError
-from rotation.ids import OPERATION_TYPES
+from rotation.url_guard import OPERATION_TYPES
 
 if TYPE_CHECKING:
     from rotation.ids import ResourceId
@@ -43,8 +43,8 @@ __all__ = [
 DEFAULT_POLL_SECONDS = 5.0
 TERMINAL_STATES = frozenset({"succeeded", "failed", "canceled", "cancelled"})
 _HTTPS_PORT = 443
-# The spec's two operation types (`rotation.ids.OPERATION_TYPES`, the same set the queue's check jobs are
-# held to): Azure-AsyncOperation's and Location's. No other type is followed.
+# The spec's two operation types (`rotation.url_guard.OPERATION_TYPES`, the same set the queue's check jobs
+# are held to): Azure-AsyncOperation's and Location's. No other type is followed.
 _OPERATION_PATH = re.compile(
     r"/subscriptions/(?P<sub>[^/]+)/providers/microsoft\.documentdb/locations/(?P<loc>[^/]+)"
     rf"/(?P<type>{'|'.join(sorted(OPERATION_TYPES))})/(?P<id>[^/]+)/?",

@@ -515,7 +515,8 @@ async def _run_with_progress(service: Service, jobs: list[Job], *, show: bool) -
 
 async def doctor(args: argparse.Namespace, settings: Settings) -> int:
     """`rotation doctor`: one line per check (or JSON); exit 1 when any check fails."""
-    from rotation.doctor.checks import Doctor, DoctorReport, format_report  # noqa: PLC0415
+    from rotation.doctor.checks import Doctor  # noqa: PLC0415
+    from rotation.doctor.report import DoctorReport, format_report  # noqa: PLC0415
     from rotation.service.runtime import Runtime  # noqa: PLC0415
 
     report: DoctorReport

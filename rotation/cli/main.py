@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from rotation.azure.keyvault import KeyVaultKeys
-    from rotation.engine import RotationRequest
     from rotation.ids import KeyUrl
+    from rotation.rotation_job import RotationRequest
     from rotation.service.runtime import Runtime
 
 STORAGE_SERVICE = "storage"  # ServiceError.service of the registry and queue (rotation.store.clients.SERVICE)
@@ -259,7 +259,7 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _rotate(args: argparse.Namespace, settings: Settings) -> int:
-    from rotation.engine import RotationRequest  # noqa: PLC0415 - keep `--help` fast
+    from rotation.rotation_job import RotationRequest  # noqa: PLC0415 - keep `--help` fast
     from rotation.service.runtime import Runtime  # noqa: PLC0415
 
     dry_run = args.dry_run or settings.dry_run
@@ -354,7 +354,7 @@ async def warn_newest_not_usable(keys: KeyVaultKeys, result: RotationResult) -> 
 
     That version is not the target (the newest *usable* one is), so the dry run alone would not mention it.
     """
-    from rotation.key_health import check_newest  # noqa: PLC0415
+    from rotation.key_rules import check_newest  # noqa: PLC0415
 
     if result.key is None:
         return

@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rotation.ids import InvalidKeyUrl, KeyUrl, parse_key_url
-from rotation.key_health import newest_not_usable
+from rotation.key_rules import newest_not_usable
 
 if TYPE_CHECKING:
-    from rotation.doctor.checks import Facts
+    from rotation.doctor.facts import Facts
 
 SERVICE_ENCRYPTION_USER = "Key Vault Crypto Service Encryption User"
 ROTATOR = "<principal id of the rotator's identity>"

@@ -18,25 +18,24 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from rotation.doctor.checks import ClusterReport, Doctor, DoctorReport, log_findings
-from rotation.engine import RotationRequest, WriteFlag
+from rotation.doctor.checks import Doctor
+from rotation.doctor.report import ClusterDiagnosis, DoctorReport, log_findings
 from rotation.errors import ClusterBusy, NotFoundError, ServiceError, TransientFailure
 from rotation.events import EventIgnored, EventKind, EventRejected, KeyVersionEvent, parse_event
 from rotation.ids import (
     InvalidKeyUrl,
     InvalidResourceId,
-    UnsafeUrl,
-    check_operation_path,
-    check_same_origin,
     parse_cluster_id,
     parse_key_url,
 )
 from rotation.outcomes import Outcome, RotationResult, exhausted
+from rotation.rotation_job import RotationRequest, WriteFlag
 from rotation.service.runtime import Runtime
 from rotation.store.clients import storage_clients, storage_credential
 from rotation.store.jobs import Job, JobQueue, JobRejected
 from rotation.store.registry import Claim, KeyMember, Registry, WatchedCluster
 from rotation.untrusted import JsonRefused, bounded_value
+from rotation.url_guard import UnsafeUrl, check_operation_path, check_same_origin
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
@@ -701,7 +700,7 @@ class Service:
 
     async def register_and_check(
         self, raw_cluster_id: str, *, owner: str | None
-    ) -> tuple[WatchedCluster, ClusterReport]:
+    ) -> tuple[WatchedCluster, ClusterDiagnosis]:
         """`register`, then the doctor's checks on the cluster; findings are logged, never a refusal."""
         watched = await self.register(raw_cluster_id, owner=owner)
         [report] = (await self.doctor([watched.cluster_id])).clusters

@@ -21,10 +21,16 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from rotation.azure.keyvault import candidates, same_second, unusable_reason
 from rotation.errors import NotFoundError, ServiceError
 from rotation.ids import InvalidKeyUrl, KeyUrl, parse_cluster_id, parse_key_url
-from rotation.key_health import EXPIRY_HORIZON, newest_not_usable, newest_version
+from rotation.key_rules import (
+    EXPIRY_HORIZON,
+    candidates,
+    newest_not_usable,
+    newest_version,
+    same_second,
+    unusable_reason,
+)
 from rotation.outcomes import Outcome
 from rotation.retry import RetryPolicy
 from rotation.store.jobs import Job
@@ -32,7 +38,7 @@ from rotation.store.jobs import Job
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from rotation.azure.keyvault import KeyVersion
+    from rotation.key_rules import KeyVersion
     from rotation.service.app import Service
     from rotation.store.registry import WatchedCluster
 
@@ -187,7 +193,8 @@ class Reconciler:
 
         One `Doctor` per pass: each vault, identity, role list, key listing and policy is read once.
         """
-        from rotation.doctor.checks import Doctor, log_findings  # noqa: PLC0415 - only when asked for
+        from rotation.doctor.checks import Doctor  # noqa: PLC0415 - only when asked for
+        from rotation.doctor.report import log_findings  # noqa: PLC0415
 
         async with Doctor.for_runtime(self._service.runtime) as doctor:
             report = await doctor.check_many([c.cluster_id for c in self._report.clusters])

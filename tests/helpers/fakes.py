@@ -10,12 +10,13 @@ from typing import Any
 import pytest
 
 from rotation.azure.arm import AcceptedOperation, Cluster, OperationStatus
-from rotation.azure.keyvault import KeyVersion
 from rotation.azure.lro import OperationKind
-from rotation.engine import RotationRequest, Rotator
+from rotation.engine import Rotator
 from rotation.errors import NotFoundError, ServiceError
 from rotation.ids import KeyUrl, ResourceId, parse_key_url
+from rotation.key_rules import KeyVersion
 from rotation.outcomes import RotationResult
+from rotation.rotation_job import RotationRequest
 from rotation.settings import RetrySettings, Settings
 
 SUB = "22222222-2222-2222-2222-222222222222"
@@ -156,7 +157,7 @@ class FakeKeys:
             raise NotFoundError("no such version", service="keyvault", status=404) from None
 
     async def newest_usable(self, key: KeyUrl, now: datetime | None = None) -> KeyVersion | None:
-        from rotation.azure.keyvault import unusable_reason
+        from rotation.key_rules import unusable_reason
 
         self.reads += 1
         now = now or datetime.now(UTC)
