@@ -53,7 +53,7 @@ class ArmClient:
 
 
 @pytest.fixture
-async def arm(credential: DefaultAzureCredential) -> AsyncIterator[ArmClient]:
+async def arm_client(credential: DefaultAzureCredential) -> AsyncIterator[ArmClient]:
     """An ARM client for raw requests."""
     token = await credential.get_token("https://management.azure.com/.default")
     connector = aiohttp.TCPConnector(force_close=True)

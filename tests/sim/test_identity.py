@@ -53,9 +53,9 @@ async def test_wrong_identity_header_is_401(sim):
         assert (await resp.json())["error"]["code"] == "Unauthorized"
 
 
-async def test_token_for_another_audience_is_refused_by_arm(world, credential, arm):
+async def test_token_for_another_audience_is_refused_by_arm(world, credential, arm_client):
     """ARM refuses a Key Vault token with 401 InvalidAuthenticationTokenAudience."""
     vault_token = await credential.get_token("https://vault.azure.net/.default")
-    answer = await arm.call("GET", world.cluster_id, token=vault_token.token)
+    answer = await arm_client.call("GET", world.cluster_id, token=vault_token.token)
     assert answer.status == 401
     assert answer.body["error"]["code"] == "InvalidAuthenticationTokenAudience"
