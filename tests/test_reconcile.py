@@ -16,6 +16,7 @@ from rotation.ids import parse_cluster_id
 from rotation.service.reconcile import Reconciler
 from rotation.store.clients import queue_client
 from rotation.store.jobs import Job
+from tests.helpers.world import make_world, puts
 
 
 def kv_reads(sim: Simulator) -> list:
@@ -276,7 +277,6 @@ def test_cli_reconcile_json_and_table(sim, azurite, monkeypatch):
     import json
 
     from tests.helpers.cli import run_cli
-    from tests.helpers.world import make_world
 
     world = make_world(sim, name="recon", resource_group="rg")
     vault, v1, cluster = world.vault, world.v1, world.cluster_id
@@ -364,7 +364,7 @@ async def test_job_that_outlives_its_claim_does_not_put_over_the_new_holder(stac
     await asyncio.sleep(1.5)  # past the 1 s claim, while the job still reads Key Vault
     assert await stack.service.registry.claim(parse_cluster_id(cluster), owner="another-worker", ttl=60)
     assert await worker is None  # deferred, not rotated
-    assert [r for r in stack.sim.requests if r.method == "PUT" and r.path.lower() == cluster.lower()] == []
+    assert puts(stack.sim, cluster) == []
 
 
 async def test_a_stale_job_waits_for_an_operation_running_on_the_cluster(stack, caplog):
