@@ -1,5 +1,5 @@
-"""The one test harness: the simulator, Azurite, the Functions app, fakes and the `World` every test builds.
+"""The one test harness: the simulator, Azurite, the Functions app, the CLI, fakes and the `World` tests build.
 
-The fixture modules are loaded as plugins by ``tests/conftest.py``; ``simulator`` comes first, as it points
-``SSL_CERT_FILE`` at the simulator's CA before anything imports aiohttp. Nothing here imports aiohttp.
+``tests/conftest.py`` loads the fixture modules as plugins, ``simulator`` first: it points ``SSL_CERT_FILE``
+at the simulator's CA before any other module imports aiohttp. This package itself imports nothing.
 """
