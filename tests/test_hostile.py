@@ -43,7 +43,7 @@ KEY_TYPES = [
 ]
 
 
-class World:
+class Target:
     """The simulator world the fuzzer aims at: one vault, key ``cmk`` on v1 then v2, two watched clusters."""
 
     def __init__(self, sim, loop: asyncio.AbstractEventLoop) -> None:
@@ -68,7 +68,7 @@ def world(sim, azurite, monkeypatch):
     monkeypatch.setenv("ROTATION_RETRY_MAX_WAIT", "0.05")
     monkeypatch.setattr("rotation.service.app.BACKOFF_S", 0.1)  # many jobs for two clusters: defer briefly
     loop = asyncio.new_event_loop()
-    w = World(sim, loop)
+    w = Target(sim, loop)
     w.run(_clear(azurite.connection_string))
     service = w.run(_service())
     for cluster in w.keys.clusters:
@@ -172,7 +172,7 @@ def key_urls(draw: st.DrawFn, host: str, versions: list[str]) -> str:
 
 
 @st.composite
-def hostile_events(draw: st.DrawFn, world: World) -> dict[str, Any]:
+def hostile_events(draw: st.DrawFn, world: Target) -> dict[str, Any]:
     """A Key Vault event in either schema, then mutated: wrong types, missing, extra and hostile fields."""
     versions = [world.keys.v1, world.v2]
     url = draw(key_urls(world.host, versions))
@@ -237,7 +237,7 @@ def check_parsed(parsed: object) -> None:
         assert "\n" not in parsed.reason
 
 
-async def deliver(world: World, raw: dict[str, Any]) -> None:
+async def deliver(world: Target, raw: dict[str, Any]) -> None:
     """Deliver ``raw`` as the host would; a payload the converter refuses goes to the service directly."""
     service = await _service()
     check_parsed(service.parse(raw))
@@ -316,7 +316,7 @@ def test_hostile_payloads_of_any_shape_are_answered(world):
 # ---- forged but well-formed events --------------------------------------------------------------------
 
 
-def forged(world: World, *, vault: str, key: str, version: str, host: str | None = None) -> dict[str, Any]:
+def forged(world: Target, *, vault: str, key: str, version: str, host: str | None = None) -> dict[str, Any]:
     """A well-formed KeyNewVersionCreated event for an arbitrary vault/key/version."""
     event = world.sim.emit_key_event(world.keys.vault, "cmk", world.v2, "KeyNewVersionCreated")
     host = host or f"{vault}.vault.azure.net"
