@@ -487,7 +487,7 @@ class Bench:
 
         async def one(cluster_id: str) -> None:
             async with gate:
-                await service.registry.upsert(
+                await service.registry.watched.upsert(
                     cluster_id=parse_cluster_id(cluster_id),
                     vault_host=host,
                     key_name=key,

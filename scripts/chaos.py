@@ -758,7 +758,7 @@ class _Run:
     async def _check_registry(self, world: _World, service: Service) -> list[str]:
         out = []
         for cluster in world.clusters:
-            row = await service.registry.get(parse_cluster_id(cluster.id))
+            row = await service.registry.watched.get(parse_cluster_id(cluster.id))
             if not cluster.watched:
                 if row is not None:
                     out.append(f"unwatched {cluster.id} is in the registry")
@@ -865,7 +865,7 @@ class _Run:
             out.append(f"{left} job(s) left in the queue")
         history: dict[str, list[Any]] = {}
         for cluster in world.clusters:
-            history[cluster.id.lower()] = await service.registry.history(
+            history[cluster.id.lower()] = await service.registry.history.recent(
                 parse_cluster_id(cluster.id), limit=500
             )
         rows = [h for entries in history.values() for h in entries]
@@ -921,7 +921,7 @@ class _Run:
         ]
         self.report.handed_off = len(service.handed_off)
         for result in service.handed_off:
-            history = await service.registry.history(parse_cluster_id(result.cluster_id), limit=500)
+            history = await service.registry.history.recent(parse_cluster_id(result.cluster_id), limit=500)
             if not any(h.outcome == "pending" and h.operation_url == result.operation_url for h in history):
                 out.append(
                     f"interrupted rotation of {result.cluster_id} left no pending row for its operation"
@@ -936,8 +936,8 @@ class _Run:
         texts = list(self.capture.lines)
         for cluster in world.clusters:
             cid = parse_cluster_id(cluster.id)
-            texts += [json.dumps(h.to_dict()) for h in await service.registry.history(cid, limit=500)]
-            row = await service.registry.get(cid)
+            texts += [json.dumps(h.to_dict()) for h in await service.registry.history.recent(cid, limit=500)]
+            row = await service.registry.watched.get(cid)
             if row is not None:
                 texts.append(repr(row))
         texts += self._poison_lines

@@ -147,7 +147,7 @@ async def test_forged_check_job_cannot_make_the_worker_read_another_resource(sta
         assert result is not None, url
         assert (result.outcome, "operation URL refused" in result.reason) == (Outcome.REJECTED, True), url
     assert arm_requests(stack.sim) == []
-    [row] = [w async for w in stack.service.registry.list() if w.cluster_id == cid]
+    [row] = [w async for w in stack.service.registry.watched.iterate() if w.cluster_id == cid]
     assert row.state == "watching"  # no victim left pending
 
 
@@ -175,7 +175,7 @@ async def test_forged_check_job_with_another_clusters_operation_is_not_followed(
     op_path = done.operation_url.removeprefix(ARM).split("?")[0]
     assert [r for r in arm_requests(stack.sim) if r.path.split("?")[0] == op_path] == []
     assert puts(stack.sim) == []
-    [entry, *_] = await stack.service.registry.history(parse_cluster_id(victim), limit=1) or [None]
+    [entry, *_] = await stack.service.registry.history.recent(parse_cluster_id(victim), limit=1) or [None]
     assert entry is None or entry.outcome != Outcome.ROTATED.value
 
 
@@ -239,7 +239,7 @@ async def test_queue_job_for_an_unwatched_cluster_is_rejected_without_any_arm_ca
         assert result is not None
         assert (result.outcome, result.reason.startswith("not watched")) == (Outcome.REJECTED, True)
     assert arm_requests(stack.sim) == []
-    assert await stack.service.registry.history(parse_cluster_id(cid)) == []
+    assert await stack.service.registry.history.recent(parse_cluster_id(cid)) == []
 
 
 # -- 4. endless paging, and a deadline per reconcile cluster ---------------------------------------------

@@ -137,7 +137,7 @@ async def interrupted_rotation(sim, cli, *, watched: bool) -> None:
 
     async def state(service: Service):
         cid = parse_cluster_id(cluster)
-        return await service.registry.history(cid), await service.registry.holder(cid)
+        return await service.registry.history.recent(cid), await service.registry.claims.holder(cid)
 
     history, holder = await in_process(cli, state)
     assert holder == (None, None)  # the dead run's claim was released
@@ -173,7 +173,7 @@ async def test_busy_cluster_names_its_holder_and_when_the_claim_ends(sim, cli):
     sim.create_key_version(world.vault, "cmk", emit_event=False)
 
     async def take(service: Service):
-        return await service.registry.take(parse_cluster_id(cluster), owner="ops-laptop:4242", ttl=120)
+        return await service.registry.claims.take(parse_cluster_id(cluster), owner="ops-laptop:4242", ttl=120)
 
     claim = await in_process(cli, take)
     assert claim is not None
@@ -186,6 +186,6 @@ async def test_busy_cluster_names_its_holder_and_when_the_claim_ends(sim, cli):
     assert puts(sim, cluster) == []
 
     async def release(service: Service) -> None:
-        await service.registry.release(parse_cluster_id(cluster), owner="ops-laptop:4242")
+        await service.registry.claims.release(claim)
 
     await in_process(cli, release)

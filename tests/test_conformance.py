@@ -255,7 +255,7 @@ async def test_collateral_change_is_in_the_cluster_history(stack):
     job = Job.new(cluster, trigger="manual", target_key_url=stack.sim.key_url(stack.vault, key, v2))
     result = await stack.service.execute(job)
     assert result.outcome is Outcome.ROTATED, result.reason
-    (entry,) = await stack.service.registry.history(parse_cluster_id(cluster))
+    (entry,) = await stack.service.registry.history.recent(parse_cluster_id(cluster))
     assert entry.outcome == "rotated"
     assert set(entry.collateral_changes) == {
         "properties.highAvailability.targetMode",

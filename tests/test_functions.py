@@ -214,7 +214,7 @@ async def test_event_to_enqueue_for_100_clusters(app, request):
             f"Microsoft.DocumentDB/mongoClusters/bulk-{i:03d}"
         )
         async with gate:
-            await service.registry.upsert(
+            await service.registry.watched.upsert(
                 cluster_id=cluster_id,
                 vault_host=host,
                 key_name="cmk",
@@ -252,10 +252,10 @@ async def test_job_rotates_cluster_and_records_it(app):
     [put] = puts(app.sim, cluster)
     assert put.status in {200, 201, 202}
     assert world.version_of(cluster) == v2
-    row = await service.registry.get(parse_cluster_id(cluster))
+    row = await service.registry.watched.get(parse_cluster_id(cluster))
     assert (row.last_outcome, row.current_version, row.state) == ("rotated", v2, "watching")
     assert row.operation_url is None
-    [entry] = await service.registry.history(parse_cluster_id(cluster))
+    [entry] = await service.registry.history.recent(parse_cluster_id(cluster))
     assert (entry.outcome, entry.trigger, entry.event_id) == ("rotated", "event", event["id"])
     assert (entry.from_version, entry.to_version) == (world.v1, v2)
 
@@ -271,7 +271,7 @@ async def test_end_to_end_across_two_subscriptions(app):
     for cluster in world.clusters:
         assert world.version_of(cluster) == v2
         assert len(puts(app.sim, cluster)) == 1
-        row = await service.registry.get(parse_cluster_id(cluster))
+        row = await service.registry.watched.get(parse_cluster_id(cluster))
         assert (row.last_outcome, row.current_version) == ("rotated", v2)
     assert puts(app.sim, world.other_cluster) == []
     assert {r.path.split("/")[2] for r in puts(app.sim)} == set(world.subscriptions)
@@ -292,7 +292,7 @@ async def test_duplicate_event_delivery_puts_once_per_cluster(app, monkeypatch):
     for cluster in world.clusters:
         assert len(puts(app.sim, cluster)) == 1, cluster
         assert world.version_of(cluster) == v2
-        outcomes = sorted(e.outcome for e in await service.registry.history(parse_cluster_id(cluster)))
+        outcomes = sorted(e.outcome for e in await service.registry.history.recent(parse_cluster_id(cluster)))
         assert outcomes == ["rotated"]
 
 
@@ -350,7 +350,7 @@ async def test_two_invocations_of_one_job_put_once(app, sim, monkeypatch, stagge
     await asyncio.gather(rotate(queue_message(body), context("rotate_cluster")), later())
     assert [p.status for p in puts(sim, cluster)] == [200]  # one update PUT, answered 200 as the spec says
     assert world.version_of(cluster) == v2
-    history = [e.outcome for e in await service.registry.history(parse_cluster_id(cluster))]
+    history = [e.outcome for e in await service.registry.history.recent(parse_cluster_id(cluster))]
     assert history == ["rotated"]
     [requeued] = await app.wait_jobs(1)
     assert (requeued["cluster_id"], requeued["backoffs"]) == (cluster, 1)
@@ -379,7 +379,7 @@ async def test_persistent_503_poisons_the_job_and_rotate_finishes_it(app, sim, m
     assert world.version_of(cluster) == world.v1
     [poisoned] = await app.take_jobs(POISON_QUEUE)
     assert (poisoned["cluster_id"], poisoned["target_key_url"]) == (cluster, world.key_url(v2))
-    failed = await service.registry.history(parse_cluster_id(cluster))
+    failed = await service.registry.history.recent(parse_cluster_id(cluster))
     assert [e.outcome for e in failed] == ["failed", "failed"]
     assert all("retries exhausted" in e.reason for e in failed)
     assert all(e.error_code in {"ServiceUnavailable", "503"} for e in failed)
@@ -395,7 +395,7 @@ async def test_persistent_503_poisons_the_job_and_rotate_finishes_it(app, sim, m
         2,
         POISON_QUEUE,
     )
-    row = await service.registry.get(parse_cluster_id(cluster))
+    row = await service.registry.watched.get(parse_cluster_id(cluster))
     assert row.last_outcome == "failed"
 
     sim.set_fault_rates({})
@@ -422,7 +422,7 @@ async def test_persistent_503_poisons_the_job_and_rotate_finishes_it(app, sim, m
     assert proc.stdout.startswith("rotated")
     assert len(puts(sim, cluster)) == 1
     assert world.version_of(cluster) == v2
-    latest = (await service.registry.history(parse_cluster_id(cluster)))[0]
+    latest = (await service.registry.history.recent(parse_cluster_id(cluster)))[0]
     assert (latest.outcome, latest.trigger, latest.to_version) == ("rotated", "manual", v2)
 
 

@@ -65,7 +65,7 @@ async def test_register_list_unregister(app):
     status, removed = await call("clusters", "DELETE", params={"clusterId": cluster})
     assert (status, removed) == (200, {"removed": cluster})
     service = await app.service()
-    assert await service.registry.get(parse_cluster_id(cluster)) is None
+    assert await service.registry.watched.get(parse_cluster_id(cluster)) is None
     status, doc = await call("clusters", "DELETE", params={"clusterId": cluster})
     assert_error(status, doc, 404, "NotWatched")
 
@@ -78,8 +78,8 @@ async def test_reregister_updates_owner(app):
     status, row = await call("clusters", "POST", body={"clusterId": cluster, "owner": "b"})
     assert (status, row["owner"]) == (200, "b")
     service = await app.service()
-    assert (await service.registry.get(parse_cluster_id(cluster))).owner == "b"
-    assert len(await service.registry.for_key(f"{world.vault}.vault.azure.net", "cmk")) == 1
+    assert (await service.registry.watched.get(parse_cluster_id(cluster))).owner == "b"
+    assert len(await service.registry.watched.for_key(f"{world.vault}.vault.azure.net", "cmk")) == 1
 
 
 @pytest.mark.parametrize(
@@ -142,7 +142,7 @@ async def test_register_refuses_service_managed_and_missing_clusters(app):
         status, doc = await call("clusters", "POST", body={"clusterId": cluster})
         assert_error(status, doc, 422, "RegistrationRefused")
         assert words in doc["error"]["message"]
-        assert await service.registry.get(parse_cluster_id(cluster)) is None
+        assert await service.registry.watched.get(parse_cluster_id(cluster)) is None
     assert [r.status for r in app.sim.requests if r.service == "arm"] == [200, 404]
 
 

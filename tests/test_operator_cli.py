@@ -64,7 +64,7 @@ def only_this_world(world, azurite):
     """The world, with the CLI's shared registry emptied first: a whole-registry pass sees this test's clusters only."""
     from azure.data.tables import TableClient
 
-    from rotation.store.registry import WATCH_TABLE
+    from rotation.store.tables import WATCH_TABLE
 
     with (
         TableClient.from_connection_string(azurite.connection_string, WATCH_TABLE) as table,
@@ -406,7 +406,7 @@ def test_discover_rejects_a_subscription_that_is_not_a_guid(world):
 def test_list_shows_versionless_in_full():
     """The `list` table prints "versionless" whole, not cut to the width of a version."""
     from rotation.cli.commands import format_watched_table
-    from rotation.store.registry import WatchedCluster
+    from rotation.store.watch import WatchedCluster
 
     now = datetime.now(UTC)
     row = WatchedCluster(
@@ -513,10 +513,10 @@ async def test_reconcile_beside_a_worker_holding_the_cluster_reports_pending(onl
     sim.create_key_version(world["vault"], "cmk", emit_event=False)
     service = Service.create(Settings.from_env(env))
     try:
-        claim = await service.registry.take(parse_cluster_id(cluster), owner="the-app", ttl=120)
+        claim = await service.registry.claims.take(parse_cluster_id(cluster), owner="the-app", ttl=120)
         assert claim is not None
         proc = await asyncio.to_thread(cli, "reconcile", env=env)
-        await service.registry.release_claim(claim)
+        await service.registry.claims.release(claim)
     finally:
         await service.close()
     assert proc.returncode == 0, proc.stdout + proc.stderr

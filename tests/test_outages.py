@@ -144,13 +144,13 @@ async def test_arm_down_past_the_retry_budget_poisons_then_replay_finishes(
     assert puts(sim) == []  # the GET never got through, so no PUT was even tried
     [poisoned] = await app.take_jobs(POISON_QUEUE)
     assert (poisoned["cluster_id"], poisoned["event_id"]) == (cluster, event["id"])
-    history = await service.registry.history(parse_cluster_id(cluster))
+    history = await service.registry.history.recent(parse_cluster_id(cluster))
     assert [h.outcome for h in history] == ["failed"] * 3
     assert all("retries exhausted" in h.reason and h.error_code == "ServiceUnavailable" for h in history)
     exhausted = [r for r in caplog.records if r.getMessage() == "rotation.cluster_retry_exhausted"]
     assert len(exhausted) == 3
     assert all(r.levelno == logging.ERROR and r.cluster_id == cluster for r in exhausted)
-    assert (await service.registry.get(parse_cluster_id(cluster))).last_outcome == "failed"
+    assert (await service.registry.watched.get(parse_cluster_id(cluster))).last_outcome == "failed"
 
     sim.set_fault_rates({})
     sim.clear_requests()
@@ -169,5 +169,5 @@ async def test_arm_down_past_the_retry_budget_poisons_then_replay_finishes(
     assert proc.returncode == 0, proc.stderr
     assert world.version_of(cluster) == v2
     assert len(puts(sim, cluster)) == 1
-    latest = (await service.registry.history(parse_cluster_id(cluster)))[0]
+    latest = (await service.registry.history.recent(parse_cluster_id(cluster)))[0]
     assert (latest.outcome, latest.to_version) == ("rotated", v2)

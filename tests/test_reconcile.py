@@ -71,7 +71,7 @@ async def test_two_hundred_clusters_on_five_keys(stack):
         key_url = stack.key_of(cid)
         host, rest = key_url.removeprefix("https://").split("/keys/")
         name, version = rest.split("/")
-        await registry.upsert(
+        await registry.watched.upsert(
             cluster_id=parsed,
             vault_host=host,
             key_name=name,
@@ -173,7 +173,7 @@ async def test_drift_is_reported_with_levels(stack, caplog):
     assert by_cluster[inaccessible].levelno == logging.ERROR
     assert by_cluster[expiring].levelno == logging.WARNING
     assert by_cluster[gone].reason == "cluster-not-found"
-    watched = await stack.service.registry.get(parse_cluster_id(repointed))
+    watched = await stack.service.registry.watched.get(parse_cluster_id(repointed))
     assert watched is not None
     assert (watched.key_name, watched.current_version) == (other_key, other_v)
 
@@ -190,7 +190,7 @@ async def test_long_operation_ends_rotated_through_check_messages_with_one_put(s
     first = await stack.service.handle_job(Job.new(cluster, trigger="event", target_key_url=target).to_json())
     assert first is not None
     assert first.outcome.value == "pending"
-    watched = await stack.service.registry.get(parse_cluster_id(cluster))
+    watched = await stack.service.registry.watched.get(parse_cluster_id(cluster))
     assert watched.state == "pending"
     assert watched.operation_url == first.operation_url
     checks = await stack.queued()
@@ -203,10 +203,10 @@ async def test_long_operation_ends_rotated_through_check_messages_with_one_put(s
     await stack.drain(idle=0.3)
     assert stack.key_of(cluster) == target
     assert len(stack.puts()) == 1
-    history = await stack.service.registry.history(parse_cluster_id(cluster))
+    history = await stack.service.registry.history.recent(parse_cluster_id(cluster))
     assert [h.outcome for h in history][:1] == ["rotated"]
     assert [h.outcome for h in history].count("pending") >= 2
-    watched = await stack.service.registry.get(parse_cluster_id(cluster))
+    watched = await stack.service.registry.watched.get(parse_cluster_id(cluster))
     assert (watched.state, watched.operation_url, watched.current_version) == ("watching", None, v2)
 
 
@@ -220,7 +220,7 @@ async def test_worker_cancelled_mid_poll_is_resumed_without_second_put(stack):
     body = Job.new(cluster, trigger="event", target_key_url=stack.sim.key_url(stack.vault, key, v2)).to_json()
     worker = asyncio.create_task(stack.service.handle_job(body))
     for _ in range(200):
-        watched = await stack.service.registry.get(parse_cluster_id(cluster))
+        watched = await stack.service.registry.watched.get(parse_cluster_id(cluster))
         if watched.operation_url:
             break
         await asyncio.sleep(0.02)
@@ -346,7 +346,10 @@ async def test_worker_cancelled_during_put_keeps_its_claim(stack):
     assert not [r for r in stack.sim.requests if r.method == "PUT" and r.status == 201 and r.fault is None][
         1:
     ]
-    assert not await stack.service.registry.claim(parse_cluster_id(cluster), owner="someone-else", ttl=5)
+    assert (
+        await stack.service.registry.claims.take(parse_cluster_id(cluster), owner="someone-else", ttl=5)
+        is None
+    )
 
 
 async def test_job_that_outlives_its_claim_does_not_put_over_the_new_holder(stack):
@@ -362,7 +365,7 @@ async def test_job_that_outlives_its_claim_does_not_put_over_the_new_holder(stac
     body = Job.new(cluster, trigger="event", target_key_url=stack.sim.key_url(stack.vault, key, v2)).to_json()
     worker = asyncio.create_task(stack.service.handle_job(body))
     await asyncio.sleep(1.5)  # past the 1 s claim, while the job still reads Key Vault
-    assert await stack.service.registry.claim(parse_cluster_id(cluster), owner="another-worker", ttl=60)
+    assert await stack.service.registry.claims.take(parse_cluster_id(cluster), owner="another-worker", ttl=60)
     assert await worker is None  # deferred, not rotated
     assert puts(stack.sim, cluster) == []
 
@@ -401,7 +404,7 @@ async def test_a_stale_job_waits_for_an_operation_running_on_the_cluster(stack, 
     await stack.drain(idle=1.0)
     assert stack.puts() == []
     assert stack.key_of(cluster).lower().endswith(v3.lower())
-    [latest, *_] = await stack.service.registry.history(rid)
+    [latest, *_] = await stack.service.registry.history.recent(rid)
     assert latest.outcome == "stale-event"
 
 

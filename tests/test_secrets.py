@@ -56,8 +56,10 @@ async def test_no_secret_in_logs_or_history_of_a_rotation(app, caplog):
         texts += [record.getMessage(), TextFormatter().format(record), JsonFormatter().format(record)]
         texts.append(repr(vars(record)))
     for cluster in world.clusters:
-        texts += [json.dumps(h.to_dict()) for h in await service.registry.history(parse_cluster_id(cluster))]
-        texts.append(repr(await service.registry.get(parse_cluster_id(cluster))))
+        texts += [
+            json.dumps(h.to_dict()) for h in await service.registry.history.recent(parse_cluster_id(cluster))
+        ]
+        texts.append(repr(await service.registry.watched.get(parse_cluster_id(cluster))))
     blob = "\n".join(texts)
     tokens = sim.tokens
     assert tokens, "the run must have used issued tokens"

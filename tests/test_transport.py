@@ -84,7 +84,7 @@ async def test_rotation_goes_through_the_proxy_on_the_shared_pool(stack, monkeyp
     assert result.outcome.value == "rotated"
     services = {r.service for r in stack.sim.requests}
     assert {"arm", "kv"} <= services
-    table_port = stack.service.registry._service.url.split(":")[2].split("/")[0]
+    table_port = stack.service.registry.service_client.url.split(":")[2].split("/")[0]
     tables = [u for u in sent if f":{table_port}/" in u]
     # claim (read, write), watch row, operation, history, outcome, release: rule 7 and 8 in 7 requests
     assert len(tables) == 7, tables

@@ -36,8 +36,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from rotation.settings import Settings
+    from rotation.store.history import HistoryEntry
     from rotation.store.jobs import Job
-    from rotation.store.registry import HistoryEntry, WatchedCluster
+    from rotation.store.watch import WatchedCluster
 
 
 _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -104,7 +105,7 @@ async def unregister(args: argparse.Namespace, settings: Settings) -> int:
     cluster_id = _cluster_arg(args.cluster_id)
 
     async def work(service: Service) -> int:
-        if not await service.registry.remove(parse_cluster_id(cluster_id)):
+        if not await service.registry.watched.remove(parse_cluster_id(cluster_id)):
             _err(f"error: not watched: {cluster_id}")
             return EXIT_FAILED
         _out(f"unregistered {cluster_id}")
@@ -132,7 +133,7 @@ async def list_clusters(args: argparse.Namespace, settings: Settings) -> int:
     """Print the watched clusters."""
 
     async def work(service: Service) -> int:
-        rows = [w async for w in service.registry.list()]
+        rows = [w async for w in service.registry.watched.iterate()]
         rows.sort(key=lambda w: (w.key, w.cluster_id.lower()))
         if args.json:
             _json([watched_dict(w) for w in rows])
@@ -155,7 +156,9 @@ async def discover(args: argparse.Namespace, settings: Settings) -> int:
         found: list[dict[str, Any]] = []
         try:
             async for cluster in service.runtime.clusters.list_clusters(subscription):
-                watched = await service.registry.get(parse_cluster_id(cluster.id)) if cluster.id else None
+                watched = (
+                    await service.registry.watched.get(parse_cluster_id(cluster.id)) if cluster.id else None
+                )
                 found.append(
                     {
                         "cluster_id": cluster.id,
@@ -192,7 +195,7 @@ async def history(args: argparse.Namespace, settings: Settings) -> int:
         # Text shows what changed or failed unless --all; --json is for scripts and keeps every entry.
         everything = args.all or args.json
         fetch = args.limit if everything else HISTORY_SCAN
-        read = await service.registry.history(parse_cluster_id(cluster_id), limit=fetch)
+        read = await service.registry.history.recent(parse_cluster_id(cluster_id), limit=fetch)
         entries = read if everything else [e for e in read if e.outcome not in QUIET_OUTCOMES][: args.limit]
         if args.json:
             _json([e.to_dict() for e in entries])
@@ -305,7 +308,7 @@ async def _replay_one(
     if not isinstance(event, KeyVersionEvent) or event.kind is not EventKind.NEW_VERSION:
         report = await service.handle_event(event, invocation_id="replay")
         return [{"event_id": report.event_id, "outcome": report.outcome, "reason": report.reason}]
-    watched = await service.registry.for_key(event.key_url.host, event.key_url.name)
+    watched = await service.registry.watched.for_key(event.key_url.host, event.key_url.name)
     if not watched:
         reason = f"no watched cluster uses {event.key_url.host}/{event.key_url.name}"
         return [{"event_id": event.event_id, "outcome": "no-clusters", "reason": reason}]
@@ -643,7 +646,7 @@ def format_poisoned(doc: dict[str, Any]) -> str:
 
 
 async def _last_failure(service: Service, cluster_id: str) -> HistoryEntry | None:
-    entries = await service.registry.history(parse_cluster_id(cluster_id), limit=20)
+    entries = await service.registry.history.recent(parse_cluster_id(cluster_id), limit=20)
     return next((e for e in entries if e.outcome == Outcome.FAILED.value), None)
 
 

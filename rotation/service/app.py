@@ -33,7 +33,7 @@ from rotation.rotation_job import RotationRequest, WriteFlag
 from rotation.service.runtime import Runtime
 from rotation.store.clients import storage_clients, storage_credential
 from rotation.store.jobs import Job, JobQueue, JobRejected
-from rotation.store.registry import Claim, KeyMember, Registry, WatchedCluster
+from rotation.store.registry import Registry
 from rotation.untrusted import JsonRefused, bounded_value
 from rotation.url_guard import UnsafeUrl, check_operation_path, check_same_origin
 
@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     from rotation.azure.arm import Cluster
     from rotation.ids import KeyUrl, ResourceId
     from rotation.settings import Settings
+    from rotation.store.claims import Claim
+    from rotation.store.watch import KeyMember, WatchedCluster
 
 logger = logging.getLogger(__name__)
 
@@ -206,7 +208,7 @@ class Service:
         logger.info("rotation.event_received", extra=base)
         host, name, version = event.key_url.host, event.key_url.name, event.key_url.version or ""
         if event.kind is EventKind.NEW_VERSION:
-            last = await self.registry.fanned_out_at(host, name, version)
+            last = await self.registry.watched.fanned_out_at(host, name, version)
             if last is not None and datetime.now(UTC) - last < FANOUT_WINDOW:
                 reason = f"jobs for this version were queued at {last.isoformat()}; a duplicate delivery"
                 logger.info("rotation.event_duplicate", extra={**base, "reason": reason})
@@ -218,7 +220,7 @@ class Service:
                     key,
                     duration_s=time.perf_counter() - started,
                 )
-        watched = await self.registry.members_of_key(host, name)
+        watched = await self.registry.watched.for_key(host, name)
         ids = [w.cluster_id for w in watched]
         if event.kind is not EventKind.NEW_VERSION:
             level = logging.WARNING if event.kind is EventKind.NEAR_EXPIRY else logging.ERROR
@@ -257,7 +259,7 @@ class Service:
         ]
         await self.queue.send_many(jobs, concurrency=ENQUEUE_CONCURRENCY)
         # Only once every job is queued: a delivery that failed before this is redelivered in full.
-        await self.registry.remember_fanout(host, name, version)
+        await self.registry.watched.remember_fanout(host, name, version)
         duration = time.perf_counter() - started
         logger.info(
             "rotation.jobs_enqueued",
@@ -337,9 +339,9 @@ class Service:
         # and a claim is re-entrant for its owner, so a process-wide owner would let two of them in.
         owner = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"
         ttl = CLAIM_TTL_S if self.claim_ttl is None else self.claim_ttl
-        claim = await self.registry.take(cluster_id, owner=owner, ttl=ttl)
+        claim = await self.registry.claims.take(cluster_id, owner=owner, ttl=ttl)
         if claim is None:
-            holder, until = await self.registry.holder(cluster_id)
+            holder, until = await self.registry.claims.holder(cluster_id)
             if holder is None or until is None:
                 raise ClusterBusy(f"{job.cluster_id} is being rotated by another worker")
             raise ClusterBusy(
@@ -351,7 +353,7 @@ class Service:
             # Before each PUT, a claim that is no longer fresh is renewed: a job that ran past its claim's
             # expiry must not PUT over the worker that took the cluster since (it could move the cluster
             # back a version). A fresh claim cannot have been taken (see `Claim.fresh`).
-            if not claim.fresh() and not await self.registry.renew(claim):
+            if not claim.fresh() and not await self.registry.claims.renew(claim):
                 raise ClusterBusy(f"{job.cluster_id}: the claim lapsed and another worker holds the cluster")
 
         writing = WriteFlag(guard=still_ours)  # in_flight: up while the rotator's PUT may be on its way
@@ -388,9 +390,9 @@ class Service:
             raise
         finally:
             if not keep:
-                await self.registry.release_claim(claim)
+                await self.registry.claims.release(claim)
 
-    def resolve_jobs(self, event: KeyVersionEvent, watched: list[WatchedCluster]) -> list[Job]:
+    def resolve_jobs(self, event: KeyVersionEvent, watched: list[KeyMember]) -> list[Job]:
         """One job per watched cluster of the event's key."""
         return [
             Job.new(w.cluster_id, trigger="event", target_key_url=str(event.key_url), event_id=event.event_id)
@@ -459,9 +461,9 @@ class Service:
         target = parse_key_url(job.target_key_url, require_version=True) if job.target_key_url else None
         operation_url = job.operation_url
         # The watch row as last read or written: its ETag makes each later registry write a single request.
-        watched = await self.registry.get_claimed(claim)
+        watched = await self.registry.watched.get_claimed(claim)
         if watched is None and claim.key_partition is not None:
-            watched = await self.registry.get(cluster_id)  # re-registered since the claim was taken
+            watched = await self.registry.watched.get(cluster_id)  # re-registered since the claim was taken
         run.watched = watched
         if watched is None and watched_only:
             return _rejected(job, NOT_WATCHED, invocation_id)  # rule 11: no ARM call, nothing recorded
@@ -486,7 +488,7 @@ class Service:
         async def on_accepted(url: str, accepted_target: KeyUrl) -> None:
             nonlocal watched
             run.accepted = (url, accepted_target)
-            watched = await self.registry.set_operation(
+            watched = await self.registry.watched.set_operation(
                 cluster_id, operation_url=url, target_key_url=str(accepted_target), known=watched
             )
 
@@ -598,7 +600,7 @@ class Service:
 
     async def _pending_in_history(self, cluster_id: ResourceId) -> tuple[str | None, KeyUrl | None]:
         """The operation the last history entry left `pending` (an interrupted CLI `rotate`), if any."""
-        entries = await self.registry.history(cluster_id, limit=1)
+        entries = await self.registry.history.recent(cluster_id, limit=1)
         if not entries or entries[0].outcome != Outcome.PENDING.value:
             return None, None
         entry = entries[0]
@@ -679,7 +681,7 @@ class Service:
             raise RegistrationRefused(f"cluster not found: {cluster_id}") from exc
         cluster_id = _as_arm_spells_it(cluster_id, cluster.id)
         key = self._cmk_key(cluster)
-        watched = await self.registry.upsert(
+        watched = await self.registry.watched.upsert(
             cluster_id=cluster_id,
             vault_host=key.host,
             key_name=key.name,
@@ -710,7 +712,7 @@ class Service:
     async def doctor(self, cluster_ids: list[str] | None = None) -> DoctorReport:
         """`rotation doctor` on these clusters (watched or not), or on every watched cluster."""
         if cluster_ids is None:
-            cluster_ids = [w.cluster_id async for w in self.registry.list()]
+            cluster_ids = [w.cluster_id async for w in self.registry.watched.iterate()]
         async with Doctor.for_runtime(self.runtime) as doctor:
             return await doctor.check_many(cluster_ids)
 

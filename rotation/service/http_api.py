@@ -88,7 +88,7 @@ def _optional_str(doc: Mapping[str, Any], name: str, limit: int = 256) -> str | 
 async def clusters(service: Service, method: str, params: Mapping[str, str], body: bytes) -> Response:
     """GET: list; POST {clusterId, owner?}: register; DELETE ?clusterId=: unregister."""
     if method == "GET":
-        rows = [watched_dict(w) async for w in service.registry.list()]
+        rows = [watched_dict(w) async for w in service.registry.watched.iterate()]
         return 200, {"clusters": rows, "count": len(rows)}
     if method == "POST":
         doc = _body(body)
@@ -101,7 +101,7 @@ async def clusters(service: Service, method: str, params: Mapping[str, str], bod
         return 200, watched_dict(watched)
     if method == "DELETE":
         cluster_id = _cluster_id(params.get("clusterId"))
-        if not await service.registry.remove(cluster_id):
+        if not await service.registry.watched.remove(cluster_id):
             raise BadRequest("NotWatched", "cluster is not watched", 404)
         return 200, {"removed": str(cluster_id)}
     raise BadRequest("MethodNotAllowed", f"{method} is not supported", 405)
@@ -115,7 +115,7 @@ async def history(service: Service, method: str, params: Mapping[str, str], body
     raw_limit = params.get("limit", "50")
     if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= 500:  # noqa: PLR2004
         raise BadRequest("InvalidLimit", "limit must be an integer from 1 to 500")
-    entries = await service.registry.history(cluster_id, limit=int(raw_limit))
+    entries = await service.registry.history.recent(cluster_id, limit=int(raw_limit))
     return 200, {"clusterId": str(cluster_id), "history": [e.to_dict() for e in entries]}
 
 
@@ -132,7 +132,7 @@ async def rotate(service: Service, method: str, params: Mapping[str, str], body:
             key_url = str(parse_key_url(key_url, allowed_suffixes=suffixes, require_version=True))
         except InvalidKeyUrl as exc:
             raise BadRequest("InvalidKeyUrl", str(exc)) from None
-    if await service.registry.get(cluster_id) is None:  # rule 11: the app acts only on watched clusters
+    if await service.registry.watched.get(cluster_id) is None:  # rule 11: acts only on watched clusters
         raise BadRequest("NotWatched", "cluster is not watched: register it first", 404)
     job = Job.new(str(cluster_id), trigger="manual", target_key_url=key_url)
     await service.queue.send(job)
@@ -155,6 +155,6 @@ async def doctor(service: Service, method: str, params: Mapping[str, str], body:
 async def health(service: Service, method: str, params: Mapping[str, str], body: bytes) -> Response:
     """GET: the registry answers; reports dry-run mode."""
     del method, params, body
-    async for _ in service.registry.list(page_size=1):
+    async for _ in service.registry.watched.iterate(page_size=1):
         break
     return 200, {"status": "ok", "dryRun": service.settings.dry_run}

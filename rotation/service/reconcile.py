@@ -34,13 +34,14 @@ from rotation.key_rules import (
 from rotation.outcomes import Outcome
 from rotation.retry import RetryPolicy
 from rotation.store.jobs import Job
+from rotation.store.watch import WatchState
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from rotation.key_rules import KeyVersion
     from rotation.service.app import Service
-    from rotation.store.registry import WatchedCluster
+    from rotation.store.watch import WatchedCluster
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ class Reconciler:
         done = 0
         total = 0
         tasks: list[asyncio.Task[None]] = []
-        async for watched in self._service.registry.list(page_size=self._page_size):
+        async for watched in self._service.registry.watched.iterate(page_size=self._page_size):
             total += 1
             tasks.append(asyncio.create_task(self._one(watched)))
             if len(tasks) >= self._page_size:
@@ -274,7 +275,7 @@ class Reconciler:
         # between verifying and recording) outside dry runs.
         if repointed or ((actual.version or None) != watched.current_version and not self._dry_run):
             host, name = (actual.host, actual.name) if repointed else (watched.vault_host, watched.key_name)
-            await service.registry.upsert(
+            await service.registry.watched.upsert(
                 cluster_id=cluster_id,
                 vault_host=host,
                 key_name=name,
@@ -301,7 +302,7 @@ class Reconciler:
             newest.version if newest else None,
             "up-to-date",
         )
-        if watched.state == "pending" and watched.operation_url and self._pending_lost(watched):
+        if watched.state is WatchState.PENDING and watched.operation_url and self._pending_lost(watched):
             await self._queue(
                 Job.new(
                     watched.cluster_id,

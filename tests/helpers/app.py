@@ -100,12 +100,12 @@ async def forget_created(service: Service) -> None:
     """Unregister every cluster of the subscriptions `make_world` created (the registry tables are shared)."""
     subs = {s.lower() for s in MADE_SUBSCRIPTIONS}
     MADE_SUBSCRIPTIONS.clear()
-    rows = [w async for w in service.registry.list() if w.subscription.lower() in subs]
+    rows = [w async for w in service.registry.watched.iterate() if w.subscription.lower() in subs]
     gate = asyncio.Semaphore(16)
 
     async def remove(cluster_id: str) -> None:
         async with gate:
-            await service.registry.remove(parse_cluster_id(cluster_id))
+            await service.registry.watched.remove(parse_cluster_id(cluster_id))
 
     await asyncio.gather(*(remove(row.cluster_id) for row in rows))
 

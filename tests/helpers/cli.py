@@ -75,7 +75,7 @@ class Cli:
         """Every watched cluster by id, read in-process (the `list` command itself is tested below)."""
         service = Service.create(Settings.from_env(self.env))
         try:
-            return {w.cluster_id: w async for w in service.registry.list()}
+            return {w.cluster_id: w async for w in service.registry.watched.iterate()}
         finally:
             await service.close()
 
@@ -91,7 +91,7 @@ class Cli:
         """The cluster's history, read in-process (the `history` command itself is tested elsewhere)."""
         service = Service.create(Settings.from_env(self.env))
         try:
-            return await service.registry.history(parse_cluster_id(cluster_id))
+            return await service.registry.history.recent(parse_cluster_id(cluster_id))
         finally:
             await service.close()
 
