@@ -1,9 +1,9 @@
-"""Azure Functions entry points (v2 programming model): bind triggers, delegate to `rotation.service.app`.
+"""Azure Functions entry points (v2 programming model): bind triggers, delegate to `rotation.service`.
 
 Each function parses its trigger argument, calls one method of the process's `Service` (clients built once
-per process), and translates the outcome into the Functions contract: return to acknowledge, raise to have
-the platform redeliver (Event Grid retries, the queue redelivers and finally moves the job to
-``rotation-jobs-poison``).
+per process; an event goes to its `fanout`, a queued job to its `worker`), and translates the outcome into
+the Functions contract: return to acknowledge, raise to have the platform redeliver (Event Grid retries,
+the queue redelivers and finally moves the job to ``rotation-jobs-poison``).
 
 Importing this module only declares the functions: the rotator and the Azure SDK are imported on the first
 invocation, so the host indexes the app (and a cold start begins) without paying for them.
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import azure.functions as func
 
 if TYPE_CHECKING:
-    from rotation.service.app import Service
+    from rotation.service.process import Service
 
 app = func.FunctionApp()
 logger = logging.getLogger("rotation.function_app")
@@ -29,7 +29,7 @@ RECONCILE_JITTER_S = 30.0  # spread instances and apps started by the same sched
 
 async def _service() -> Service:
     """The process's `Service` (built on first use, with Application Insights when it is configured)."""
-    from rotation.service.app import service_for_loop  # noqa: PLC0415 - see the module docstring
+    from rotation.service.process import service_for_loop  # noqa: PLC0415 - see the module docstring
     from rotation.settings import Settings  # noqa: PLC0415
     from rotation.telemetry import configure_telemetry  # noqa: PLC0415
 
@@ -68,7 +68,9 @@ def _event_dict(event: func.EventGridEvent | func.CloudEvent) -> dict[str, objec
 async def on_key_event(event: func.EventGridEvent, context: func.Context) -> None:
     """Key Vault event -> one queued job per watched cluster of that key (returns well under 30 s)."""
     service = await _service()
-    await service.handle_event(service.parse(_event_dict(event)), invocation_id=context.invocation_id)
+    await service.fanout.handle_event(
+        service.fanout.parse(_event_dict(event)), invocation_id=context.invocation_id
+    )
 
 
 @app.function_name("rotate_cluster")
@@ -76,7 +78,7 @@ async def on_key_event(event: func.EventGridEvent, context: func.Context) -> Non
 async def rotate_cluster(msg: func.QueueMessage, context: func.Context) -> None:
     """One job: claim, rotate, verify, record, release; raises after retries so the queue redelivers."""
     service = await _service()
-    await service.handle_job(
+    await service.worker.handle_job(
         msg.get_body(), dequeue_count=msg.dequeue_count or 1, invocation_id=context.invocation_id
     )
 

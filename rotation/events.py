@@ -3,8 +3,10 @@
 :func:`parse_event` takes one JSON-decoded event and either returns a frozen, validated event, raises
 :class:`EventIgnored` (well-formed, but not a key event we act on) or raises :class:`EventRejected`
 (malformed; retrying cannot fix it) with a one-line reason naming the field. Nothing else escapes it,
-whatever the input. Field names are matched case-insensitively and with surrounding whitespace removed
-(published samples contain ``"ObjectName "``); string values are trimmed.
+whatever the input. :func:`parse` and :func:`parse_payload` never raise: they answer with a `ParsedEvent`,
+the event or the :class:`RejectedEvent` / :class:`IgnoredEvent` saying why not. Field names are matched
+case-insensitively and with surrounding whitespace removed (published samples contain ``"ObjectName "``);
+string values are trimmed.
 """
 
 from __future__ import annotations
@@ -98,6 +100,34 @@ class EventIgnored(Exception):
         self.reason = reason
         self.event_id = event_id
         self.event_type = event_type
+
+
+@dataclass(frozen=True)
+class RejectedEvent:
+    """A malformed event, as a value: acknowledged (retrying cannot fix it) and logged at ERROR."""
+
+    reason: str
+    event_id: str | None = None
+
+    def __str__(self) -> str:
+        """The one-line reason."""
+        return self.reason
+
+
+@dataclass(frozen=True)
+class IgnoredEvent:
+    """A well-formed event the rotator does not act on, as a value."""
+
+    reason: str
+    event_id: str | None = None
+    event_type: str | None = None
+
+    def __str__(self) -> str:
+        """The one-line reason."""
+        return self.reason
+
+
+ParsedEvent = KeyVersionEvent | RejectedEvent | IgnoredEvent  # what `parse` makes of one event
 
 
 class _Bad(Exception):
@@ -323,11 +353,21 @@ def parse_event(raw: object, *, allowed_suffixes: Sequence[str] = DEFAULT_VAULT_
         raise EventRejected(str(exc), event_id=event_id) from None
 
 
+def parse(raw: object, *, allowed_suffixes: Sequence[str] = DEFAULT_VAULT_SUFFIXES) -> ParsedEvent:
+    """:func:`parse_event`, answering with the rejection or ignore reason instead of raising it."""
+    try:
+        return parse_event(raw, allowed_suffixes=allowed_suffixes)
+    except EventRejected as exc:
+        return RejectedEvent(exc.reason, event_id=exc.event_id)
+    except EventIgnored as exc:
+        return IgnoredEvent(exc.reason, event_id=exc.event_id, event_type=exc.event_type)
+
+
 def parse_payload(
     raw: object,
     *,
     allowed_suffixes: Sequence[str] = DEFAULT_VAULT_SUFFIXES,
-) -> list[KeyVersionEvent | EventRejected | EventIgnored]:
+) -> list[ParsedEvent]:
     """Parse a whole body or file: an array of events, one event object, or Event Grid dead-letter records.
 
     Each element is parsed on its own and errors are returned in place, so one bad event never hides the
@@ -338,14 +378,8 @@ def parse_payload(
     elif isinstance(raw, list):
         items = list(raw)
     else:
-        return [EventRejected("payload is not a JSON object or array")]
-    results: list[KeyVersionEvent | EventRejected | EventIgnored] = []
-    for item in items:
-        try:
-            results.append(parse_event(item, allowed_suffixes=allowed_suffixes))
-        except (EventRejected, EventIgnored) as exc:
-            results.append(exc)
-    return results
+        return [RejectedEvent("payload is not a JSON object or array")]
+    return [parse(item, allowed_suffixes=allowed_suffixes) for item in items]
 
 
 def event_from_eventgrid_fields(

@@ -1,4 +1,8 @@
-"""The one outcome vocabulary shared by logs, history, the CLI and HTTP (docs/design.md, "Outcomes")."""
+"""The words shared by logs, history, the CLI and HTTP (docs/design.md, "Outcomes").
+
+`Outcome`: what happened to one cluster; `EventOutcome`: what became of one event; `Trigger`: what started a
+job. All are `StrEnum`s, so the JSON and log text is the value itself.
+"""
 
 from __future__ import annotations
 
@@ -41,6 +45,27 @@ class Outcome(StrEnum):
 _ATTENTION = frozenset(
     {Outcome.FAILED, Outcome.KEY_NOT_USABLE, Outcome.NOT_CMK, Outcome.CLUSTER_NOT_FOUND, Outcome.REJECTED}
 )
+
+
+class EventOutcome(StrEnum):
+    """What became of one event as a whole (each cluster it reached has its own `Outcome`)."""
+
+    QUEUED = "queued"  # one job per watched cluster of the key is on the queue
+    WARNED = "warned"  # a near-expiry or expired key: logged for on-call, nothing queued
+    DUPLICATE = "duplicate"  # this version was fanned out moments ago: nothing queued again
+    NO_CLUSTERS = "no-clusters"  # `replay`: no watched cluster uses the key
+    IGNORED = Outcome.IGNORED.value
+    REJECTED = Outcome.REJECTED.value
+
+
+class Trigger(StrEnum):
+    """What started a job: recorded with it on the queue, in the logs and in the history."""
+
+    EVENT = "event"  # a Key Vault event, fanned out
+    RECONCILE = "reconcile"  # the reconcile pass found the cluster behind
+    MANUAL = "manual"  # `rotate`, or POST /api/rotate
+    REPLAY = "replay"  # `replay` of an event file
+    CHECK = "check"  # following an accepted operation (rule 7); never writes
 
 
 @dataclass(frozen=True)

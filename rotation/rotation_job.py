@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from rotation.outcomes import RotationResult
+from rotation.outcomes import RotationResult, Trigger
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -49,7 +49,7 @@ class RotationRequest:
 
     cluster_id: ResourceId
     target: KeyUrl | None = None
-    trigger: str = "manual"  # event | reconcile | manual | replay | check
+    trigger: Trigger = Trigger.MANUAL
     event_id: str | None = None
     dry_run: bool = False
     operation_url: str | None = None  # an accepted operation to resume instead of PUTting (rule 7)

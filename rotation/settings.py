@@ -64,6 +64,12 @@ class Settings:
     # host.json's queues.maxDequeueCount (the delivery after which the host moves a job to the poison queue),
     # overridable as the Functions host reads it: app setting AzureFunctionsJobHost__extensions__queues__...
     max_dequeue_count: int = 5
+    # Rule 8's claim: longer than one invocation's polling budget, shorter than an on-call's patience.
+    claim_ttl_seconds: float = 900.0
+    defer_seconds: float = 15.0  # a job whose cluster another worker holds comes back after this long
+    # Defers of one job before it fails; never reached by a healthy system (a claim lapses at its TTL, and a
+    # job is deferred at least until then whatever this says).
+    max_defers: int = 40
 
     @property
     def arm_scope(self) -> str:
@@ -108,6 +114,9 @@ class Settings:
             arm_read_refill_per_s=_float(env, "ROTATION_ARM_READ_REFILL_PER_S", 25.0, positive=True),
             retry=retry,
             max_dequeue_count=_int(env, MAX_DEQUEUE_SETTING, 5, minimum=1),
+            claim_ttl_seconds=_float(env, "ROTATION_CLAIM_TTL_SECONDS", 900.0, positive=True),
+            defer_seconds=_float(env, "ROTATION_DEFER_SECONDS", 15.0),
+            max_defers=_int(env, "ROTATION_MAX_DEFERS", 40, minimum=0),
         )
 
 

@@ -96,7 +96,7 @@ def worker_main(args: argparse.Namespace) -> None:  # noqa: C901 - one process's
 
     import function_app  # noqa: PLC0415
     from azsim.host import QueueHost  # noqa: PLC0415
-    from rotation.service import app as service_module  # noqa: PLC0415
+    from rotation.service import process as service_module  # noqa: PLC0415
 
     functions = {f.get_function_name(): f.get_user_function() for f in function_app.app.get_functions()}
     logging.basicConfig(level=logging.WARNING, format="worker: %(message)s %(details)s", stream=sys.stderr)
@@ -500,7 +500,7 @@ class Bench:
 
     async def service(self) -> Any:  # noqa: ANN401
         """The Service the functions use in this process."""
-        from rotation.service.app import service_for_loop  # noqa: PLC0415
+        from rotation.service.process import service_for_loop  # noqa: PLC0415
         from rotation.settings import Settings  # noqa: PLC0415
 
         return await service_for_loop(lambda: Settings.from_env(os.environ))
@@ -634,7 +634,7 @@ def _cpu() -> float:
 
 async def run_all(args: argparse.Namespace, sim: Any, azurite: Any) -> dict[str, Any]:  # noqa: ANN401
     """Every scenario, in an order that keeps them from disturbing each other."""
-    from rotation.service.app import close_services  # noqa: PLC0415
+    from rotation.service.process import close_services  # noqa: PLC0415
 
     bench = Bench(args, sim, azurite)
     bench.configure()

@@ -82,14 +82,13 @@ from rotation.errors import ServiceError  # noqa: E402
 from rotation.ids import InvalidKeyUrl, parse_cluster_id, parse_key_url  # noqa: E402
 from rotation.key_rules import RSA_SIZES, KeyVersion, unusable_reason  # noqa: E402
 from rotation.logs import JsonFormatter, TextFormatter  # noqa: E402
-from rotation.service import app as service_module  # noqa: E402
-from rotation.service.app import Service  # noqa: E402
+from rotation.outcomes import Trigger  # noqa: E402
+from rotation.service import process as service_module  # noqa: E402
+from rotation.service.process import Service  # noqa: E402
 from rotation.service.reconcile import Reconciler  # noqa: E402
 from rotation.service.runtime import Runtime  # noqa: E402
 from rotation.settings import RetrySettings, Settings  # noqa: E402
-from rotation.store.clients import storage_clients  # noqa: E402
-from rotation.store.jobs import Job, JobQueue  # noqa: E402
-from rotation.store.registry import Registry  # noqa: E402
+from rotation.store.jobs import Job  # noqa: E402
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -103,7 +102,7 @@ SLOW_S = 1.5
 CLAIM_TTL_S = (
     15.0  # longer than the longest job under this retry budget, so a dead worker's claim lapses soon
 )
-BACKOFF_S = 0.5
+DEFER_S = 0.5
 VISIBILITY_S = 5  # the hosts' message lease: a killed worker's message reappears after this long
 EXPECTED_ERRORS = ("TransientFailure", "WorkerKilled", "ClusterBusy")
 # A credential in a header or log line: "Bearer <token>". Key Vault's 401 challenge header
@@ -362,6 +361,8 @@ def _make_service(connection: str, suffix: str) -> Service:
         poll_budget_seconds=2.0,
         check_delay_seconds=0.5,
         max_concurrency=16,
+        claim_ttl_seconds=CLAIM_TTL_S,
+        defer_seconds=DEFER_S,
     )
     http = SharedHttp()  # one connection pool per worker, as `Runtime.create` builds it
     credential = DefaultAzureCredential(transport=http.transport())
@@ -378,13 +379,12 @@ def _make_service(connection: str, suffix: str) -> Service:
     runtime = Runtime(
         settings=settings, http=http, credential=credential, clusters=clusters, keys=keys, rotator=rotator
     )
-    tables, queues = storage_clients(settings, http=http)
-    return Service(
-        runtime,
-        Registry(tables, watch_table=f"chaosw{suffix}", history_table=f"chaosh{suffix}"),
-        JobQueue(queues, name=f"chaos-{suffix}"),
-        claim_ttl=CLAIM_TTL_S,
-        backoff_s=BACKOFF_S,
+    return Service.create(
+        settings,
+        runtime=runtime,
+        watch_table=f"chaosw{suffix}",
+        history_table=f"chaosh{suffix}",
+        queue_name=f"chaos-{suffix}",
     )
 
 
@@ -580,7 +580,7 @@ class _Run:
         self.forged_paths |= {identity.lower(), foreign_op.lower(), unrecorded_op.lower()}
         if unwatched:
             stranger = self.rng.choice(unwatched)
-            messages.append(Job.new(stranger.id, trigger="manual").to_json())
+            messages.append(Job.new(stranger.id, trigger=Trigger.MANUAL).to_json())
         messages += ['{"cluster_id": ' + "[" * 20_000 + "]" * 20_000 + "}", "\x00 not a job"]
         async with QueueClient.from_connection_string(
             self.connection, service.queue.name, message_encode_policy=TextBase64EncodePolicy()
@@ -606,8 +606,8 @@ class _Run:
         """`rotate` the cluster, Ctrl-C once ARM accepted the PUT; False when it ended or stalled before."""
         service = self._service
         started = time.time()
-        job = Job.new(cluster.id, trigger="manual")
-        task = asyncio.ensure_future(service.execute(job, invocation_id="cli", watched_only=False))
+        job = Job.new(cluster.id, trigger=Trigger.MANUAL)
+        task = asyncio.ensure_future(service.worker.execute(job, invocation_id="cli", watched_only=False))
         deadline = time.monotonic() + 5
         while not task.done() and time.monotonic() < deadline:
             accepted = [
@@ -645,7 +645,7 @@ class _Run:
         try:
             for cluster in world.clusters:
                 if cluster.watched:
-                    await service.register(cluster.id, owner="chaos")
+                    await service.registration.register(cluster.id, owner="chaos")
             self.sim.clear_requests()
             await self._chaos(world, service)
             await self._check(world, service)
@@ -919,8 +919,8 @@ class _Run:
             for r in requests
             if r.service == "arm" and r.path.lower() in self.forged_paths
         ]
-        self.report.handed_off = len(service.handed_off)
-        for result in service.handed_off:
+        self.report.handed_off = len(service.worker.handed_off)
+        for result in service.worker.handed_off:
             history = await service.registry.history.recent(parse_cluster_id(result.cluster_id), limit=500)
             if not any(h.outcome == "pending" and h.operation_url == result.operation_url for h in history):
                 out.append(

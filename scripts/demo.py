@@ -135,7 +135,7 @@ async def run_functions(sim: Simulator, azurite: Azurite) -> None:
 
 async def close_services() -> None:
     """Close the clients the functions built for this event loop."""
-    from rotation.service.app import close_services as close  # noqa: PLC0415
+    from rotation.service.process import close_services as close  # noqa: PLC0415
 
     await close()
 

@@ -25,8 +25,8 @@ from rotation.ids import parse_cluster_id, parse_key_url
 from rotation.outcomes import Outcome
 from rotation.serve import webhook
 from rotation.service import http_api
-from rotation.service.app import MAX_CHECKS
 from rotation.service.reconcile import Reconciler
+from rotation.service.worker import MAX_CHECKS
 from rotation.store.jobs import Job
 from rotation.url_guard import UnsafeUrl, check_operation_path, check_same_origin
 from tests.helpers.fakes import (
@@ -69,7 +69,7 @@ async def test_late_job_for_a_version_of_the_same_second_does_not_move_the_clust
     await stack.register(cid)
     stack.sim.clear_requests()
     job = Job.new(cid, trigger="event", target_key_url=stack.sim.key_url(stack.vault, key, v1))
-    result = await stack.service.handle_job(job.to_json())
+    result = await stack.service.worker.handle_job(job.to_json())
     assert result is not None
     assert result.outcome is Outcome.STALE_EVENT
     assert "same creation second" in result.reason
@@ -85,7 +85,7 @@ async def test_ambiguous_newest_versions_keep_the_current_one(stack):
     stack.sim.create_key_version(stack.vault, key, emit_event=False)
     stack.sim.create_key_version(stack.vault, key, emit_event=False, tie=True)
     stack.sim.clear_requests()
-    result = await stack.service.handle_job(Job.new(cid, trigger="manual").to_json())
+    result = await stack.service.worker.handle_job(Job.new(cid, trigger="manual").to_json())
     assert result is not None
     assert (result.outcome, "same creation second" in result.reason) == (Outcome.STALE_EVENT, True)
     report = await Reconciler(stack.service, dry_run=True).run()
@@ -141,7 +141,7 @@ async def test_forged_check_job_cannot_make_the_worker_read_another_resource(sta
         ),
         "https://evil.example/subscriptions/x",
     ):
-        result = await stack.service.handle_job(
+        result = await stack.service.worker.handle_job(
             forged(cid, trigger="check", operation_url=url, target_key_url=current)
         )
         assert result is not None, url
@@ -161,13 +161,15 @@ async def test_forged_check_job_with_another_clusters_operation_is_not_followed(
     v2_url = stack.sim.key_url(
         stack.vault, key, stack.sim.create_key_version(stack.vault, key, emit_event=False)
     )
-    done = await stack.service.handle_job(Job.new(other, trigger="manual", target_key_url=v2_url).to_json())
+    done = await stack.service.worker.handle_job(
+        Job.new(other, trigger="manual", target_key_url=v2_url).to_json()
+    )
     assert done is not None
     assert done.outcome is Outcome.ROTATED
     assert done.operation_url
     stack.sim.clear_requests()
     current = stack.sim.key_url(stack.vault, key, v1)
-    result = await stack.service.handle_job(
+    result = await stack.service.worker.handle_job(
         forged(victim, trigger="check", operation_url=done.operation_url, target_key_url=current)
     )
     assert result is not None
@@ -189,7 +191,7 @@ async def test_check_jobs_of_one_operation_are_bounded(stack):
     runtime = stack.service.runtime
     short = replace(runtime.settings, poll_budget_seconds=0.3)
     runtime.rotator = Rotator(clusters=runtime.clusters, keys=runtime.keys, settings=short)
-    first = await stack.service.handle_job(
+    first = await stack.service.worker.handle_job(
         Job.new(cid, trigger="manual", target_key_url=stack.sim.key_url(stack.vault, key, v2)).to_json()
     )
     assert first is not None
@@ -197,7 +199,7 @@ async def test_check_jobs_of_one_operation_are_bounded(stack):
     [check] = await stack.queued()
     assert (check.trigger, check.checks) == ("check", 1)
     last = replace(check, checks=MAX_CHECKS)
-    result = await stack.service.handle_job(last.to_json())
+    result = await stack.service.worker.handle_job(last.to_json())
     assert result is not None
     assert result.outcome is Outcome.FAILED
     assert f"after {MAX_CHECKS} check jobs" in result.reason
@@ -235,7 +237,7 @@ async def test_queue_job_for_an_unwatched_cluster_is_rejected_without_any_arm_ca
         Job.new(cid, trigger="manual", target_key_url=stack.sim.key_url(stack.vault, key, v2)).to_json(),
         forged(cid, trigger="reconcile"),
     ):
-        result = await stack.service.handle_job(body)
+        result = await stack.service.worker.handle_job(body)
         assert result is not None
         assert (result.outcome, result.reason.startswith("not watched")) == (Outcome.REJECTED, True)
     assert arm_requests(stack.sim) == []
@@ -336,7 +338,7 @@ async def test_deep_event_is_rejected_with_a_reason(stack):
     for _ in range(20_000):
         nested = [nested]
     event = {"id": "e1", "eventType": "Microsoft.KeyVault.KeyNewVersionCreated", "data": {"Id": nested}}
-    report = await stack.service.handle_event(stack.service.parse(event))
+    report = await stack.service.fanout.handle_event(stack.service.fanout.parse(event))
     assert report.outcome == Outcome.REJECTED.value
     assert "nested more than 64 deep" in report.reason
 

@@ -18,7 +18,7 @@ from azure.storage.queue.aio import QueueClient
 
 from rotation.ids import parse_cluster_id
 from rotation.outcomes import Outcome, RotationResult
-from rotation.service.app import Service
+from rotation.service.process import Service
 from rotation.settings import Settings
 from tests.helpers.cli import Cli, one_error_line
 from tests.helpers.paths import ROOT

@@ -253,7 +253,7 @@ async def test_collateral_change_is_in_the_cluster_history(stack):
     stack.sim.configure(put_resets_omitted=True)
     v2 = stack.sim.create_key_version(stack.vault, key, emit_event=False)
     job = Job.new(cluster, trigger="manual", target_key_url=stack.sim.key_url(stack.vault, key, v2))
-    result = await stack.service.execute(job)
+    result = await stack.service.worker.execute(job)
     assert result.outcome is Outcome.ROTATED, result.reason
     (entry,) = await stack.service.registry.history.recent(parse_cluster_id(cluster))
     assert entry.outcome == "rotated"

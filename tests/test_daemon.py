@@ -392,7 +392,7 @@ async def test_worker_runs_at_most_batch_size_plus_new_batch_threshold(stack):
         running -= 1
         done.append(body)
 
-    stack.service.handle_job = job
+    stack.service.worker.handle_job = job
     drain = Drain()
     options = QueueOptions(batch_size=2, new_batch_threshold=1, max_polling_interval_s=0.2)
     listener = queue_client(queues, stack.queue_name)

@@ -407,25 +407,18 @@ def test_cli_warn_only_exits_0(world):
 
 async def test_http_route_and_register_and_reconcile(world, azurite, sim, caplog):
     """The HTTP route reports one cluster or every watched one; register and reconcile log the findings."""
-    from rotation.service.app import Service
+    from rotation.service.process import Service
     from rotation.service.reconcile import Reconciler
-    from rotation.store.clients import storage_clients
-    from rotation.store.jobs import JobQueue
-    from rotation.store.registry import Registry
 
     settings = Settings(storage_connection=azurite.connection_string, retry=FAST_RETRY)
-    runtime = Runtime.create(settings)
-    tables, queues = storage_clients(settings, None)
     suffix = uuid.uuid4().hex[:8]
-    service = Service(
-        runtime,
-        Registry(tables, watch_table=f"w{suffix}", history_table=f"h{suffix}"),
-        JobQueue(queues, name=f"jobs-{suffix}"),
+    service = Service.create(
+        settings, watch_table=f"w{suffix}", history_table=f"h{suffix}", queue_name=f"jobs-{suffix}"
     )
     try:
         world.sim.set_key_rotation_policy(world.vault, "cmk", None)
         with caplog.at_level(logging.WARNING, logger="rotation"):
-            watched, report = await service.register_and_check(world.cluster_id, owner="team")
+            watched, report = await service.registration.register_and_check(world.cluster_id, owner="team")
         assert watched.cluster_id == world.cluster_id
         assert [f.check for f in report.problems()] == ["key.rotation_policy"]
         assert [r.check for r in caplog.records if r.getMessage() == "rotation.doctor_finding"] == [

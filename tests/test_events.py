@@ -14,7 +14,9 @@ from rotation.events import (
     EventIgnored,
     EventKind,
     EventRejected,
+    IgnoredEvent,
     KeyVersionEvent,
+    RejectedEvent,
     event_from_eventgrid_fields,
     parse_event,
     parse_payload,
@@ -83,7 +85,7 @@ def test_every_captured_payload_parses(name: str):
     results = parse_payload(load(name))
     assert results
     for result in results:
-        assert isinstance(result, KeyVersionEvent | EventIgnored), result
+        assert isinstance(result, KeyVersionEvent | IgnoredEvent), result
         if isinstance(result, KeyVersionEvent):
             assert result.key_url.version is not None
 
@@ -232,7 +234,7 @@ def test_secret_event_is_ignored():
 def test_vault_access_policy_changed_is_ignored():
     """VaultAccessPolicyChanged (whose data.Id is no key URL) is ignored, not rejected."""
     (result,) = parse_payload(load("vault-access-policy-changed.eventgrid.json"))
-    assert isinstance(result, EventIgnored)
+    assert isinstance(result, IgnoredEvent)
     assert result.event_type == "Microsoft.KeyVault.VaultAccessPolicyChanged"
 
 
@@ -277,7 +279,7 @@ def test_parse_payload_empty_array():
 def test_parse_payload_rejects_other_top_levels(raw: object):
     """A payload that is not an object or array is one rejection."""
     (result,) = parse_payload(raw)
-    assert isinstance(result, EventRejected)
+    assert isinstance(result, RejectedEvent)
     assert result.reason == "payload is not a JSON object or array"
     assert result.event_id is None
 
@@ -287,10 +289,10 @@ def test_parse_payload_keeps_going_after_bad_events():
     secret = load("secret-new-version.eventgrid.json")[0]
     results = parse_payload([42, base_event(), with_data(Id=5), secret, base_event()])
     assert [type(r) for r in results] == [
-        EventRejected,
+        RejectedEvent,
         KeyVersionEvent,
-        EventRejected,
-        EventIgnored,
+        RejectedEvent,
+        IgnoredEvent,
         KeyVersionEvent,
     ]
 
@@ -300,7 +302,7 @@ def test_custom_allowed_suffixes():
     with pytest.raises(EventRejected, match="not in an allowed vault domain"):
         parse_event(base_event(), allowed_suffixes=[".vault.azure.cn"])
     (result,) = parse_payload(base_event(), allowed_suffixes=[".vault.azure.cn"])
-    assert isinstance(result, EventRejected)
+    assert isinstance(result, RejectedEvent)
 
 
 def test_managed_hsm_event():

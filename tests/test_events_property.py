@@ -2,7 +2,8 @@
 
 Valid events are generated from templates in both schemas, with every tolerated variation (field-name
 case and padding, value padding, number or string NBF/EXP, optional fields, dead-letter extras), then
-mutated. Whatever the input, parsing returns a consistent event or raises EventRejected/EventIgnored.
+mutated. Whatever the input, parsing returns a consistent event or raises EventRejected/EventIgnored
+(parse_payload returns RejectedEvent/IgnoredEvent instead).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from rotation.events import (
     EventIgnored,
     EventKind,
     EventRejected,
+    IgnoredEvent,
     KeyVersionEvent,
+    RejectedEvent,
     parse_event,
     parse_payload,
 )
@@ -391,7 +394,7 @@ def check_consistent(event: KeyVersionEvent, raw: dict[str, Any]) -> None:
         assert event.source in {str(top.get("topic", "")).strip(), str(top.get("source", "")).strip()}
 
 
-def check_error(exc: EventRejected | EventIgnored) -> None:
+def check_error(exc: EventRejected | EventIgnored | RejectedEvent | IgnoredEvent) -> None:
     """Assert a rejection or ignore carries a bounded one-line reason."""
     assert isinstance(exc.reason, str)
     assert exc.reason
@@ -476,7 +479,7 @@ def test_ambiguous_duplicate_fields_are_rejected(case: tuple[dict[str, Any], Exp
     key = data.draw(st.sampled_from(sorted(target)))
     target[f" {key.strip().swapcase()} "] = data.draw(json_values.filter(lambda v: v != target[key]))
     (result,) = parse_payload(raw)
-    assert isinstance(result, EventRejected), f"ambiguous {key!r} accepted"
+    assert isinstance(result, RejectedEvent), f"ambiguous {key!r} accepted"
     check_error(result)
     assert "ambiguous" in result.reason
 
@@ -491,7 +494,7 @@ def test_parse_payload_never_raises_on_any_json(raw: object):
     for result in results:
         if isinstance(result, KeyVersionEvent):
             continue
-        assert isinstance(result, EventRejected | EventIgnored)
+        assert isinstance(result, RejectedEvent | IgnoredEvent)
         check_error(result)
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from azsim.host import max_dequeue_count
 from rotation.ids import parse_cluster_id
-from rotation.service.app import Service
+from rotation.service.process import Service
 from rotation.store.jobs import Job
 from tests.helpers.app import (
     POISON_QUEUE,
@@ -47,7 +47,7 @@ async def register_all(app, cluster_ids: list[str]) -> Service:
     """Watch the clusters through the app's Service, then empty the request log."""
     service = await app.service()
     for cluster_id in cluster_ids:
-        await service.register(cluster_id, owner="team-test")
+        await service.registration.register(cluster_id, owner="team-test")
     app.sim.clear_requests()
     return service
 
@@ -280,7 +280,7 @@ async def test_end_to_end_across_two_subscriptions(app):
 
 async def test_duplicate_event_delivery_puts_once_per_cluster(app, monkeypatch):
     """The same event delivered twice queues one job per cluster (fan-out memory) and one PUT each."""
-    monkeypatch.setattr("rotation.service.app.BACKOFF_S", 1.0)  # a job deferred by a claim comes back soon
+    monkeypatch.setenv("ROTATION_DEFER_SECONDS", "1.0")  # a job deferred by a claim comes back soon
     world = make_world(app.sim, subscriptions=2, per_subscription=2, other_key=True)
     service = await register_all(app, world.clusters)
     v2, event = world.new_version_event()
@@ -309,7 +309,7 @@ async def test_a_storm_of_one_event_queues_one_job_per_cluster(app):
 
 async def test_two_services_on_one_cluster_put_once(app, sim, caplog, monkeypatch):
     """Two workers (distinct worker ids) handling the same job at once: one PUT, the other defers."""
-    monkeypatch.setattr("rotation.service.app.BACKOFF_S", 1.0)
+    monkeypatch.setenv("ROTATION_DEFER_SECONDS", "1.0")
     world = make_world(sim, subscriptions=1, per_subscription=1, other_key=True)
     first = await register_all(app, world.clusters)
     [cluster] = world.clusters
@@ -319,7 +319,7 @@ async def test_two_services_on_one_cluster_put_once(app, sim, caplog, monkeypatc
     try:
         body = Job.new(cluster, trigger="manual", target_key_url=world.key_url(v2)).to_json()
         caplog.set_level(logging.INFO, logger="rotation")
-        results = await asyncio.gather(first.handle_job(body), second.handle_job(body))
+        results = await asyncio.gather(first.worker.handle_job(body), second.worker.handle_job(body))
     finally:
         await second.close()
     assert len(puts(sim, cluster)) == 1
@@ -334,7 +334,7 @@ async def test_two_services_on_one_cluster_put_once(app, sim, caplog, monkeypatc
 @pytest.mark.parametrize("stagger", [0.0, 0.3], ids=["together", "while-polling"])
 async def test_two_invocations_of_one_job_put_once(app, sim, monkeypatch, stagger):
     """Two rotate_cluster invocations of one job in one process: one PUT; the later one is re-queued."""
-    monkeypatch.setattr("rotation.service.app.BACKOFF_S", 1.0)
+    monkeypatch.setenv("ROTATION_DEFER_SECONDS", "1.0")
     world = make_world(sim, subscriptions=1, per_subscription=1, other_key=True)
     service = await register_all(app, world.clusters)
     [cluster] = world.clusters

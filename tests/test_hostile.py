@@ -2,7 +2,7 @@
 
 Each generated event goes through `on_key_event` as the worker delivers it (the trigger object built by
 `EventGridEventInConverter.decode`), or, when the converter itself refuses it (the host's behaviour, not
-ours), through `Service.parse` + `handle_event`. Whatever the input, nothing raises, nothing reaches ARM or
+ours), through `Fanout.parse` + `handle_event`. Whatever the input, nothing raises, nothing reaches ARM or
 Key Vault from the event function, and whatever was queued, run by the queue function, sends no PUT.
 """
 
@@ -21,9 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from azsim.host import QueueHost
-from rotation.events import EventIgnored, EventRejected, KeyVersionEvent
+from rotation.events import IgnoredEvent, KeyVersionEvent, RejectedEvent
 from rotation.ids import DEFAULT_VAULT_SUFFIXES
-from rotation.service.app import close_services, service_for_loop
+from rotation.service.process import close_services, service_for_loop
 from rotation.settings import Settings
 from rotation.store.jobs import Job
 from tests.helpers.app import JOB_QUEUE, context, event_trigger, forget_created
@@ -66,15 +66,15 @@ def world(sim, azurite, monkeypatch):
     monkeypatch.setenv("AzureWebJobsStorage", azurite.connection_string)
     monkeypatch.setenv("ROTATION_RETRY_INITIAL_WAIT", "0.01")
     monkeypatch.setenv("ROTATION_RETRY_MAX_WAIT", "0.05")
-    monkeypatch.setattr("rotation.service.app.BACKOFF_S", 0.1)  # many jobs for two clusters: defer briefly
+    monkeypatch.setenv("ROTATION_DEFER_SECONDS", "0.1")  # many jobs for two clusters: defer briefly
     loop = asyncio.new_event_loop()
     w = Target(sim, loop)
     w.run(_clear(azurite.connection_string))
     service = w.run(_service())
     for cluster in w.keys.clusters:
-        w.run(service.register(cluster, owner="fuzz"))
+        w.run(service.registration.register(cluster, owner="fuzz"))
     sim.set_cluster_key_url(w.keys.clusters[0], w.keys.key_url(w.v2))  # one on v2, one still on v1
-    w.run(service.register(w.keys.clusters[0], owner="fuzz"))
+    w.run(service.registration.register(w.keys.clusters[0], owner="fuzz"))
     sim.clear_requests()
     yield w
     w.run(forget_created(w.run(_service())))
@@ -222,7 +222,7 @@ def hostile_events(draw: st.DrawFn, world: Target) -> dict[str, Any]:
 
 def check_parsed(parsed: object) -> None:
     """A parse result is one of the three outcomes, and a parsed event is sound."""
-    assert isinstance(parsed, KeyVersionEvent | EventRejected | EventIgnored)
+    assert isinstance(parsed, KeyVersionEvent | RejectedEvent | IgnoredEvent)
     if isinstance(parsed, KeyVersionEvent):
         url = str(parsed.key_url)
         assert url.startswith("https://")
@@ -240,11 +240,11 @@ def check_parsed(parsed: object) -> None:
 async def deliver(world: Target, raw: dict[str, Any]) -> None:
     """Deliver ``raw`` as the host would; a payload the converter refuses goes to the service directly."""
     service = await _service()
-    check_parsed(service.parse(raw))
+    check_parsed(service.fanout.parse(raw))
     try:
         trigger = event_trigger(raw)
     except Exception:  # noqa: BLE001 - the Functions library refused it: the host would not invoke us
-        await service.handle_event(service.parse(raw))
+        await service.fanout.handle_event(service.fanout.parse(raw))
         return
     await fn("on_key_event")(trigger, context("on_key_event"))
 
@@ -304,9 +304,9 @@ def test_hostile_payloads_of_any_shape_are_answered(world):
     def one(raw: Any) -> None:
         world.examples += 1
         service = world.run(_service())
-        parsed = service.parse(raw)
+        parsed = service.fanout.parse(raw)
         check_parsed(parsed)
-        report = world.run(service.handle_event(parsed))
+        report = world.run(service.fanout.handle_event(parsed))
         assert report.outcome in {"rejected", "ignored", "queued", "warned"}
 
     one()

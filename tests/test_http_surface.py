@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rotation.logs import JsonFormatter, TextFormatter
-from rotation.service.app import close_services, service_for_loop
+from rotation.service.process import close_services, service_for_loop
 from rotation.settings import Settings
 from tests.helpers.app import forget_created, functions, http_request
 from tests.helpers.app import user_function as fn

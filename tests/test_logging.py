@@ -41,7 +41,7 @@ async def deliver(stack, records, *, version: str | None = None):
     key = stack.key
     version = version or stack.sim.create_key_version(stack.vault, key)
     event = stack.sim.events[-1]
-    await stack.service.handle_event(stack.service.parse(event), invocation_id="inv-event")
+    await stack.service.fanout.handle_event(stack.service.fanout.parse(event), invocation_id="inv-event")
     await stack.drain(idle=0.3)
     return event["id"], version
 
@@ -99,8 +99,8 @@ async def test_skip_is_logged_with_outcome_and_reason(watched, records):
 async def test_duplicate_delivery_is_logged_once_and_queues_nothing(watched, records):
     """A second delivery of a fanned-out event logs rotation.event_duplicate and queues no job."""
     event_id, _ = await deliver(watched, records)
-    report = await watched.service.handle_event(
-        watched.service.parse(watched.sim.events[-1]), invocation_id="inv-dup"
+    report = await watched.service.fanout.handle_event(
+        watched.service.fanout.parse(watched.sim.events[-1]), invocation_id="inv-dup"
     )
     assert (report.outcome, report.jobs) == ("duplicate", [])
     [dup] = [r for r in by_event(records, event_id) if r.getMessage() == "rotation.event_duplicate"]

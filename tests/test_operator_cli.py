@@ -178,7 +178,7 @@ def test_progress_bar_only_on_a_terminal():
     """The bar draws `label [###...] done/total` on a terminal and writes nothing to a pipe or file."""
     import io
 
-    from rotation.cli.commands import ProgressBar
+    from rotation.cli.output import ProgressBar
 
     class Tty(io.StringIO):
         def isatty(self) -> bool:
@@ -217,7 +217,7 @@ def poisoned(client: QueueClient, text: str) -> str:
 async def record_failure(env: dict[str, str], cluster: str, dequeue_count: int) -> None:
     """A failed delivery in the cluster's history, as the queue worker writes it."""
     from rotation.outcomes import Outcome, RotationResult
-    from rotation.service.app import Service
+    from rotation.service.process import Service
     from rotation.settings import Settings
 
     service = Service.create(Settings.from_env(env))
@@ -295,7 +295,7 @@ def test_poison_retry_of_an_unknown_message_exits_1(world, poison_queue):
 def test_purge_asks_on_a_terminal(monkeypatch):
     """On a terminal, purge asks; anything but yes deletes nothing (usage error), yes goes ahead."""
     from rotation.cli import commands
-    from rotation.cli.main import UsageError
+    from rotation.cli.output import UsageError
 
     class Tty:
         def isatty(self) -> bool:
@@ -475,7 +475,7 @@ async def test_a_poisoned_job_moved_back_rotates_its_cluster(stack, caplog):
     stack.sim.set_fault_rates({"503": 1.0}, service="arm", methods=("PUT",))
 
     async def function(msg, ctx) -> None:
-        await stack.service.handle_job(
+        await stack.service.worker.handle_job(
             msg.get_body(), dequeue_count=msg.dequeue_count, invocation_id=ctx.invocation_id
         )
 
@@ -504,7 +504,7 @@ async def test_a_poisoned_job_moved_back_rotates_its_cluster(stack, caplog):
 async def test_reconcile_beside_a_worker_holding_the_cluster_reports_pending(only_this_world):
     """A cluster another worker holds (the deployed app) is `pending` in the table, not a failure: exit 0."""
     from rotation.ids import parse_cluster_id
-    from rotation.service.app import Service
+    from rotation.service.process import Service
     from rotation.settings import Settings
 
     world = only_this_world

@@ -20,7 +20,7 @@ import pytest
 from azsim.azurite import ACCOUNT, ACCOUNT_KEY
 from rotation.errors import ServiceError
 from rotation.ids import parse_cluster_id
-from rotation.service.app import close_services
+from rotation.service.process import close_services
 from tests.helpers.app import POISON_QUEUE, context, event_trigger
 from tests.helpers.app import user_function as fn
 from tests.helpers.paths import ROOT
@@ -96,7 +96,7 @@ async def test_storage_down_event_raises_writes_nothing_then_redelivery_complete
     world = make_world(app.sim, subscriptions=2, per_subscription=1, other_key=True)
     service = await app.service()
     for cluster in world.clusters:
-        await service.register(cluster, owner="team")
+        await service.registration.register(cluster, owner="team")
     v2, event = world.new_version_event()
     app.sim.clear_requests()
 
@@ -134,7 +134,7 @@ async def test_arm_down_past_the_retry_budget_poisons_then_replay_finishes(
     world = make_world(sim, subscriptions=1, per_subscription=1, other_key=True)
     [cluster] = world.clusters
     service = await app.service()
-    await service.register(cluster, owner="team")
+    await service.registration.register(cluster, owner="team")
     v2, event = world.new_version_event()
     await fn("on_key_event")(event_trigger(event), context("on_key_event"))
     sim.set_fault_rates({"503": 1.0}, service="arm")  # every method: ARM is down

@@ -187,7 +187,9 @@ async def test_long_operation_ends_rotated_through_check_messages_with_one_put(s
     stack.sim.set_operation_seconds(cluster, 600)
     v2 = stack.sim.create_key_version(stack.vault, key, emit_event=False)
     target = stack.sim.key_url(stack.vault, key, v2)
-    first = await stack.service.handle_job(Job.new(cluster, trigger="event", target_key_url=target).to_json())
+    first = await stack.service.worker.handle_job(
+        Job.new(cluster, trigger="event", target_key_url=target).to_json()
+    )
     assert first is not None
     assert first.outcome.value == "pending"
     watched = await stack.service.registry.watched.get(parse_cluster_id(cluster))
@@ -218,7 +220,7 @@ async def test_worker_cancelled_mid_poll_is_resumed_without_second_put(stack):
     stack.sim.set_operation_seconds(cluster, 3)
     v2 = stack.sim.create_key_version(stack.vault, key, emit_event=False)
     body = Job.new(cluster, trigger="event", target_key_url=stack.sim.key_url(stack.vault, key, v2)).to_json()
-    worker = asyncio.create_task(stack.service.handle_job(body))
+    worker = asyncio.create_task(stack.service.worker.handle_job(body))
     for _ in range(200):
         watched = await stack.service.registry.watched.get(parse_cluster_id(cluster))
         if watched.operation_url:
@@ -228,7 +230,7 @@ async def test_worker_cancelled_mid_poll_is_resumed_without_second_put(stack):
     worker.cancel()
     with pytest.raises(asyncio.CancelledError):
         await worker
-    result = await stack.service.handle_job(body, dequeue_count=2)
+    result = await stack.service.worker.handle_job(body, dequeue_count=2)
     assert result is not None
     assert result.outcome.value == "rotated"
     assert len(stack.puts()) == 1
@@ -244,7 +246,7 @@ async def test_reconcile_resumes_a_pending_cluster_whose_check_was_lost(stack):
     stack.sim.set_operation_seconds(cluster, 600)
     v2 = stack.sim.create_key_version(stack.vault, key, emit_event=False)
     job = Job.new(cluster, trigger="event", target_key_url=stack.sim.key_url(stack.vault, key, v2))
-    assert (await stack.service.handle_job(job.to_json())).outcome.value == "pending"
+    assert (await stack.service.worker.handle_job(job.to_json())).outcome.value == "pending"
     async with queue_client(stack.service.queue._service, stack.queue_name) as client:
         await client.clear_messages()  # the check job is lost
     stack.sim.advance(600)
@@ -300,7 +302,7 @@ def test_progress_bar_draws_counts_on_a_terminal(monkeypatch, capsys):
     import io
     import sys
 
-    from rotation.cli.commands import ProgressBar
+    from rotation.cli.output import ProgressBar
 
     class Tty(io.StringIO):
         def isatty(self) -> bool:
@@ -328,7 +330,7 @@ async def test_worker_cancelled_during_put_keeps_its_claim(stack):
     stack.sim.inject(method="PUT", service="arm", faults=[Fault.slow(3.0)])
     body = Job.new(cluster, trigger="event", target_key_url=stack.sim.key_url(stack.vault, key, v2)).to_json()
     stack.sim.clear_requests()
-    worker = asyncio.create_task(stack.service.handle_job(body))
+    worker = asyncio.create_task(stack.service.worker.handle_job(body))
     for _ in range(250):  # the decision reads both versions from Key Vault just before the PUT
         if len([r for r in stack.sim.requests if r.service == "kv" and r.status == 200]) >= 2:
             break
@@ -338,7 +340,8 @@ async def test_worker_cancelled_during_put_keeps_its_claim(stack):
     worker.cancel()
     with pytest.raises(asyncio.CancelledError):
         await worker
-    assert await stack.service.handle_job(body, dequeue_count=2) is None  # deferred: the claim is still held
+    # deferred: the claim is still held
+    assert await stack.service.worker.handle_job(body, dequeue_count=2) is None
     async with queue_client(stack.service.queue._service, stack.queue_name) as client:
         assert (
             await client.get_queue_properties()
@@ -356,14 +359,14 @@ async def test_job_that_outlives_its_claim_does_not_put_over_the_new_holder(stac
     """Rule 8: a job whose claim lapsed and was taken by another worker is deferred before its PUT."""
     from azsim.faults import Fault
 
-    stack.service.claim_ttl = 1.0
+    await stack.reconfigure(claim_ttl_seconds=1.0)
     key, v1 = stack.new_key()
     cluster = stack.add_cluster(key, v1)
     await stack.register(cluster)
     v2 = stack.sim.create_key_version(stack.vault, key, emit_event=False)
     stack.sim.inject(method="GET", service="kv", path_contains=v2, faults=[Fault.slow(2.5)])
     body = Job.new(cluster, trigger="event", target_key_url=stack.sim.key_url(stack.vault, key, v2)).to_json()
-    worker = asyncio.create_task(stack.service.handle_job(body))
+    worker = asyncio.create_task(stack.service.worker.handle_job(body))
     await asyncio.sleep(1.5)  # past the 1 s claim, while the job still reads Key Vault
     assert await stack.service.registry.claims.take(parse_cluster_id(cluster), owner="another-worker", ttl=60)
     assert await worker is None  # deferred, not rotated
@@ -385,7 +388,7 @@ async def test_a_stale_job_waits_for_an_operation_running_on_the_cluster(stack, 
     v2 = stack.sim.create_key_version(stack.vault, key, emit_event=False)
     v3 = stack.sim.create_key_version(stack.vault, key, emit_event=False)
     stack.sim.configure(operation_seconds=3.0, poll_interval=0.5)
-    stack.service.backoff_s = 0.2
+    await stack.reconfigure(defer_seconds=0.2)
     clusters = stack.service.runtime.clusters
     rid = parse_cluster_id(cluster)
     await clusters.put(
@@ -394,7 +397,7 @@ async def test_a_stale_job_waits_for_an_operation_running_on_the_cluster(stack, 
     stack.sim.clear_requests()
     body = Job.new(cluster, trigger="event", target_key_url=stack.sim.key_url(stack.vault, key, v2)).to_json()
     with caplog.at_level(logging.INFO, logger="rotation"):
-        assert await stack.service.handle_job(body) is None  # deferred
+        assert await stack.service.worker.handle_job(body) is None  # deferred
     [deferred] = [r for r in caplog.records if r.getMessage() == "rotation.job_deferred"]
     assert "provisioningState Updating" in deferred.reason
     assert stack.puts() == []
@@ -410,12 +413,7 @@ async def test_a_stale_job_waits_for_an_operation_running_on_the_cluster(stack, 
 
 async def test_queued_jobs_rotate_at_most_max_concurrency_at_once(stack, monkeypatch):
     """ROTATION_MAX_CONCURRENCY bounds the clusters in flight in one process, queued jobs included."""
-    from rotation.service.app import Service
-
-    settings = replace(stack.service.settings, max_concurrency=2)
-    service = Service(
-        replace(stack.service.runtime, settings=settings), stack.service.registry, stack.service.queue
-    )
+    service = stack.service_with(max_concurrency=2)
     running = 0
     most = 0
 
@@ -426,7 +424,7 @@ async def test_queued_jobs_rotate_at_most_max_concurrency_at_once(stack, monkeyp
         await asyncio.sleep(0.05)
         running -= 1
 
-    monkeypatch.setattr(service, "execute", execute)
+    monkeypatch.setattr(service.worker, "execute", execute)
     key, v1 = stack.new_key()
     bodies = [
         Job.new(
@@ -436,5 +434,6 @@ async def test_queued_jobs_rotate_at_most_max_concurrency_at_once(stack, monkeyp
         ).to_json()
         for _ in range(7)
     ]
-    await asyncio.gather(*(service.handle_job(b) for b in bodies))
+    async with service:
+        await asyncio.gather(*(service.worker.handle_job(b) for b in bodies))
     assert most == 2

@@ -39,7 +39,7 @@ async def test_no_secret_in_logs_or_history_of_a_rotation(app, caplog):
     world = make_world(sim, subscriptions=1, per_subscription=2, other_key=True)
     service = await app.service()
     for cluster in world.clusters:
-        await service.register(cluster, owner="team")
+        await service.registration.register(cluster, owner="team")
     v2, event = world.new_version_event()
     sim.inject(method="PUT", service="arm", faults=[Fault.status(429, headers={"Retry-After": "0"})])
     await fn("on_key_event")(event_trigger(event), context("on_key_event"))

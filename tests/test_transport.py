@@ -79,7 +79,7 @@ async def test_rotation_goes_through_the_proxy_on_the_shared_pool(stack, monkeyp
         return await original(self, request, **config)
 
     monkeypatch.setattr(SharedTransport, "send", counting)
-    result = await stack.service.handle_job(body)
+    result = await stack.service.worker.handle_job(body)
     assert result is not None
     assert result.outcome.value == "rotated"
     services = {r.service for r in stack.sim.requests}

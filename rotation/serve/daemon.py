@@ -43,7 +43,7 @@ from rotation.serve.schedule import Schedule, ScheduleError
 from rotation.serve.timer_lease import TABLE as TIMER_TABLE
 from rotation.serve.timer_lease import TimerLease
 from rotation.serve.webhook import events_route
-from rotation.service.app import Service
+from rotation.service.process import Service
 from rotation.service.runtime import Runtime
 from rotation.settings import MAX_DEQUEUE_SETTING, SettingsError
 from rotation.store.clients import queue_client
@@ -221,7 +221,7 @@ def build_service(settings: Settings, drain: Drain) -> tuple[Service, QueueClien
         sleep=drain.sleep,
         clock=drain.clock,
     )
-    service = Service.with_storage(runtime, settings)
+    service = Service.create(settings, runtime=runtime)
     queues = service.queue.service_client
     tables = service.registry.service_client
     listener = queue_client(queues, QUEUE_NAME)
@@ -283,7 +283,7 @@ async def serve(args: argparse.Namespace, settings: Settings, env: Mapping[str, 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     service, listener, poison, timers = build_service(settings, drain)
-    lease = TimerLease(timers, owner=service.worker_id)
+    lease = TimerLease(timers, owner=service.worker.worker_id)
     worker = QueueWorker(service, listener, poison, options, drain)
     runner = web.AppRunner(
         build_app(service, key=key, read_key=read_key, on_queued=worker.wake),

@@ -1,6 +1,6 @@
 """The queue worker of ``rotation serve``: what the Functions host does for the queue trigger, and the drain.
 
-`QueueWorker` receives ``rotation-jobs`` messages and runs `Service.handle_job` on each, with the settings
+`QueueWorker` receives ``rotation-jobs`` messages and runs `Worker.handle_job` on each, with the settings
 of host.json's ``extensions.queues`` (`QueueOptions`) and the semantics of the host's QueueListener and
 QueueProcessor. `Drain` is the clock and sleep the daemon's rotator runs on, so that SIGTERM ends every
 time budget at once.
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
     from azure.storage.queue.aio import QueueClient
 
-    from rotation.service.app import Service
+    from rotation.service.process import Service
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ class WorkerStats:
 
 
 class QueueWorker:
-    """The Functions queue trigger's behaviour on ``rotation-jobs``, for `Service.handle_job`.
+    """The Functions queue trigger's behaviour on ``rotation-jobs``, for `Worker.handle_job`.
 
     As the host's QueueListener and QueueProcessor do (azure-sdk-for-net,
     sdk/storage/Microsoft.Azure.WebJobs.Extensions.Storage.Common/src/Shared/Queues/QueueListener.cs and
@@ -269,7 +269,7 @@ class QueueWorker:
             return
         renewer = asyncio.create_task(self._renew(held))
         try:
-            result = await self._service.handle_job(
+            result = await self._service.worker.handle_job(
                 message.content, dequeue_count=message.dequeue_count, invocation_id=invocation_id
             )
         except asyncio.CancelledError:

@@ -37,7 +37,8 @@ from rotation.untrusted import JsonRefused, loads_bounded
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from rotation.service.app import EventReport, Service
+    from rotation.service.fanout import EventReport
+    from rotation.service.process import Service
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def _handshake(request: web.Request) -> web.Response:
 
 
 async def handle_delivery(service: Service, body: bytes, *, invocation_id: str) -> tuple[int, dict[str, Any]]:
-    """One webhook POST: the validation answer, or each event handed to `Service.handle_event`."""
+    """One webhook POST: the validation answer, or each event handed to `Fanout.handle_event`."""
     try:
         raw = loads_bounded(body, what="webhook body")  # bounded: a deep document is refused, not recursed
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, JsonRefused
@@ -108,7 +109,7 @@ async def handle_delivery(service: Service, body: bytes, *, invocation_id: str) 
         return 200, {"validationResponse": code}
     # One event after the other, as the Functions host invokes the trigger once per event.
     reports: list[EventReport] = [
-        await service.handle_event(item, invocation_id=invocation_id)
+        await service.fanout.handle_event(item, invocation_id=invocation_id)
         for item in parse_payload(raw, allowed_suffixes=service.settings.allowed_vault_suffixes)
     ]
     return 200, {"events": [r.to_dict() for r in reports]}

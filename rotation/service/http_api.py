@@ -11,7 +11,8 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from rotation.ids import InvalidKeyUrl, InvalidResourceId, parse_cluster_id, parse_key_url
-from rotation.service.app import RegistrationRefused, watched_dict
+from rotation.outcomes import Trigger
+from rotation.service.registration import RegistrationRefused, watched_dict
 from rotation.store.jobs import Job
 from rotation.untrusted import JsonRefused, loads_bounded
 
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
 
     from rotation.ids import ResourceId
-    from rotation.service.app import Service
+    from rotation.service.process import Service
 
     Handler = Callable[[Service, str, Mapping[str, str], bytes], Awaitable["Response"]]
 
@@ -95,7 +96,7 @@ async def clusters(service: Service, method: str, params: Mapping[str, str], bod
         cluster_id = _cluster_id(doc.get("clusterId"))
         owner = _optional_str(doc, "owner")
         try:
-            watched = await service.register(str(cluster_id), owner=owner)
+            watched = await service.registration.register(str(cluster_id), owner=owner)
         except RegistrationRefused as exc:
             raise BadRequest("RegistrationRefused", str(exc), 422) from None
         return 200, watched_dict(watched)
@@ -134,10 +135,10 @@ async def rotate(service: Service, method: str, params: Mapping[str, str], body:
             raise BadRequest("InvalidKeyUrl", str(exc)) from None
     if await service.registry.watched.get(cluster_id) is None:  # rule 11: acts only on watched clusters
         raise BadRequest("NotWatched", "cluster is not watched: register it first", 404)
-    job = Job.new(str(cluster_id), trigger="manual", target_key_url=key_url)
+    job = Job.new(str(cluster_id), trigger=Trigger.MANUAL, target_key_url=key_url)
     await service.queue.send(job)
     logger.info(
-        "rotation.jobs_enqueued", extra={"cluster_id": str(cluster_id), "trigger": "manual", "queued": 1}
+        "rotation.jobs_enqueued", extra={"cluster_id": str(cluster_id), "trigger": job.trigger, "queued": 1}
     )
     return 202, {"queued": json.loads(job.to_json())}
 
@@ -148,7 +149,7 @@ async def doctor(service: Service, method: str, params: Mapping[str, str], body:
     del method, body
     raw = params.get("clusterId")
     ids = None if raw is None else [str(_cluster_id(raw))]
-    report = await service.doctor(ids)
+    report = await service.registration.doctor(ids)
     return 200, report.to_dict()
 
 

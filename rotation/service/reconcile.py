@@ -31,16 +31,15 @@ from rotation.key_rules import (
     same_second,
     unusable_reason,
 )
-from rotation.outcomes import Outcome
+from rotation.outcomes import Outcome, Trigger
 from rotation.retry import RetryPolicy
 from rotation.store.jobs import Job
-from rotation.store.watch import WatchState
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from rotation.key_rules import KeyVersion
-    from rotation.service.app import Service
+    from rotation.service.process import Service
     from rotation.store.watch import WatchedCluster
 
 logger = logging.getLogger(__name__)
@@ -52,7 +51,7 @@ CLUSTER_DEADLINE_S = 180.0
 
 
 @dataclass
-class ClusterReport:
+class ReconcileLine:
     """One cluster's line in the reconcile table."""
 
     cluster_id: str
@@ -76,7 +75,7 @@ class ReconcileReport:
     """What one pass found and did."""
 
     dry_run: bool
-    clusters: list[ClusterReport] = field(default_factory=list)
+    clusters: list[ReconcileLine] = field(default_factory=list)
     arm_reads: int = 0
     keyvault_reads: int = 0
     keys: int = 0
@@ -212,7 +211,7 @@ class Reconciler:
                 async with asyncio.timeout(self._cluster_deadline):
                     line = await self._check(watched)
             except (TimeoutError, ServiceError) as exc:
-                line = ClusterReport(
+                line = ReconcileLine(
                     watched.cluster_id,
                     watched.key,
                     watched.current_version,
@@ -240,10 +239,10 @@ class Reconciler:
                 },
             )
 
-    async def _check(self, watched: WatchedCluster) -> ClusterReport:
+    async def _check(self, watched: WatchedCluster) -> ReconcileLine:
         service = self._service
         cluster_id = parse_cluster_id(watched.cluster_id)
-        fields = {"cluster_id": watched.cluster_id, "trigger": "reconcile"}
+        fields = {"cluster_id": watched.cluster_id, "trigger": Trigger.RECONCILE}
         try:
             cluster, attempts = await self._retry.call(
                 lambda: service.runtime.clusters.get(cluster_id), log_fields=fields
@@ -289,24 +288,24 @@ class Reconciler:
             )
             drift = (Outcome.KEY_MISMATCH.value, detail, "WARNING")
         if actual.versionless:
-            line = ClusterReport(
+            line = ReconcileLine(
                 watched.cluster_id, f"{actual.host}/{actual.name}", None, None, "versionless"
             )
             return self._with_drift(line, drift)
         key = await self._key_state(actual)
         newest = key.newest
-        line = ClusterReport(
+        line = ReconcileLine(
             watched.cluster_id,
             f"{actual.host}/{actual.name}",
             actual.version,
             newest.version if newest else None,
             "up-to-date",
         )
-        if watched.state is WatchState.PENDING and watched.operation_url and self._pending_lost(watched):
+        if watched.state == "pending" and watched.operation_url and self._pending_lost(watched):
             await self._queue(
                 Job.new(
                     watched.cluster_id,
-                    trigger="check",
+                    trigger=Trigger.CHECK,
                     target_key_url=watched.target_key_url,
                     operation_url=watched.operation_url,
                 )
@@ -318,7 +317,7 @@ class Reconciler:
         return self._with_drift(line, drift)
 
     async def _compare(
-        self, watched: WatchedCluster, line: ClusterReport, actual: KeyUrl, key: _KeyState
+        self, watched: WatchedCluster, line: ReconcileLine, actual: KeyUrl, key: _KeyState
     ) -> tuple[str, str, str] | None:
         """Queue a job when a newer usable version exists; else report expiry or an unusable key."""
         newest = key.newest
@@ -338,7 +337,7 @@ class Reconciler:
         )
         if newest.version != actual.version and forward:
             await self._queue(
-                Job.new(watched.cluster_id, trigger="reconcile", target_key_url=str(newest.url))
+                Job.new(watched.cluster_id, trigger=Trigger.RECONCILE, target_key_url=str(newest.url))
             )
             line.action = "queued" if not self._dry_run else "would-queue"
             return None
@@ -380,7 +379,7 @@ class Reconciler:
 
     async def _fetch_key(self, key: KeyUrl) -> _KeyState:
         keys = self._service.runtime.keys
-        fields = {"key": f"{key.host}/{key.name}", "trigger": "reconcile"}
+        fields = {"key": f"{key.host}/{key.name}", "trigger": Trigger.RECONCILE}
         versions, attempts = await self._retry.call(lambda: keys.list_versions(key), log_fields=fields)
         self._report.keyvault_reads += attempts
         now = self._now()
@@ -406,13 +405,13 @@ class Reconciler:
         )
 
     @staticmethod
-    def _skipped(watched: WatchedCluster, drift: str, detail: str, level: str) -> ClusterReport:
-        return ClusterReport(
+    def _skipped(watched: WatchedCluster, drift: str, detail: str, level: str) -> ReconcileLine:
+        return ReconcileLine(
             watched.cluster_id, watched.key, watched.current_version, None, "skipped", drift, detail, level
         )
 
     @staticmethod
-    def _with_drift(line: ClusterReport, drift: tuple[str, str, str] | None) -> ClusterReport:
+    def _with_drift(line: ReconcileLine, drift: tuple[str, str, str] | None) -> ReconcileLine:
         if drift is not None:
             line.drift, line.detail, line.level = drift
         return line

@@ -1,7 +1,7 @@
 """Per-process wiring: settings, one credential, one client per outside system, one `Rotator`.
 
 Built once per process (the Functions worker, or one CLI run) and reused for every job, so connections
-and tokens are reused too.
+and tokens are reused too. `rotation.service.process.Service` adds storage and what the app does with it.
 """
 
 from __future__ import annotations

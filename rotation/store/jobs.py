@@ -25,6 +25,7 @@ from rotation.ids import (
     parse_cluster_id,
     parse_key_url,
 )
+from rotation.outcomes import Trigger
 from rotation.store.clients import queue_client, storage_errors
 from rotation.untrusted import JsonRefused, json_type, loads_bounded, quote
 
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
     from azure.storage.queue.aio import QueueServiceClient
 
 QUEUE_NAME = "rotation-jobs"
-TRIGGERS = frozenset({"event", "reconcile", "manual", "replay", "check"})
 MAX_DELAY_SECONDS = 7 * 24 * 3600  # the queue's limit on a message's initial invisibility
 MAX_MESSAGE_BYTES = 64 * 1024  # Azure Queue storage's own limit on a message
 
@@ -49,7 +49,7 @@ class Job:
 
     cluster_id: str
     target_key_url: str | None  # None = the newest usable version of the cluster's key
-    trigger: str  # one of TRIGGERS
+    trigger: Trigger
     event_id: str | None
     enqueued_at: datetime
     operation_url: str | None = None  # set on "check" jobs: resume polling this operation (rule 7), never PUT
@@ -61,7 +61,7 @@ class Job:
         cls,
         cluster_id: str,
         *,
-        trigger: str,
+        trigger: Trigger,
         target_key_url: str | None = None,
         event_id: str | None = None,
         operation_url: str | None = None,
@@ -141,14 +141,17 @@ def _load_object(text: str | bytes) -> dict[str, Any]:
     return data
 
 
-def _trigger_and_operation(data: dict[str, Any]) -> tuple[str, str | None]:
-    trigger = _required_str(data, "trigger")
-    if trigger not in TRIGGERS:
-        raise JobRejected(f"job trigger {quote(trigger)} is not one of {', '.join(sorted(TRIGGERS))}")
+def _trigger_and_operation(data: dict[str, Any]) -> tuple[Trigger, str | None]:
+    raw = _required_str(data, "trigger")
+    try:
+        trigger = Trigger(raw)
+    except ValueError:
+        names = ", ".join(sorted(Trigger))
+        raise JobRejected(f"job trigger {quote(raw)} is not one of {names}") from None
     operation_url = _optional_str(data, "operation_url")
     if operation_url is not None and not operation_url.startswith("https://"):
         raise JobRejected(f"job operation_url is not an https URL: {quote(operation_url)}")
-    if trigger == "check" and operation_url is None:
+    if trigger is Trigger.CHECK and operation_url is None:
         raise JobRejected("job with trigger 'check' has no operation_url")
     return trigger, operation_url
 

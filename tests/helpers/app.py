@@ -34,7 +34,7 @@ from azsim.azurite import Azurite
 from azsim.host import Context, QueueHost
 from azsim.simulator import Simulator
 from rotation.ids import parse_cluster_id
-from rotation.service.app import Service, close_services, service_for_loop
+from rotation.service.process import Service, close_services, service_for_loop
 from rotation.settings import Settings
 from tests.helpers.world import MADE_SUBSCRIPTIONS
 

@@ -14,7 +14,7 @@ import pytest
 from azsim.azurite import Azurite
 from azsim.simulator import Simulator
 from rotation.ids import parse_cluster_id
-from rotation.service.app import Service
+from rotation.service.process import Service
 from rotation.settings import Settings
 from rotation.store.jobs import Job
 from tests.helpers.app import forget_created
@@ -67,7 +67,7 @@ class Cli:
         service = Service.create(Settings.from_env(self.env))
         try:
             for cluster_id in cluster_ids:
-                await service.register(cluster_id, owner=None)
+                await service.registration.register(cluster_id, owner=None)
         finally:
             await service.close()
 
@@ -83,7 +83,7 @@ class Cli:
         """Run one job in-process, as the queue function would."""
         service = Service.create(Settings.from_env(self.env))
         try:
-            await service.execute(job)
+            await service.worker.execute(job)
         finally:
             await service.close()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
@@ -16,12 +17,10 @@ from azsim.azurite import Azurite
 from azsim.host import QueueHost
 from azsim.messages import RequestRecord
 from azsim.simulator import Simulator
-from rotation.service.app import Service
-from rotation.service.runtime import Runtime
+from rotation.service.process import Service
 from rotation.settings import RetrySettings, Settings
-from rotation.store.clients import queue_client, storage_clients
-from rotation.store.jobs import Job, JobQueue
-from rotation.store.registry import Registry
+from rotation.store.clients import queue_client
+from rotation.store.jobs import Job
 from tests.helpers.world import cmk_url, make_world, puts
 
 
@@ -36,6 +35,21 @@ class Stack:
     subscription: str
     vault: str
     identity: str
+    tables: tuple[str, str]  # the watch and history tables
+
+    def service_with(self, **settings: Any) -> Service:
+        """Another `Service` on this stack's tables and queue, with these settings changed (caller closes)."""
+        return Service.create(
+            replace(self.service.settings, **settings),
+            watch_table=self.tables[0],
+            history_table=self.tables[1],
+            queue_name=self.queue_name,
+        )
+
+    async def reconfigure(self, **settings: Any) -> None:
+        """Rebuild the stack's service with these settings changed, on the same tables and queue."""
+        old, self.service = self.service, self.service_with(**settings)
+        await old.close()
 
     def new_key(self, name: str | None = None, **kw) -> tuple[str, str]:
         """A new key of the vault (a random name unless given) and its first version, no event."""
@@ -55,7 +69,7 @@ class Stack:
     async def register(self, *cluster_ids: str) -> None:
         """Watch the clusters (owner ``team``)."""
         for cid in cluster_ids:
-            await self.service.register(cid, owner="team")
+            await self.service.registration.register(cid, owner="team")
 
     def key_of(self, cluster_id: str) -> str:
         """The key URL the cluster is encrypted with."""
@@ -69,7 +83,7 @@ class Stack:
         """Run the queue function on every job (as the host would) until the queue stays empty."""
 
         async def function(msg, ctx) -> None:
-            await self.service.handle_job(
+            await self.service.worker.handle_job(
                 msg.get_body(), dequeue_count=msg.dequeue_count, invocation_id=ctx.invocation_id
             )
 
@@ -101,17 +115,20 @@ async def stack(sim: Simulator, azurite: Azurite, monkeypatch: pytest.MonkeyPatc
         check_delay_seconds=0,
         max_concurrency=4,
     )
-    runtime = Runtime.create(settings)
-    tables, queues = storage_clients(settings, http=runtime.http)  # the production path: one pool
     suffix = uuid.uuid4().hex[:10]
     queue_name = f"jobs-{suffix}"
-    service = Service(
-        runtime,
-        Registry(tables, watch_table=f"w{suffix}", history_table=f"h{suffix}"),
-        JobQueue(queues, name=queue_name),
-    )
+    tables = (f"w{suffix}", f"h{suffix}")
+    service = Service.create(settings, watch_table=tables[0], history_table=tables[1], queue_name=queue_name)
     world = make_world(sim, per_subscription=0)
-    yield Stack(
-        sim, service, azurite.connection_string, queue_name, world.subscription, world.vault, world.identity
+    built = Stack(
+        sim,
+        service,
+        azurite.connection_string,
+        queue_name,
+        world.subscription,
+        world.vault,
+        world.identity,
+        tables,
     )
-    await service.close()
+    yield built
+    await built.service.close()
