@@ -1,4 +1,4 @@
-"""HTTP surface beyond tests/test_http.py: fuzzing, other resource types, oversized bodies, escaped logs.
+"""HTTP surface beyond tests/app/test_http.py: fuzzing, other resource types, oversized bodies, escaped logs.
 
 Fuzzed bodies and parameters on every route, ids of other resource types, oversized bodies on every POST,
 and no caller text in a log line unescaped.

@@ -1,6 +1,6 @@
 """The Dockerfile: it runs `rotation serve` as the process tests run it, and refuses to start unkeyed.
 
-It is built only where a container runtime answers; tests/test_serve.py covers the process itself.
+It is built only where a container runtime answers; tests/app/test_serve.py covers the process itself.
 """
 
 from __future__ import annotations

@@ -176,7 +176,7 @@ def test_runbook_links_the_workbook():
 
 
 def test_key_not_usable_alert_carries_the_reason_with_the_target_url():
-    """The key-not-usable alert projects the log line's reason (tests/test_signals.py: it starts with the URL)."""
+    """The key-not-usable alert projects the log line's reason (tests/app/test_signals.py: it starts with the URL)."""
     query = log_alerts()["key-not-usable"]["query"]
     assert 'reason = tostring(Properties["reason"])' in query
     assert '"key-not-usable"' in query

@@ -1,7 +1,7 @@
 """Attacks on the operator's side: terminal escapes in answers, a deep replay file, Ctrl-C during `rotate`.
 
 Run as the operator runs them: `python -m rotation` in a subprocess with the simulator's settings and
-Azurite as storage (the `cli` fixture of test_replay_cli).
+Azurite as storage (the `cli` fixture, tests/helpers/cli.py).
 """
 
 from __future__ import annotations
