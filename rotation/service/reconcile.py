@@ -17,7 +17,7 @@ import asyncio
 import logging
 import random
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -25,11 +25,9 @@ from rotation.errors import NotFoundError, ServiceError
 from rotation.ids import InvalidKeyUrl, KeyUrl, parse_cluster_id, parse_key_url
 from rotation.key_rules import (
     EXPIRY_HORIZON,
-    candidates,
     newest_not_usable,
     newest_version,
-    same_second,
-    unusable_reason,
+    pick_newest_usable,
 )
 from rotation.outcomes import Outcome, Trigger
 from rotation.retry import RetryPolicy
@@ -382,20 +380,15 @@ class Reconciler:
         fields = {"key": f"{key.host}/{key.name}", "trigger": Trigger.RECONCILE}
         versions, attempts = await self._retry.call(lambda: keys.list_versions(key), log_fields=fields)
         self._report.keyvault_reads += attempts
-        now = self._now()
-        newest: KeyVersion | None = None
         read: dict[str, KeyVersion] = {}
-        for listed in candidates(versions, now):
-            url = listed.url
-            full, attempts = await self._retry.call(
-                lambda: keys.get_version(url),  # noqa: B023 - awaited before the loop moves on
-                log_fields=fields,
-            )
+
+        async def read_version(url: KeyUrl) -> KeyVersion:
+            full, attempts = await self._retry.call(lambda: keys.get_version(url), log_fields=fields)
             self._report.keyvault_reads += attempts
             read[full.version] = full
-            if unusable_reason(full, now) is None:
-                newest = replace(full, ambiguous=True) if same_second(listed, versions, now) else full
-                break
+            return full
+
+        newest = await pick_newest_usable(versions, read_version, self._now())
         return _KeyState(
             created={v.version: v.created_on for v in versions},
             expires={v.version: v.expires_on for v in versions},

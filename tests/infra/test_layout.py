@@ -125,3 +125,36 @@ def test_cycle_finder_sees_lazy_and_type_checking_imports(tmp_path, monkeypatch)
         "pkg.d": {"pkg.a"},
     }
     assert cycles(graph) == [frozenset({"pkg.a", "pkg.b", "pkg.c"})]
+
+
+def _package_map(doc: str) -> dict[str, set[str]]:
+    """The "The package:" section of a docstring: subpackage ("core" for the top level) -> the words listed."""
+    entries: dict[str, set[str]] = {}
+    current = None
+    for line in doc.partition("The package:")[2].splitlines():
+        words = line
+        if line.startswith("    ") and not line.startswith("     "):
+            head, _, words = line.strip().partition(" ")
+            current = entries.setdefault(head.rstrip("/"), set())
+        elif not line.startswith("     "):
+            current = None
+        if current is not None:
+            current.update(words.replace(",", " ").replace("(", " ").replace(")", " ").split())
+    return entries
+
+
+def test_the_package_docstring_maps_every_module():
+    """rotation/__init__.py's map names every module of the package under its subpackage."""
+    import rotation
+
+    listed = _package_map(rotation.__doc__ or "")
+    missing = []
+    for name in _modules("rotation"):
+        parts = name.split(".")[1:]
+        if not parts or parts[-1] == "__main__" or (len(parts) == 1 and parts[0] in listed):
+            continue
+        sub = parts[0] if len(parts) > 1 else "core"
+        if parts[-1] not in listed.get(sub, set()):
+            missing.append(name)
+    assert listed
+    assert not missing, missing

@@ -118,7 +118,7 @@ def test_not_updatable_recognises_the_create_only_refusal(status, code, message,
 )  # fmt: skip
 def test_operation_urls_of_the_spec_are_followed_by_kind(url, kind):
     """The spec's two operation types and the cluster's own URL are accepted, each with its kind."""
-    assert check_operation_url(url, host="management.azure.com", cluster_id=CLUSTER) is kind
+    assert check_operation_url(url, endpoint="https://management.azure.com", cluster_id=CLUSTER) is kind
 
 
 @pytest.mark.parametrize(
@@ -137,8 +137,41 @@ def test_operation_urls_of_the_spec_are_followed_by_kind(url, kind):
 def test_operation_urls_outside_the_checks_are_refused_for_good(url):
     """Lookalike hosts, credentials, another subscription, other paths: refused, and never retried."""
     with pytest.raises(OperationUrlRefused) as info:
-        check_operation_url(url, host="management.azure.com", cluster_id=CLUSTER)
+        check_operation_url(url, endpoint="https://management.azure.com", cluster_id=CLUSTER)
     assert info.value.transient is False
+
+
+@pytest.mark.parametrize(
+    ("url", "followed"),
+    [
+        (f"{OPS}/mongoClusterAzureAsyncOperation/1?api-version=2025-09-01", True),
+        (f"{OPS.replace('westeurope', 'West%20Europe')}/mongoClusterOperationResults/a1*b2/", True),
+        (f"https://management.azure.com{CLUSTER}", True),
+        (f"{OPS}/mongoClusterOperationResults/%2e%2e", False),
+        (f"{OPS}/mongoClusterOperationResults/1%2F..%2F..", False),
+        (
+            f"{OPS.replace(SUB, '33333333-3333-3333-3333-333333333333')}/mongoClusterAzureAsyncOperation/1",
+            False,
+        ),
+        (f"{OPS}/operationsStatus/1", False),
+        ("https://management.azure.com:8443/x", False),
+    ],
+)
+def test_the_writer_and_a_check_job_judge_an_operation_url_alike(url, followed):
+    """A URL a write's answer may hand over is exactly one a check job may carry: one grammar for both."""
+    from rotation.url_guard import UnsafeUrl, check_operation_path, check_same_origin
+
+    try:
+        check_operation_url(url, endpoint="https://management.azure.com", cluster_id=CLUSTER)
+        writer_follows = True
+    except OperationUrlRefused:
+        writer_follows = False
+    try:
+        check_operation_path(check_same_origin(url, "https://management.azure.com"), CLUSTER)
+        job_may_carry = True
+    except UnsafeUrl:
+        job_may_carry = False
+    assert (writer_follows, job_may_carry) == (followed, followed)
 
 
 def test_collateral_diff_names_paths_never_values():
