@@ -167,9 +167,10 @@ class Simulator:
             ]
 
     def clear_requests(self) -> None:
-        """Empty the request log."""
+        """Empty the request log and the log of refused CONNECTs (a test's traffic starts from nothing)."""
         with self._state.lock:
             self._state.requests.clear()
+            self._state.refused_connects.clear()
 
     # -- configuration ---------------------------------------------------------------------------
 

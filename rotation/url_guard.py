@@ -8,8 +8,8 @@ Quoted input is truncated and ``repr()``-ed, as in `rotation.ids`.
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 from rotation.ids import CLUSTER_TYPE, MAX_KEY_URL_LENGTH, has_control_or_space, is_dns_name, is_https_port
 from rotation.untrusted import quote
@@ -28,7 +28,6 @@ class UnsafeUrl(ValueError):
 # /{id}``); the same two `rotation.azure.lro` follows.
 OPERATION_TYPES = frozenset({"mongoclusterazureasyncoperation", "mongoclusteroperationresults"})
 _OPERATION_SEGMENTS = 8  # subscriptions/{sub}/providers/Microsoft.DocumentDB/locations/{loc}/{type}/{id}
-_OPERATION_PART = re.compile(r"[A-Za-z0-9_.()-]{1,128}")
 
 
 def _origin(url: str) -> tuple[str, str]:
@@ -79,23 +78,33 @@ def check_same_origin(url: str, endpoint: str) -> str:
     return path
 
 
-def check_operation_path(path: str, cluster: ResourceId) -> None:
-    """`UnsafeUrl` unless ``path`` is a DocumentDB operation of ``cluster``'s subscription.
+def check_operation_path(path: str, cluster: ResourceId) -> str:
+    """The operation type ``path`` names, or "" for ``cluster``'s own path; `UnsafeUrl` for anything else.
 
-    ``/subscriptions/{sub}/providers/Microsoft.DocumentDB/locations/{loc}/{type}/{id}``, ``type`` one of
-    `OPERATION_TYPES` (case-insensitive, as ARM paths are).
+    The one grammar of the URLs a write's answer may hand over (followed by `rotation.azure.lro`) and a
+    check job may carry: ``/subscriptions/{sub}/providers/Microsoft.DocumentDB/locations/{loc}/{type}/{id}``
+    in the cluster's subscription, ``type`` one of `OPERATION_TYPES`, or the cluster's resource path (a
+    write answered without an operation header is followed by reading the resource). Compared
+    case-insensitively, as ARM paths are, after percent-decoding (as the server reads it); a trailing slash
+    is allowed. The type comes back lower case.
     """
-    segments = path.split("/")[1:]
+    decoded = unquote(path)
+    trimmed = decoded.removesuffix("/")
+    if trimmed.lower() == str(cluster).lower():
+        return ""
+    segments = trimmed.split("/")[1:]
     low = [s.lower() for s in segments]
     if (
         len(segments) != _OPERATION_SEGMENTS
         or low[0] != "subscriptions"
-        or low[1] != cluster.subscription.lower()
         or low[2:5] != ["providers", CLUSTER_TYPE[0].lower(), "locations"]
         or low[6] not in OPERATION_TYPES
-        or not all(_OPERATION_PART.fullmatch(s) for s in (segments[5], segments[7]))
+        or any(s in {"", ".", ".."} for s in (segments[5], segments[7]))
     ):
+        raise UnsafeUrl(f"operation path {quote(path)} is not a Microsoft.DocumentDB mongoCluster operation")
+    if low[1] != cluster.subscription.lower():
         raise UnsafeUrl(
-            f"operation path {quote(path)} is not a Microsoft.DocumentDB operation of subscription "
-            f"{cluster.subscription}"
+            f"operation path {quote(path)} is in subscription {quote(segments[1])}, not the cluster's "
+            f"({cluster.subscription})"
         )
+    return low[6]

@@ -6,7 +6,7 @@
 4. DIR/env: the settings as `export` lines, so another shell can `. .sim/env` and run the CLIs;
 5. the commands to try; then it waits for Ctrl-C (or SIGTERM) and stops the daemon, then the simulator.
 
-README.md, "Try it by hand", walks through it (and tests/test_try_it.py runs that section).
+README.md, "Try it by hand", walks through it (and tests/scenarios/test_try_it.py runs that section).
 """
 
 from __future__ import annotations

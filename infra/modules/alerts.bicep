@@ -46,7 +46,7 @@ var logAlerts = [
   {
     key: 'cluster-failed'
     displayName: 'cmk-rotator: cluster rotation failed'
-    description: 'A cluster could not be moved to the new key version after retries (rotation.cluster_failed). Runbook: docs/alerts.md#cluster-failed.'
+    description: 'A cluster could not be moved to the new key version after retries (rotation.cluster_failed). Runbook: docs/runbook.md#cluster-failed.'
     severity: 1
     dimensions: clusterDimension
     query: '''
@@ -59,7 +59,7 @@ AppTraces
   {
     key: 'key-not-usable'
     displayName: 'cmk-rotator: new key version not usable'
-    description: 'A rotation was refused because the target key version is disabled, expired, not yet valid, of the wrong type or lacks wrapKey/unwrapKey (outcome key-not-usable). Runbook: docs/alerts.md#key-not-usable.'
+    description: 'A rotation was refused because the target key version is disabled, expired, not yet valid, of the wrong type or lacks wrapKey/unwrapKey (outcome key-not-usable). Runbook: docs/runbook.md#key-not-usable.'
     severity: 1
     dimensions: clusterDimension
     query: '''
@@ -72,7 +72,7 @@ AppTraces
   {
     key: 'collateral-change'
     displayName: 'cmk-rotator: a rotation changed more than the key'
-    description: 'The cluster GET after a rotation differs from the one before it outside the key URL and status fields (rotation.collateral_change; a PUT replaces the resource). Runbook: docs/alerts.md#collateral-change.'
+    description: 'The cluster GET after a rotation differs from the one before it outside the key URL and status fields (rotation.collateral_change; a PUT replaces the resource). Runbook: docs/runbook.md#collateral-change.'
     severity: 2
     dimensions: clusterDimension
     query: '''
@@ -85,7 +85,7 @@ AppTraces
   {
     key: 'job-poisoned'
     displayName: 'cmk-rotator: rotation job moved to the poison queue'
-    description: 'The Functions host gave up on a rotation job after maxDequeueCount attempts and moved it to rotation-jobs-poison. Runbook: docs/alerts.md#job-poisoned.'
+    description: 'The Functions host gave up on a rotation job after maxDequeueCount attempts and moved it to rotation-jobs-poison. Runbook: docs/runbook.md#poison-message.'
     severity: 2
     dimensions: []
     query: '''
@@ -193,7 +193,7 @@ resource queueBacklogAlert 'Microsoft.Insights/metricAlerts@2018-03-01' = {
   location: 'global'
   tags: tags
   properties: {
-    description: 'Messages stayed in the rotation queues for 6 hours: poisoned rotation jobs (rotation-jobs-poison) or a stalled worker. Runbook: docs/alerts.md#queue-backlog.'
+    description: 'Messages stayed in the rotation queues for 6 hours: poisoned rotation jobs (rotation-jobs-poison) or a stalled worker. Runbook: docs/runbook.md#queue-backlog.'
     severity: 2
     enabled: true
     scopes: [queueService.id]

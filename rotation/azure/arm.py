@@ -24,13 +24,11 @@ from rotation.azure.http_errors import raise_for_status, retry_after_seconds
 from rotation.azure.lro import (
     DEFAULT_POLL_SECONDS,
     OperationKind,
-    OperationUrlRefused,
     check_operation_url,
     is_terminal,
 )
 from rotation.azure.pacing import ArmPacer
 from rotation.errors import ServiceError
-from rotation.url_guard import UnsafeUrl, check_same_origin
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
@@ -213,11 +211,7 @@ class ClustersClient(ArmConnection):
         ):
             url = headers.get(header)
             if url:
-                try:  # the strict parse first (userinfo, backslash, port), as polls do
-                    check_same_origin(url, self._endpoint)
-                except UnsafeUrl as exc:
-                    raise OperationUrlRefused(f"operation URL refused: {exc}", service="arm") from None
-                check_operation_url(url, host=self._host, cluster_id=cluster_id)
+                check_operation_url(url, endpoint=self._endpoint, cluster_id=cluster_id)
                 return replace(base, url=url, kind=kind)
         # No header: the resource itself tells (BodyContentPolling): 202 running, else its provisioningState.
         state: str | None = None
@@ -237,7 +231,7 @@ class ClustersClient(ArmConnection):
     ) -> OperationStatus:
         """Poll an accepted operation once; ``kind`` None: the kind its checked URL names (rule 7)."""
         self._check_same_host(url)  # one strict parse: scheme, host, port 443, no user info or backslash
-        named = check_operation_url(url, host=self._host, cluster_id=cluster_id)
+        named = check_operation_url(url, endpoint=self._endpoint, cluster_id=cluster_id)
         kind = kind or named
         if kind is OperationKind.RESOURCE:
             response = await self._send("GET", self._resource_url(cluster_id))

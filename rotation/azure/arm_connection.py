@@ -56,7 +56,6 @@ class ArmConnection:
         deadline: float | None = None,
     ) -> None:
         self._endpoint = endpoint.rstrip("/")
-        self._host = (urlsplit(self._endpoint).hostname or "").lower()
         self._timeouts = {"connection_timeout": connection_timeout, "read_timeout": read_timeout}
         # The read timeout bounds each wait for a byte; this bounds the whole request (a trickled answer).
         self._deadline = deadline if deadline is not None else connection_timeout + read_timeout

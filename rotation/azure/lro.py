@@ -14,18 +14,17 @@ and ``.../locations/{loc}/mongoClusterOperationResults/{id}``.
 The URL of an accepted operation comes from ARM's answer, so it is an input: it is followed only on the
 configured ARM host, over https on port 443, in the cluster's own subscription, on a DocumentDB
 ``locations/{loc}/mongoCluster...`` path (or the cluster's own resource URL, when ARM gave no header). The
-kind of a recorded URL (rule 7) is read back from its path by `operation_kind`.
+kind of a recorded URL (rule 7) is read back from its path. The checks are `rotation.url_guard`'s, the same
+ones a check job's URL is held to.
 """
 
 from __future__ import annotations
 
-import re
 from enum import StrEnum
 from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlsplit
 
 from rotation.errors import ServiceError
-from rotation.url_guard import OPERATION_TYPES
+from rotation.url_guard import UnsafeUrl, check_operation_path, check_same_origin
 
 if TYPE_CHECKING:
     from rotation.ids import ResourceId
@@ -36,20 +35,11 @@ __all__ = [
     "OperationKind",
     "OperationUrlRefused",
     "check_operation_url",
-    "operation_kind",
 ]
 
 # The wait between polls when ARM names none (a resource GET never does; ARMPolling's default is 30 s).
 DEFAULT_POLL_SECONDS = 5.0
 TERMINAL_STATES = frozenset({"succeeded", "failed", "canceled", "cancelled"})
-_HTTPS_PORT = 443
-# The spec's two operation types (`rotation.url_guard.OPERATION_TYPES`, the same set the queue's check jobs
-# are held to): Azure-AsyncOperation's and Location's. No other type is followed.
-_OPERATION_PATH = re.compile(
-    r"/subscriptions/(?P<sub>[^/]+)/providers/microsoft\.documentdb/locations/(?P<loc>[^/]+)"
-    rf"/(?P<type>{'|'.join(sorted(OPERATION_TYPES))})/(?P<id>[^/]+)/?",
-    re.IGNORECASE,
-)
 _LOCATION_TYPE = "mongoclusteroperationresults"  # the Location header's type; the other reads ``status``
 
 
@@ -76,44 +66,19 @@ class OperationKind(StrEnum):
     RESOURCE = "resource"  # GET the cluster: ``properties.provisioningState``
 
 
-def check_operation_url(url: str, *, host: str, cluster_id: ResourceId) -> OperationKind:
+def check_operation_url(url: str, *, endpoint: str, cluster_id: ResourceId) -> OperationKind:
     """Refuse (`OperationUrlRefused`) an operation URL not to follow; return the kind its path names.
 
-    ``host`` is the configured ARM endpoint's host. The checks hold for both header kinds and for a
-    recorded URL being resumed.
+    ``endpoint`` is the configured ARM endpoint. One strict parse (`check_same_origin`), then the path's
+    grammar (`check_operation_path`); the checks hold for both header kinds and for a recorded URL resumed.
     """
     try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise OperationUrlRefused(f"operation URL is not a URL: {exc}", service="arm") from exc
-    hostname = (parts.hostname or "").lower()
-    if parts.scheme.lower() != "https" or hostname != host.lower():
-        raise OperationUrlRefused(f"operation URL on unexpected host: {parts.hostname!r}", service="arm")
-    if port not in {None, _HTTPS_PORT} or parts.username is not None or parts.password is not None:
-        raise OperationUrlRefused(
-            f"operation URL on unexpected port or with credentials: {port!r}", service="arm"
-        )
-    path = unquote(parts.path)
-    if path.rstrip("/").lower() == str(cluster_id).lower():
+        kind = check_operation_path(check_same_origin(url, endpoint), cluster_id)
+    except UnsafeUrl as exc:
+        raise OperationUrlRefused(f"operation URL refused: {exc}", service="arm") from None
+    if not kind:
         return OperationKind.RESOURCE
-    match = _OPERATION_PATH.fullmatch(path)
-    if match is None:
-        raise OperationUrlRefused(
-            f"operation URL is not a DocumentDB mongoCluster operation: {path[:120]!r}", service="arm"
-        )
-    if match.group("sub").lower() != cluster_id.subscription.lower():
-        raise OperationUrlRefused(
-            f"operation URL is in subscription {match.group('sub')[:40]!r}, not the cluster's", service="arm"
-        )
-    if match.group("type").lower() == _LOCATION_TYPE:
-        return OperationKind.LOCATION
-    return OperationKind.ASYNC_OPERATION
-
-
-def operation_kind(url: str, *, host: str, cluster_id: ResourceId) -> OperationKind:
-    """The kind of a recorded operation URL (rule 7: resume the way it was accepted); checked as above."""
-    return check_operation_url(url, host=host, cluster_id=cluster_id)
+    return OperationKind.LOCATION if kind == _LOCATION_TYPE else OperationKind.ASYNC_OPERATION
 
 
 def is_terminal(status: str) -> bool:

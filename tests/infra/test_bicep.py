@@ -74,10 +74,12 @@ def resolve(relative: str, value: Any) -> Any:
 
 
 def relative_name(path: Path) -> str:
+    """A Bicep file's path under infra/."""
     return path.relative_to(INFRA).as_posix()
 
 
 def all_role_definitions() -> list[tuple[str, dict[str, Any]]]:
+    """Every custom role definition in infra/, with its file."""
     return [
         (relative_name(path), definition)
         for path in BICEP_FILES
@@ -88,6 +90,7 @@ def all_role_definitions() -> list[tuple[str, dict[str, Any]]]:
 
 
 def all_role_assignments() -> list[tuple[str, str, dict[str, Any]]]:
+    """Every role assignment in infra/, with its file and symbolic name."""
     return [
         (relative_name(path), name, assignment)
         for path in BICEP_FILES
@@ -98,6 +101,7 @@ def all_role_assignments() -> list[tuple[str, str, dict[str, Any]]]:
 
 
 def role_definition(role_name_fragment: str) -> dict[str, Any]:
+    """The custom role whose name contains the fragment, with its file (the test fails if none)."""
     for relative, definition in all_role_definitions():
         if role_name_fragment in definition["properties"]["roleName"]:
             return {"file": relative, **definition}
@@ -105,6 +109,7 @@ def role_definition(role_name_fragment: str) -> dict[str, Any]:
 
 
 def app_settings() -> dict[str, Any]:
+    """The function app's app settings by name."""
     site = resources_of_type("modules/function-app.bicep", "Microsoft.Web/sites")["site"]
     return {setting["name"]: setting["value"] for setting in site["properties"]["siteConfig"]["appSettings"]}
 
@@ -361,6 +366,7 @@ def test_storage_holds_the_app_tables_queues_and_containers():
 
 
 def event_subscription() -> dict[str, Any]:
+    """The properties of the Event Grid subscription."""
     resources = resources_of_type(
         "eventgrid-subscription.bicep", "Microsoft.EventGrid/systemTopics/eventSubscriptions"
     )

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hooks_harness import HOOKS, Cli, shell_function
 from pycep import BicepParser
+
+from tests.helpers.hooks import HOOKS, Cli, shell_function
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
@@ -38,15 +39,18 @@ ASSIGNMENTS = "/providers/Microsoft.Authorization/roleAssignments/"
 
 @functools.cache
 def parse(relative: str) -> dict[str, Any]:
+    """A Bicep file under infra/, parsed by pycep (cached)."""
     return BicepParser().parse(file_path=INFRA / relative)
 
 
 def body(declaration: dict[str, Any]) -> dict[str, Any]:
+    """A resource declaration's body, inside a loop or condition when it has one."""
     config = declaration["config"]
     return config["config"] if "loop_type" in config or "condition" in config else config
 
 
 def resources_of_type(relative: str, resource_type: str) -> dict[str, dict[str, Any]]:
+    """The resources of one type in a Bicep file, by symbolic name."""
     return {
         name: body(resource)
         for name, resource in parse(relative)["resources"].items()
@@ -55,6 +59,7 @@ def resources_of_type(relative: str, resource_type: str) -> dict[str, dict[str, 
 
 
 def relative_name(path: Path) -> str:
+    """A Bicep file's path under infra/."""
     return path.relative_to(INFRA).as_posix()
 
 
@@ -92,6 +97,7 @@ def hook_env(env_name: str = "prod", **extra: str) -> dict[str, str]:
 
 
 def env_id(env_name: str = "prod") -> str:
+    """The resource group id of an azd environment in the test subscription."""
     return f"/subscriptions/{SUB}/resourceGroups/rg-{env_name}"
 
 
@@ -109,7 +115,8 @@ def after_down(env: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.fixture
-def cli(tmp_path: Path) -> Cli:
+def hooks(tmp_path: Path) -> Cli:
+    """Stand-in `az` and `azd` programs in a temporary directory."""
     return Cli(tmp_path)
 
 
@@ -121,6 +128,8 @@ PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[=-])([^}]*))?\}")
 
 
 def azd_envsubst(text: str, env: dict[str, str]) -> str:
+    """The text with ${NAME}, ${NAME=default} and ${NAME:=default} replaced as azd does."""
+
     def replace(match: re.Match[str]) -> str:
         name, operator, default = match.group(1), match.group(2), match.group(3) or ""
         if name not in env:
@@ -158,6 +167,7 @@ def azd_parameter_values(raw: str, bicep_types: dict[str, str], env: dict[str, s
 
 
 def bicep_types(relative: str) -> dict[str, str]:
+    """The declared type of each parameter of a Bicep file."""
     return {name: parameter["type"] for name, parameter in parse(relative)["parameters"].items()}
 
 
@@ -293,6 +303,7 @@ def test_every_value_the_parameters_file_and_hooks_can_produce_satisfies_the_dec
 
 
 def published_operations() -> list[str]:
+    """The Azure RBAC operations published (infra data file, comments and blanks left out)."""
     lines = (DATA / "azure-rbac-operations.txt").read_text(encoding="utf-8").splitlines()
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
 
@@ -314,6 +325,7 @@ def role_actions() -> list[tuple[str, str, str]]:
 
 
 def wildcard_matches(pattern: str, operations: list[str]) -> list[str]:
+    """The operations an RBAC action pattern with ``*`` matches, case-insensitively."""
     regex = re.compile("^" + ".*".join(re.escape(part) for part in pattern.split("*")) + "$", re.IGNORECASE)
     return [operation for operation in operations if regex.match(operation)]
 
@@ -395,21 +407,21 @@ def test_azure_yaml_undoes_access_after_down_not_before():
     assert not (HOOKS / "predown.sh").exists()
 
 
-def test_postdown_changes_nothing_while_the_app_resource_group_exists(cli: Cli):
+def test_postdown_changes_nothing_while_the_app_resource_group_exists(hooks: Cli):
     """If the app's resource group is still there (down declined or failed), postdown deletes nothing."""
-    cli.answer("az", "group", "exists", stdout="true\n")
+    hooks.answer("az", "group", "exists", stdout="true\n")
     env = hook_env(ACCESS_CLUSTER_RG_ASSIGNMENT_IDS=f"{RG_A}{ASSIGNMENTS}a1", CLUSTER_ROTATOR_ROLE_ID="r1")
-    result = cli.run("postdown.sh", after_down(env))
+    result = hooks.run("postdown.sh", after_down(env))
     assert result.returncode == 1
     assert "still exists" in result.stderr
-    assert cli.calls_with("group", "exists", "rg-prod")
-    assert [call for call in cli.calls("az") if "delete" in call] == []
+    assert hooks.calls_with("group", "exists", "rg-prod")
+    assert [call for call in hooks.calls("az") if "delete" in call] == []
 
 
-def test_postdown_removes_the_event_subscription_assignments_and_roles_after_down(cli: Cli):
+def test_postdown_removes_the_event_subscription_assignments_and_roles_after_down(hooks: Cli):
     """After the group is gone, postdown removes the subscription, every recorded assignment and the roles."""
-    cli.answer("az", "group", "exists", stdout="false\n")
-    cli.answer("az", "resource", "show", stdout="\n")
+    hooks.answer("az", "group", "exists", stdout="false\n")
+    hooks.answer("az", "resource", "show", stdout="\n")
     env = hook_env(
         ACCESS_VAULT_ASSIGNMENT_IDS=f"{VAULT_ID}{ASSIGNMENTS}v1",
         ACCESS_CLUSTER_RG_ASSIGNMENT_IDS=f"{RG_A}{ASSIGNMENTS}a1 {RG_B}{ASSIGNMENTS}b1",
@@ -418,21 +430,21 @@ def test_postdown_removes_the_event_subscription_assignments_and_roles_after_dow
         OPERATION_STATUS_ROLE_ID="r2",
         IDENTITY_ASSIGNER_ROLE_ID="r3",
     )
-    result = cli.run("postdown.sh", after_down(env))
+    result = hooks.run("postdown.sh", after_down(env))
     assert result.returncode == 0, result.stderr
-    deleted = [call[-3] for call in cli.calls_with("role", "assignment", "delete")]
+    deleted = [call[-3] for call in hooks.calls_with("role", "assignment", "delete")]
     assert deleted == [
         f"{VAULT_ID}{ASSIGNMENTS}v1",
         f"{RG_A}{ASSIGNMENTS}a1",
         f"{RG_B}{ASSIGNMENTS}b1",
         f"{UAMI}{ASSIGNMENTS}i1",
     ]
-    assert [call[call.index("--name") + 1] for call in cli.calls_with("role", "definition", "delete")] == [
+    assert [call[call.index("--name") + 1] for call in hooks.calls_with("role", "definition", "delete")] == [
         "r1",
         "r2",
         "r3",
     ]
-    assert cli.calls_with("resource", "delete", f"{TOPIC_ID}/eventSubscriptions/cmk-rotator-prod")
+    assert hooks.calls_with("resource", "delete", f"{TOPIC_ID}/eventSubscriptions/cmk-rotator-prod")
 
 
 # --- 6. the system topic belongs to the environment that created it -------------------------------------
@@ -459,50 +471,51 @@ def topic_row(name: str, source: str, owner: str) -> str:
 
 
 def created_topic(create_call: list[str]) -> str:
+    """The system topic name an `az deployment` call passes."""
     [argument] = [a for a in create_call if a.startswith("existingSystemTopicName=")]
     return argument.split("=", 1)[1]
 
 
-def test_second_environment_reuses_the_topic_without_taking_it_over(cli: Cli):
+def test_second_environment_reuses_the_topic_without_taking_it_over(hooks: Cli):
     """The postprovision hook of a second environment passes the first one's topic as existing (not re-tagged)."""
     other_vault = VAULT_ID.replace("kv-prod", "kv-other")
     rows = topic_row("evgt-kv-other", other_vault, "") + topic_row(
         "evgt-kv-prod", VAULT_ID.upper(), env_id("prod")
     )
-    cli.answer("az", "system-topic", "list", stdout=rows)
-    result = cli.run("postprovision.sh", hook_env("staging"))
+    hooks.answer("az", "system-topic", "list", stdout=rows)
+    result = hooks.run("postprovision.sh", hook_env("staging"))
     assert result.returncode == 0, result.stderr
-    [create] = cli.calls_with("deployment", "sub", "create")
+    [create] = hooks.calls_with("deployment", "sub", "create")
     assert created_topic(create) == "evgt-kv-prod"
     assert f"environmentId={env_id('staging')}" in create
 
 
-def test_the_owner_environment_keeps_managing_its_topic_and_an_untagged_topic_is_reused(cli: Cli):
+def test_the_owner_environment_keeps_managing_its_topic_and_an_untagged_topic_is_reused(hooks: Cli):
     """The owner redeploys its own topic (not as existing); a topic with no owner tag is reused as existing."""
-    cli.answer("az", "system-topic", "list", stdout=topic_row("evgt-kv-prod", VAULT_ID, env_id("prod")))
-    assert cli.run("postprovision.sh", hook_env("prod")).returncode == 0
-    assert created_topic(cli.calls_with("deployment", "sub", "create")[0]) == ""
-    cli.rules.clear()
-    cli.answer("az", "system-topic", "list", stdout=topic_row("kv-prod-events", VAULT_ID, ""))
-    assert cli.run("postprovision.sh", hook_env("prod")).returncode == 0
-    assert created_topic(cli.calls_with("deployment", "sub", "create")[0]) == "kv-prod-events"
+    hooks.answer("az", "system-topic", "list", stdout=topic_row("evgt-kv-prod", VAULT_ID, env_id("prod")))
+    assert hooks.run("postprovision.sh", hook_env("prod")).returncode == 0
+    assert created_topic(hooks.calls_with("deployment", "sub", "create")[0]) == ""
+    hooks.rules.clear()
+    hooks.answer("az", "system-topic", "list", stdout=topic_row("kv-prod-events", VAULT_ID, ""))
+    assert hooks.run("postprovision.sh", hook_env("prod")).returncode == 0
+    assert created_topic(hooks.calls_with("deployment", "sub", "create")[0]) == "kv-prod-events"
 
 
-def test_postdown_keeps_a_topic_another_environment_created_or_still_uses(cli: Cli):
+def test_postdown_keeps_a_topic_another_environment_created_or_still_uses(hooks: Cli):
     """The postdown hook deletes the topic only when its owner tag names this environment and nobody else subscribes."""
-    cli.answer("az", "group", "exists", stdout="false\n")
-    cli.answer("az", "resource", "show", "--ids", TOPIC_ID, stdout=f"{env_id('prod')}\n")
-    cli.answer("az", "event-subscription", "list", stdout="1\n")
-    assert cli.run("postdown.sh", after_down(hook_env("staging"))).returncode == 0
-    assert not cli.calls_with("resource", "delete", TOPIC_ID)
-    assert cli.run("postdown.sh", after_down(hook_env("prod"))).returncode == 0  # owner; staging subscribes
-    assert not cli.calls_with("resource", "delete", TOPIC_ID)
-    cli.rules.clear()
-    cli.answer("az", "group", "exists", stdout="false\n")
-    cli.answer("az", "resource", "show", "--ids", TOPIC_ID, stdout=f"{env_id('prod')}\n")
-    cli.answer("az", "event-subscription", "list", stdout="0\n")
-    assert cli.run("postdown.sh", after_down(hook_env("prod"))).returncode == 0
-    assert cli.calls_with("resource", "delete", "--ids", TOPIC_ID)
+    hooks.answer("az", "group", "exists", stdout="false\n")
+    hooks.answer("az", "resource", "show", "--ids", TOPIC_ID, stdout=f"{env_id('prod')}\n")
+    hooks.answer("az", "event-subscription", "list", stdout="1\n")
+    assert hooks.run("postdown.sh", after_down(hook_env("staging"))).returncode == 0
+    assert not hooks.calls_with("resource", "delete", TOPIC_ID)
+    assert hooks.run("postdown.sh", after_down(hook_env("prod"))).returncode == 0  # owner; staging subscribes
+    assert not hooks.calls_with("resource", "delete", TOPIC_ID)
+    hooks.rules.clear()
+    hooks.answer("az", "group", "exists", stdout="false\n")
+    hooks.answer("az", "resource", "show", "--ids", TOPIC_ID, stdout=f"{env_id('prod')}\n")
+    hooks.answer("az", "event-subscription", "list", stdout="0\n")
+    assert hooks.run("postdown.sh", after_down(hook_env("prod"))).returncode == 0
+    assert hooks.calls_with("resource", "delete", "--ids", TOPIC_ID)
 
 
 # --- 7. custom roles are per subscription ----------------------------------------------------------------
@@ -529,20 +542,20 @@ def test_custom_role_ids_and_names_include_the_subscription():
 # --- 8. removing a watched scope revokes its access -----------------------------------------------------
 
 
-def test_removing_a_watched_scope_revokes_its_assignment_before_the_deployment(cli: Cli):
+def test_removing_a_watched_scope_revokes_its_assignment_before_the_deployment(hooks: Cli):
     """The postprovision hook deletes the recorded assignment of a resource group no longer watched, then deploys.
 
     Published fact: ARM "Deployment modes": in incremental mode Resource Manager leaves resources that are not
     in the template unchanged, so a role assignment for a removed scope stays unless someone deletes it.
     """
     kept, dropped = f"{RG_A}{ASSIGNMENTS}a1", f"{RG_B}{ASSIGNMENTS}b1"
-    cli.answer("az", "properties.outputs.ACCESS_CLUSTER_RG_ASSIGNMENT_IDS.value", stdout=f"{kept}\n")
+    hooks.answer("az", "properties.outputs.ACCESS_CLUSTER_RG_ASSIGNMENT_IDS.value", stdout=f"{kept}\n")
     env = hook_env(
         WATCHED_RESOURCE_GROUP_IDS=f'["{RG_A}"]', ACCESS_CLUSTER_RG_ASSIGNMENT_IDS=f"{kept} {dropped}"
     )
-    result = cli.run("postprovision.sh", env)
+    result = hooks.run("postprovision.sh", env)
     assert result.returncode == 0, result.stderr
-    calls = cli.calls()
+    calls = hooks.calls()
     deletes = [i for i, call in enumerate(calls) if call[1:4] == ["role", "assignment", "delete"]]
     assert [calls[i][-3] for i in deletes] == [dropped]
     create = next(i for i, call in enumerate(calls) if call[1:4] == ["deployment", "sub", "create"])
@@ -551,21 +564,21 @@ def test_removing_a_watched_scope_revokes_its_assignment_before_the_deployment(c
     assert ["azd", "env", "set", "CMK_ROTATOR_ENVIRONMENT_ID", env_id("prod")] in calls
 
 
-def test_an_assignment_the_new_deployment_no_longer_holds_is_removed_after_it(cli: Cli):
+def test_an_assignment_the_new_deployment_no_longer_holds_is_removed_after_it(hooks: Cli):
     """An assignment recorded earlier but absent from the new deployment's outputs is removed too."""
     old, new = f"{RG_A}{ASSIGNMENTS}old", f"{RG_A}{ASSIGNMENTS}new"
-    cli.answer("az", "properties.outputs.ACCESS_CLUSTER_RG_ASSIGNMENT_IDS.value", stdout=f"{new}\n")
+    hooks.answer("az", "properties.outputs.ACCESS_CLUSTER_RG_ASSIGNMENT_IDS.value", stdout=f"{new}\n")
     env = hook_env(WATCHED_RESOURCE_GROUP_IDS=f'["{RG_A}"]', ACCESS_CLUSTER_RG_ASSIGNMENT_IDS=old)
-    assert cli.run("postprovision.sh", env).returncode == 0
-    assert [call[-3] for call in cli.calls_with("role", "assignment", "delete")] == [old]
+    assert hooks.run("postprovision.sh", env).returncode == 0
+    assert [call[-3] for call in hooks.calls_with("role", "assignment", "delete")] == [old]
 
 
-def test_a_revocation_that_fails_fails_the_hook(cli: Cli):
+def test_a_revocation_that_fails_fails_the_hook(hooks: Cli):
     """When a stale assignment cannot be deleted the hook says which and exits non-zero."""
     stale = f"{RG_B}{ASSIGNMENTS}b1"
-    cli.answer("az", "role", "assignment", "delete", rc=1)
+    hooks.answer("az", "role", "assignment", "delete", rc=1)
     env = hook_env(WATCHED_RESOURCE_GROUP_IDS="[]", ACCESS_CLUSTER_RG_ASSIGNMENT_IDS=stale)
-    result = cli.run("postprovision.sh", env)
+    result = hooks.run("postprovision.sh", env)
     assert result.returncode == 1
     assert stale in result.stderr
 
@@ -624,37 +637,37 @@ def test_nested_deployment_names_stay_within_64_characters():
     assert [entry for entry in lengths if entry[2] > 64] == []
 
 
-def test_hooks_refuse_an_environment_name_azd_would_not_accept(cli: Cli):
+def test_hooks_refuse_an_environment_name_azd_would_not_accept(hooks: Cli):
     """A name with characters azd does not allow is refused before any name is derived from it."""
-    result = cli.run("preprovision.sh", hook_env("prod/eu"))
+    result = hooks.run("preprovision.sh", hook_env("prod/eu"))
     assert result.returncode == 1
     assert "AZURE_ENV_NAME" in result.stderr
-    assert cli.calls("az") == []
+    assert hooks.calls("az") == []
 
 
-def test_preprovision_refuses_an_existing_resource_group_of_someone_else(cli: Cli):
+def test_preprovision_refuses_an_existing_resource_group_of_someone_else(hooks: Cli):
     """AZURE_RESOURCE_GROUP_NAME naming an existing group not tagged with this environment is refused.
 
     Published fact: `azd down` deletes the resource groups of the provisioned deployment (Azure/azure-dev
     cli/azd/pkg/infra/provisioning/bicep/bicep_destroy.go, classifyResourceGroups/deleteRGList), so a shared
     group named here would be deleted whole.
     """
-    cli.answer("az", "group", "exists", stdout="true\n")
-    cli.answer("az", "group", "show", stdout="platform\n")
-    result = cli.run("preprovision.sh", hook_env(AZURE_RESOURCE_GROUP_NAME="rg-shared"))
+    hooks.answer("az", "group", "exists", stdout="true\n")
+    hooks.answer("az", "group", "show", stdout="platform\n")
+    result = hooks.run("preprovision.sh", hook_env(AZURE_RESOURCE_GROUP_NAME="rg-shared"))
     assert result.returncode == 1
     assert "rg-shared" in result.stderr
     assert "azd down would delete everything in it" in result.stderr
 
 
-def test_preprovision_accepts_a_new_group_or_its_own(cli: Cli):
+def test_preprovision_accepts_a_new_group_or_its_own(hooks: Cli):
     """A group that does not exist yet, or one tagged with this environment, is accepted."""
-    cli.answer("az", "group", "exists", stdout="false\n")
-    assert cli.run("preprovision.sh", hook_env(AZURE_RESOURCE_GROUP_NAME="rg-new")).returncode == 0
-    cli.rules.clear()
-    cli.answer("az", "group", "exists", stdout="true\n")
-    cli.answer("az", "group", "show", stdout="prod\n")
-    assert cli.run("preprovision.sh", hook_env(AZURE_RESOURCE_GROUP_NAME="rg-prod-own")).returncode == 0
+    hooks.answer("az", "group", "exists", stdout="false\n")
+    assert hooks.run("preprovision.sh", hook_env(AZURE_RESOURCE_GROUP_NAME="rg-new")).returncode == 0
+    hooks.rules.clear()
+    hooks.answer("az", "group", "exists", stdout="true\n")
+    hooks.answer("az", "group", "show", stdout="prod\n")
+    assert hooks.run("preprovision.sh", hook_env(AZURE_RESOURCE_GROUP_NAME="rg-prod-own")).returncode == 0
 
 
 # --- 10. assigning identities only on the clusters' identities ------------------------------------------
@@ -680,23 +693,23 @@ def test_identity_assign_action_is_granted_only_on_the_clusters_identities():
     )
 
 
-def test_watched_scopes_without_identity_scopes_are_warned_about(cli: Cli):
+def test_watched_scopes_without_identity_scopes_are_warned_about(hooks: Cli):
     """Watching clusters without listing their identities deploys, with a warning that rotations would get 403."""
-    result = cli.run("postprovision.sh", hook_env(WATCHED_RESOURCE_GROUP_IDS=f'["{RG_A}"]'))
+    result = hooks.run("postprovision.sh", hook_env(WATCHED_RESOURCE_GROUP_IDS=f'["{RG_A}"]'))
     assert result.returncode == 0, result.stderr
     assert "CLUSTER_IDENTITY_SCOPES is empty" in result.stderr
     listed = hook_env(WATCHED_RESOURCE_GROUP_IDS=f'["{RG_A}"]', CLUSTER_IDENTITY_SCOPES=f'["{UAMI}"]')
-    assert "CLUSTER_IDENTITY_SCOPES" not in cli.run("postprovision.sh", listed).stderr
+    assert "CLUSTER_IDENTITY_SCOPES" not in hooks.run("postprovision.sh", listed).stderr
 
 
-def test_removing_a_cluster_identity_revokes_its_assign_permission(cli: Cli):
+def test_removing_a_cluster_identity_revokes_its_assign_permission(hooks: Cli):
     """The hook that applies CLUSTER_IDENTITY_SCOPES removes the assignment of an identity no longer listed."""
     stale = f"{UAMI}{ASSIGNMENTS}i1"
-    result = cli.run(
+    result = hooks.run(
         "postprovision.sh", hook_env(CLUSTER_IDENTITY_SCOPES="[]", ACCESS_IDENTITY_ASSIGNMENT_IDS=stale)
     )
     assert result.returncode == 0, result.stderr
-    assert [call[-3] for call in cli.calls_with("role", "assignment", "delete")] == [stale]
+    assert [call[-3] for call in hooks.calls_with("role", "assignment", "delete")] == [stale]
 
 
 # --- 11. the app cannot rewrite its own code ------------------------------------------------------------
@@ -754,17 +767,19 @@ def test_the_package_is_uploaded_with_the_deployment_identity_not_the_app_identi
 
 
 def http_functions() -> dict[str, set[str]]:
-    import app_fixtures
+    """The methods of each HTTP function of the app."""
+    from tests.helpers.app import bindings, functions
 
     found = {}
-    for name in app_fixtures.functions():
-        for binding in app_fixtures.bindings(name):
+    for name in functions():
+        for binding in bindings(name):
             if binding["type"] == "httpTrigger":
                 found[name] = {method.upper() for method in binding["methods"]}
     return found
 
 
 def hook_function_list(name: str) -> list[str]:
+    """The function names a list variable of the postdeploy hook holds."""
     text = (HOOKS / "postdeploy.sh").read_text(encoding="utf-8")
     match = re.search(rf'^{name}="([^"]*)"', text, re.MULTILINE)
     assert match, name
@@ -788,13 +803,13 @@ def test_no_http_function_mixes_read_and_write_methods():
     assert {"clusters", "clusters_write", "rotate"} <= set(functions)
 
 
-def test_postdeploy_gives_the_reader_key_only_to_read_functions(cli: Cli):
+def test_postdeploy_gives_the_reader_key_only_to_read_functions(hooks: Cli):
     """The postdeploy hook sets the 'reader' key on the read functions only and the 'operator' key on every HTTP function."""
-    result = cli.run("postdeploy.sh", hook_env())
+    result = hooks.run("postdeploy.sh", hook_env())
     assert result.returncode == 0, result.stderr
     keys: dict[str, set[str]] = {}
     values: dict[str, set[str]] = {}
-    for call in cli.calls_with("function", "keys", "set"):
+    for call in hooks.calls_with("function", "keys", "set"):
         key = call[call.index("--key-name") + 1]
         keys.setdefault(key, set()).add(call[call.index("--function-name") + 1])
         values.setdefault(key, set()).add(call[call.index("--key-value") + 1])
@@ -808,11 +823,11 @@ def test_postdeploy_gives_the_reader_key_only_to_read_functions(cli: Cli):
     assert not any(value in result.stdout for v in values.values() for value in v)
 
 
-def test_postdeploy_keeps_existing_keys(cli: Cli):
+def test_postdeploy_keeps_existing_keys(hooks: Cli):
     """A key that already exists on a function is left as it is (clients keep working after a redeploy)."""
-    cli.answer("az", "function", "keys", "list", stdout="f" * 64 + "\n")
-    assert cli.run("postdeploy.sh", hook_env()).returncode == 0
-    assert cli.calls_with("function", "keys", "set") == []
+    hooks.answer("az", "function", "keys", "list", stdout="f" * 64 + "\n")
+    assert hooks.run("postdeploy.sh", hook_env()).returncode == 0
+    assert hooks.calls_with("function", "keys", "set") == []
 
 
 # --- the hooks themselves -------------------------------------------------------------------------------
@@ -851,13 +866,13 @@ AZD_ENVIRONMENT_NAME = re.compile(r"^[a-zA-Z0-9-\(\)_\.]{1,64}$")
 
 
 @pytest.mark.parametrize("env_name", [*AZD_ENV_NAMES, "prod/eu", "a b", "x" * 65, "naïve", "a;b", "a$b"])
-def test_hooks_accept_exactly_the_environment_names_azd_accepts(cli: Cli, env_name: str):
+def test_hooks_accept_exactly_the_environment_names_azd_accepts(hooks: Cli, env_name: str):
     """The hooks accept a name exactly when azd's EnvironmentNameRegexp does (letters, digits, - _ . ( ), 1-64)."""
-    result = cli.run("preprovision.sh", hook_env(env_name))
+    result = hooks.run("preprovision.sh", hook_env(env_name))
     assert (result.returncode == 0) == bool(AZD_ENVIRONMENT_NAME.match(env_name)), result.stderr
 
 
-def test_dropping_the_last_watched_scope_of_a_subscription_revokes_operation_polling_there(cli: Cli):
+def test_dropping_the_last_watched_scope_of_a_subscription_revokes_operation_polling_there(hooks: Cli):
     """The operation status role leaves a subscription once no watched scope remains in it."""
     kept = f"/subscriptions/{SUB}{ASSIGNMENTS}o1"
     dropped = f"/subscriptions/{OTHER_SUB}{ASSIGNMENTS}o2"
@@ -867,10 +882,10 @@ def test_dropping_the_last_watched_scope_of_a_subscription_revokes_operation_pol
         ACCESS_OPERATION_ASSIGNMENT_IDS=f"{kept} {dropped}",
         ACCESS_CLUSTER_RG_ASSIGNMENT_IDS=cluster_a,
     )
-    cli.answer("az", "properties.outputs.ACCESS_OPERATION_ASSIGNMENT_IDS.value", stdout=f"{kept}\n")
-    cli.answer("az", "properties.outputs.ACCESS_CLUSTER_RG_ASSIGNMENT_IDS.value", stdout=f"{cluster_a}\n")
-    assert cli.run("postprovision.sh", env).returncode == 0
-    assert [call[-3] for call in cli.calls_with("role", "assignment", "delete")] == [dropped]
+    hooks.answer("az", "properties.outputs.ACCESS_OPERATION_ASSIGNMENT_IDS.value", stdout=f"{kept}\n")
+    hooks.answer("az", "properties.outputs.ACCESS_CLUSTER_RG_ASSIGNMENT_IDS.value", stdout=f"{cluster_a}\n")
+    assert hooks.run("postprovision.sh", env).returncode == 0
+    assert [call[-3] for call in hooks.calls_with("role", "assignment", "delete")] == [dropped]
 
 
 def test_every_value_a_hook_requires_has_a_source():

@@ -22,6 +22,7 @@ ALERTS_DOC = ROOT / "docs" / "alerts.md"
 
 @functools.cache
 def parse(relative: str) -> dict[str, Any]:
+    """A Bicep file under infra/, parsed by pycep (cached)."""
     return BicepParser().parse(file_path=INFRA / relative)
 
 
@@ -41,6 +42,7 @@ def logged_event_names() -> frozenset[str]:
 
 
 def log_alerts() -> dict[str, dict[str, Any]]:
+    """The log alerts of alerts.bicep by key."""
     return {a["key"]: a for a in parse("modules/alerts.bicep")["variables"]["logAlerts"]["value"]}
 
 
@@ -58,7 +60,7 @@ def test_new_alerts_watch_inaccessible_clusters_expired_keys_and_poisoned_jobs()
 
 
 def test_every_alert_links_an_existing_runbook_section():
-    """Each log alert's description links a heading that exists in docs/runbook.md or docs/alerts.md."""
+    """Each log alert's description links a heading of docs/runbook.md or docs/alerts.md that exists; docs/alerts.md lists the same runbook section."""
     docs = {"runbook": anchors(RUNBOOK), "alerts": anchors(ALERTS_DOC)}
     for key, alert in log_alerts().items():
         links = re.findall(r"docs/(runbook|alerts)\.md#([a-z0-9-]+)", alert["description"])
@@ -69,6 +71,15 @@ def test_every_alert_links_an_existing_runbook_section():
     assert "docs/runbook.md#cluster-inaccessible" in alerts["cluster-inaccessible"]["description"]
     assert "docs/runbook.md#key-expired" in alerts["key-expired"]["description"]
     assert "docs/runbook.md#poison-message" in alerts["job-poisoned-app"]["description"]
+    listed = dict(
+        re.findall(
+            r"^\| `cmk-rotator-<env>-([a-z-]+)` \|.*\]\(runbook\.md#([a-z0-9-]+)\) \|$",
+            ALERTS_DOC.read_text(),
+            flags=re.MULTILINE,
+        )
+    )
+    for key, alert in alerts.items():
+        assert f"docs/runbook.md#{listed[key]}" in alert["description"], key
 
 
 def test_alert_queries_use_event_names_the_code_logs():
@@ -82,6 +93,7 @@ def test_alert_queries_use_event_names_the_code_logs():
 
 
 def workbook_resource() -> dict[str, Any]:
+    """The workbook resource's configuration."""
     [resource] = [
         r["config"]
         for r in parse("modules/workbook.bicep")["resources"].values()
@@ -99,6 +111,7 @@ def workbook_content() -> dict[str, Any]:
 
 
 def workbook_queries() -> dict[str, str]:
+    """The workbook's Kusto queries by item name."""
     return {
         item["name"]: item["content"]["query"] for item in workbook_content()["items"] if item["type"] == 3
     }
@@ -163,7 +176,7 @@ def test_runbook_links_the_workbook():
 
 
 def test_key_not_usable_alert_carries_the_reason_with_the_target_url():
-    """The key-not-usable alert projects the log line's reason (tests/test_signals.py: it starts with the URL)."""
+    """The key-not-usable alert projects the log line's reason (tests/app/test_signals.py: it starts with the URL)."""
     query = log_alerts()["key-not-usable"]["query"]
     assert 'reason = tostring(Properties["reason"])' in query
     assert '"key-not-usable"' in query

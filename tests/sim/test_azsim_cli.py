@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def azsim(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m azsim ARGS` in a subprocess, its output captured."""
     return subprocess.run(  # noqa: S603 - fixed argv
         [sys.executable, "-m", "azsim", *args],
         cwd=REPO,
@@ -45,14 +46,14 @@ def test_key_commands_create_disable_and_enable_versions(world):
     assert [v["version"] for v in listed][-2] == newest
 
 
-async def test_fault_inject_and_rate_reach_arm(world, arm):
+async def test_fault_inject_and_rate_reach_arm(world, arm_client):
     """The next two GETs answer 503, then 200; a 100 % 429 rate answers 429 until `fault clear`."""
     assert azsim("fault", "inject", "--fault", "503", "--count", "2", "--method", "GET").returncode == 0
-    assert [(await arm.call("GET", world.cluster_id)).status for _ in range(3)] == [503, 503, 200]
+    assert [(await arm_client.call("GET", world.cluster_id)).status for _ in range(3)] == [503, 503, 200]
     assert azsim("fault", "rate", "429=1.0").returncode == 0
-    assert (await arm.call("GET", world.cluster_id)).status == 429
+    assert (await arm_client.call("GET", world.cluster_id)).status == 429
     assert azsim("fault", "clear").returncode == 0
-    assert (await arm.call("GET", world.cluster_id)).status == 200
+    assert (await arm_client.call("GET", world.cluster_id)).status == 200
     bad = azsim("fault", "rate", "429=lots")
     assert bad.returncode == 2
     assert bad.stderr.startswith("error: fault rate '429=lots'")

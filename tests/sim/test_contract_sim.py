@@ -13,7 +13,8 @@ import re
 from typing import Any
 
 import pytest
-from sdk_oracle import as_cluster, as_update, contract, shape
+
+from tests.helpers.sdk_oracle import as_cluster, as_update, contract, shape
 
 OPERATION_FIELDS = {"id", "name", "status", "startTime", "endTime", "error", "percentComplete", "properties"}
 
@@ -43,21 +44,21 @@ def _url_pattern(url: str) -> re.Pattern[str]:
     return re.compile(pattern)
 
 
-async def _wait(arm, url: str) -> None:
+async def _wait(arm_client, url: str) -> None:
     for _ in range(200):
-        answer = await arm.call("GET", url, api_version=None)
+        answer = await arm_client.call("GET", url, api_version=None)
         if answer.status != 202 and (answer.body or {}).get("status") != "InProgress":
             return
         await asyncio.sleep(0.02)
     raise AssertionError("operation never ended")
 
 
-async def test_get_and_list_answers_have_the_published_shape(world, arm):
+async def test_get_and_list_answers_have_the_published_shape(world, arm_client):
     """A GET and every list item fit the example's shape and load into MongoCluster with no unknown field."""
-    got = (await arm.call("GET", world.cluster_id)).body
+    got = (await arm_client.call("GET", world.cluster_id)).body
     assert shape(got) <= GET_SHAPE, shape(got) - GET_SHAPE
     as_cluster(got)
-    listed = await arm.call(
+    listed = await arm_client.call(
         "GET", f"/subscriptions/{world.subscription}/providers/Microsoft.DocumentDB/mongoClusters"
     )
     assert len(listed.body["value"]) == 2
@@ -67,13 +68,13 @@ async def test_get_and_list_answers_have_the_published_shape(world, arm):
 
 
 @pytest.mark.parametrize("answer_mode", ["both", "location", "none"])
-async def test_put_update_answers_200_with_the_selected_headers(world, arm, answer_mode):
+async def test_put_update_answers_200_with_the_selected_headers(world, arm_client, answer_mode):
     """An update PUT answers 200 (the spec: 200 update, 201 create) with the mode's headers and a valid body."""
     world.sim.configure(write_answer=answer_mode, operation_seconds=0.05, poll_interval=0.02)
-    answer = await arm.call(
+    answer = await arm_client.call(
         "PUT",
         world.cluster_id,
-        body=world.put_body(world.key_url(world.sim.create_key_version(world.vault, world.key))),
+        body=world.put_body(world.key_url(world.sim.create_key_version(world.vault, "cmk"))),
     )
     assert answer.status == 200
     assert shape(answer.body) <= GET_SHAPE
@@ -89,36 +90,36 @@ async def test_put_update_answers_200_with_the_selected_headers(world, arm, answ
         ]
     assert answer.headers["retry-after"]
     if "Location" in expected:
-        await _wait(arm, answer.headers["location"])
-        result = await arm.call("GET", answer.headers["location"], api_version=None)
+        await _wait(arm_client, answer.headers["location"])
+        result = await arm_client.call("GET", answer.headers["location"], api_version=None)
         assert result.status == 200
         as_cluster(result.body)
 
 
-async def test_patch_cmk_answers_202_with_the_published_headers(world, arm):
+async def test_patch_cmk_answers_202_with_the_published_headers(world, arm_client):
     """A PatchCMK-shaped PATCH answers 202 with both headers, each URL of the example's shape."""
     world.sim.configure(operation_seconds=0.05, poll_interval=0.02)
     body = copy.deepcopy(contract("patch-cmk-202.json")["request"]["body"])
     body["identity"]["userAssignedIdentities"] = {world.identity: {}}
     cmk = body["properties"]["encryption"]["customerManagedKeyEncryption"]
     cmk["keyEncryptionKeyIdentity"]["userAssignedIdentityResourceId"] = world.identity
-    cmk["keyEncryptionKeyUrl"] = world.key_url(world.sim.create_key_version(world.vault, world.key))
+    cmk["keyEncryptionKeyUrl"] = world.key_url(world.sim.create_key_version(world.vault, "cmk"))
     as_update(body)
-    answer = await arm.call("PATCH", world.cluster_id, body=body)
+    answer = await arm_client.call("PATCH", world.cluster_id, body=body)
     published = contract("patch-cmk-202.json")["response"]
     assert answer.status == published["status"]
     for name, url in published["headers"].items():
         assert _url_pattern(url).fullmatch(answer.headers[name.lower()]), answer.headers[name.lower()]
-    status = await arm.call("GET", answer.headers["azure-asyncoperation"], api_version=None)
+    status = await arm_client.call("GET", answer.headers["azure-asyncoperation"], api_version=None)
     assert set(status.body) <= OPERATION_FIELDS
     assert status.body["status"] in {"InProgress", "Succeeded"}
-    await _wait(arm, answer.headers["azure-asyncoperation"])
-    after = (await arm.call("GET", world.cluster_id)).body
+    await _wait(arm_client, answer.headers["azure-asyncoperation"])
+    after = (await arm_client.call("GET", world.cluster_id)).body
     as_cluster(after)
     assert after["tags"] == {"team": "orders"}  # PATCH merges: tags it did not name stay
 
 
-async def test_put_create_answers_201_provisioning_like_the_example(world, arm):
+async def test_put_create_answers_201_provisioning_like_the_example(world, arm_client):
     """A create PUT in the Create_CMK example's shape answers 201, InProgress/Provisioning, valid for the SDK."""
     world.sim.configure(operation_seconds=0.05, poll_interval=0.02)
     published = contract("put-create-cmk.json")
@@ -128,7 +129,7 @@ async def test_put_create_answers_201_provisioning_like_the_example(world, arm):
     cmk["keyEncryptionKeyIdentity"]["userAssignedIdentityResourceId"] = world.identity
     cmk["keyEncryptionKeyUrl"] = world.key_url()
     new_id = world.cluster_id.rsplit("/", 1)[0] + "/orders-new"
-    answer = await arm.call("PUT", new_id, body=body)
+    answer = await arm_client.call("PUT", new_id, body=body)
     assert answer.status == published["response"]["status"]
     states = ("provisioningState", "clusterStatus")
     assert [answer.body["properties"][s] for s in states] == [
@@ -137,49 +138,49 @@ async def test_put_create_answers_201_provisioning_like_the_example(world, arm):
     assert shape(answer.body) <= CREATED_SHAPE, shape(answer.body) - CREATED_SHAPE
     as_cluster(answer.body)
     assert "password" not in repr(answer.body)  # the administrator's password is never returned
-    await _wait(arm, answer.headers["azure-asyncoperation"])
-    created = (await arm.call("GET", new_id)).body
+    await _wait(arm_client, answer.headers["azure-asyncoperation"])
+    created = (await arm_client.call("GET", new_id)).body
     as_cluster(created)
     assert created["properties"]["compute"] == body["properties"]["compute"]
     assert created["properties"]["highAvailability"] == body["properties"]["highAvailability"]
 
 
-async def test_put_without_tags_clears_them_and_patch_merges(world, arm):
+async def test_put_without_tags_clears_them_and_patch_merges(world, arm_client):
     """A PUT replaces the tags (none sent: none left); a PATCH merges them (null removes one)."""
     world.sim.configure(operation_seconds=0.0)
-    patched = await arm.call("PATCH", world.cluster_id, body={"tags": {"owner": "x", "team": None}})
+    patched = await arm_client.call("PATCH", world.cluster_id, body={"tags": {"owner": "x", "team": None}})
     assert patched.status == 202
-    assert (await arm.call("GET", world.cluster_id)).body["tags"] == {"owner": "x"}
+    assert (await arm_client.call("GET", world.cluster_id)).body["tags"] == {"owner": "x"}
     body = world.put_body()
     assert "tags" not in body
-    assert (await arm.call("PUT", world.cluster_id, body=body)).status == 200
-    assert (await arm.call("GET", world.cluster_id)).body["tags"] == {}
+    assert (await arm_client.call("PUT", world.cluster_id, body=body)).status == 200
+    assert (await arm_client.call("GET", world.cluster_id)).body["tags"] == {}
     body["tags"] = {"a": "b"}
-    await arm.call("PUT", world.cluster_id, body=body)
-    assert (await arm.call("GET", world.cluster_id)).body["tags"] == {"a": "b"}
+    await arm_client.call("PUT", world.cluster_id, body=body)
+    assert (await arm_client.call("GET", world.cluster_id)).body["tags"] == {"a": "b"}
 
 
-async def test_resetting_put_mode_resets_only_omitted_service_properties(world, arm):
+async def test_resetting_put_mode_resets_only_omitted_service_properties(world, arm_client):
     """With put_resets_omitted a PUT sets what it leaves out to the service defaults; what it sends stays."""
     world.sim.configure(operation_seconds=0.0, put_resets_omitted=True)
     body = world.put_body()
     body["properties"]["publicNetworkAccess"] = "Disabled"
-    await arm.call("PUT", world.cluster_id, body=body)
-    props = (await arm.call("GET", world.cluster_id)).body["properties"]
+    await arm_client.call("PUT", world.cluster_id, body=body)
+    props = (await arm_client.call("GET", world.cluster_id)).body["properties"]
     assert props["publicNetworkAccess"] == "Disabled"
     assert props["highAvailability"] == {"targetMode": "Disabled"}
     assert props["authConfig"] == {"allowedModes": ["NativeAuth"]}
     assert props["compute"] == {"tier": "M30"}  # not a property the service resets
 
 
-async def test_encryption_update_is_refused_before_its_api_version_in_that_mode(world, arm):
+async def test_encryption_update_is_refused_before_its_api_version_in_that_mode(world, arm_client):
     """In the create-only mode, a key change at 2025-07-01-preview is a 400 saying it cannot be updated."""
     world.sim.configure(encryption_updatable_from="2025-08-01-preview", operation_seconds=0.0)
-    body = world.put_body(world.key_url(world.sim.create_key_version(world.vault, world.key)))
-    refused = await arm.call("PUT", world.cluster_id, body=body)
+    body = world.put_body(world.key_url(world.sim.create_key_version(world.vault, "cmk")))
+    refused = await arm_client.call("PUT", world.cluster_id, body=body)
     assert refused.status == 400
     assert "cannot be updated" in refused.body["error"]["message"]
-    assert (await arm.call("PUT", world.cluster_id, body=body, api_version="2025-09-01")).status == 200
+    assert (await arm_client.call("PUT", world.cluster_id, body=body, api_version="2025-09-01")).status == 200
 
 
 @pytest.mark.parametrize("answer_mode", ["both", "location", "none"])
@@ -189,7 +190,7 @@ async def test_the_official_sdk_drives_each_write_to_completion(world, credentia
     from azure.mgmt.mongocluster.aio import MongoClusterMgmtClient
 
     world.sim.configure(write_answer=answer_mode, operation_seconds=0.1, poll_interval=0.02)
-    new_url = world.key_url(world.sim.create_key_version(world.vault, world.key))
+    new_url = world.key_url(world.sim.create_key_version(world.vault, "cmk"))
     name = world.cluster_id.rsplit("/", 1)[1]
     async with MongoClusterMgmtClient(credential, world.subscription) as client:
         if method == "put":

@@ -23,7 +23,8 @@ async def _call(method: str, url: str, body=None):
         return resp.status, await resp.json()
 
 
-async def test_control_api_seeds_and_creates_versions(sim_env):
+async def test_control_api_seeds_and_creates_versions(sim):
+    """The control API seeds resources, creates and updates key versions, lists events and reads and changes clusters."""
     base = os.environ["AZSIM_CONTROL_URL"]
     spec = {
         "vaults": [{"name": "ctl-kv", "subscription": "ctl-sub"}],
@@ -45,10 +46,10 @@ async def test_control_api_seeds_and_creates_versions(sim_env):
     versions = seeded["keys"]["ctl-kv/cmk"]
     assert len(versions) == 2
     cluster_id = seeded["clusters"]["ctl-cluster"]
-    cluster = sim_env.cluster(cluster_id)
+    cluster = sim.cluster(cluster_id)
     cmk = cluster["properties"]["encryption"]["customerManagedKeyEncryption"]
     assert cmk["keyEncryptionKeyUrl"] == f"https://ctl-kv.vault.azure.net/keys/cmk/{versions[-1]}"
-    assert "encryption" not in sim_env.cluster(seeded["clusters"]["ctl-plain"])["properties"]
+    assert "encryption" not in sim.cluster(seeded["clusters"]["ctl-plain"])["properties"]
 
     status, created = await _call("POST", f"{base}/_sim/keys/ctl-kv/cmk/versions", {"size": 3072})
     assert status == 200
@@ -61,22 +62,23 @@ async def test_control_api_seeds_and_creates_versions(sim_env):
     status, got = await _call("GET", f"{base}/_sim/cluster?id={cluster_id}")
     assert got["id"] == cluster_id
     await _call("POST", f"{base}/_sim/cluster-status", {"id": cluster_id, "status": "Inaccessible"})
-    assert sim_env.cluster(cluster_id)["properties"]["clusterStatus"] == "Inaccessible"
+    assert sim.cluster(cluster_id)["properties"]["clusterStatus"] == "Inaccessible"
     status, missing = await _call("GET", f"{base}/_sim/cluster?id=/subscriptions/x/nope")
     assert status == 404
     assert missing["error"]["code"] == "NotFound"
 
 
-async def test_control_api_faults_config_and_requests(world, arm):
+async def test_control_api_faults_config_and_requests(world, arm_client):
+    """The control API configures, injects faults and fault rates, refuses unknown kinds and lists the requests."""
     base = os.environ["AZSIM_CONTROL_URL"]
     status, _ = await _call("POST", f"{base}/_sim/config", {"operation_seconds": 0, "list_page_size": 1})
     assert status == 200
     inject = {"service": "arm", "faults": [{"status": 500}, {"slow": 0.01}]}
     assert (await _call("POST", f"{base}/_sim/inject", inject))[0] == 200
-    assert (await arm.call("GET", world.cluster_id)).status == 500
-    assert (await arm.call("GET", world.cluster_id)).status == 200
+    assert (await arm_client.call("GET", world.cluster_id)).status == 500
+    assert (await arm_client.call("GET", world.cluster_id)).status == 200
     assert (await _call("POST", f"{base}/_sim/faults", {"rates": {"503": 1.0}}))[0] == 200
-    assert (await arm.call("GET", world.cluster_id)).status == 503
+    assert (await arm_client.call("GET", world.cluster_id)).status == 503
     assert (await _call("POST", f"{base}/_sim/faults", {"rates": {}}))[0] == 200
     status, log = await _call("GET", f"{base}/_sim/requests")
     assert [r["fault"] for r in log if r["service"] == "arm"] == ["500", "slow", "503"]
@@ -85,6 +87,7 @@ async def test_control_api_faults_config_and_requests(world, arm):
 
 
 def test_cli_serve_prints_env_and_answers(tmp_path):
+    """`azsim serve` with a seed file prints and writes the settings to export, and the served simulator answers."""
     seed_file = tmp_path / "seed.json"
     seed_file.write_text(json.dumps({"vaults": [{"name": "cli-kv", "subscription": "s"}]}))
     env_file = tmp_path / "azsim.env"
@@ -156,7 +159,7 @@ def test_cli_serve_prints_env_and_answers(tmp_path):
     assert "azsim: stopped" in out
 
 
-async def test_control_api_ties_versions_tampers_answers_and_trickles(world, arm):
+async def test_control_api_ties_versions_tampers_answers_and_trickles(world, arm_client):
     """Through the control API: a version in the same second, a raw hostile answer, a trickled answer."""
     base = os.environ["AZSIM_CONTROL_URL"]
     status, tied = await _call("POST", f"{base}/_sim/keys/{world.vault}/cmk/versions", {"tie": True})
@@ -171,12 +174,12 @@ async def test_control_api_ties_versions_tampers_answers_and_trickles(world, arm
         {"trickle": 0.02},
     ]
     assert (await _call("POST", f"{base}/_sim/inject", {"service": "arm", "faults": faults}))[0] == 200
-    answer = await arm.call("GET", world.cluster_id)
+    answer = await arm_client.call("GET", world.cluster_id)
     assert (answer.status, answer.body) == (200, {"nextLink": "loop"})
     assert answer.headers["azure-asyncoperation"] == hostile["Azure-AsyncOperation"]
     missing = world.cluster_id.replace("/orders", "/gone")
     started = time.monotonic()
-    slow = await arm.call("GET", missing)  # a short real answer (404), byte by byte
+    slow = await arm_client.call("GET", missing)  # a short real answer (404), byte by byte
     assert slow.status == 404
     assert slow.body["error"]["code"] == "ResourceNotFound"
     assert time.monotonic() - started >= 0.01 * len(json.dumps(slow.body)) * 0.9

@@ -16,29 +16,32 @@ HEX32 = re.compile(r"^[0-9a-f]{32}$")
 
 @pytest.fixture
 async def keys(world, credential):
+    """A KeyClient on the world's vault with the managed-identity credential."""
     async with KeyClient(world.vault_url, credential) as client:
         yield client
 
 
 async def test_first_request_gets_the_challenge_then_the_token_is_used(world, keys):
+    """KeyClient's first request gets the 401 challenge; the retry with the token is answered 200."""
     key = await keys.get_key("cmk")
     kv = [r for r in world.sim.requests if r.service == "kv"]
     assert kv[0].status == 401
     assert kv[0].path == "/keys/cmk/"
     assert kv[1].status == 200
-    assert key.properties.version == world.version
+    assert key.properties.version == world.v1
 
 
-async def test_challenge_names_tenant_and_resource_per_cloud(world, sim_env):
+async def test_challenge_names_tenant_and_resource_per_cloud(world, sim):
+    """The 401 challenge names the tenant's authority and the vault resource of the vault's cloud (public, China)."""
     async with (
         aiohttp.ClientSession(trust_env=True) as session,
         session.get(f"{world.vault_url}/keys/cmk?api-version=7.5") as resp,
     ):
         assert resp.status == 401
         challenge = resp.headers["WWW-Authenticate"]
-    assert f'authorization="https://login.microsoftonline.com/{sim_env.tenant_id}"' in challenge
+    assert f'authorization="https://login.microsoftonline.com/{sim.tenant_id}"' in challenge
     assert 'resource="https://vault.azure.net"' in challenge
-    china = sim_env.add_vault(world.vault, subscription=world.subscription, suffix="vault.azure.cn")
+    china = sim.add_vault(world.vault, subscription=world.subscription, suffix="vault.azure.cn")
     async with (
         aiohttp.ClientSession(trust_env=True) as session,
         session.get(f"{china}/keys?api-version=7.5") as resp,
@@ -47,6 +50,7 @@ async def test_challenge_names_tenant_and_resource_per_cloud(world, sim_env):
 
 
 async def test_get_latest_and_specific_version(world, keys):
+    """A GET without version answers the newest version (RSA 3072); one with a version answers that version's key and attributes."""
     sim = world.sim
     newer = sim.create_key_version(world.vault, "cmk", size=3072)
     latest = await keys.get_key("cmk")
@@ -55,7 +59,7 @@ async def test_get_latest_and_specific_version(world, keys):
     assert len(latest.key.n) == 384
     assert latest.key.n[0] & 0x80
     assert latest.key.e == b"\x01\x00\x01"
-    old = await keys.get_key("cmk", world.version)
+    old = await keys.get_key("cmk", world.v1)
     assert len(old.key.n) == 256
     assert old.key_type == KeyType.rsa
     assert set(old.key_operations) == {"encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey"}
@@ -64,6 +68,7 @@ async def test_get_latest_and_specific_version(world, keys):
 
 
 async def test_unknown_key_and_version_are_404_key_not_found(world, keys):
+    """An unknown key or version is 404 KeyNotFound."""
     with pytest.raises(ResourceNotFoundError) as missing_key:
         await keys.get_key("nope")
     assert missing_key.value.error.code == "KeyNotFound"
@@ -72,8 +77,9 @@ async def test_unknown_key_and_version_are_404_key_not_found(world, keys):
 
 
 async def test_list_versions_is_paged(world, keys):
+    """Listing versions is paged by maxresults, in creation order; listing keys names the vault's key."""
     sim = world.sim
-    created = [world.version] + [sim.create_key_version(world.vault, "cmk") for _ in range(4)]
+    created = [world.v1] + [sim.create_key_version(world.vault, "cmk") for _ in range(4)]
     listed = [p.version async for p in keys.list_properties_of_key_versions("cmk", max_page_size=2)]
     assert listed == created
     pages = [r for r in sim.requests if r.path == "/keys/cmk/versions" and r.status == 200]
@@ -84,6 +90,7 @@ async def test_list_versions_is_paged(world, keys):
 
 
 async def test_create_and_rotate_make_new_versions_and_emit_events(world, keys):
+    """Creating and rotating a key make new versions, each emitting one KeyNewVersionCreated event with the vault as topic."""
     sim = world.sim
     before = len(sim.events)
     created = await keys.create_rsa_key("cmk", size=4096, key_operations=["wrapKey", "unwrapKey"])
@@ -109,6 +116,7 @@ async def test_create_and_rotate_make_new_versions_and_emit_events(world, keys):
 
 
 async def test_created_timestamps_strictly_increase(world, keys):
+    """Versions created back to back get strictly increasing creation times."""
     sim = world.sim
     versions = [sim.create_key_version(world.vault, "fast", emit_event=False) for _ in range(3)]
     stamps = [(await keys.get_key("fast", v)).properties.created_on for v in versions]
@@ -117,17 +125,19 @@ async def test_created_timestamps_strictly_increase(world, keys):
 
 
 async def test_update_key_properties_changes_attributes(world, keys):
+    """Updating a version through the SDK or the simulator changes its enabled flag, expiry and operations."""
     exp = int(time.time()) + 3600
-    updated = await keys.update_key_properties("cmk", world.version, enabled=False, expires_on=None)
+    updated = await keys.update_key_properties("cmk", world.v1, enabled=False, expires_on=None)
     assert updated.properties.enabled is False
-    world.sim.update_key_version(world.vault, "cmk", world.version, enabled=True, exp=exp, ops=["wrapKey"])
-    again = await keys.get_key("cmk", world.version)
+    world.sim.update_key_version(world.vault, "cmk", world.v1, enabled=True, exp=exp, ops=["wrapKey"])
+    again = await keys.get_key("cmk", world.v1)
     assert again.properties.enabled is True
     assert int(again.properties.expires_on.timestamp()) == exp
     assert again.key_operations == ["wrapKey"]
 
 
 async def test_ec_keys_have_a_curve(world, keys):
+    """An EC key answers its P-256 curve and a 32-byte x coordinate."""
     version = world.sim.create_key_version(world.vault, "ec", kty="EC", emit_event=False)
     key = await keys.get_key("ec", version)
     assert key.key_type == KeyType.ec
@@ -136,6 +146,7 @@ async def test_ec_keys_have_a_curve(world, keys):
 
 
 async def test_event_in_cloudevents_schema(world):
+    """Key events carry NBF/EXP and convert to the CloudEvents schema; near-expiry events can be emitted."""
     sim = world.sim
     version = sim.create_key_version(world.vault, "cmk", nbf=1763629980, exp=1795165980)
     event = sim.events[-1]

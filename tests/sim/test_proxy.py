@@ -24,22 +24,23 @@ async def _exchange(port: int, request: bytes) -> bytes:
 @pytest.mark.parametrize(
     "target", ["example.com:443", "login.microsoftonline.com:443", "management.azure.com:80"]
 )
-async def test_connect_to_other_hosts_is_refused(sim_env, target):
-    answer = await _exchange(
-        sim_env.ports.proxy, f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode()
-    )
+async def test_connect_to_other_hosts_is_refused(sim, target):
+    """A CONNECT to a host the simulator does not serve is 403 and logged as refused."""
+    answer = await _exchange(sim.ports.proxy, f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
     assert answer.startswith(b"HTTP/1.1 403")
-    assert target in sim_env.refused_connects
+    assert target in sim.refused_connects
 
 
-async def test_plain_http_through_the_proxy_is_400(sim_env):
+async def test_plain_http_through_the_proxy_is_400(sim):
+    """A plain-HTTP request through the proxy is 400."""
     answer = await _exchange(
-        sim_env.ports.proxy, b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n"
+        sim.ports.proxy, b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n"
     )
     assert answer.startswith(b"HTTP/1.1 400")
 
 
 async def test_connect_to_a_vault_host_reaches_the_tls_server(world):
+    """A CONNECT to a vault host is 200 and TLS inside it reaches Key Vault (its 401 challenge)."""
     host = f"{world.vault}.vault.azure.net"
     reader, writer = await asyncio.open_connection("127.0.0.1", world.sim.ports.proxy)
     try:
@@ -60,6 +61,7 @@ async def test_connect_to_a_vault_host_reaches_the_tls_server(world):
 
 
 def test_served_hosts_follow_the_certificate():
+    """Served hosts are exactly the certificate's names: ARM, one-label vault and HSM hosts of each cloud."""
     assert is_served_host("management.azure.com")
     assert is_served_host("Contoso-KV.vault.azure.net")
     assert is_served_host("hsm.managedhsm.azure.net")

@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_ensure_ca_creates_then_reuses(tmp_path):
+    """`ensure_ca` creates the CA once and reuses it; the leaf key is readable by its owner only."""
     first = ensure_ca(tmp_path / "ca")
     content = first.cert_path.read_bytes()
     second = ensure_ca(tmp_path / "ca")
@@ -23,6 +24,7 @@ def test_ensure_ca_creates_then_reuses(tmp_path):
 
 
 def test_leaf_names_every_served_host(tmp_path):
+    """The leaf certificate names every served host and 127.0.0.1 and is issued by the CA."""
     files = ensure_ca(tmp_path)
     leaf = x509.load_pem_x509_certificate(files.leaf_cert_path.read_bytes())
     ca = x509.load_pem_x509_certificate(files.cert_path.read_bytes())
@@ -34,6 +36,7 @@ def test_leaf_names_every_served_host(tmp_path):
 
 
 def test_a_broken_ca_directory_is_recreated(tmp_path):
+    """A corrupt leaf certificate is recreated by `ensure_ca`."""
     files = ensure_ca(tmp_path)
     files.leaf_cert_path.write_text("garbage")
     again = ensure_ca(tmp_path)
@@ -41,6 +44,7 @@ def test_a_broken_ca_directory_is_recreated(tmp_path):
 
 
 def test_tls_and_package_do_not_import_aiohttp():
+    """Importing `azsim` and `azsim.tls` does not import aiohttp."""
     code = "import sys, azsim, azsim.tls; assert 'aiohttp' not in sys.modules, 'aiohttp imported'"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=30)  # noqa: S603 - fixed argv
 
