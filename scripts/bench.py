@@ -1444,9 +1444,9 @@ Counted per job in the worker processes (the table rows below give each run's co
   watch row (what on-call reads), release the claim; and the shared ARM budget's reservations, a fraction of
   a request per write.
 - Queue: the host's delete of the message when the function returns (a receive serves up to 32 messages).
-  A fan-out past 256 clusters is sent as messages of several clusters (`rotation.store.jobs.JobBatch`), split
-  in the worker: one send, receive and delete per message instead of per cluster, and the event is answered
-  within Event Grid's 30 s however many clusters the key has.
+  A fan-out past 32 clusters is sent as messages of several clusters (`rotation.store.jobs.JobBatch`: 4 or
+  more each, at most 256 messages), split in the worker: one send, receive and delete per message instead of
+  per cluster, and the event is answered within Event Grid's 30 s however many clusters the key has.
 - ARM: GET, PUT, the polls the operation's `Retry-After` asks for, the verifying GET (rules 5, 7, 9).
 
 Before these changes (commit 6a21cd1, measured with this script's counting, two stress fan-outs of N=100 in
@@ -1507,7 +1507,8 @@ def not_met_section(lines: list[tuple[str, str, str, str]], result: dict[str, An
             "approaches the makespan, the cores set the pace, not ARM's buckets. The scale-out rows' PUTs "
             "per second show where the time goes: the bound assumes the burst is spent in the first second, "
             "but every job first claims its cluster and reads its watch row (three storage requests) and "
-            "the ARM GET, and 2000 jobs do that against one Azurite process (a single Node.js thread; its "
+            f"the ARM GET, and {result['args']['scale_size']} jobs do that against one Azurite process (a "
+            "single Node.js thread; its "
             "CPU is in the CPU row) before most PUTs can go; once they flow, they flow at the refill rate "
             "of every subscription, with no 429."
         )
