@@ -31,10 +31,9 @@ if TYPE_CHECKING:
 # invocations at once; each has at most one request in flight.
 CONNECTION_LIMIT = 256
 # Connections to one host (one storage endpoint, ARM through its proxy) at most: past it a request waits for
-# a free connection instead of opening one more. A burst of hundreds of jobs opened hundreds of connections
-# to one storage endpoint at once, each a TCP (and TLS) handshake, and the benchmark's storage emulator
-# refused some (the jobs failed "no response" and were retried); 128 in flight to one host is more than a
-# worker's CPU can keep busy.
+# a free connection instead of opening one more. A burst of hundreds of jobs otherwise opens hundreds of
+# connections to one endpoint at once, each a TCP (and TLS) handshake; 128 requests in flight to one host
+# are more than a worker's CPU keeps busy (docs/benchmarks.md).
 CONNECTIONS_PER_HOST = 128
 # No answer the rotator reads is near this; a larger declared body is refused before it is read.
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
