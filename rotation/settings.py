@@ -119,7 +119,7 @@ class Settings:
             retry=retry,
             max_dequeue_count=_int(env, MAX_DEQUEUE_SETTING, 5, minimum=1),
             claim_ttl_seconds=_float(env, "ROTATION_CLAIM_TTL_SECONDS", 900.0, positive=True),
-            defer_seconds=_float(env, "ROTATION_DEFER_SECONDS", 15.0),
+            defer_seconds=_float(env, "ROTATION_DEFER_SECONDS", 15.0, positive=True),
             max_defers=_int(env, "ROTATION_MAX_DEFERS", 40, minimum=0),
         )
 

@@ -8,6 +8,7 @@ Quoted input is truncated and ``repr()``-ed, as in `rotation.ids`.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
@@ -28,6 +29,10 @@ class UnsafeUrl(ValueError):
 # /{id}``); the same two `rotation.azure.lro` follows.
 OPERATION_TYPES = frozenset({"mongoclusterazureasyncoperation", "mongoclusteroperationresults"})
 _OPERATION_SEGMENTS = 8  # subscriptions/{sub}/providers/Microsoft.DocumentDB/locations/{loc}/{type}/{id}
+# A location or operation id, decoded: ARM's location names ("westeurope", or a display name such as
+# "West Europe" percent-encoded), operation ids (GUIDs; some providers append "*" and hex). Nothing that
+# could end a path segment, start a query or be read as markup.
+_OPERATION_PART = re.compile(r"[A-Za-z0-9_.()* -]{1,128}")
 
 
 def _origin(url: str) -> tuple[str, str]:
@@ -99,7 +104,7 @@ def check_operation_path(path: str, cluster: ResourceId) -> str:
         or low[0] != "subscriptions"
         or low[2:5] != ["providers", CLUSTER_TYPE[0].lower(), "locations"]
         or low[6] not in OPERATION_TYPES
-        or any(s in {"", ".", ".."} for s in (segments[5], segments[7]))
+        or any(s in {".", ".."} or not _OPERATION_PART.fullmatch(s) for s in (segments[5], segments[7]))
     ):
         raise UnsafeUrl(f"operation path {quote(path)} is not a Microsoft.DocumentDB mongoCluster operation")
     if low[1] != cluster.subscription.lower():

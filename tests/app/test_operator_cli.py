@@ -26,24 +26,6 @@ from tests.helpers.world import cmk_url, make_world
 POISON = f"{QUEUE_NAME}-poison"
 
 
-def cli(*args: str, env: dict[str, str], timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    """`python -m rotation` with stdin closed (no terminal to ask on), as a script or a pipeline runs it."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ROTATION_")}
-    full_env.update(env)
-    full_env.setdefault("ROTATION_RETRY_INITIAL_WAIT", "0.05")
-    full_env.setdefault("ROTATION_RETRY_MAX_WAIT", "0.2")
-    return subprocess.run(  # noqa: S603
-        [sys.executable, "-m", "rotation", *args],
-        cwd=ROOT,
-        env=full_env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
 @pytest.fixture
 def world(sim: Simulator, azurite):
     """A vault, a key with one version, an identity and one CMK cluster on it; the storage env."""
@@ -114,9 +96,9 @@ def test_reconcile_runs_the_jobs_itself_and_waits(only_this_world, azurite):
     """`reconcile` rotates the clusters behind in this process, queues nothing, and exits 0 when all rotated."""
     world = only_this_world
     sim, cluster, env = world["sim"], world["cluster"], world["env"]
-    assert cli("register", cluster, env=env).returncode == 0
+    assert run_cli("register", cluster, env=env).returncode == 0
     v2 = sim.create_key_version(world["vault"], "cmk", emit_event=False)
-    proc = cli("reconcile", env=env)
+    proc = run_cli("reconcile", env=env)
     assert proc.returncode == 0, proc.stderr
     assert kek(sim, cluster) == sim.key_url(world["vault"], "cmk", v2)
     row = next(line for line in proc.stdout.splitlines() if cluster.rsplit("/", 1)[-1] in line)
@@ -130,12 +112,12 @@ def test_reconcile_exits_1_when_a_cluster_fails(only_this_world):
     """A cluster whose operation fails makes `reconcile` exit 1, with the ARM error on its line."""
     world = only_this_world
     sim, cluster, env = world["sim"], world["cluster"], world["env"]
-    assert cli("register", cluster, env=env).returncode == 0
+    assert run_cli("register", cluster, env=env).returncode == 0
     sim.create_key_version(world["vault"], "cmk", emit_event=False)
     sim.fail_next_operation(
         cluster, code="KeyVaultAccessForbidden", message="The identity cannot reach the key."
     )
-    proc = cli("reconcile", env=env)
+    proc = run_cli("reconcile", env=env)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     row = next(line for line in proc.stdout.splitlines() if cluster.rsplit("/", 1)[-1] in line)
     assert row.split()[4] == "failed"
@@ -146,10 +128,10 @@ def test_reconcile_exits_1_when_a_cluster_fails(only_this_world):
 def test_reconcile_enqueue_hands_the_jobs_to_the_queue(world, azurite):
     """`reconcile --enqueue` queues one job per cluster behind for the deployed app and changes no cluster."""
     sim, cluster, env = world["sim"], world["cluster"], world["env"]
-    assert cli("register", cluster, env=env).returncode == 0
+    assert run_cli("register", cluster, env=env).returncode == 0
     v2 = sim.create_key_version(world["vault"], "cmk", emit_event=False)
     try:
-        proc = cli("reconcile", "--enqueue", "--json", env=env)
+        proc = run_cli("reconcile", "--enqueue", "--json", env=env)
         assert proc.returncode == 0, proc.stderr
         assert json.loads(proc.stdout)["mode"] == "enqueue"
         assert kek(sim, cluster) == sim.key_url(world["vault"], "cmk", world["v1"])
@@ -163,9 +145,9 @@ def test_reconcile_dry_run_says_what_it_would_do(only_this_world):
     """`reconcile --dry-run` counts the clusters it would rotate, and says nothing was queued or rotated."""
     world = only_this_world
     sim, cluster, env = world["sim"], world["cluster"], world["env"]
-    assert cli("register", cluster, env=env).returncode == 0
+    assert run_cli("register", cluster, env=env).returncode == 0
     sim.create_key_version(world["vault"], "cmk", emit_event=False)
-    proc = cli("reconcile", "--dry-run", env=env)
+    proc = run_cli("reconcile", "--dry-run", env=env)
     assert proc.returncode == 0, proc.stderr
     last = proc.stdout.splitlines()[-1]
     assert last.startswith("1 cluster(s), 1 would be rotated, 0 with drift;")
@@ -242,13 +224,13 @@ async def record_failure(env: dict[str, str], cluster: str, dequeue_count: int) 
 async def test_poison_list_retry_and_purge(world, azurite, poison_queue):
     """`poison list` decodes each job with its last error and delivery count; `retry` moves one back; `purge --yes` empties."""
     cluster, env = world["cluster"], world["env"]
-    assert cli("register", cluster, env=env).returncode == 0
+    assert run_cli("register", cluster, env=env).returncode == 0
     await record_failure(env, cluster, dequeue_count=5)
     job = Job.new(cluster, trigger="event", target_key_url=None, event_id="ev-1")
     good = poisoned(poison_queue, job.to_json())
     bad = poisoned(poison_queue, "{not json")
 
-    proc = cli("poison", "list", "--json", env=env)
+    proc = run_cli("poison", "list", "--json", env=env)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     entries = {e["message_id"]: e for e in doc["jobs"]}
@@ -259,13 +241,13 @@ async def test_poison_list_retry_and_purge(world, azurite, poison_queue):
     assert entries[good]["last_error"]["error_message"] == "The service is busy."
     assert entries[bad]["job"] is None
     assert "not JSON" in entries[bad]["problem"]
-    text = cli("poison", "list", env=env).stdout
+    text = run_cli("poison", "list", env=env).stdout
     assert good in text
     assert "dequeue_count=5  last error: [ServiceUnavailable] The service is busy." in text
     assert "2 message(s) in rotation-jobs-poison" in text
 
     try:
-        proc = cli("poison", "retry", good, env=env)
+        proc = run_cli("poison", "retry", good, env=env)
         assert proc.returncode == 0, proc.stderr
         assert "1 job(s) moved back to rotation-jobs" in proc.stdout
         [back] = queued_jobs_for(azurite, cluster)
@@ -275,19 +257,19 @@ async def test_poison_list_retry_and_purge(world, azurite, poison_queue):
     left = [m.id for m in poison_queue.peek_messages(max_messages=32)]
     assert left == [bad]
 
-    refused = cli("poison", "purge", env=env)
+    refused = run_cli("poison", "purge", env=env)
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines() == [refused.stderr.strip()]
     assert "--yes" in refused.stderr
     assert [m.id for m in poison_queue.peek_messages(max_messages=32)] == [bad]
-    proc = cli("poison", "purge", "--yes", env=env)
+    proc = run_cli("poison", "purge", "--yes", env=env)
     assert proc.returncode == 0, proc.stderr
     assert poison_queue.peek_messages(max_messages=32) == []
 
 
 def test_poison_retry_of_an_unknown_message_exits_1(world, poison_queue):
     """Retrying a message id that is not in the poison queue is a refused request (exit 1), nothing moves."""
-    proc = cli("poison", "retry", "no-such-message", env=world["env"])
+    proc = run_cli("poison", "retry", "no-such-message", env=world["env"])
     assert proc.returncode == 1
     assert "not in rotation-jobs-poison: no-such-message" in proc.stderr
 
@@ -316,19 +298,19 @@ def test_purge_asks_on_a_terminal(monkeypatch):
 def test_register_again_keeps_owner_and_arm_casing(world):
     """Re-registering without --owner keeps the owner; an id typed in another casing is stored as ARM spells it."""
     cluster, env = world["cluster"], world["env"]
-    assert cli("register", cluster, "--owner", "team-orders", env=env).returncode == 0
+    assert run_cli("register", cluster, "--owner", "team-orders", env=env).returncode == 0
     shouted = cluster.replace("/resourceGroups/rg/", "/RESOURCEGROUPS/RG/").replace(
         "/mongoClusters/", "/MONGOCLUSTERS/"
     )
     assert shouted != cluster
-    proc = cli("register", shouted, "--json", env=env)
+    proc = run_cli("register", shouted, "--json", env=env)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["owner"] == "team-orders"
     assert doc["cluster_id"] == cluster
     mine = [
         w
-        for w in json.loads(cli("list", "--json", env=env).stdout)
+        for w in json.loads(run_cli("list", "--json", env=env).stdout)
         if w["cluster_id"].lower() == cluster.lower()
     ]
     assert [(w["cluster_id"], w["owner"]) for w in mine] == [(cluster, "team-orders")]
@@ -362,7 +344,7 @@ def test_refused_rotate_requests_exit_1(world):
 
 def test_malformed_storage_setting_is_a_usage_error():
     """A malformed AzureWebJobsStorage is a one-line usage error (exit 2) that does not echo the value."""
-    proc = cli("list", env={"AzureWebJobsStorage": "AccountName=acct;AccountKey=c2VjcmV0LXZhbHVl;oops"})
+    proc = run_cli("list", env={"AzureWebJobsStorage": "AccountName=acct;AccountKey=c2VjcmV0LXZhbHVl;oops"})
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1
     assert proc.stderr.startswith("error: AzureWebJobsStorage is not a usable connection string")
@@ -376,7 +358,7 @@ def test_unreachable_storage_names_the_endpoint():
         + base64.b64encode(b"k" * 64).decode()
         + ";TableEndpoint=http://127.0.0.1:9/devstoreaccount1;QueueEndpoint=http://127.0.0.1:9/devstoreaccount1;"
     )
-    proc = cli("list", env={"AzureWebJobsStorage": conn}, timeout=120)
+    proc = run_cli("list", env={"AzureWebJobsStorage": conn}, timeout=120)
     assert proc.returncode == 1
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "cannot reach storage at http://127.0.0.1:9/devstoreaccount1" in proc.stderr
@@ -398,7 +380,7 @@ def test_log_format_after_the_command(world):
 
 def test_discover_rejects_a_subscription_that_is_not_a_guid(world):
     """`discover --subscription nope` is a usage error (exit 2), not an empty subscription."""
-    proc = cli("discover", "--subscription", "nope", env=world["env"])
+    proc = run_cli("discover", "--subscription", "nope", env=world["env"])
     assert proc.returncode == 2
     assert "is not a subscription id" in proc.stderr
 
@@ -509,13 +491,13 @@ async def test_reconcile_beside_a_worker_holding_the_cluster_reports_pending(onl
 
     world = only_this_world
     sim, cluster, env = world["sim"], world["cluster"], world["env"]
-    assert cli("register", cluster, env=env).returncode == 0
+    assert run_cli("register", cluster, env=env).returncode == 0
     sim.create_key_version(world["vault"], "cmk", emit_event=False)
     service = Service.create(Settings.from_env(env))
     try:
         claim = await service.registry.claims.take(parse_cluster_id(cluster), owner="the-app", ttl=120)
         assert claim is not None
-        proc = await asyncio.to_thread(cli, "reconcile", env=env)
+        proc = await asyncio.to_thread(run_cli, "reconcile", env=env)
         await service.registry.claims.release(claim)
     finally:
         await service.close()
@@ -531,7 +513,7 @@ def test_reconcile_draws_its_progress_on_a_terminal(only_this_world):
 
     world = only_this_world
     sim, cluster, env = world["sim"], world["cluster"], world["env"]
-    assert cli("register", cluster, env=env).returncode == 0
+    assert run_cli("register", cluster, env=env).returncode == 0
     sim.create_key_version(world["vault"], "cmk", emit_event=False)
     controller, terminal = pty.openpty()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("ROTATION_")}

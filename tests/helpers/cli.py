@@ -22,9 +22,12 @@ from tests.helpers.paths import ROOT
 
 
 def run_cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+    *args: str, env: dict[str, str] | None = None, timeout: float = 90
 ) -> subprocess.CompletedProcess[str]:
-    """`python -m rotation ARGS` in a subprocess: os.environ without ROTATION_ settings, plus ``env``, fast retries."""
+    """`python -m rotation ARGS` as a script runs it: no stdin, os.environ less ROTATION_*, plus ``env``.
+
+    Fast retries; stdin closed, so there is no terminal to ask on.
+    """
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("ROTATION_")}
     full_env.update(env or {})
     full_env.setdefault("ROTATION_RETRY_INITIAL_WAIT", "0.05")
@@ -33,6 +36,7 @@ def run_cli(
         [sys.executable, "-m", "rotation", *args],
         cwd=ROOT,
         env=full_env,
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=timeout,

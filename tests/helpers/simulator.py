@@ -37,15 +37,24 @@ FOREIGN_SETTINGS = (
 )  # fmt: skip
 
 
+# CONNECTs the simulator's proxy refused, by test: only the proxy's own tests ask for a host it does not serve.
+_REFUSED: list[tuple[str, str]] = []
+_MAY_BE_REFUSED = "tests/sim/test_proxy.py"
+
+
 @pytest.fixture(scope="session")
 def simulator() -> Iterator[Simulator]:
-    """One running simulator for the session."""
+    """One running simulator for the session; at its end, no test but the proxy's reached for another host."""
     with Simulator(ca_dir=CA_DIR, seed=11) as sim:
         yield sim
+    stray = [(test, target) for test, target in _REFUSED if not test.startswith(_MAY_BE_REFUSED)]
+    assert not stray, f"CONNECT to hosts the simulator does not serve (a request left loopback?): {stray}"
 
 
 @pytest.fixture
-def sim(simulator: Simulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[Simulator]:
+def sim(
+    simulator: Simulator, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Iterator[Simulator]:
     """The simulator's settings in os.environ, default behaviour, fast operations, an empty request log."""
     for name in FOREIGN_SETTINGS:
         monkeypatch.delenv(name, raising=False)
@@ -55,6 +64,7 @@ def sim(simulator: Simulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[Simul
     simulator.configure(operation_seconds=0.2, poll_interval=0.05)
     simulator.clear_requests()
     yield simulator
+    _REFUSED.extend((request.node.nodeid, target) for target in simulator.refused_connects)
     simulator.reset()
 
 

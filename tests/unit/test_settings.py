@@ -22,9 +22,9 @@ def test_claim_and_defer_defaults():
 def test_claim_and_defer_from_env():
     """The three names set the claim TTL, the defer delay and the defer count."""
     settings = Settings.from_env(
-        {"ROTATION_CLAIM_TTL_SECONDS": "1.5", "ROTATION_DEFER_SECONDS": "0", "ROTATION_MAX_DEFERS": "3"}
+        {"ROTATION_CLAIM_TTL_SECONDS": "1.5", "ROTATION_DEFER_SECONDS": "0.5", "ROTATION_MAX_DEFERS": "3"}
     )
-    assert (settings.claim_ttl_seconds, settings.defer_seconds, settings.max_defers) == (1.5, 0.0, 3)
+    assert (settings.claim_ttl_seconds, settings.defer_seconds, settings.max_defers) == (1.5, 0.5, 3)
 
 
 @pytest.mark.parametrize(
@@ -33,13 +33,14 @@ def test_claim_and_defer_from_env():
         ("ROTATION_CLAIM_TTL_SECONDS", "0"),
         ("ROTATION_CLAIM_TTL_SECONDS", "soon"),
         ("ROTATION_DEFER_SECONDS", "-1"),
+        ("ROTATION_DEFER_SECONDS", "0"),  # a held cluster's job would come straight back, a hot loop
         ("ROTATION_DEFER_SECONDS", "inf"),
         ("ROTATION_MAX_DEFERS", "-1"),
         ("ROTATION_MAX_DEFERS", "2.5"),
     ],
 )
 def test_bad_claim_or_defer_value_names_the_setting(name: str, value: str):
-    """A claim TTL that is not positive, a negative or infinite delay, or a defer count that is no count is refused."""
+    """A claim TTL or defer delay that is not positive or finite, or a defer count that is no count, is refused."""
     with pytest.raises(SettingsError, match=name):
         Settings.from_env({name: value})
 

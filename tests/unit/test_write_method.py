@@ -149,6 +149,9 @@ def test_operation_urls_outside_the_checks_are_refused_for_good(url):
         (f"https://management.azure.com{CLUSTER}", True),
         (f"{OPS}/mongoClusterOperationResults/%2e%2e", False),
         (f"{OPS}/mongoClusterOperationResults/1%2F..%2F..", False),
+        (OPS.replace("westeurope", "west'europe") + "/mongoClusterOperationResults/1", False),
+        (f"{OPS}/mongoClusterOperationResults/a%3Bb", False),
+        (f"{OPS}/mongoClusterOperationResults/{'1' * 129}", False),
         (
             f"{OPS.replace(SUB, '33333333-3333-3333-3333-333333333333')}/mongoClusterAzureAsyncOperation/1",
             False,
