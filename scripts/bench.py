@@ -660,6 +660,7 @@ class Bench:
         }
         self.identities: dict[str, str] = {}
         self.workers: list[Worker] = []
+        self.registered: list[tuple[str, str]] = []  # (PartitionKey, RowKey) of rows `register` wrote
 
     def configure(self, timing: tuple[float, float] | None = None) -> None:
         """The scaled ARM limits and timings (refills every bucket); ``timing``: (operation, Retry-After)."""
@@ -778,6 +779,41 @@ class Bench:
 
             chunks = [rows[i : i + 100] for rows in (watch_rows, pointers) for i in range(0, len(rows), 100)]
             await asyncio.gather(*(batch(c) for c in chunks))
+        self.registered += [(e["PartitionKey"], e["RowKey"]) for e in (*watch_rows, *pointers)]
+
+    async def forget(self) -> None:
+        """Delete the registry rows `register` wrote since the last call (a scenario's own clusters).
+
+        Azurite keeps a table in memory and scans it for a point read, so a registry that kept every
+        scenario's 10,000s of rows would slow the next scenario's storage requests, which Azure's Table
+        storage (a lookup by partition and row) would not.
+        """
+        import asyncio  # noqa: PLC0415
+
+        from azure.data.tables.aio import TableServiceClient  # noqa: PLC0415
+
+        from rotation.store import tables as layout  # noqa: PLC0415
+
+        rows, self.registered = self.registered, []
+        by_partition: dict[str, list[str]] = {}
+        for partition, row in rows:
+            by_partition.setdefault(partition, []).append(row)
+        chunks = [
+            (partition, keys[i : i + 100])
+            for partition, keys in by_partition.items()
+            for i in range(0, len(keys), 100)
+        ]
+        async with TableServiceClient.from_connection_string(self.azurite.connection_string) as tables:
+            table = tables.get_table_client(layout.WATCH_TABLE)
+            gate = asyncio.Semaphore(8)
+
+            async def batch(partition: str, keys: list[str]) -> None:
+                async with gate:
+                    ops = [("delete", {"PartitionKey": partition, "RowKey": k}) for k in keys]
+                    with contextlib.suppress(Exception):  # cleaning up: a row already gone is fine
+                        await table.submit_transaction(ops)
+
+            await asyncio.gather(*(batch(p, k) for p, k in chunks))
 
     async def service(self) -> Any:  # noqa: ANN401
         """The Service the functions use in this process."""
@@ -827,6 +863,7 @@ class Bench:
             _, seconds, _ = await self.fire(key)
             samples.append(seconds)
             await self.clear_queue()
+        await self.forget()
         return {
             "clusters": n,
             "first_call_s": round(first, 4),
@@ -911,6 +948,7 @@ class Bench:
         finally:
             stopped = [w.stop() for w in self.workers]
             self.workers = previous
+            await self.forget()
         result["scale_out"] = True
         result["worker_results"] = merge_workers(stopped)
         return result
@@ -947,6 +985,7 @@ class Bench:
         if proc.returncode != 0:
             raise RuntimeError(f"reconcile exited {proc.returncode}: {proc.stderr[-2000:]}")
         summary = json.loads(proc.stdout)["summary"]
+        await self.forget()
         arm = [r for r in self.sim.requests if r.service == "arm" and r.time >= started]
         kv = [r for r in self.sim.requests if r.service == "kv" and r.time >= started]
         per_sub: dict[str, int] = {}
