@@ -4,11 +4,13 @@ The flow of one rotation, module by module:
 
     function_app.on_key_event     Event Grid delivers "a new key version"
     service.fanout                parse it (events), find the watched clusters of its key (store.watch)
-    store.jobs                    one job per cluster on the queue
+    store.jobs                    one job per cluster on the queue (several per message past 32)
     function_app.rotate_cluster   the queue delivers a job
-    service.worker                claim the cluster (store.claims), resume or start (service.resume)
+    service.worker                split a message of several (service.batch); claim the cluster
+                                  (store.claims), resume or start (service.resume)
     engine                        the rules: decide, read the target version (azure.keyvault, key_rules)
-    azure.arm                     PUT the encryption body (write_body), follow the operation (azure.lro)
+    azure.arm                     PUT the encryption body (write_body), paced with every instance
+                                  (azure.pacing, store.budget), follow the operation (azure.lro)
     engine                        GET and verify; store.registry records the outcome and the history
     service.reconcile             the timer's safety net: every watched cluster against its key's newest
 
@@ -18,8 +20,8 @@ The package:
                 write_body key_rules collateral retry untrusted
     azure/      the adapters: transport pacing arm arm_connection arm_reads lro keyvault key_policy
                 http_errors
-    store/      Table and Queue storage: clients tables watch claims history registry jobs poison
-    service/    what the Functions host runs: fanout worker resume registration reconcile http_api,
+    store/      Table and Queue storage: clients tables watch claims history registry budget jobs poison
+    service/    what the Functions host runs: fanout worker batch resume registration reconcile http_api,
                 and the process's clients (runtime, process)
     serve/      `rotation serve`, the same service without the Functions host: daemon webhook
                 queue_worker schedule timer_lease

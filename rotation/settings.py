@@ -60,6 +60,8 @@ class Settings:
     check_delay_seconds: float = 60.0
     arm_write_refill_per_s: float = 10.0  # ARM's write refill per subscription (rotation.azure.pacing)
     arm_read_refill_per_s: float = 25.0  # ARM's read refill per subscription
+    arm_write_burst: int = 200  # ARM's write bucket per subscription (the budget shared by every process)
+    arm_read_burst: int = 250  # ARM's read bucket per subscription
     retry: RetrySettings = field(default_factory=RetrySettings)
     # host.json's queues.maxDequeueCount (the delivery after which the host moves a job to the poison queue),
     # overridable as the Functions host reads it: app setting AzureFunctionsJobHost__extensions__queues__...
@@ -112,6 +114,8 @@ class Settings:
             check_delay_seconds=_float(env, "ROTATION_CHECK_DELAY_SECONDS", 60.0),
             arm_write_refill_per_s=_float(env, "ROTATION_ARM_WRITE_REFILL_PER_S", 10.0, positive=True),
             arm_read_refill_per_s=_float(env, "ROTATION_ARM_READ_REFILL_PER_S", 25.0, positive=True),
+            arm_write_burst=_int(env, "ROTATION_ARM_WRITE_BURST", 200, minimum=1),
+            arm_read_burst=_int(env, "ROTATION_ARM_READ_BURST", 250, minimum=1),
             retry=retry,
             max_dequeue_count=_int(env, MAX_DEQUEUE_SETTING, 5, minimum=1),
             claim_ttl_seconds=_float(env, "ROTATION_CLAIM_TTL_SECONDS", 900.0, positive=True),

@@ -4,14 +4,20 @@ Scenarios (sizes and the simulator's scale are parameters; `--help`):
 
 - fan-out: N clusters on one key over S subscriptions; makespan from the Event Grid function call to the last
   verifying GET (from the simulator's request log), against the lower bound that the write bucket, the
-  operation time and the request latency impose;
+  operation time and the request latency impose; a stress fan-out with a short operation;
+- scale-out: N clusters over 20 subscriptions run by W = 1, 2, 4 worker processes on one queue, sharing each
+  subscription's ARM budget;
 - naive baseline: the same rotation one cluster after another (GET, PUT, poll to the end, next);
 - throttle: 429s as a share of writes, and requests sent inside a ``Retry-After`` window;
 - requests per rotated cluster (ARM reads, writes, polls) and Key Vault reads per key;
-- event handling: Event Grid function call to all jobs enqueued, for 100 and 1000 watched clusters;
-- footprint: cold ``import function_app`` in a fresh process, and the queue worker's peak RSS.
+- per job, counted in the workers: CPU time and storage requests by kind; and the CPU the whole machine spent;
+- event handling: Event Grid function call to all jobs enqueued, for 100, 1000 and 10,000 watched clusters;
+- reconcile: one pass (`rotation reconcile --enqueue`, its own process) over 10,000 clusters on 50 keys,
+  against the read bucket's bound, and Key Vault reads per key;
+- footprint: cold ``import function_app`` and cold start of ``rotation serve`` in fresh processes, and the
+  queue workers' peak RSS.
 
-The queue function runs in a child process (``bench.py --worker``), fed from Azurite like the Functions host
+The queue function runs in child processes (``bench.py --worker``), fed from Azurite like the Functions host
 feeds it (a message is received, handed to ``rotate_cluster`` as a ``func.QueueMessage``, deleted on return),
 keeping up to ``--concurrency`` invocations in flight. Prints a table, writes JSON and docs/benchmarks.md.
 """
@@ -19,6 +25,8 @@ keeping up to ``--concurrency`` invocations in flight. Prints a table, writes JS
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import os
 import platform
@@ -33,9 +41,21 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from azure.core.exceptions import (  # noqa: E402 - after the repository is on the path
+    ResourceExistsError,
+    ServiceRequestError,
+)
+
 SUBSCRIPTIONS = [f"{i:08d}-0000-4000-8000-{i:012d}" for i in range(1, 65)]
 VAULT = "bench-kv"
 QUEUE = "rotation-jobs"
+# The per-job cost before issue 18's changes, measured by this script's stress fan-out (N=100, 1 s operation,
+# a warm worker) on the code it started from (6a21cd1), with the same counting: 11.3 ms of worker CPU per job
+# on a first run and 9.2 ms on a second, 8.04 storage requests per job (docs/benchmarks.md). The CPU target is
+# half of the lower figure; storage requests must be fewer.
+CPU_MS_PER_JOB_BEFORE = 9.2
+CPU_MS_PER_JOB_TARGET = CPU_MS_PER_JOB_BEFORE / 2
+STORAGE_PER_JOB_BEFORE = 8.04
 IMPORT_PROBE = "import time; t = time.perf_counter(); import function_app; print(time.perf_counter() - t)"
 
 
@@ -49,9 +69,9 @@ def host_concurrency() -> int:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The bench's parameters (defaults: the `make bench` run, under 3 minutes on 2 cores)."""
+    """The bench's parameters (defaults: the `make bench` run, about 5 minutes on 2 cores)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    p.add_argument("--sizes", default="10,100,500", help="fan-out cluster counts")
+    p.add_argument("--sizes", default="100", help="fan-out cluster counts (the scale-out runs go larger)")
     p.add_argument("--subscriptions", type=int, default=5, help="subscriptions the clusters are spread over")
     p.add_argument("--burst", type=int, default=20, help="write bucket burst per subscription (ARM: 200)")
     p.add_argument("--refill", type=float, default=10.0, help="write refill per second (ARM: 10)")
@@ -74,13 +94,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=host_concurrency(),
         help="queue invocations in flight per worker (default: host.json's batchSize + newBatchThreshold)",
     )
-    p.add_argument("--naive-size", type=int, default=3, help="clusters the sequential baseline rotates")
-    p.add_argument("--event-sizes", default="100,1000", help="watched clusters for the event-handling runs")
+    p.add_argument("--naive-size", type=int, default=1, help="clusters the sequential baseline rotates")
+    p.add_argument(
+        "--scale-workers", default="1,2,4", help="worker processes of the scale-out runs (one run per count)"
+    )
+    p.add_argument("--scale-size", type=int, default=2000, help="clusters of each scale-out fan-out")
+    p.add_argument("--scale-subscriptions", type=int, default=20, help="subscriptions of the scale-out runs")
+    p.add_argument(
+        "--event-sizes", default="100,1000,10000", help="watched clusters for the event-handling runs"
+    )
+    p.add_argument("--reconcile-size", type=int, default=10000, help="watched clusters of the reconcile pass")
+    p.add_argument("--reconcile-keys", type=int, default=50, help="keys the reconcile pass's clusters use")
+    p.add_argument(
+        "--reconcile-subscriptions",
+        type=int,
+        default=20,
+        help="subscriptions of the reconcile pass's clusters",
+    )
+    p.add_argument("--serve-runs", type=int, default=3, help="cold starts of `rotation serve` timed")
     p.add_argument("--event-repeats", type=int, default=5, help="timed Event Grid calls per size")
     p.add_argument("--import-runs", type=int, default=5, help="fresh processes timing the cold import")
     p.add_argument("--timeout", type=float, default=120.0, help="give up on one fan-out after this long")
     p.add_argument("--json", default="docs/benchmarks.json", help="where the JSON goes")
     p.add_argument("--markdown", default="docs/benchmarks.md", help="where the report goes ('' for none)")
+    p.add_argument("--profile", default="", help="cProfile each worker into PATH.<pid> (for finding CPU)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -88,14 +125,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ---- the worker process ------------------------------------------------------------------------------
 
 
-def worker_main(args: argparse.Namespace) -> None:  # noqa: C901 - one process's whole life
-    """Run rotate_cluster from the queue until stdin says stop; print stats and peak RSS as JSON."""
+def worker_main(args: argparse.Namespace) -> None:  # noqa: C901, PLR0915 - one process's whole life
+    """Run rotate_cluster from the queue until stdin says stop; answer "stats" with counters as JSON.
+
+    Counted here, in the worker, per kind: every request the rotator sends through its shared transport
+    (Table, Queue, ARM, Key Vault, identity) and the host's own queue requests (receives, deletes); CPU time
+    of the process since it was ready. The bench takes a snapshot before and after each fan-out.
+    """
     import asyncio  # noqa: PLC0415
+    import collections  # noqa: PLC0415
     import logging  # noqa: PLC0415
     import resource  # noqa: PLC0415
 
     import function_app  # noqa: PLC0415
     from azsim.host import QueueHost  # noqa: PLC0415
+    from rotation.azure import transport as transport_module  # noqa: PLC0415
     from rotation.service import process as service_module  # noqa: PLC0415
 
     functions = {f.get_function_name(): f.get_user_function() for f in function_app.app.get_functions()}
@@ -103,10 +147,33 @@ def worker_main(args: argparse.Namespace) -> None:  # noqa: C901 - one process's
     for handler in logging.getLogger().handlers:
         handler.addFilter(_details)
 
+    counts: collections.Counter[str] = collections.Counter()
+    original_send = transport_module.SharedTransport.send
+
+    async def counting_send(self: Any, request: Any, **config: Any) -> Any:  # noqa: ANN401
+        counts[f"{request_kind(request.url)} {request.method}"] += 1
+        return await original_send(self, request, **config)
+
+    transport_module.SharedTransport.send = counting_send  # type: ignore[method-assign]
+    profiler = None
+    if args.profile:
+        import cProfile  # noqa: PLC0415
+
+        profiler = cProfile.Profile()
+
     class FeedingHost(QueueHost):
         """QueueHost that keeps up to ``concurrency`` invocations in flight instead of batch by batch."""
 
         slowest_receive_s = 0.0  # the longest receive call (Azurite's answer, or the SDK's retries)
+
+        finished = 0  # invocations whose message was deleted (or left to reappear)
+
+        async def _one(self, message: Any) -> None:  # noqa: ANN401 - azure QueueMessage
+            failed = self.stats.failed
+            await super()._one(message)
+            if self.stats.failed == failed:
+                counts["host queue DELETE"] += 1
+            self.finished += 1
 
         async def feed(self, stop: asyncio.Event, concurrency: int) -> None:
             running: set[asyncio.Task[None]] = set()
@@ -124,8 +191,10 @@ def worker_main(args: argparse.Namespace) -> None:  # noqa: C901 - one process's
                 ]
                 self.slowest_receive_s = max(self.slowest_receive_s, time.monotonic() - started)
                 if not batch:
+                    counts["host queue GET (empty)"] += 1
                     await asyncio.sleep(0.1)  # QueueHost's polling interval while the queue is empty
                     continue
+                counts["host queue GET"] += 1
                 for message in batch:
                     task = asyncio.create_task(self._one(message))
                     running.add(task)
@@ -137,7 +206,22 @@ def worker_main(args: argparse.Namespace) -> None:  # noqa: C901 - one process's
                     task.print_stack(limit=12, file=sys.stderr)
                     task.cancel()
 
+    ready_cpu = 0.0
+
+    def snapshot(host: FeedingHost) -> dict[str, Any]:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return {
+            "invocations": host.stats.invocations,
+            "succeeded": host.stats.succeeded,
+            "failed": host.stats.failed,
+            "finished": host.finished,
+            "cpu_s": round(usage.ru_utime + usage.ru_stime - ready_cpu, 3),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+            "requests": dict(counts),
+        }
+
     async def run() -> dict[str, Any]:
+        nonlocal ready_cpu
         host = FeedingHost(
             os.environ["AzureWebJobsStorage"],
             QUEUE,
@@ -145,18 +229,30 @@ def worker_main(args: argparse.Namespace) -> None:  # noqa: C901 - one process's
             concurrency=args.concurrency,
         )
         stop = asyncio.Event()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        ready_cpu = usage.ru_utime + usage.ru_stime
+        if profiler is not None:
+            profiler.enable()
         print("READY", flush=True)
 
-        async def wait_for_stop() -> None:
-            await asyncio.to_thread(sys.stdin.readline)
-            stop.set()
+        async def commands() -> None:
+            while True:
+                line = (await asyncio.to_thread(sys.stdin.readline)).strip()
+                if line == "stats":
+                    print("STATS " + json.dumps(snapshot(host)), flush=True)
+                    continue
+                stop.set()
+                return
 
-        watcher = asyncio.create_task(wait_for_stop())
+        watcher = asyncio.create_task(commands())
         try:
             await host.feed(stop, args.concurrency)
         finally:
             await watcher
             await host.close()
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(f"{args.profile}.{os.getpid()}")
         pacer: dict[str, Any] = {}
         for svc in service_module._services.values():  # noqa: SLF001 - the process's one Service
             if svc.runtime.clusters.pacer is None:  # the default runtime always has one
@@ -167,22 +263,51 @@ def worker_main(args: argparse.Namespace) -> None:  # noqa: C901 - one process's
                 "waited": stats.waited,
                 "wait_seconds": round(stats.wait_seconds, 3),
                 "throttled": stats.throttled,
+                "ledger_reservations": stats.reservations,
+                "ledger_slots": stats.reserved,
+                "ledger_failures": stats.ledger_failures,
             }
         await service_module.close_services()
         return {
-            "invocations": host.stats.invocations,
-            "succeeded": host.stats.succeeded,
-            "failed": host.stats.failed,
+            **snapshot(host),
             "errors": host.stats.errors[:5],
             "slowest_receive_s": round(host.slowest_receive_s, 3),
             "pacer": pacer,
         }
 
     result = asyncio.run(run())
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    result["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)
-    result["cpu_s"] = round(usage.ru_utime + usage.ru_stime, 2)
     print("RESULT " + json.dumps(result), flush=True)
+
+
+def request_kind(url: str) -> str:
+    """What a request of the rotator talks to: table, queue, blob (storage endpoints), arm, kv, identity."""
+    from urllib.parse import urlsplit  # noqa: PLC0415
+
+    parts = urlsplit(url)
+    origin = f"{parts.hostname}:{parts.port}".lower()
+    storage = _storage_origins()
+    if origin in storage:
+        return storage[origin]
+    host = (parts.hostname or "").lower()
+    if host == "management.azure.com":
+        return "arm"
+    if ".vault." in host or host.endswith(".managedhsm.azure.net"):
+        return "kv"
+    return "identity"
+
+
+@functools.cache
+def _storage_origins() -> dict[str, str]:
+    """``host:port`` -> table/queue/blob, from the AzureWebJobsStorage connection string's endpoints."""
+    from urllib.parse import urlsplit  # noqa: PLC0415
+
+    out = {}
+    for part in os.environ.get("AzureWebJobsStorage", "").split(";"):
+        name, _, value = part.partition("=")
+        if name.lower().endswith("endpoint") and value:
+            endpoint = urlsplit(value)
+            out[f"{endpoint.hostname}:{endpoint.port}".lower()] = name.lower().removesuffix("endpoint")
+    return out
 
 
 def _details(record: Any) -> bool:  # noqa: ANN401 - a logging.LogRecord
@@ -196,9 +321,12 @@ def _details(record: Any) -> bool:  # noqa: ANN401 - a logging.LogRecord
 class Worker:
     """A queue worker child process."""
 
-    def __init__(self, concurrency: int) -> None:
+    def __init__(self, concurrency: int, profile: str = "") -> None:
+        argv = [sys.executable, __file__, "--worker", "--concurrency", str(concurrency)]
+        if profile:
+            argv += ["--profile", profile]
         self.proc = subprocess.Popen(  # noqa: S603 - this script, fixed argv
-            [sys.executable, __file__, "--worker", "--concurrency", str(concurrency)],
+            argv,
             cwd=ROOT,
             # as deployed: the app setting lets every invocation the host hands over rotate at once
             env={**os.environ, "ROTATION_MAX_CONCURRENCY": str(concurrency)},
@@ -212,6 +340,20 @@ class Worker:
             self.proc.kill()
             raise RuntimeError(f"worker did not start: {line!r}")
 
+    def snapshot(self) -> dict[str, Any]:
+        """The worker's counters now (invocations, CPU since ready, requests by kind)."""
+        assert self.proc.stdin is not None  # noqa: S101
+        assert self.proc.stdout is not None  # noqa: S101
+        self.proc.stdin.write("stats\n")
+        self.proc.stdin.flush()
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"worker exited {self.proc.poll()} without stats")
+            if line.startswith("STATS "):
+                stats: dict[str, Any] = json.loads(line[len("STATS ") :])
+                return stats
+
     def stop(self) -> dict[str, Any]:
         """Ask the worker to finish its invocations and exit; return what it reported."""
         try:
@@ -224,6 +366,36 @@ class Worker:
                 result: dict[str, Any] = json.loads(line[len("RESULT ") :])
                 return result
         raise RuntimeError(f"worker exited {self.proc.returncode} without a result")
+
+
+def snapshots(workers: list[Worker]) -> list[dict[str, Any]]:
+    """Every worker's counters now."""
+    return [w.snapshot() for w in workers]
+
+
+def cost(before: list[dict[str, Any]], after: list[dict[str, Any]], jobs: int) -> dict[str, Any]:
+    """What the workers spent between two snapshots: CPU and requests by kind, in total and per job."""
+    cpu = sum(a["cpu_s"] - b["cpu_s"] for b, a in zip(before, after, strict=True))
+    requests: dict[str, int] = {}
+    for b, a in zip(before, after, strict=True):
+        for kind, count in a["requests"].items():
+            requests[kind] = requests.get(kind, 0) + count - b["requests"].get(kind, 0)
+    invocations = sum(a["invocations"] - b["invocations"] for b, a in zip(before, after, strict=True))
+    failed = sum(a["failed"] - b["failed"] for b, a in zip(before, after, strict=True))
+    storage = {k: v for k, v in requests.items() if k.split()[0] in {"table", "queue", "blob", "host"}}
+    storage = {k: v for k, v in storage.items() if "(empty)" not in k}
+    per = max(1, jobs)
+    return {
+        "jobs": jobs,
+        "invocations": invocations,
+        "failed": failed,
+        "cpu_s": round(cpu, 3),
+        "cpu_ms_per_job": round(cpu * 1000 / per, 2),
+        "requests": dict(sorted(requests.items())),
+        "storage_per_job": round(sum(storage.values()) / per, 2),
+        "storage_per_job_by_kind": {k: round(v / per, 2) for k, v in sorted(storage.items())},
+        "peak_rss_mb": max(a["peak_rss_mb"] for a in after),
+    }
 
 
 def merge_workers(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -263,6 +435,52 @@ def cold_import(runs: int) -> list[float]:
         )
         times.append(float(out.stdout.strip().splitlines()[-1]))
     return times
+
+
+def serve_cold_start(runs: int) -> list[dict[str, float]]:
+    """Seconds from starting `python -m rotation serve` to its start line, and to a first healthy answer.
+
+    The health route reads the registry (one Table query), so the second figure includes the first storage
+    connection. Needs the simulator's and Azurite's environment; each process is stopped with SIGTERM.
+    """
+    import signal  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    out = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rotation", "--log-format", "json", "serve", "--port", "0"],
+            cwd=ROOT,
+            env={**os.environ, "NO_PROXY": "127.0.0.1,localhost"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stderr is not None  # noqa: S101
+        port = 0
+        for line in proc.stderr:
+            with contextlib.suppress(ValueError):
+                doc = json.loads(line)
+                if doc.get("event") == "rotation.serve_started":
+                    port = int(doc["port"])
+                    break
+        if not port:
+            proc.kill()
+            raise RuntimeError("rotation serve did not start")
+        listening = time.perf_counter() - started
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=10) as answer:
+                    if answer.status == 200:  # noqa: PLR2004
+                        break
+            except OSError:
+                time.sleep(0.01)
+        healthy = time.perf_counter() - started
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+        out.append({"listening_s": round(listening, 3), "healthy_s": round(healthy, 3)})
+    return out
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -348,7 +566,14 @@ def analyse(
     makespan = (max(verify.values()) - t0) if done == n else None
     kv_challenges = sum(1 for r in kv if r.status == 401)  # noqa: PLR2004
     first_arm = min((r.time for r in arm), default=t0)
+    # Accepted writes in each second from the event (the first 20): how soon the budget is put to use.
+    puts_per_second = [0] * 20
+    for r in writes:
+        second = int(r.time - t0)
+        if 200 <= r.status < 300 and 0 <= second < len(puts_per_second):  # noqa: PLR2004
+            puts_per_second[second] += 1
     return {
+        "puts_per_second": puts_per_second,
         "timeline_s": {
             "first_arm_request": round(first_arm - t0, 3),
             "first_put": round(min(put_ok.values(), default=t0) - t0, 3),
@@ -434,6 +659,8 @@ class Bench:
             f.get_function_name(): f.get_user_function() for f in function_app.app.get_functions()
         }
         self.identities: dict[str, str] = {}
+        self.workers: list[Worker] = []
+        self.registered: list[tuple[str, str]] = []  # (PartitionKey, RowKey) of rows `register` wrote
 
     def configure(self, timing: tuple[float, float] | None = None) -> None:
         """The scaled ARM limits and timings (refills every bucket); ``timing``: (operation, Retry-After)."""
@@ -449,13 +676,21 @@ class Bench:
             read_refill_per_s=a.read_refill,
         )
 
-    def seed(self, key: str, n: int, *, in_simulator: bool = True) -> tuple[str, list[str]]:
+    def seed(
+        self,
+        key: str,
+        n: int,
+        *,
+        in_simulator: bool = True,
+        subscriptions: int | None = None,
+        offset: int = 0,
+    ) -> tuple[str, list[str]]:
         """A key with one version and ``n`` clusters on it, round-robin over the subscriptions."""
         version = self.sim.create_key_version(VAULT, key, emit_event=False)
         url = self.sim.key_url(VAULT, key, version)
         ids = []
-        subs = SUBSCRIPTIONS[: self.args.subscriptions]
-        for i in range(n):
+        subs = SUBSCRIPTIONS[: subscriptions or self.args.subscriptions]
+        for i in range(offset, offset + n):
             sub = subs[i % len(subs)]
             rg = "rg-bench"
             name = f"{key}-{i:05d}"
@@ -476,27 +711,109 @@ class Bench:
         return version, ids
 
     async def register(self, key: str, version: str, ids: list[str]) -> None:
-        """Registry rows for the clusters (what `register` stores, without its GET)."""
+        """Registry rows for the clusters: what `register` stores, without its GET, written in batches.
+
+        The rows are the registry's own entities; one entity-group transaction writes up to 100 of one
+        partition (the key's watch rows, or the cluster rows), so seeding 10,000 takes seconds, not minutes.
+        """
         import asyncio  # noqa: PLC0415
+        from datetime import UTC, datetime  # noqa: PLC0415
+
+        from azure.data.tables.aio import TableServiceClient  # noqa: PLC0415
 
         from rotation.ids import parse_cluster_id  # noqa: PLC0415
+        from rotation.store import tables as layout  # noqa: PLC0415
+        from rotation.store import watch  # noqa: PLC0415
 
-        service = await self.service()
         host = f"{VAULT}.vault.azure.net"
-        gate = asyncio.Semaphore(32)
-
-        async def one(cluster_id: str) -> None:
-            async with gate:
-                await service.registry.watched.upsert(
-                    cluster_id=parse_cluster_id(cluster_id),
+        now = datetime.now(UTC)
+        watch_rows: list[dict[str, Any]] = []
+        pointers: list[dict[str, Any]] = []
+        for cluster_id in ids:
+            rid = parse_cluster_id(cluster_id)
+            row = watch._watch_entity(  # noqa: SLF001 - the registry's own row, written in bulk
+                watch.WatchedCluster(
+                    cluster_id=str(rid),
+                    subscription=rid.subscription,
                     vault_host=host,
                     key_name=key,
                     current_version=version,
                     identity=self.identities.get(subscription_of(cluster_id)),
                     owner="bench",
+                    state=watch.WatchState.WATCHING,
+                    last_outcome=None,
+                    last_reason=None,
+                    last_outcome_at=None,
+                    registered_at=now,
+                    updated_at=now,
+                    operation_url=None,
+                    target_key_url=None,
                 )
+            )
+            watch_rows.append({k: v for k, v in row.items() if v is not None})
+            pointers.append(
+                {
+                    "PartitionKey": layout.CLUSTER_PARTITION,
+                    "RowKey": row["RowKey"],
+                    "ClusterId": str(rid),
+                    layout.POINTER: row["PartitionKey"],
+                }
+            )
+        async with TableServiceClient.from_connection_string(self.azurite.connection_string) as tables:
+            table = tables.get_table_client(layout.WATCH_TABLE)
+            with contextlib.suppress(ResourceExistsError):
+                await tables.create_table(layout.WATCH_TABLE)
+            gate = asyncio.Semaphore(8)
 
-        await asyncio.gather(*(one(c) for c in ids))
+            async def batch(entities: list[dict[str, Any]]) -> None:
+                async with gate:
+                    for attempt in range(3):  # upserts: sending one again is harmless
+                        try:
+                            await table.submit_transaction([("upsert", e) for e in entities])
+                        except ServiceRequestError:
+                            if attempt == 2:  # noqa: PLR2004
+                                raise
+                            await asyncio.sleep(0.5)
+                        else:
+                            return
+
+            chunks = [rows[i : i + 100] for rows in (watch_rows, pointers) for i in range(0, len(rows), 100)]
+            await asyncio.gather(*(batch(c) for c in chunks))
+        self.registered += [(e["PartitionKey"], e["RowKey"]) for e in (*watch_rows, *pointers)]
+
+    async def forget(self) -> None:
+        """Delete the registry rows `register` wrote since the last call (a scenario's own clusters).
+
+        Azurite keeps everything in one Node.js process's memory: with the reconcile and event scenarios'
+        20,000 rows kept, its CPU per request grew (a whole default run once spent 60 s of Azurite CPU on
+        the 4-worker scale-out that takes 12 s alone), which Azure's Table storage would not show.
+        """
+        import asyncio  # noqa: PLC0415
+
+        from azure.data.tables.aio import TableServiceClient  # noqa: PLC0415
+
+        from rotation.store import tables as layout  # noqa: PLC0415
+
+        rows, self.registered = self.registered, []
+        by_partition: dict[str, list[str]] = {}
+        for partition, row in rows:
+            by_partition.setdefault(partition, []).append(row)
+        chunks = [
+            (partition, keys[i : i + 100])
+            for partition, keys in by_partition.items()
+            for i in range(0, len(keys), 100)
+        ]
+        async with TableServiceClient.from_connection_string(self.azurite.connection_string) as tables:
+            table = tables.get_table_client(layout.WATCH_TABLE)
+            gate = asyncio.Semaphore(8)
+
+            async def batch(partition: str, keys: list[str]) -> None:
+                async with gate:
+                    ops = [("delete", {"PartitionKey": partition, "RowKey": k}) for k in keys]
+                    with contextlib.suppress(Exception):  # cleaning up: a row already gone is fine
+                        await table.submit_transaction(ops)
+
+            await asyncio.gather(*(batch(p, k) for p, k in chunks))
 
     async def service(self) -> Any:  # noqa: ANN401
         """The Service the functions use in this process."""
@@ -546,6 +863,7 @@ class Bench:
             _, seconds, _ = await self.fire(key)
             samples.append(seconds)
             await self.clear_queue()
+        await self.forget()
         return {
             "clusters": n,
             "first_call_s": round(first, 4),
@@ -556,22 +874,30 @@ class Bench:
         }
 
     async def fanout(
-        self, n: int, label: str = "", timing: tuple[float, float] | None = None
+        self,
+        n: int,
+        label: str = "",
+        timing: tuple[float, float] | None = None,
+        subscriptions: int | None = None,
     ) -> dict[str, Any]:
-        """One event for ``n`` clusters, rotated by the worker process; measured from the request log.
+        """One event for ``n`` clusters, rotated by the worker processes; measured from the request log.
 
-        ``timing``: (operation seconds, Retry-After) of this fan-out, the arguments' by default.
+        ``timing``: (operation seconds, Retry-After) of this fan-out, the arguments' by default. The workers'
+        CPU and requests are the difference of their counters from the event to the end of the last job.
         """
         import asyncio  # noqa: PLC0415
 
         timing = timing or (self.args.operation, self.args.poll_interval)
         key = f"fan{n}{label}"
-        version, ids = self.seed(key, n)
+        version, ids = self.seed(key, n, subscriptions=subscriptions)
         await self.register(key, version, ids)
         await asyncio.sleep(1.0)  # let the worker's mirror of the ARM budget refill, as after any idle second
         self.configure(timing)  # full buckets at the start
         self.sim.clear_requests()
         cpu = _cpu()
+        azurite_pid = self.azurite._proc.pid if self.azurite._proc else 0  # noqa: SLF001 - measuring it
+        azurite_cpu = tree_cpu(azurite_pid)
+        before = snapshots(self.workers)
         t0, enqueue_s, _ = await self.fire(key)
         deadline = time.monotonic() + self.args.timeout
         progress = Progress(ids, timing[0])
@@ -580,10 +906,117 @@ class Bench:
             if progress.verified(self.sim.requests) == n:
                 break
         result = analyse(self.sim.requests, t0, ids, self.args, timing)
+        # The jobs record and release after their verifying GET: wait for every invocation to return.
+        done_by = time.monotonic() + 15
+        while True:
+            after = snapshots(self.workers)
+            # Every cluster was verified, so every message was received: wait until each invocation returned.
+            received = sum(a["invocations"] - b["invocations"] for b, a in zip(before, after, strict=True))
+            ended = sum(a["finished"] - b["finished"] for b, a in zip(before, after, strict=True))
+            if (received and ended >= received) or time.monotonic() > done_by:
+                break
+            await asyncio.sleep(0.2)
         result["operation_s"], result["poll_interval_s"] = timing
         result["event_to_enqueued_s"] = round(enqueue_s, 4)
         result["simulator_process_cpu_s"] = round(_cpu() - cpu, 2)
+        result["workers"] = len(self.workers)
+        result["worker_cost"] = cost(before, after, n)
+        # Where the machine's CPU went from the event to the last job's end (the workers, this process with
+        # the simulator and the Event Grid function, Azurite), against what its cores had in that time.
+        spent = {
+            "workers_s": result["worker_cost"]["cpu_s"],
+            "bench_and_simulator_s": result["simulator_process_cpu_s"],
+            "azurite_s": round(tree_cpu(azurite_pid) - azurite_cpu, 2),
+        }
+        wall = time.time() - t0
+        result["cpu_budget"] = {
+            **spent,
+            "total_s": round(sum(spent.values()), 2),
+            "cores": os.cpu_count(),
+            "wall_s": round(wall, 2),
+            "available_s": round((os.cpu_count() or 1) * wall, 2),
+        }
         return result
+
+    async def scale_out(self, n: int, workers: int) -> dict[str, Any]:
+        """A fan-out of ``n`` clusters over the scale-out subscriptions, by ``workers`` fresh processes."""
+        previous = self.workers
+        await self.clear_queue()  # each run starts from an empty queue (no job deferred by an earlier run)
+        self.workers = [Worker(self.args.concurrency, self.args.profile) for _ in range(workers)]
+        try:
+            result = await self.fanout(n, label=f"w{workers}", subscriptions=self.args.scale_subscriptions)
+        finally:
+            stopped = [w.stop() for w in self.workers]
+            self.workers = previous
+            await self.forget()
+        result["scale_out"] = True
+        result["worker_results"] = merge_workers(stopped)
+        return result
+
+    async def reconcile(self, n: int, keys: int, subscriptions: int) -> dict[str, Any]:
+        """One reconcile pass (`rotation reconcile --enqueue`, its own process) over ``n`` watched clusters.
+
+        The clusters are up to date, so the pass is what every timer tick costs: one ARM read per cluster,
+        Key Vault read per key, nothing queued. Timed by the pass's own report (process start excluded) and,
+        from the simulator's log, from its first ARM request to its last.
+        """
+        per_key = [n // keys + (1 if i < n % keys else 0) for i in range(keys)]
+        offset = 0
+        for i, count in enumerate(per_key):
+            key = f"rec{i:03d}"
+            version, ids = self.seed(key, count, subscriptions=subscriptions, offset=offset)
+            offset += count
+            await self.register(key, version, ids)
+        self.configure()
+        self.sim.clear_requests()
+        env = {**os.environ, "ROTATION_MAX_CONCURRENCY": str(self.args.concurrency)}
+        started = time.time()
+        # Blocking on purpose: the pass is timed alone (the simulator serves from its own threads).
+        proc = subprocess.run(  # noqa: ASYNC221
+            [sys.executable, "-m", "rotation", "reconcile", "--enqueue", "--json"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=600,
+        )
+        wall = time.time() - started
+        if proc.returncode != 0:
+            raise RuntimeError(f"reconcile exited {proc.returncode}: {proc.stderr[-2000:]}")
+        summary = json.loads(proc.stdout)["summary"]
+        await self.forget()
+        arm = [r for r in self.sim.requests if r.service == "arm" and r.time >= started]
+        kv = [r for r in self.sim.requests if r.service == "kv" and r.time >= started]
+        per_sub: dict[str, int] = {}
+        for r in arm:
+            if r.method == "GET":
+                per_sub[subscription_of(r.path)] = per_sub.get(subscription_of(r.path), 0) + 1
+        reads_min: dict[str, int] = {}
+        for i in range(n):
+            sub = SUBSCRIPTIONS[i % subscriptions]
+            reads_min[sub] = reads_min.get(sub, 0) + 1
+        a = self.args
+        bound = max(max(0, r - a.read_burst) / a.read_refill for r in reads_min.values()) + 2 * a.latency
+        span = (max(r.time for r in arm) - min(r.time for r in arm)) if arm else 0.0
+        kv_challenges = sum(1 for r in kv if r.status == 401)  # noqa: PLR2004
+        return {
+            "clusters": n,
+            "keys": keys,
+            "subscriptions": subscriptions,
+            "pass_s": summary["duration_s"],
+            "arm_span_s": round(span, 3),
+            "process_wall_s": round(wall, 3),
+            "lower_bound_s": round(bound, 3),
+            "ratio": round(summary["duration_s"] / bound, 3) if bound > 0 else None,
+            "arm_reads": len([r for r in arm if r.method == "GET"]),
+            "arm_reads_429": len([r for r in arm if r.status == 429]),  # noqa: PLR2004
+            "arm_writes": len([r for r in arm if r.method != "GET"]),
+            "keyvault_reads": len(kv) - kv_challenges,
+            "keyvault_reads_per_key": round((len(kv) - kv_challenges) / keys, 2),
+            "queued": summary["queued"],
+            "drift": summary["drift"],
+        }
 
     async def naive(self, n: int) -> dict[str, Any]:
         """The sample functions' way: one cluster after another, PUT, wait for the operation, next."""
@@ -632,6 +1065,27 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def tree_cpu(root: int) -> float:
+    """CPU seconds of process ``root`` and its descendants so far (Linux /proc; 0 elsewhere)."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = entry.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(entry.parent.name)
+        parents[pid] = int(fields[1])
+        ticks[pid] = int(fields[11]) + int(fields[12])  # utime, stime
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
+        tree.update(children)
+        frontier.extend(children)
+    return sum(ticks.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
+
+
 async def run_all(args: argparse.Namespace, sim: Any, azurite: Any) -> dict[str, Any]:  # noqa: ANN401
     """Every scenario, in an order that keeps them from disturbing each other."""
     from rotation.service.process import close_services  # noqa: PLC0415
@@ -641,9 +1095,23 @@ async def run_all(args: argparse.Namespace, sim: Any, azurite: Any) -> dict[str,
     sim.add_vault(VAULT, subscription=SUBSCRIPTIONS[0], resource_group="rg-keys")
     out: dict[str, Any] = {}
     try:
+        # First, on an empty registry: a reconcile pass reads every watched cluster there is.
+        if args.reconcile_size > 0:
+            print(
+                f"bench: reconcile pass over {args.reconcile_size} clusters ...", file=sys.stderr, flush=True
+            )
+            out["reconcile"] = await bench.reconcile(
+                args.reconcile_size, args.reconcile_keys, args.reconcile_subscriptions
+            )
+        out["serve_cold_start"] = [] if args.serve_runs <= 0 else serve_cold_start(args.serve_runs)
+        # Before any worker runs: each call's jobs are cleared from the queue before the next.
+        out["events"] = []
+        for n in sizes(args.event_sizes):
+            print(f"bench: event handling, {n} watched ...", file=sys.stderr, flush=True)
+            out["events"].append(await bench.events(n))
         out["fanout"] = []
         await bench.clear_queue()
-        workers = [Worker(args.concurrency) for _ in range(args.workers)]
+        bench.workers = [Worker(args.concurrency, args.profile) for _ in range(args.workers)]
         try:
             # The first event a fresh worker sees pays for its token and TLS connections: shown apart.
             out["warmup"] = await bench.fanout(args.subscriptions, label="w")
@@ -651,13 +1119,18 @@ async def run_all(args: argparse.Namespace, sim: Any, azurite: Any) -> dict[str,
                 print(f"bench: fan-out of {n} clusters ...", file=sys.stderr, flush=True)
                 out["fanout"].append(await bench.fanout(n))
             stress = (args.stress_operation, args.stress_poll_interval)
-            for n in sizes(args.stress_sizes):
+            for i, n in enumerate(sizes(args.stress_sizes)):
                 print(f"bench: stress fan-out of {n} clusters ...", file=sys.stderr, flush=True)
-                out["fanout"].append({**await bench.fanout(n, label="s", timing=stress), "stress": True})
+                out["fanout"].append({**await bench.fanout(n, label=f"s{i}", timing=stress), "stress": True})
         finally:
-            out["worker"] = merge_workers([w.stop() for w in workers])
-        # After the fan-outs: thousands of queued-then-cleared jobs would otherwise sit in the worker's queue.
-        out["events"] = [await bench.events(int(n)) for n in args.event_sizes.split(",") if n.strip()]
+            out["worker"] = merge_workers([w.stop() for w in bench.workers])
+            bench.workers = []
+        out["scale_out"] = []
+        for w in sizes(args.scale_workers):
+            print(
+                f"bench: scale-out, {args.scale_size} clusters, {w} workers ...", file=sys.stderr, flush=True
+            )
+            out["scale_out"].append(await bench.scale_out(args.scale_size, w))
         out["naive"] = await bench.naive(args.naive_size) if args.naive_size > 0 else None
     finally:
         await close_services()
@@ -667,7 +1140,9 @@ async def run_all(args: argparse.Namespace, sim: Any, azurite: Any) -> dict[str,
 # ---- report ------------------------------------------------------------------------------------------
 
 
-def rows(result: dict[str, Any], args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
+def rows(  # noqa: C901, PLR0915 - one table, row by row
+    result: dict[str, Any], args: argparse.Namespace
+) -> list[tuple[str, str, str, str]]:
     """(figure, measured, target, verdict) rows of the table."""
     out: list[tuple[str, str, str, str]] = []
 
@@ -690,7 +1165,8 @@ def rows(result: dict[str, Any], args: argparse.Namespace) -> list[tuple[str, st
             f"+ latency {parts['latency_chain_s']:.2f}; reads {parts['read_bucket_s']:.2f})",
             f"{f['lower_bound_s']:.2f} s",
         )
-        add(f"{tag}: ratio makespan / bound", f"{f['ratio']:.2f}", "<= 1.25", met=f["ratio"] <= 1.25)  # noqa: PLR2004
+        limit = 1.5 if f.get("stress") else 1.25
+        add(f"{tag}: ratio makespan / bound", f"{f['ratio']:.2f}", f"<= {limit}", met=f["ratio"] <= limit)
         if naive and not f.get("stress"):
             naive_s = naive["per_cluster_s"] * n
             how = "measured" if n == naive["clusters"] else f"est. {naive['per_cluster_s']:.2f} s x {n}"
@@ -727,6 +1203,10 @@ def rows(result: dict[str, Any], args: argparse.Namespace) -> list[tuple[str, st
             met=f["keyvault_reads_per_key"] <= 4,  # noqa: PLR2004
         )
         add(f"{tag}: event function -> jobs enqueued", f"{f['event_to_enqueued_s']:.3f} s")
+        add_cost(add, tag, f["worker_cost"], stress=bool(f.get("stress")))
+        add_cpu_budget(add, tag, f)
+    for f in result.get("scale_out", []):
+        add_scale_out(add, f, args)
     warm = result.get("warmup")
     if warm and warm.get("makespan_s") is not None:
         add(
@@ -740,7 +1220,7 @@ def rows(result: dict[str, Any], args: argparse.Namespace) -> list[tuple[str, st
         f"{w['pacer'].get('waited', 0)} waited {w['pacer'].get('wait_seconds', 0)} s; "
         f"{w['slowest_receive_s']:.2f} s",
     )
-    targets = {100: 0.3, 1000: 2.0}
+    targets = {100: 0.3, 1000: 2.0, 10000: 5.0}
     for e in result["events"]:
         target = targets.get(e["clusters"])
         add(
@@ -748,6 +1228,37 @@ def rows(result: dict[str, Any], args: argparse.Namespace) -> list[tuple[str, st
             f"{e['p50_s']:.3f} / {e['p99_s']:.3f} / {e['max_s']:.3f} s ({e['first_call_s']:.3f} s)",
             f"p99 < {target} s" if target else "",
             met=e["p99_s"] < target if target else None,
+        )
+    rec = result.get("reconcile")
+    if rec:
+        tag = f"reconcile pass, {rec['clusters']} watched on {rec['keys']} keys ({rec['subscriptions']} subs)"
+        add(
+            f"{tag}: pass (its report) / ARM span / process wall",
+            f"{rec['pass_s']:.2f} / {rec['arm_span_s']:.2f} / {rec['process_wall_s']:.2f} s",
+        )
+        add(f"{tag}: lower bound (read bucket + latency)", f"{rec['lower_bound_s']:.2f} s")
+        add(f"{tag}: ratio pass / bound", f"{rec['ratio']:.2f}", "<= 1.25", met=rec["ratio"] <= 1.25)  # noqa: PLR2004
+        add(
+            f"{tag}: ARM reads per cluster (429s)",
+            f"{rec['arm_reads'] / rec['clusters']:.2f} ({rec['arm_reads_429']})",
+            "1",
+            met=rec["arm_reads"] == rec["clusters"],
+        )
+        add(
+            f"{tag}: Key Vault reads per key",
+            f"{rec['keyvault_reads_per_key']:.2f} ({rec['keyvault_reads']} for {rec['keys']} keys)",
+            "<= 2 (a listing, a GET)",
+            met=rec["keyvault_reads_per_key"] <= 2,  # noqa: PLR2004
+        )
+    for run in result.get("serve_cold_start", [])[:1]:
+        del run
+        starts = result["serve_cold_start"]
+        add(
+            f"cold start of `rotation serve`: listening / first healthy answer (median of {len(starts)})",
+            f"{statistics.median(r['listening_s'] for r in starts):.2f} / "
+            f"{statistics.median(r['healthy_s'] for r in starts):.2f} s",
+            "< 2 s to healthy",
+            met=statistics.median(r["healthy_s"] for r in starts) < 2.0,  # noqa: PLR2004
         )
     fp = result["footprint"]
     add(
@@ -763,8 +1274,99 @@ def rows(result: dict[str, Any], args: argparse.Namespace) -> list[tuple[str, st
             "< 200 MB",
             met=fp["worker_peak_rss_mb"] < 200,  # noqa: PLR2004
         )
-    del args
     return out
+
+
+def add_cost(add: Any, tag: str, c: dict[str, Any], *, stress: bool) -> None:  # noqa: ANN401
+    """Rows of what the workers spent per job in one fan-out."""
+    target = f"<= {CPU_MS_PER_JOB_TARGET:g} ms (half of {CPU_MS_PER_JOB_BEFORE:g})" if stress else ""
+    add(
+        f"{tag}: worker CPU per job",
+        f"{c['cpu_ms_per_job']:.1f} ms ({c['cpu_s']:.2f} s / {c['jobs']} jobs)",
+        target,
+        met=c["cpu_ms_per_job"] <= CPU_MS_PER_JOB_TARGET if stress else None,
+    )
+    kinds = ", ".join(f"{k} {v:g}" for k, v in c["storage_per_job_by_kind"].items())
+    add(
+        f"{tag}: storage requests per job ({kinds})",
+        f"{c['storage_per_job']:.2f}",
+        f"< {STORAGE_PER_JOB_BEFORE:g} (before)" if stress else "",
+        met=c["storage_per_job"] < STORAGE_PER_JOB_BEFORE if stress else None,
+    )
+
+
+def add_cpu_budget(add: Any, tag: str, f: dict[str, Any]) -> None:  # noqa: ANN401
+    """The row that says whether the machine's cores, not ARM, set the pace."""
+    b = f.get("cpu_budget")
+    if not b:
+        return
+    add(
+        f"{tag}: CPU spent (workers + this process with the simulator + Azurite) / cores x wall",
+        f"{b['workers_s']:.1f} + {b['bench_and_simulator_s']:.1f} + {b['azurite_s']:.1f} "
+        f"= {b['total_s']:.1f} s / {b['available_s']:.1f} s "
+        f"({b['total_s'] / max(b['available_s'], 1e-9) * 100:.0f}%)",
+    )
+
+
+def add_scale_out(add: Any, f: dict[str, Any], args: argparse.Namespace) -> None:  # noqa: ANN401
+    """Rows of one scale-out run; the targets hold at 4 workers."""
+    w = f["workers"]
+    tag = f"scale-out N={f['clusters']} ({f['subscriptions']} subs), {w} worker process(es)"
+    judged = w >= 4  # noqa: PLR2004 - the issue's targets are set at W = 4
+    if f["makespan_s"] is None:
+        add(
+            f"{tag}: makespan",
+            f"incomplete: {f['verified']}/{f['clusters']} verified",
+            "all verified",
+            met=False,
+        )
+        return
+    parts = f["lower_bound_parts"]
+    add(
+        f"{tag}: makespan / bound (bucket {parts['write_bucket_s']:.2f} + op {parts['operation_s']:.2f} "
+        f"+ latency {parts['latency_chain_s']:.2f}; reads {parts['read_bucket_s']:.2f})",
+        f"{f['makespan_s']:.2f} s / {f['lower_bound_s']:.2f} s = {f['ratio']:.2f}",
+        "<= 1.25" if judged else "",
+        met=f["ratio"] <= 1.25 if judged else None,  # noqa: PLR2004
+    )
+    add(
+        f"{tag}: 429 share of writes",
+        f"{f['write_429_share'] * 100:.1f}% ({f['writes_429']}/{f['writes']}; read 429s {f['reads_429']})",
+        "<= 2%" if judged else "",
+        met=f["write_429_share"] <= 0.02 if judged else None,  # noqa: PLR2004
+    )
+    add(
+        f"{tag}: requests sent inside a Retry-After window",
+        str(f["sent_inside_retry_after"]),
+        "0" if judged else "",
+        met=f["sent_inside_retry_after"] == 0 if judged else None,
+    )
+    pc = f["per_cluster"]
+    add(
+        f"{tag}: ARM requests per cluster (GET / PUT / polls)",
+        f"{pc['gets']:.2f} / {pc['puts']:.2f} / {pc['polls']:.2f}",
+    )
+    rate = f["puts_per_second"]
+    last = max((i for i, n in enumerate(rate) if n), default=0)
+    add(
+        f"{tag}: accepted PUTs in each second from the event (ARM's buckets allow "
+        f"{f['subscriptions'] * (args.burst + args.refill):.0f} in the first, then "
+        f"{f['subscriptions'] * args.refill:.0f})",
+        " ".join(str(n) for n in rate[: last + 1]),
+    )
+    c = f["worker_cost"]
+    kinds = ", ".join(f"{k} {v:g}" for k, v in c["storage_per_job_by_kind"].items())
+    add(
+        f"{tag}: worker CPU per job; storage requests per job ({kinds})",
+        f"{c['cpu_ms_per_job']:.1f} ms; {c['storage_per_job']:.2f}",
+    )
+    add_cpu_budget(add, tag, f)
+    add(
+        f"{tag}: peak RSS of a worker",
+        f"{c['peak_rss_mb']:.0f} MB",
+        "< 200 MB" if f["clusters"] >= 2000 else "",  # noqa: PLR2004
+        met=c["peak_rss_mb"] < 200 if f["clusters"] >= 2000 else None,  # noqa: PLR2004
+    )
 
 
 def table(lines: list[tuple[str, str, str, str]]) -> str:
@@ -799,24 +1401,30 @@ def scale_text(args: argparse.Namespace) -> str:
     )
 
 
-def write_markdown(path: Path, command: str, result: dict[str, Any], text: str) -> None:
-    """docs/benchmarks.md: command, environment, scale, table."""
+def write_markdown(
+    path: Path, command: str, result: dict[str, Any], text: str, lines: list[tuple[str, str, str, str]]
+) -> None:
+    """docs/benchmarks.md: command, environment, scale, how to read it, the table, what was not met."""
     env = result["environment"]
     body = f"""# Benchmarks
 
 Produced by `make bench` (`scripts/bench.py`), which drives the real path: the Event Grid function
-(`on_key_event`) enqueues jobs in Azurite, a separate worker process runs the queue function
-(`rotate_cluster`) on them as the Functions host would, and every ARM, Key Vault and identity request goes
-over TLS through the proxy to the local Azure simulator. Makespans and request counts come from the
-simulator's request log, not from the rotator's own records. One run; the machine is noisy.
+(`on_key_event`) enqueues jobs in Azurite, separate worker processes run the queue function
+(`rotate_cluster`) on them as Functions host instances would (one queue, each process its own clients and
+pacer), and every ARM, Key Vault and identity request goes over TLS through the proxy to the local Azure
+simulator. Makespans and request counts come from the simulator's request log, not from the rotator's own
+records; CPU time and storage requests per job are counted in the worker processes (every request the
+rotator sends through its shared transport, plus the host's own receive and delete of each message). One
+run; the figures below are all from it.
 
-Command:
+Command (sizes and the simulator's scale are parameters: `python scripts/bench.py --help`):
 
 ```
 {command}
 ```
 
-Environment: {env["cpus"]} CPUs, Python {env["python"]}, {env["platform"]}.
+Environment: {env["cpus"]} CPUs, Python {env["python"]}, {env["platform"]}. Everything (workers, simulator,
+Azurite, this script) shares those CPUs.
 
 Scale: {scale_text_from(result)}.
 
@@ -824,19 +1432,180 @@ Lower bound of a fan-out: per subscription `max(0, writes - burst) / refill` (th
 earlier), then the operation as the client can see it end (`ceil(operation / Retry-After) * Retry-After`),
 plus the simulator's latency on the requests that must follow each other (GET, PUT, last poll, verifying
 GET); or, when larger, the read bucket's `max(0, reads - burst) / refill` for the minimum reads. TLS, proxy,
-queue and storage time are not in the bound: they are part of what the ratio measures.
+queue, storage and CPU time are not in the bound: they are part of what the ratio measures. A reconcile
+pass's bound is the read bucket's alone: `max(0, clusters per subscription - 250) / 25`.
 
 Why a 10 s operation: a cluster's key update is an ARM long-running operation that takes minutes
-(docs/design.md, Azure behaviour 1); the bench shortens it, and the write bucket's burst, to finish in about
-two minutes. The rotator's own work is not shortened: about 20 ms of CPU per job in the worker process (its
-storage and ARM requests through the Azure SDK, TLS included), on the same 2 cores as the simulator and
-Azurite. The stress rows run a fan-out again with a 1 s operation, where that CPU time is no longer small
-beside the operation: they show what it costs, not what ARM allows.
+(docs/design.md, Azure behaviour 1); the bench shortens it, and the write bucket's burst, to finish in
+minutes. The rotator's own work is not shortened: its CPU per job is measured, on the same cores as the
+simulator and Azurite. The stress rows run a fan-out again with a 1 s operation, where that CPU time is no
+longer small beside the operation: they show what it costs, not what ARM allows.
+
+## How the workers share one subscription's ARM budget
+
+ARM throttles per subscription and principal, with a token bucket per kind of request (writes: 200 burst,
+10/s; reads: 250, 25/s; learn.microsoft.com/azure/azure-resource-manager/management/request-limits-and-
+throttling). Every instance of the app runs as the same identity, so all of them spend one bucket. Each
+process already paces itself from the `x-ms-ratelimit-remaining-subscription-writes` header, and that header
+does count everyone's writes; but it tells a process what the others spent only after the fact. Started
+together, W processes each see the same full bucket and each spend it, then each take the whole refill
+(`tests/unit/test_pacing_shared.py`, on a fake clock: 100 writes from 4 processes against a 20/10 bucket drew
+52 429s). Three ways were weighed:
+
+- *Adaptive pacing from the headers alone* (each process estimates what the others spend and takes the
+  rest): free, but the shares it converges to are the ones it started from, not equal ones, and the start
+  is blind. A prototype (not kept) on the fake clock: 2 processes took 119 s for an 8 s bound (one
+  starved), 4 processes still drew 46 429s. It cannot promise "no request inside a `Retry-After`"
+  either, since a 429 one process gets is not seen by the others.
+- *A lease per subscription in Table storage* (one writer at a time): exact, but every other process waits
+  for the lease and polls it, and a dead holder stalls the subscription for the lease's length.
+- *A shared ledger in Table storage* (chosen, `rotation/store/budget.py`): one row per subscription holds
+  the bucket's theoretical arrival time of the generic cell rate algorithm, the virtual-scheduling form of
+  the same token bucket. A process reserves slots with one ETag-conditional write (a process that lost the
+  race reads the row and reserves after the winner: never the same token twice) and sends each write at its
+  slot. Reservations follow demand: the writes waiting now and, once the bucket is spent (the slots lie in
+  the future), those the process's running jobs announced when they started (`ArmPacer.expect_write`), at
+  most 32 at once; so a burst of jobs costs one storage request per few writes, no process holds budget
+  others wait for, and no token of a full bucket is held for a job still reading (used after the bucket
+  refilled to its cap, it would be spent twice: the first version of this design drew 9 429s that way).
+  A slot may be used late (a job slower than its slot): the bucket may meanwhile have refilled to its cap
+  and lost tokens the ledger counted as spent. So the ledger keeps a quarter of the burst back as slack,
+  and a slot that waited longer than that slack's worth of refill is dropped (with only the mirror's 2
+  tokens of slack, and slots kept 1 s, two loaded processes drew 5 429s; dropping slots after 0.2 s wasted
+  a sixth of the budget). A fan-out of under 150 writes per subscription (ARM's real burst is 200) loses
+  nothing by it; in this bench's 20-write bucket it adds 0.5 s to an 8 s bound.
+  The header mirror still applies on top (spenders outside the app show up only there), and the newest
+  header is a floor for the ledger. A ledger that cannot be reached within 30 s is passed by: the mirror
+  alone paces that write; rotations never wait on it.
+  Reads are not shared this way: a rotation spends one write and four reads, the read bucket is larger and
+  refills 2.5 times faster, and the scale-out rows show no read 429s.
+
+On the fake clock (`tests/unit/test_pacing_shared.py`) 4 processes sharing the ledger finish 100 writes in
+8.5 s (the bound with a quarter of the burst kept back; ARM's own is 8 s) with no 429, for 27 storage
+requests in that scenario; a trickle of jobs costs more per write, and the scale-out rows below count it.
+
+## What one job costs
+
+Counted per job in the worker processes (the table rows below give each run's counts by kind):
+
+- Table: read the cluster row and write its claim (rule 8: one writer per cluster), read the watch row (the
+  registered state and the ETag every later write is conditional on; rule 11: only watched clusters), write
+  the accepted operation before polling (rule 7), append the history entry and write the outcome to the
+  watch row (what on-call reads), release the claim; and the shared ARM budget's reservations, a fraction of
+  a request per write.
+- Queue: the host's delete of the message when the function returns (a receive serves up to 32 messages).
+  A fan-out past 32 clusters is sent as messages of several clusters (`rotation.store.jobs.JobBatch`: 4 or
+  more each, at most 256 messages), split in the worker: one send, receive and delete per message instead of
+  per cluster, and the event is answered within Event Grid's 30 s however many clusters the key has.
+- ARM: GET, PUT, the polls the operation's `Retry-After` asks for, the verifying GET (rules 5, 7, 9).
+
+Before these changes (commit 6a21cd1, measured with this script's counting, two stress fan-outs of N=100 in
+one run): 11.3 and 9.2 ms of worker CPU per job, 8.04 storage requests per job (7 Table, 1 delete, 0.04
+receive), makespan / bound 1.91 and 1.70. The targets below use the lower CPU figure. (The issue's "about
+20 ms" and 2.30x came from an earlier, coarser measure on older code; counted from the event to the last
+job's end in a warm worker, the code this work started from spends the figures above.)
+
+The CPU per job is almost all in those requests: a profile of the worker (`python scripts/bench.py
+--profile PATH`, stress fan-out) puts about 85 % of its CPU in the Azure SDK pipeline, aiohttp, TLS and the
+event loop, and under 10 % in the rotator's own code; each request costs about 0.6 ms of CPU whatever it
+carries. Halving the CPU of a job means halving its requests, and the rules above need most of them.
 
 {text}
+
+{not_met_section(lines, result)}
 """
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(body)
+
+
+def not_met_section(lines: list[tuple[str, str, str, str]], result: dict[str, Any]) -> str:
+    """The targets this run did not meet, each with the figure that says why."""
+    missed = [figure for figure, _, _, verdict in lines if verdict == "NOT MET"]
+    if not missed:
+        return "## Targets\n\nEvery target in the table is met in this run."
+    out = ["## Targets not met in this run", ""]
+    out.extend(f"- {figure}" for figure in missed)
+    out.append("")
+    budgets = [
+        (f"stress N={f['clusters']}" if f.get("stress") else f"N={f['clusters']}", f)
+        for f in result["fanout"]
+        if f.get("cpu_budget")
+    ]
+    budgets += [
+        (f"scale-out W={f['workers']}", f) for f in result.get("scale_out", []) if f.get("cpu_budget")
+    ]
+    if budgets:
+        out.append(
+            "Why, measured in the same run: the CPU the machine spent from each event to its last job's "
+            "end (workers, this process with the simulator, Azurite) against what its cores had in that "
+            "time, and the worker CPU per job:"
+        )
+        out.append("")
+        for name, f in budgets:
+            b, c = f["cpu_budget"], f["worker_cost"]
+            share = b["total_s"] / max(b["available_s"], 1e-9) * 100
+            makespan = f["makespan_s"] if f["makespan_s"] is not None else "-"
+            out.append(
+                f"- {name}: {b['total_s']:.1f} s of {b['available_s']:.1f} s ({share:.0f}%); workers "
+                f"{b['workers_s']:.1f} s over {f['workers']} process(es), {c['cpu_ms_per_job']:.1f} ms per "
+                f"job; makespan {makespan} s against a {f['lower_bound_s']} s bound."
+            )
+        out.append("")
+        out.append(
+            "A worker process runs on one core: a fan-out of N jobs costs it N times the CPU per job, which "
+            "the bound does not contain. Where the machine's cores are near full, or one worker's CPU time "
+            "approaches the makespan, the cores set the pace, not ARM's buckets. The scale-out rows' PUTs "
+            "per second show where the time goes: the bound assumes the burst is spent in the first second, "
+            "but every job first claims its cluster and reads its watch row (three storage requests) and "
+            f"the ARM GET, and {result['args']['scale_size']} jobs do that against one Azurite process (a "
+            "single Node.js thread; its "
+            "CPU is in the CPU row) before most PUTs can go; once they flow, they flow at the refill rate "
+            "of every subscription, with no 429. After that flow comes a tail of late PUTs: jobs whose "
+            "storage requests Azurite dropped under that load (`storage (no response)` in the workers' log) "
+            "waited for the SDK's retry or were queued again by their batch; queue sends by the workers "
+            "(jobs queued again or deferred) per run: "
+            + ", ".join(
+                f"W={f['workers']} {f['worker_cost']['requests'].get('queue POST', 0)}"
+                for f in result.get("scale_out", [])
+            )
+            + "."
+        )
+    for f in result["fanout"]:
+        if f.get("stress") and f.get("makespan_s") is not None and f["ratio"] > 1.5:  # noqa: PLR2004
+            t = f["timeline_s"]
+            out.append("")
+            out.append(
+                f"Stress fan-out N={f['clusters']}: its first ARM request left {t['first_arm_request']} s "
+                f"after the event, its last PUT {t['last_put']} s after it; the bound counts every PUT at "
+                "once. One "
+                "worker process does each job's claim, watch-row read, GET and PUT on one core before the "
+                "last PUT can go, and the operation (then the polls its Retry-After spaces) starts only then."
+            )
+    if any("worker CPU per job" in figure for figure in missed):
+        out.append("")
+        out.append(
+            f"CPU per job: {CPU_MS_PER_JOB_BEFORE:g} ms before, measured the same way; the saving is small "
+            "because a job's CPU is its requests (about 0.6 ms each in the SDK, aiohttp and TLS), and a job "
+            "still makes 5 ARM requests and about 7 storage requests (the stress row counts them). The "
+            "batched messages removed most of the queue's share; the next storage request to go is the "
+            "claim's read "
+            "(a claim row of its own, taken with one insert instead of a read and a conditional write), not "
+            "done here: it changes rule 8's storage, and claims held by a running older version during an "
+            "upgrade would not be seen."
+        )
+    if any("peak RSS" in figure for figure in missed):
+        out.append("")
+        out.append(
+            "Peak RSS per scale-out run (largest worker): "
+            + ", ".join(
+                f"W={f['workers']} {f['worker_cost']['peak_rss_mb']:.0f} MB"
+                for f in result.get("scale_out", [])
+            )
+            + ". A worker holds the jobs of every message it received at once (up to "
+            f"{result['args']['concurrency']} messages, each of several clusters); this run does not show "
+            "why one of four workers peaked above a single worker that ran all the jobs."
+        )
+    return "\n".join(out)
 
 
 def scale_text_from(result: dict[str, Any]) -> str:
@@ -875,6 +1644,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         os.environ["AzureWebJobsStorage"] = azurite.connection_string
         os.environ["ROTATION_ARM_WRITE_REFILL_PER_S"] = str(args.refill)
         os.environ["ROTATION_ARM_READ_REFILL_PER_S"] = str(args.read_refill)
+        os.environ["ROTATION_ARM_WRITE_BURST"] = str(args.burst)
+        os.environ["ROTATION_ARM_READ_BURST"] = str(args.read_burst)
         result = asyncio.run(run_all(args, sim, azurite))
     largest = max(result["fanout"], key=lambda f: f["clusters"], default=None)
     result["footprint"] = {
@@ -892,7 +1663,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     result["command"] = command
     result["seconds"] = round(time.monotonic() - started, 1)
-    text = table(rows(result, args))
+    lines = rows(result, args)
+    text = table(lines)
     print(f"\nscale: {result['scale']}\n")
     print(text)
     print(f"\nbench finished in {result['seconds']} s")
@@ -901,7 +1673,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     json_path.write_text(json.dumps(result, indent=2, default=str))
     if args.markdown:
         md_path = ROOT / args.markdown if not Path(args.markdown).is_absolute() else Path(args.markdown)
-        write_markdown(md_path, command, result, text)
+        write_markdown(md_path, command, result, text, lines)
     return result
 
 

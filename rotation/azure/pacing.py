@@ -1,9 +1,11 @@
 """Per-subscription pacing of ARM requests from the throttling headers (docs/design.md, Azure behaviour 3).
 
-ARM throttles each subscription with a token bucket (writes: 200 burst, 10/s refill; reads: 250, 25/s) and
-answers every request with the budget left (``x-ms-ratelimit-remaining-subscription-writes`` / ``-reads``);
-over the limit it answers 429 with ``Retry-After``. Bursting into the limit wastes a round trip per 429 and
-parks the request for a whole ``Retry-After`` (1 s at least, ten refills' worth of writes).
+ARM throttles each subscription with a token bucket per principal and kind of request (writes: 200 burst,
+10/s refill; reads: 250, 25/s; "Request limits and throttling", learn.microsoft.com/azure/azure-resource-
+manager/management/request-limits-and-throttling) and answers every request with the budget left
+(``x-ms-ratelimit-remaining-subscription-writes`` / ``-reads``); over the limit it answers 429 with
+``Retry-After``. Bursting into the limit wastes a round trip per 429 and parks the request for a whole
+``Retry-After`` (1 s at least, ten refills' worth of writes).
 
 `ArmPacer` keeps, per subscription and kind (read or write), a mirror of that bucket:
 
@@ -19,26 +21,54 @@ parks the request for a whole ``Retry-After`` (1 s at least, ten refills' worth 
   sent inside it.
 
 One pacer per process (`rotation.service.runtime.Runtime`), shared by every job, so concurrent jobs on one
-subscription share one budget. Several processes against one subscription each correct their mirror from
-the headers, which count everyone's requests; they can still overshoot briefly, and a 429 then parks them.
+subscription share one budget. Every instance of the app uses the same identity, so they all spend the same
+bucket; the headers show each process what the others spent, but only after the fact: started together,
+W processes would each spend the burst they all see, and each take the whole refill. With a `BudgetLedger`
+(`rotation.store.budget`: one Table row per bucket) the processes also share the write budget *before*
+spending it: each write first takes a slot from the ledger, a generic cell rate algorithm over the bucket's
+burst and refill (the same arithmetic as the token bucket), reserved a few at a time with one conditional
+write: the writes waiting now and, once the bucket is spent, those jobs announced (`expect_write`). The
+ledger keeps a quarter of the burst back, and a slot older than that slack's worth of refill is dropped:
+a slot used late could spend tokens the bucket lost to its cap meanwhile. The newest header is a floor
+for the ledger, and the mirror still applies on top (spenders outside the app show up only in the
+headers). A ledger that cannot be reached is passed by: pacing falls back to the mirror alone, never blocks
+a rotation. Reads are paced by the mirror alone (a rotation's four reads against a bucket 2.5 times faster).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
+import contextvars
+import logging
 import math
 import re
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rotation.azure.http_errors import header, retry_after_seconds
+from rotation.errors import ServiceError
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Iterator
+
+logger = logging.getLogger(__name__)
 
 WRITE_REFILL_PER_S = 10.0  # ARM's documented write refill per subscription
 READ_REFILL_PER_S = 25.0  # ARM's documented read refill per subscription
+WRITE_BURST = 200  # ARM's documented write bucket per subscription
+READ_BURST = 250  # ARM's documented read bucket per subscription
+# Write slots reserved from the ledger in one conditional write: one for each write waiting in this process,
+# at most MAX_GRANT (one process does not hold the budget others wait for). A slot reserved and not used is
+# budget nobody spends, so grants follow demand and never run ahead of it.
+MAX_GRANT = 32
+LEDGER_TIMEOUT_S = 30.0  # a ledger slower than this is passed by (the mirror alone paces that request)
+# The part of the burst the shared ledger keeps back (`ArmPacer._ledger_reserve`): a quarter of 200 writes is
+# five seconds of refill a late write may lag its slot; a fan-out under 150 writes per subscription loses
+# nothing by it, a larger one a few seconds of the minutes its operations take.
+LEDGER_RESERVE = 0.25
 RESERVE_TOKENS = 2.0  # left in the bucket: covers requests that reach ARM later than they were admitted
 MAX_BLOCK_S = 60.0  # one odd Retry-After header cannot park a subscription longer than this
 _THROTTLED = 429
@@ -46,6 +76,10 @@ _EPSILON = 1e-9  # a token's worth lost to float rounding is still a token
 _MIN_SLEEP_S = 0.001  # every wait moves time forward
 _SUBSCRIPTION = re.compile(r"/subscriptions/([^/?#]+)", re.IGNORECASE)
 _WRITE_METHODS = frozenset({"PUT", "PATCH", "POST", "DELETE"})
+# The write bucket a job announced with `ArmPacer.expect_write`, until its first write (one per task).
+_EXPECTED_WRITE: contextvars.ContextVar[tuple[str, bool] | None] = contextvars.ContextVar(
+    "rotation_expected_write", default=None
+)
 
 
 def subscription_of(url: str) -> str | None:
@@ -59,6 +93,31 @@ def is_write(method: str) -> bool:
     return method.upper() in _WRITE_METHODS
 
 
+class BudgetLedger(Protocol):
+    """The ARM budget of each subscription, shared by every process of the app (`rotation.store.budget`)."""
+
+    async def reserve(
+        self,
+        subscription: str,
+        *,
+        write: bool,
+        count: int,
+        refill_per_s: float,
+        burst: float,
+        floor: float = 0.0,
+        ahead: int = 0,
+    ) -> list[float]:
+        """Reserve ``count`` requests of the bucket; the wall-clock time from which each may be sent.
+
+        ``floor``: the bucket is known to be at least this far spent (its theoretical arrival time, from the
+        headers ARM answered), whatever the ledger says. ``ahead``: as many more, for writes expected soon,
+        but only when the bucket is spent (their slots lie in the future): a slot of the burst taken now and
+        used later could be spent twice, once the bucket refilled to its cap meanwhile. Raises
+        `ServiceError` when the ledger cannot be read or written.
+        """
+        ...
+
+
 @dataclass
 class PacerStats:
     """What the pacer did, for logs and benchmarks."""
@@ -67,6 +126,9 @@ class PacerStats:
     waited: int = 0  # requests that waited at all
     wait_seconds: float = 0.0
     throttled: int = 0  # 429 answers seen
+    reservations: int = 0  # ledger calls that reserved slots
+    reserved: int = 0  # slots they reserved
+    ledger_failures: int = 0  # ledger calls passed by (storage failure or timeout)
 
 
 @dataclass
@@ -76,6 +138,7 @@ class Ticket:
     key: tuple[str, bool]
     sent_at: float
     done: bool = False
+    sent_wall: float = 0.0
 
 
 @dataclass
@@ -88,6 +151,10 @@ class _Bucket:
     blocked_until: float = 0.0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     answered: asyncio.Event = field(default_factory=asyncio.Event)
+    queued: int = 0  # requests waiting for the lock: how many slots to reserve at once
+    slots: collections.deque[float] = field(default_factory=collections.deque)  # from the ledger, wall clock
+    expected: int = 0  # writes announced by jobs in this process (`ArmPacer.expect_write`), not sent yet
+    spent_until: tuple[float, float] = (0.0, 0.0)  # (wall time sent, theoretical arrival time) from a header
 
     def available(self, now: float) -> float:
         if self.tokens is None:
@@ -112,17 +179,57 @@ class ArmPacer:
         write_refill_per_s: float = WRITE_REFILL_PER_S,
         read_refill_per_s: float = READ_REFILL_PER_S,
         reserve: float = RESERVE_TOKENS,
+        write_burst: int = WRITE_BURST,
+        read_burst: int = READ_BURST,
+        ledger: BudgetLedger | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if write_refill_per_s <= 0 or read_refill_per_s <= 0:
             raise ValueError("refill rates must be positive")
         self._refill = {True: write_refill_per_s, False: read_refill_per_s}
+        self._burst = {True: float(write_burst), False: float(read_burst)}
         self._reserve = max(0.0, reserve)
         self._clock = clock
+        self._wall = wall
         self._sleep = sleep
         self._buckets: dict[tuple[str, bool], _Bucket] = {}
+        self.ledger = ledger
         self.stats = PacerStats()
+
+    @contextlib.contextmanager
+    def expect_write(self, subscription: str) -> Iterator[None]:
+        """Announce that the job running in this context will likely write to ``subscription`` soon.
+
+        Reservations from the ledger then cover the writes of jobs still reading, so a burst of jobs costs
+        one storage request per MAX_GRANT writes. The announcement ends with the job's first write, or with
+        the block.
+        """
+        key = (subscription.lower(), True)
+        bucket = self._bucket(key)
+        bucket.expected += 1
+        token = _EXPECTED_WRITE.set(key)
+        try:
+            yield
+        finally:
+            if _EXPECTED_WRITE.get() == key:
+                bucket.expected = max(0, bucket.expected - 1)  # the job ended without writing
+            _EXPECTED_WRITE.reset(token)
+
+    def share_through(self, ledger: BudgetLedger | None) -> None:
+        """Take slots from ``ledger`` before each request from now on (None: the mirror alone)."""
+        self.ledger = ledger
+
+    def _ledger_reserve(self, *, write: bool) -> float:
+        """Tokens of the bucket the ledger never hands out: slack for slots used after their time.
+
+        A slot used late spends a token the bucket may have lost to its cap while the slot waited (the
+        processes hold slots the bucket does not know of): the reserve is that slack, and a slot older than
+        the reserve's worth of refill is dropped. LEDGER_RESERVE of the burst, at least the mirror's.
+        """
+        burst = self._burst[write]
+        return max(min(self._reserve, 0.1 * burst), LEDGER_RESERVE * burst)
 
     def _bucket(self, key: tuple[str, bool]) -> _Bucket:
         bucket = self._buckets.get(key)
@@ -147,7 +254,16 @@ class ArmPacer:
         key = (subscription.lower(), write)
         bucket = self._bucket(key)
         started = self._clock()
+        bucket.queued += 1
         async with bucket.lock:  # FIFO: requests are admitted in arrival order
+            bucket.queued -= 1
+            # Writes only: a rotation spends one write and four reads, and ARM's read bucket is larger and
+            # refills 2.5 times faster; reads are paced by the mirror alone (the headers).
+            # With a slot of the shared budget the reserve is already kept, by the ledger, for everyone.
+            shared = write and self.ledger is not None and await self._shared_slot(key, bucket)
+            if write and bucket.expected and _EXPECTED_WRITE.get() == key:
+                bucket.expected -= 1  # the write this job announced (`expect_write`) has come
+                _EXPECTED_WRITE.set(None)
             while True:
                 now = self._clock()
                 if now < bucket.blocked_until:
@@ -160,7 +276,7 @@ class ArmPacer:
                     continue
                 available = bucket.available(now)
                 # The reserve never exceeds a tenth of the burst, so small budgets are still usable.
-                need = 1.0 + min(self._reserve, 0.1 * bucket.cap)
+                need = 1.0 if shared else 1.0 + min(self._reserve, 0.1 * bucket.cap)
                 if available >= need - _EPSILON:
                     bucket.set_tokens(max(0.0, available - 1.0), now)
                     break
@@ -172,7 +288,60 @@ class ArmPacer:
         if waited >= _MIN_SLEEP_S:
             self.stats.waited += 1
             self.stats.wait_seconds += waited
-        return Ticket(key, sent_at)
+        return Ticket(key, sent_at, sent_wall=self._wall())
+
+    async def _shared_slot(self, key: tuple[str, bool], bucket: _Bucket) -> bool:
+        """Wait for this request's slot of the shared budget, reserving slots when none is left.
+
+        False when the ledger gave none (unreachable): the mirror alone paces this request.
+        """
+        now = self._wall()
+        stale = self._ledger_reserve(write=True) / bucket.refill_per_s
+        while bucket.slots and bucket.slots[0] < now - stale:
+            bucket.slots.popleft()
+        if not bucket.slots:
+            assert self.ledger is not None  # noqa: S101 - the caller checked
+            write = key[1]
+            # This write, those queued behind it, and those jobs of this process announced (they read the
+            # cluster first): one reservation for a burst of jobs rather than one each.
+            announced = _EXPECTED_WRITE.get() == key  # then this write is among the expected ones
+            count = min(MAX_GRANT, 1 + bucket.queued)
+            ahead = max(0, min(MAX_GRANT, bucket.expected + (0 if announced else 1)) - count)
+            # Every process must reserve with the same burst: the configured one (the cap the headers showed
+            # this process is only a lower bound of it). Some tokens stay unreserved, as in the mirror: a
+            # request may reach ARM later than its slot.
+            burst = max(1.0, self._burst[write] - self._ledger_reserve(write=write))
+            sent, spent = bucket.spent_until
+            # What the newest header showed spent (spenders outside the app included).
+            floor = max(spent, sent) if spent else 0.0
+            try:
+                async with asyncio.timeout(LEDGER_TIMEOUT_S):
+                    slots = await self.ledger.reserve(
+                        key[0],
+                        write=write,
+                        count=count,
+                        ahead=ahead,
+                        refill_per_s=self._refill[write],
+                        burst=burst,
+                        floor=floor,
+                    )
+            except (ServiceError, TimeoutError) as exc:
+                self.stats.ledger_failures += 1
+                logger.warning(
+                    "rotation.pacing_ledger_unavailable",
+                    extra={"subscription": key[0], "reason": str(exc) or type(exc).__name__},
+                )
+                return False
+            self.stats.reservations += 1
+            self.stats.reserved += len(slots)
+            bucket.slots.extend(sorted(slots))
+            if not bucket.slots:
+                return False
+        slot = bucket.slots.popleft()
+        delay = slot - self._wall()
+        if delay > 0:
+            await self._sleep(delay)
+        return True
 
     def observe(self, ticket: Ticket, status: int, headers: Any) -> None:  # noqa: ANN401 - any mapping
         """Correct the mirror from the answer to ``ticket``'s request (status and response headers)."""
@@ -183,6 +352,12 @@ class ArmPacer:
         bucket.in_flight = max(0, bucket.in_flight - 1)
         now = self._clock()
         remaining = _remaining(headers, write=ticket.key[1])
+        if remaining is not None and ticket.sent_wall >= bucket.spent_until[0]:
+            # The bucket's theoretical arrival time (`rotation.store.budget`) as this answer shows it.
+            write = ticket.key[1]
+            burst = self._burst[write] - self._ledger_reserve(write=write)
+            tat = ticket.sent_wall + (burst - remaining) / self._refill[write]
+            bucket.spent_until = (ticket.sent_wall, tat)
         if remaining is not None:
             bucket.cap = remaining + 1.0 if math.isinf(bucket.cap) else max(bucket.cap, remaining + 1.0)
             others = bucket.in_flight  # admitted, not answered: they will spend budget the header still shows

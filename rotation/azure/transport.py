@@ -30,6 +30,11 @@ if TYPE_CHECKING:
 # Connections the process keeps open at most, over all hosts. The queue worker runs up to a few hundred
 # invocations at once; each has at most one request in flight.
 CONNECTION_LIMIT = 256
+# Connections to one host (one storage endpoint, ARM through its proxy) at most: past it a request waits for
+# a free connection instead of opening one more. A burst of hundreds of jobs otherwise opens hundreds of
+# connections to one endpoint at once, each a TCP (and TLS) handshake; 128 requests in flight to one host
+# are more than a worker's CPU keeps busy (docs/benchmarks.md).
+CONNECTIONS_PER_HOST = 128
 # No answer the rotator reads is near this; a larger declared body is refused before it is read.
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 
@@ -143,7 +148,7 @@ class SharedHttp:
             limits.on_request_end.append(_refuse_large_answers)
             self._session = aiohttp.ClientSession(
                 trace_configs=[limits],
-                connector=aiohttp.TCPConnector(limit=self._limit),
+                connector=aiohttp.TCPConnector(limit=self._limit, limit_per_host=CONNECTIONS_PER_HOST),
                 trust_env=False,  # proxies come from `EnvironmentProxies`; no per-request .netrc lookup
                 cookie_jar=aiohttp.DummyCookieJar(),
                 auto_decompress=False,  # as azure-core's own sessions: its pipeline decodes

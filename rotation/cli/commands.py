@@ -301,6 +301,8 @@ def format_poisoned(doc: dict[str, Any]) -> str:
     at = (doc.get("inserted_on") or "-")[:19]
     if doc.get("job", True) is None:
         return f"{doc['message_id']}  {at}  not a job: {doc['problem']}"
+    ids = doc.get("cluster_ids")
+    clusters = f"{ids[0]} (+{len(ids) - 1} more)" if ids else doc.get("cluster_id")
     target = (doc.get("target_key_url") or "newest").rstrip("/").rsplit("/", 1)[-1][:8]
     error = doc.get("last_error")
     last = "-"
@@ -310,7 +312,7 @@ def format_poisoned(doc: dict[str, Any]) -> str:
         last = f"[{code}] {message}" if code else str(message)
     deliveries = doc.get("dequeue_count") if doc.get("dequeue_count") is not None else "-"
     return (
-        f"{doc['message_id']}  {at}  {doc['cluster_id']}  trigger={doc['trigger']} target={target} "
+        f"{doc['message_id']}  {at}  {clusters}  trigger={doc['trigger']} target={target} "
         f"event={doc.get('event_id') or '-'} dequeue_count={deliveries}  last error: {last}"
     )
 
@@ -333,7 +335,14 @@ async def _poison_retry(queue: Any, ids: set[str] | None, *, as_json: bool) -> i
         )
     else:
         for item in moved:
-            out(f"moved back  {item.message_id}  {item.job.cluster_id if item.job else '-'}")
+            what = (
+                item.job.cluster_id
+                if item.job
+                else f"{len(item.batch.cluster_ids)} clusters"
+                if item.batch
+                else "-"
+            )
+            out(f"moved back  {item.message_id}  {what}")
         for item in left:
             out(f"left        {item.message_id}  not a job: {item.problem}")
         out(f"{len(moved)} job(s) moved back to {queue.jobs_name}")

@@ -9,6 +9,7 @@ The first step of a rotation (docs/design.md, "The flow"): `function_app.on_key_
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from rotation.events import EventKind, IgnoredEvent, ParsedEvent, RejectedEvent, parse
 from rotation.outcomes import EventOutcome, Outcome, Trigger
-from rotation.store.jobs import Job
+from rotation.store.jobs import MAX_BATCH, Job, batches
 from rotation.untrusted import JsonRefused, bounded_value
 
 if TYPE_CHECKING:
@@ -28,6 +29,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ENQUEUE_CONCURRENCY = 64  # queue sends in flight while fanning an event out (one connection each)
+# How an event's jobs are put in messages (`fanout_batch_size`): one cluster per message up to
+# SINGLE_JOB_FANOUT clusters; past that at least MIN_BATCH per message (a send, a receive and a delete serve
+# several clusters), and at most FANOUT_MESSAGES messages (until a message holds `MAX_BATCH` clusters): enough
+# for every instance the host scales out to to get some, few enough to be sent in well under a second.
+SINGLE_JOB_FANOUT = 32
+MIN_BATCH = 4
+FANOUT_MESSAGES = 256
 # A delivery of a key version fanned out less than this long ago queues nothing again (Event Grid delivers
 # at least once; reconcile catches what a skipped duplicate could have reached).
 FANOUT_WINDOW = timedelta(minutes=15)
@@ -168,7 +176,11 @@ class Fanout:
             )
             for w in _by_subscription_round_robin(watched)
         ]
-        await self.queue.send_many(jobs, concurrency=ENQUEUE_CONCURRENCY)
+        # A small fan-out is one job per message as ever, a larger one batches that the workers split (Queue
+        # storage has no batch send; Event Grid waits 30 s at most).
+        await self.queue.send_many(
+            batches(jobs, fanout_batch_size(len(jobs))), concurrency=ENQUEUE_CONCURRENCY
+        )
         # Only once every job is queued: a delivery that failed before this is redelivered in full.
         await self.registry.watched.remember_fanout(host, name, version)
         duration = time.perf_counter() - started
@@ -191,6 +203,13 @@ class Fanout:
             jobs,
             duration,
         )
+
+
+def fanout_batch_size(clusters: int) -> int:
+    """Clusters per message when one event reaches ``clusters`` watched clusters."""
+    if clusters <= SINGLE_JOB_FANOUT:
+        return 1
+    return min(MAX_BATCH, max(MIN_BATCH, math.ceil(clusters / FANOUT_MESSAGES)))
 
 
 def _by_subscription_round_robin(watched: list[KeyMember]) -> list[KeyMember]:

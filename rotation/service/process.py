@@ -15,6 +15,7 @@ from rotation.service.fanout import Fanout
 from rotation.service.registration import Registration
 from rotation.service.runtime import Runtime
 from rotation.service.worker import Worker
+from rotation.store.budget import TableBudget
 from rotation.store.clients import storage_clients, storage_credential
 from rotation.store.jobs import QUEUE_NAME, JobQueue
 from rotation.store.registry import Registry
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from azure.core.credentials_async import AsyncTokenCredential
+    from azure.data.tables.aio import TableClient
 
     from rotation.settings import Settings
 
@@ -49,6 +51,7 @@ class Service:
         self.registry = registry
         self.queue = queue
         self._storage_credential = storage_credential
+        self._budget_table: TableClient | None = None  # the shared ARM budget's rows (`share_arm_budget`)
         self.fanout = Fanout(runtime.settings, registry, queue)
         self.worker = Worker(runtime, registry, queue, worker_id=worker_id)
         self.registration = Registration(runtime, registry)
@@ -82,15 +85,29 @@ class Service:
         )
         tables, queues = storage_clients(settings, credential, http=runtime.http)
         own = credential if credential is not None and credential is not runtime.credential else None
-        return cls(
+        service = cls(
             runtime,
             Registry(tables, watch_table=watch_table, history_table=history_table),
             JobQueue(queues, name=queue_name),
             storage_credential=own,
         )
+        service.share_arm_budget(watch_table)
+        return service
+
+    def share_arm_budget(self, table: str = WATCH_TABLE) -> None:
+        """Pace ARM writes with every other process of the app, through a ledger in ``table``.
+
+        Every instance of the app spends the same per-subscription ARM bucket (`rotation.store.budget`).
+        """
+        if self.runtime.clusters.pacer is None:
+            return
+        self._budget_table = self.registry.service_client.get_table_client(table)
+        self.runtime.clusters.pacer.share_through(TableBudget(self._budget_table))
 
     async def close(self) -> None:
         """Close every client (the registry and queue close their service clients)."""
+        if self._budget_table is not None:
+            await self._budget_table.close()
         await self.registry.close()
         await self.queue.close()
         if self._storage_credential is not None:

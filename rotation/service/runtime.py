@@ -43,6 +43,8 @@ class Runtime:
         pacer = ArmPacer(
             write_refill_per_s=settings.arm_write_refill_per_s,
             read_refill_per_s=settings.arm_read_refill_per_s,
+            write_burst=settings.arm_write_burst,
+            read_burst=settings.arm_read_burst,
         )
         clusters = ClustersClient(
             settings.arm_endpoint,

@@ -10,6 +10,7 @@ records a job whose retries ran out before the queue redelivers it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -22,8 +23,9 @@ from rotation.errors import ClusterBusy, ServiceError, TransientFailure
 from rotation.ids import parse_cluster_id, parse_key_url
 from rotation.outcomes import Outcome, RotationResult, Trigger, exhausted
 from rotation.rotation_job import RotationRequest, WriteFlag
+from rotation.service.batch import run_batch
 from rotation.service.resume import operation_to_follow, operation_to_resume
-from rotation.store.jobs import Job, JobRejected
+from rotation.store.jobs import Job, JobBatch, JobRejected, parse_message
 
 if TYPE_CHECKING:
     from rotation.ids import KeyUrl
@@ -74,13 +76,28 @@ class Worker:
         so the queue redelivers and finally moves the message to the poison queue.
         """
         try:
-            job = Job.from_json(body, allowed_suffixes=self.settings.allowed_vault_suffixes)
+            job = parse_message(body, allowed_suffixes=self.settings.allowed_vault_suffixes)
         except JobRejected as exc:
             logger.error(  # noqa: TRY400 - the reason is the whole story; no traceback to show
                 "rotation.job_rejected",
                 extra={"invocation_id": invocation_id, "reason": str(exc), "outcome": Outcome.REJECTED.value},
             )
             return None
+        if isinstance(job, JobBatch):  # many clusters: each runs as its own job (rotation.service.batch)
+            await run_batch(
+                job,
+                run=self.run_job,
+                requeue=self.queue.send,
+                dequeue_count=dequeue_count,
+                invocation_id=invocation_id,
+            )
+            return None
+        return await self.run_job(job, dequeue_count=dequeue_count, invocation_id=invocation_id)
+
+    async def run_job(
+        self, job: Job, *, dequeue_count: int | None, invocation_id: str | None
+    ) -> RotationResult | None:
+        """`handle_job` for a parsed job: `execute` it, or defer it while another worker holds the cluster."""
         try:
             async with self._job_slots:
                 return await self.execute(job, dequeue_count=dequeue_count, invocation_id=invocation_id)
@@ -147,17 +164,25 @@ class Worker:
         writing = WriteFlag(guard=still_ours)  # in_flight: up while the rotator's PUT may be on its way
         keep = False
         run = _JobRun()
+        pacer = self.runtime.clusters.pacer
+        # A job that may write announces it: the shared ARM budget is reserved for a burst of jobs at once.
+        announce = (
+            pacer.expect_write(cluster_id.subscription)
+            if pacer is not None and job.operation_url is None
+            else contextlib.nullcontext()
+        )
         try:
-            return await self._run_job(
-                job,
-                claim,
-                invocation_id=invocation_id,
-                dequeue_count=dequeue_count,
-                dry_run=dry_run,
-                write_flag=writing,
-                watched_only=watched_only,
-                run=run,
-            )
+            with announce:
+                return await self._run_job(
+                    job,
+                    claim,
+                    invocation_id=invocation_id,
+                    dequeue_count=dequeue_count,
+                    dry_run=dry_run,
+                    write_flag=writing,
+                    watched_only=watched_only,
+                    run=run,
+                )
         except asyncio.CancelledError:
             # Cancelled with a PUT possibly still on its way to ARM: keep the claim, so that no other worker
             # PUTs before it lands (a late arrival could take the cluster back a version); it lapses at TTL.
@@ -178,7 +203,19 @@ class Worker:
             raise
         finally:
             if not keep:
-                await self.registry.claims.release(claim)
+                try:
+                    await self.registry.claims.release(claim)
+                except (
+                    ServiceError
+                ) as exc:  # it lapses at its TTL; failing the job would run it into its claim
+                    logger.warning(
+                        "rotation.claim_release_failed",
+                        extra={
+                            "cluster_id": job.cluster_id,
+                            "invocation_id": invocation_id,
+                            "reason": str(exc),
+                        },
+                    )
 
     async def _record_exhausted(
         self,

@@ -1,9 +1,12 @@
-"""The job queue ``rotation-jobs``: one message per cluster to rotate, on Azure Queue storage (aio).
+"""The job queue ``rotation-jobs``: the clusters to rotate, on Azure Queue storage (aio).
 
 Messages are compact JSON, base64-encoded on the wire (the Functions queue trigger's default). A message
-that cannot be a job (not JSON, wrong types, a cluster id that is not a mongoClusters id, a bad key URL)
-is rejected by `Job.from_json` with a one-line reason, so a poison message is explained, not a KeyError.
-Permission: Storage Queue Data Contributor (or a connection string).
+is one `Job` (one cluster), or a `JobBatch`: the clusters of one event or reconcile pass that go to one
+target, split into one job each by the worker (Queue storage has no batch send, so fanning 10,000 clusters
+out one message each takes longer than Event Grid waits). A message that cannot be a job (not JSON, wrong
+types, a cluster id that is not a mongoClusters id, a bad key URL, a batch too large or with a cluster
+twice) is rejected by `parse_message` with a one-line reason, so a poison message is explained, not a
+KeyError. Permission: Storage Queue Data Contributor (or a connection string).
 """
 
 from __future__ import annotations
@@ -37,6 +40,11 @@ if TYPE_CHECKING:
 QUEUE_NAME = "rotation-jobs"
 MAX_DELAY_SECONDS = 7 * 24 * 3600  # the queue's limit on a message's initial invisibility
 MAX_MESSAGE_BYTES = 64 * 1024  # Azure Queue storage's own limit on a message
+# Clusters one message carries at most: ids are at most ~200 characters, so 100 stay well inside 64 KB once
+# base64-encoded; and one worker runs a message's clusters at once.
+MAX_BATCH = 100
+# A check job follows one operation: never in a batch.
+BATCH_TRIGGERS = frozenset({Trigger.EVENT, Trigger.RECONCILE, Trigger.REPLAY, Trigger.MANUAL})
 
 
 class JobRejected(ValueError):
@@ -99,18 +107,15 @@ class Job:
         A target key URL must name a version (no target means the newest usable one). Unknown fields are
         ignored (a newer sender may add some).
         """
-        data = _load_object(text)
-        cluster_id = _required_str(data, "cluster_id")
-        try:
-            parse_cluster_id(cluster_id)
-        except InvalidResourceId as exc:
-            raise JobRejected(f"job cluster_id: {exc}") from None
-        target = _optional_str(data, "target_key_url")
-        if target is not None:
-            try:
-                parse_key_url(target, allowed_suffixes=allowed_suffixes, require_version=True)
-            except InvalidKeyUrl as exc:
-                raise JobRejected(f"job target_key_url: {exc}") from None
+        job = parse_message(text, allowed_suffixes=allowed_suffixes)
+        if isinstance(job, JobBatch):
+            raise JobRejected(f"job message carries {len(job.cluster_ids)} clusters, expected one")
+        return job
+
+    @classmethod
+    def _from_object(cls, data: dict[str, Any], *, allowed_suffixes: Sequence[str]) -> Job:
+        cluster_id = _cluster_id(_required_str(data, "cluster_id"), "cluster_id")
+        target = _target(data, allowed_suffixes)
         trigger, operation_url = _trigger_and_operation(data)
         return cls(
             cluster_id=cluster_id,
@@ -122,6 +127,144 @@ class Job:
             backoffs=_count(data, "backoffs"),
             checks=_count(data, "checks"),
         )
+
+
+@dataclass(frozen=True)
+class JobBatch:
+    """The clusters of one event or reconcile pass, to one target, in one message; each becomes a `Job`."""
+
+    cluster_ids: tuple[str, ...]
+    target_key_url: str | None
+    trigger: Trigger  # one of BATCH_TRIGGERS
+    event_id: str | None
+    enqueued_at: datetime
+
+    @classmethod
+    def of(cls, jobs: Sequence[Job]) -> JobBatch:
+        """The batch of ``jobs``, which share their target, trigger and event and follow no operation."""
+        first = jobs[0]
+        for job in jobs:
+            same = (job.target_key_url, job.trigger, job.event_id) == (
+                first.target_key_url,
+                first.trigger,
+                first.event_id,
+            )
+            if not same or job.operation_url is not None or job.backoffs or job.checks:
+                raise ValueError("a batch holds jobs of one target, trigger and event, without operation")
+        if len(jobs) > MAX_BATCH or first.trigger not in BATCH_TRIGGERS:
+            raise ValueError(
+                f"a batch holds 1 to {MAX_BATCH} jobs of trigger {', '.join(sorted(BATCH_TRIGGERS))}"
+            )
+        return cls(
+            cluster_ids=tuple(j.cluster_id for j in jobs),
+            target_key_url=first.target_key_url,
+            trigger=first.trigger,
+            event_id=first.event_id,
+            enqueued_at=first.enqueued_at,
+        )
+
+    def jobs(self) -> list[Job]:
+        """One job per cluster, as a single message would have carried it."""
+        return [
+            Job(
+                cluster_id=cluster_id,
+                target_key_url=self.target_key_url,
+                trigger=self.trigger,
+                event_id=self.event_id,
+                enqueued_at=self.enqueued_at,
+            )
+            for cluster_id in self.cluster_ids
+        ]
+
+    def to_json(self) -> str:
+        """The message body: compact JSON, ``cluster_ids`` in place of a job's ``cluster_id``."""
+        return json.dumps(
+            {
+                "cluster_ids": list(self.cluster_ids),
+                "target_key_url": self.target_key_url,
+                "trigger": self.trigger,
+                "event_id": self.event_id,
+                "enqueued_at": self.enqueued_at.astimezone(UTC).isoformat(),
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def _from_object(cls, data: dict[str, Any], *, allowed_suffixes: Sequence[str]) -> JobBatch:
+        if "cluster_id" in data:
+            raise JobRejected("job message has both cluster_id and cluster_ids")
+        raw = data["cluster_ids"]
+        if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_BATCH:
+            what = f"{len(raw)} entries" if isinstance(raw, list) else f"a JSON {json_type(raw)}"
+            raise JobRejected(f"job cluster_ids must be a list of 1 to {MAX_BATCH} ids, got {what}")
+        ids: list[str] = []
+        seen: set[str] = set()
+        for i, item in enumerate(raw):
+            if not isinstance(item, str) or not item.strip():
+                raise JobRejected(
+                    f"job cluster_ids[{i}] must be a non-empty string, got a JSON {json_type(item)}"
+                )
+            cluster_id = _cluster_id(item.strip(), f"cluster_ids[{i}]")
+            normalized = parse_cluster_id(cluster_id).normalized
+            if normalized in seen:
+                raise JobRejected(f"job cluster_ids[{i}] repeats a cluster: {quote(cluster_id)}")
+            seen.add(normalized)
+            ids.append(cluster_id)
+        trigger, operation_url = _trigger_and_operation(data)
+        if (
+            trigger not in BATCH_TRIGGERS
+            or operation_url is not None
+            or data.get("backoffs")
+            or data.get("checks")
+        ):
+            raise JobRejected(
+                f"a job message with cluster_ids cannot be a {quote(trigger)} job following an operation"
+            )
+        return cls(
+            cluster_ids=tuple(ids),
+            target_key_url=_target(data, allowed_suffixes),
+            trigger=trigger,
+            event_id=_optional_str(data, "event_id"),
+            enqueued_at=_enqueued_at(data),
+        )
+
+
+def parse_message(
+    text: str | bytes, *, allowed_suffixes: Sequence[str] = DEFAULT_VAULT_SUFFIXES
+) -> Job | JobBatch:
+    """Parse a queue message: one job, or a batch (``cluster_ids``); `JobRejected` says why it is neither."""
+    data = _load_object(text)
+    if "cluster_ids" in data:
+        return JobBatch._from_object(data, allowed_suffixes=allowed_suffixes)  # noqa: SLF001 - its own parser
+    return Job._from_object(data, allowed_suffixes=allowed_suffixes)  # noqa: SLF001 - its own parser
+
+
+def batches(jobs: Sequence[Job], size: int) -> list[Job | JobBatch]:
+    """``jobs`` in messages of at most ``size`` clusters, in order; a message of one cluster stays a `Job`."""
+    size = max(1, min(size, MAX_BATCH))
+    out: list[Job | JobBatch] = []
+    for start in range(0, len(jobs), size):
+        chunk = jobs[start : start + size]
+        out.append(chunk[0] if len(chunk) == 1 else JobBatch.of(chunk))
+    return out
+
+
+def _cluster_id(value: str, name: str) -> str:
+    try:
+        parse_cluster_id(value)
+    except InvalidResourceId as exc:
+        raise JobRejected(f"job {name}: {exc}") from None
+    return value
+
+
+def _target(data: dict[str, Any], allowed_suffixes: Sequence[str]) -> str | None:
+    target = _optional_str(data, "target_key_url")
+    if target is not None:
+        try:
+            parse_key_url(target, allowed_suffixes=allowed_suffixes, require_version=True)
+        except InvalidKeyUrl as exc:
+            raise JobRejected(f"job target_key_url: {exc}") from None
+    return target
 
 
 def _load_object(text: str | bytes) -> dict[str, Any]:
@@ -234,15 +377,16 @@ class JobQueue:
                     await self._queue.create_queue()
                 self._ready = True
 
-    async def send(self, job: Job, *, delay: float = 0.0) -> None:
-        """Enqueue ``job``, invisible for ``delay`` seconds (rounded up; at most 7 days)."""
+    async def send(self, job: Job | JobBatch, *, delay: float = 0.0) -> None:
+        """Enqueue ``job`` (or a batch), invisible for ``delay`` seconds (rounded up; at most 7 days)."""
         await self._ensure()
         visibility = min(math.ceil(delay), MAX_DELAY_SECONDS) if delay > 0 else None
-        with storage_errors(f"send job for {job.cluster_id} to {self._name}"):
+        what = job.cluster_id if isinstance(job, Job) else f"{len(job.cluster_ids)} clusters"
+        with storage_errors(f"send job for {what} to {self._name}"):
             await self._queue.send_message(job.to_json(), visibility_timeout=visibility)
 
-    async def send_many(self, jobs: Sequence[Job], *, concurrency: int = 32) -> int:
-        """Enqueue every job, ``concurrency`` at a time; return how many were sent.
+    async def send_many(self, jobs: Sequence[Job | JobBatch], *, concurrency: int = 32) -> int:
+        """Enqueue every message (job or batch), ``concurrency`` at a time; return how many were sent.
 
         Every send is attempted; if any failed, the first failure is raised after the others finish
         (the jobs that went out stay queued: a duplicate later is harmless, rule 2).
@@ -252,7 +396,7 @@ class JobQueue:
         await self._ensure()
         gate = asyncio.Semaphore(max(1, concurrency))
 
-        async def one(job: Job) -> None:
+        async def one(job: Job | JobBatch) -> None:
             async with gate:
                 await self.send(job)
 

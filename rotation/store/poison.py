@@ -29,7 +29,7 @@ from azure.core.exceptions import (
 
 from rotation.ids import DEFAULT_VAULT_SUFFIXES
 from rotation.store.clients import queue_client, storage_errors
-from rotation.store.jobs import QUEUE_NAME, Job, JobRejected
+from rotation.store.jobs import QUEUE_NAME, Job, JobBatch, JobRejected, parse_message
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Sequence
@@ -44,13 +44,14 @@ SCAN_VISIBILITY_S = 30  # how long a scanned message stays hidden if this proces
 
 @dataclass(frozen=True)
 class PoisonedJob:
-    """One poison message, decoded: the job, or why it is not one."""
+    """One poison message, decoded: the job (or the batch of clusters), or why it is not one."""
 
     message_id: str
     inserted_on: datetime | None
     text: str
     job: Job | None
     problem: str | None = None
+    batch: JobBatch | None = None  # a message of many clusters (then ``job`` is None)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the message and its job's fields (or the reason it is not a job)."""
@@ -58,6 +59,15 @@ class PoisonedJob:
             "message_id": self.message_id,
             "inserted_on": self.inserted_on.isoformat() if self.inserted_on else None,
         }
+        if self.batch is not None:
+            return {
+                **out,
+                "cluster_ids": list(self.batch.cluster_ids),
+                "trigger": self.batch.trigger,
+                "target_key_url": self.batch.target_key_url,
+                "event_id": self.batch.event_id,
+                "enqueued_at": self.batch.enqueued_at.isoformat(),
+            }
         if self.job is None:
             return {**out, "job": None, "problem": self.problem}
         return {
@@ -85,11 +95,12 @@ def poisoned_job(
     """Decode one poison message (never raises: a message that is no job says why)."""
     text = decode_body(str(message.content or ""))
     try:
-        job: Job | None = Job.from_json(text, allowed_suffixes=allowed_suffixes)
-        problem = None
+        parsed = parse_message(text, allowed_suffixes=allowed_suffixes)
     except JobRejected as exc:
-        job, problem = None, str(exc)
-    return PoisonedJob(str(message.id), message.inserted_on, text, job, problem)
+        return PoisonedJob(str(message.id), message.inserted_on, text, None, str(exc))
+    if isinstance(parsed, JobBatch):
+        return PoisonedJob(str(message.id), message.inserted_on, text, None, batch=parsed)
+    return PoisonedJob(str(message.id), message.inserted_on, text, parsed)
 
 
 class PoisonQueue:
@@ -140,11 +151,17 @@ class PoisonQueue:
             await self._jobs.create_queue()
 
         async def act(_message: QueueMessage, item: PoisonedJob) -> bool:
-            if item.job is None:
+            job = item.job or item.batch
+            if job is None:
                 left.append(item)
                 return False
-            with storage_errors(f"send job for {item.job.cluster_id} to {self.jobs_name}"):
-                await self._jobs.send_message(item.job.to_json())
+            what = (
+                item.job.cluster_id
+                if item.job
+                else f"{len(item.batch.cluster_ids) if item.batch else 0} clusters"
+            )
+            with storage_errors(f"send job for {what} to {self.jobs_name}"):
+                await self._jobs.send_message(job.to_json())
             moved.append(item)
             return True
 

@@ -11,6 +11,8 @@ table keys must not contain ``/ \ # ?`` or control characters):
       cluster's watch partition (``KeyPartition``, empty when unwatched; `rotation.store.watch`) and its
       claim (rule 8: ``ClaimOwner``, ``ClaimExpires``; `rotation.store.claims`). Watched and unwatched
       clusters claim the same way, and history or registration writes never disturb a claim's ETag.
+    - ARM budget rows (`rotation.store.budget`): PartitionKey ``~budget``, RowKey ``~{subscription}|writes``:
+      the write budget every instance of the app shares. From ``~`` on, a RowKey is never a watch row.
 - table ``rotationhistory`` (`rotation.store.history`): PartitionKey the encoded cluster id, RowKey an
   inverted timestamp plus a random suffix, so a plain partition query returns newest first. Rows are only
   ever inserted.

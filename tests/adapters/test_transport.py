@@ -86,8 +86,12 @@ async def test_rotation_goes_through_the_proxy_on_the_shared_pool(stack, monkeyp
     assert {"arm", "kv"} <= services
     table_port = stack.service.registry.service_client.url.split(":")[2].split("/")[0]
     tables = [u for u in sent if f":{table_port}/" in u]
-    # claim (read, write), watch row, operation, history, outcome, release: rule 7 and 8 in 7 requests
-    assert len(tables) == 7, tables
+    # claim (read, write), watch row, operation, history, outcome, release: rule 7 and 8 in 7 requests; and
+    # the shared ARM write budget's row, read (none yet) and written once for the PUT (rotation.store.budget)
+    assert len(tables) == 9, tables
+    assert sum("budget" in u for u in tables) == 1, (
+        tables
+    )  # its read names the row; the insert posts to the table
     arm = [u for u in sent if "management.azure.com" in u]
     assert len(arm) >= 4  # GET, PUT, at least one poll, verifying GET: all through the shared pool
     session = stack.service.runtime.http.session()

@@ -18,9 +18,12 @@ import pytest
 from tests.helpers.paths import ROOT
 
 
-@pytest.mark.slow
-def test_bench_runs_at_a_tiny_size(tmp_path: Path) -> None:
-    """scripts/bench.py runs at a tiny size, exits 0 and writes its JSON and Markdown with every section."""
+@pytest.fixture(scope="module")
+def bench_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
+    """One tiny `make bench` run: its process, JSON and report."""
+    tmp_path = tmp_path_factory.mktemp("bench")
     out_json = tmp_path / "bench.json"
     out_md = tmp_path / "benchmarks.md"
     argv = [
@@ -28,6 +31,9 @@ def test_bench_runs_at_a_tiny_size(tmp_path: Path) -> None:
         "--naive-size", "2", "--import-runs", "1", "--concurrency", "16",
         "--operation", "1", "--poll-interval", "0.5", "--stress-sizes", "4", "--stress-operation", "0.5",
         "--stress-poll-interval", "0.25",
+        "--scale-workers", "1,2", "--scale-size", "12", "--scale-subscriptions", "3",
+        "--reconcile-size", "30", "--reconcile-keys", "3", "--reconcile-subscriptions", "3",
+        "--serve-runs", "1",
         "--json", str(out_json), "--markdown", str(out_md),
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in {"SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"}}
@@ -40,6 +46,13 @@ def test_bench_runs_at_a_tiny_size(tmp_path: Path) -> None:
         timeout=240,
         check=False,
     )
+    return proc, out_json, out_md
+
+
+@pytest.mark.slow
+def test_bench_runs_at_a_tiny_size(bench_run: tuple[subprocess.CompletedProcess[str], Path, Path]) -> None:
+    """Every scenario completes, every cluster is verified, the figures are consistent with each other."""
+    proc, out_json, out_md = bench_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| figure" in proc.stdout
 
@@ -54,6 +67,9 @@ def test_bench_runs_at_a_tiny_size(tmp_path: Path) -> None:
         "environment",
         "scale",
         "command",
+        "scale_out",
+        "reconcile",
+        "serve_cold_start",
     } <= set(result)
     [fan, stress] = result["fanout"]
     assert (stress["clusters"], stress["verified"], stress["stress"]) == (4, 4, True)
@@ -86,3 +102,29 @@ def test_bench_runs_at_a_tiny_size(tmp_path: Path) -> None:
     assert "python scripts/bench.py" in report
     assert "| figure" in report
     assert f"{result['environment']['cpus']} CPUs" in report
+
+
+@pytest.mark.slow
+def test_bench_measures_scale_out_reconcile_and_per_job_cost(
+    bench_run: tuple[subprocess.CompletedProcess[str], Path, Path],
+) -> None:
+    """The scale-out runs (one per worker count), the reconcile pass, serve's cold start, each job's cost."""
+    proc, out_json, _ = bench_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out_json.read_text())
+    fan = result["fanout"][0]
+    cost = fan["worker_cost"]
+    assert cost["jobs"] == 10
+    assert cost["cpu_ms_per_job"] > 0
+    assert cost["storage_per_job_by_kind"]["table GET"] >= 1  # each job reads its registry rows
+    assert fan["cpu_budget"]["total_s"] > 0
+    one, two = result["scale_out"]
+    assert (one["workers"], two["workers"]) == (1, 2)
+    assert (one["verified"], two["verified"]) == (12, 12)
+    assert two["subscriptions"] == 3
+    assert two["worker_results"]["processes"] == 2
+    rec = result["reconcile"]
+    assert (rec["clusters"], rec["keys"], rec["arm_reads"]) == (30, 3, 30)
+    assert rec["keyvault_reads_per_key"] <= 2
+    [serve] = result["serve_cold_start"]
+    assert 0 < serve["listening_s"] <= serve["healthy_s"] < 30

@@ -1,0 +1,269 @@
+"""Several processes on one ARM budget (rotation.azure.pacing with rotation.store.budget), on a fake clock.
+
+Each "process" is its own `ArmPacer` with its own `TableBudget`, over one in-memory table with ETags as
+Table storage keeps them, against one server bucket (ARM's, as the simulator keeps it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from typing import Any
+
+import pytest
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import TableEntity
+
+from rotation.azure.pacing import ArmPacer
+from rotation.errors import ServiceError
+from rotation.store.budget import PARTITION, TableBudget, row_key
+from tests.unit.test_pacing import SUB, FakeTime, ServerBucket
+
+LATENCY = 0.03  # each way, ARM and storage alike
+
+
+class MemoryTable:
+    """The three Table calls `TableBudget` makes, with ETags and the errors azure-data-tables raises."""
+
+    def __init__(self, time: FakeTime, latency: float = 0.005) -> None:
+        self.time = time
+        self.latency = latency
+        self.rows: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
+        self.requests = 0
+        self.conflicts = 0
+        self._etags = itertools.count(1)
+
+    async def _hop(self) -> None:
+        self.requests += 1
+        await self.time.sleep(self.latency)
+
+    async def get_entity(self, partition: str, row: str) -> TableEntity:
+        await self._hop()
+        if (partition, row) not in self.rows:
+            raise ResourceNotFoundError("not found")
+        entity, etag = self.rows[(partition, row)]
+        out = TableEntity(entity)
+        out._metadata = {"etag": etag}
+        return out
+
+    async def create_entity(self, entity: dict[str, Any]) -> dict[str, Any]:
+        await self._hop()
+        key = (entity["PartitionKey"], entity["RowKey"])
+        if key in self.rows:
+            self.conflicts += 1
+            raise ResourceExistsError("exists")
+        etag = f"W/{next(self._etags)}"
+        self.rows[key] = (dict(entity), etag)
+        return {"etag": etag}
+
+    async def update_entity(
+        self, entity: dict[str, Any], *, mode: object, etag: str, match_condition: MatchConditions
+    ) -> dict[str, Any]:
+        del mode
+        await self._hop()
+        key = (entity["PartitionKey"], entity["RowKey"])
+        if key not in self.rows:
+            raise ResourceNotFoundError("not found")
+        if match_condition is MatchConditions.IfNotModified and self.rows[key][1] != etag:
+            self.conflicts += 1
+            raise ResourceModifiedError("412")
+        new = f"W/{next(self._etags)}"
+        self.rows[key] = (dict(entity), new)
+        return {"etag": new}
+
+
+def process(time: FakeTime, table: MemoryTable | None, *, burst: int = 20) -> ArmPacer:
+    """One worker process's pacer, sharing through ``table`` when given."""
+    ledger = TableBudget(table, wall=time.clock) if table is not None else None  # type: ignore[arg-type]
+    return ArmPacer(
+        write_refill_per_s=10.0,
+        write_burst=burst,
+        reserve=2.0,
+        ledger=ledger,
+        clock=time.clock,
+        wall=time.clock,
+        sleep=time.sleep,
+    )
+
+
+async def _fan_out(time: FakeTime, pacers: list[ArmPacer], server: ServerBucket, writes: int) -> list[int]:
+    """``writes`` writes on one subscription, dealt round-robin to the pacers; every answer's status."""
+    statuses: list[int] = []
+
+    async def write(pacer: ArmPacer) -> None:
+        while True:
+            ticket = await pacer.acquire(SUB, write=True)
+            await time.sleep(LATENCY)
+            status, headers = server.take()
+            statuses.append(status)
+            await time.sleep(LATENCY)
+            pacer.observe(ticket, status, headers)
+            if status != 429:
+                return
+
+    await asyncio.gather(*(write(pacers[i % len(pacers)]) for i in range(writes)))
+    return statuses
+
+
+async def test_four_processes_without_a_ledger_overrun_the_bucket() -> None:
+    """The problem the ledger solves: each process sees the same burst and takes the whole refill."""
+    time = FakeTime()
+    server = ServerBucket(time, burst=20, refill=10.0)
+    pacers = [process(time, None) for _ in range(4)]
+    statuses = await time.run(_fan_out(time, pacers, server, 100))
+    assert statuses.count(429) > 10
+
+
+async def test_four_processes_sharing_the_ledger_get_no_429_and_keep_the_refill_pace() -> None:
+    """100 writes over 4 processes, burst 20, refill 10/s: no 429, and the refill's pace from the start.
+
+    The ledger keeps a quarter of the burst back (slack for late writes): the writes past the first 15 go at
+    the refill rate, 8.5 s; ARM's own bound is 8 s.
+    """
+    time = FakeTime()
+    server = ServerBucket(time, burst=20, refill=10.0)
+    table = MemoryTable(time)
+    pacers = [process(time, table) for _ in range(4)]
+
+    statuses = await time.run(_fan_out(time, pacers, server, 100))
+    makespan = time.now
+    assert statuses.count(429) == 0
+    assert len(statuses) == 100
+    bound = (100 - 20) / 10.0
+    assert bound <= makespan <= (100 - 15) / 10.0 * 1.01 + 2 * LATENCY
+    reserved = sum(p.stats.reserved for p in pacers)
+    assert reserved >= 100
+    # A few slots at a time: far fewer storage requests than writes, even with four processes racing.
+    assert table.requests < 60
+    assert sum(p.stats.ledger_failures for p in pacers) == 0
+
+
+async def test_a_process_alone_reserves_with_one_write_per_grant() -> None:
+    """The ledger remembers the ETag it wrote: alone on a row, each reservation is one conditional write."""
+    time = FakeTime()
+    table = MemoryTable(time)
+    ledger = TableBudget(table, wall=time.clock)  # type: ignore[arg-type]
+
+    async def main() -> list[list[float]]:
+        return [await ledger.reserve(SUB, write=True, count=8, refill_per_s=10.0, burst=4) for _ in range(3)]
+
+    first, second, third = await time.run(main())
+    assert table.requests == 1 + 3  # the first read (no row yet), then one write per reservation
+    assert ledger.requests == 4
+    start = first[0]
+    # burst 4: four at once, then one every 0.1 s, continuing across reservations
+    assert [round(t - start, 6) for t in first] == [0.0, 0.0, 0.0, 0.0, 0.1, 0.2, 0.3, 0.4]
+    assert [round(t - start, 6) for t in second] == [round(0.5 + 0.1 * i, 6) for i in range(8)]
+    assert round(third[0] - start, 6) == 1.3
+    assert PARTITION == "~budget"
+    assert row_key(SUB.upper(), write=True) == f"~{SUB}|writes"
+
+
+async def test_a_process_that_loses_a_race_reserves_after_the_winner() -> None:
+    """Two ledgers on one row: the second's cached ETag is stale, it reads the row again, never overlaps."""
+    time = FakeTime()
+    table = MemoryTable(time)
+    a = TableBudget(table, wall=time.clock)  # type: ignore[arg-type]
+    b = TableBudget(table, wall=time.clock)  # type: ignore[arg-type]
+
+    async def main() -> list[list[float]]:
+        first = await a.reserve(SUB, write=True, count=2, refill_per_s=10.0, burst=1)
+        second = await b.reserve(SUB, write=True, count=2, refill_per_s=10.0, burst=1)
+        third = await a.reserve(SUB, write=True, count=2, refill_per_s=10.0, burst=1)  # stale: b wrote since
+        return [first, second, third]
+
+    slots = await time.run(main())
+    flat = sorted(t for group in slots for t in group)
+    gaps = [round(y - x, 6) for x, y in itertools.pairwise(flat)]
+    assert all(g >= 0.1 - 1e-6 for g in gaps)  # burst 1: one request per refill, whoever holds it
+    assert table.conflicts == 1
+
+
+async def test_an_unreachable_ledger_is_passed_by_and_pacing_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Storage down: the request is paced by the mirror alone, and the failure is logged."""
+
+    class Down:
+        async def reserve(
+            self,
+            subscription: str,
+            *,
+            write: bool,
+            count: int,
+            refill_per_s: float,
+            burst: float,
+            floor: float = 0.0,
+            ahead: int = 0,
+        ) -> list[float]:
+            del subscription, write, count, refill_per_s, burst, floor, ahead
+            raise ServiceError("storage down", service="storage")
+
+    time = FakeTime()
+    pacer = ArmPacer(ledger=Down(), clock=time.clock, wall=time.clock, sleep=time.sleep)
+
+    async def main() -> int:
+        ticket = await pacer.acquire(SUB, write=True)
+        pacer.observe(ticket, 200, {"x-ms-ratelimit-remaining-subscription-writes": "100"})
+        await pacer.acquire(SUB, write=True)
+        return pacer.stats.admitted
+
+    with caplog.at_level(logging.WARNING, logger="rotation.azure.pacing"):
+        assert await time.run(main()) == 2
+    assert pacer.stats.ledger_failures == 2
+    assert [r.message for r in caplog.records] == ["rotation.pacing_ledger_unavailable"] * 2
+
+
+async def test_jobs_that_announce_their_write_share_one_reservation_once_the_bucket_is_spent() -> None:
+    """Another process spent the burst; eight jobs announce a write: one reservation of eight future slots."""
+    time = FakeTime()
+    table = MemoryTable(time)
+    pacer = process(time, table)
+    other = TableBudget(table, wall=time.clock)  # type: ignore[arg-type]
+
+    async def job(i: int) -> None:
+        with pacer.expect_write(SUB):
+            await time.sleep(0.01 * i)  # the job reads the cluster first
+            ticket = await pacer.acquire(SUB, write=True)
+            pacer.observe(ticket, 202, {"x-ms-ratelimit-remaining-subscription-writes": "0"})
+
+    async def main() -> None:
+        await other.reserve(SUB, write=True, count=20, refill_per_s=10.0, burst=18)
+        await asyncio.gather(*(job(i) for i in range(8)))
+
+    await time.run(main())
+    assert (pacer.stats.reservations, pacer.stats.reserved) == (1, 8)
+
+
+async def test_a_full_bucket_is_reserved_only_for_writes_waiting_now() -> None:
+    """A full bucket's tokens go only to writes ready now: one held for a job still reading could be spent twice."""
+    time = FakeTime()
+    table = MemoryTable(time)
+    pacer = process(time, table)
+
+    async def main() -> None:
+        with pacer.expect_write(SUB):
+            for _ in range(7):  # seven more jobs announced, still reading
+                pacer._bucket((SUB, True)).expected += 1  # as seven `expect_write` blocks would
+            ticket = await pacer.acquire(SUB, write=True)
+            pacer.observe(ticket, 202, {"x-ms-ratelimit-remaining-subscription-writes": "19"})
+
+    await time.run(main())
+    assert (pacer.stats.reservations, pacer.stats.reserved) == (1, 1)
+
+
+async def test_a_job_that_ends_without_writing_withdraws_its_announcement() -> None:
+    """A job that found nothing to write (already current) leaves no slot reserved in its name."""
+    time = FakeTime()
+    pacer = process(time, MemoryTable(time))
+
+    async def main() -> None:
+        with pacer.expect_write(SUB):
+            await pacer.acquire(SUB, write=False)  # a read does not use the announcement
+        ticket = await pacer.acquire(SUB, write=True)
+        pacer.observe(ticket, 202, {"x-ms-ratelimit-remaining-subscription-writes": "100"})
+
+    await time.run(main())
+    assert (pacer.stats.reservations, pacer.stats.reserved) == (1, 1)
