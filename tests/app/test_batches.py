@@ -12,7 +12,7 @@ import pytest
 
 from rotation.ids import parse_cluster_id
 from rotation.store.jobs import Job, JobBatch, parse_message
-from tests.unit.test_job_batches import cid, event_jobs
+from tests.helpers.batches import cid, event_jobs
 
 
 async def test_a_poisoned_batch_is_shown_and_moved_back_whole(stack) -> None:

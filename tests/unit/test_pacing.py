@@ -3,70 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
-import math
-from collections.abc import Awaitable
-from typing import Any
 
 import pytest
 
 from rotation.azure.pacing import ArmPacer, Ticket, is_write, subscription_of
-
-SUB = "11111111-1111-1111-1111-111111111111"
-WRITES = "x-ms-ratelimit-remaining-subscription-writes"
+from tests.helpers.virtual_time import SUB, WRITES, ServerBucket, VirtualTime
 
 
-class FakeTime:
-    """Virtual time: `sleep` parks a coroutine; `run` advances the clock to the next wake-up when idle."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self._waiters: list[tuple[float, int, asyncio.Future[None]]] = []
-        self._seq = itertools.count()
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiters, (self.now + max(0.0, seconds), next(self._seq), future))
-        await future
-
-    async def run(self, main: Awaitable[Any]) -> Any:
-        task = asyncio.ensure_future(main)
-        while not task.done():
-            for _ in range(20):  # let every ready coroutine run before time moves
-                await asyncio.sleep(0)
-            if task.done():
-                break
-            if not self._waiters:
-                continue
-            at, _, future = heapq.heappop(self._waiters)
-            self.now = max(self.now, at)
-            future.set_result(None)
-        return task.result()
-
-
-class ServerBucket:
-    """ARM's token bucket as the simulator keeps it, on the fake clock."""
-
-    def __init__(self, time: FakeTime, burst: int, refill: float) -> None:
-        self.time, self.burst, self.refill = time, burst, refill
-        self.tokens, self.stamp = float(burst), 0.0
-
-    def take(self) -> tuple[int, dict[str, str]]:
-        now = self.time.now
-        self.tokens = min(float(self.burst), self.tokens + (now - self.stamp) * self.refill)
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return 202, {WRITES: str(int(self.tokens))}
-        wait = max(1, math.ceil((1.0 - self.tokens) / self.refill))
-        return 429, {WRITES: "0", "Retry-After": str(wait)}
-
-
-def pacer_on(time: FakeTime, refill: float = 10.0, reserve: float = 0.0) -> ArmPacer:
+def pacer_on(time: VirtualTime, refill: float = 10.0, reserve: float = 0.0) -> ArmPacer:
     """An `ArmPacer` on the fake time with the given write refill rate and reserve."""
     return ArmPacer(write_refill_per_s=refill, reserve=reserve, clock=time.clock, sleep=time.sleep)
 
@@ -88,7 +32,7 @@ def test_refill_rates_must_be_positive() -> None:
 
 async def test_first_request_probes_alone_then_the_budget_admits_a_burst() -> None:
     """The first write goes alone; its answer's remaining budget lets the waiting writes go at once."""
-    time = FakeTime()
+    time = VirtualTime()
     pacer = pacer_on(time)
 
     async def main() -> list[float]:
@@ -107,7 +51,7 @@ async def test_first_request_probes_alone_then_the_budget_admits_a_burst() -> No
 
 async def test_an_empty_budget_spaces_requests_at_the_refill_rate() -> None:
     """Once the budget is spent, writes are spaced at the refill rate."""
-    time = FakeTime()
+    time = VirtualTime()
     pacer = pacer_on(time, refill=10.0)
 
     async def main() -> list[Ticket]:
@@ -123,7 +67,7 @@ async def test_an_empty_budget_spaces_requests_at_the_refill_rate() -> None:
 
 async def test_a_reserve_stays_unspent_and_the_pace_is_kept() -> None:
     """The reserve is never spent: beyond the budget less the reserve, writes wait for the refill."""
-    time = FakeTime()
+    time = VirtualTime()
     pacer = pacer_on(time, refill=10.0, reserve=2.0)
 
     async def main() -> list[Ticket]:
@@ -139,7 +83,7 @@ async def test_a_reserve_stays_unspent_and_the_pace_is_kept() -> None:
 
 async def test_no_request_is_sent_inside_a_retry_after_window() -> None:
     """After a 429 with Retry-After no write goes until the window ends; reads have their own budget."""
-    time = FakeTime()
+    time = VirtualTime()
     pacer = pacer_on(time)
 
     async def main() -> tuple[list[Ticket], Ticket]:
@@ -161,7 +105,7 @@ async def test_no_request_is_sent_inside_a_retry_after_window() -> None:
 
 async def test_a_lower_budget_from_the_server_wins_over_the_mirror() -> None:
     """A lower remaining budget from the server replaces the pacer's own count."""
-    time = FakeTime()
+    time = VirtualTime()
     pacer = pacer_on(time, refill=10.0)
 
     async def main() -> None:
@@ -178,7 +122,7 @@ async def test_a_lower_budget_from_the_server_wins_over_the_mirror() -> None:
 
 async def test_a_request_without_an_answer_lets_the_next_one_probe() -> None:
     """A probe released without an answer lets the next request go as the new probe."""
-    time = FakeTime()
+    time = VirtualTime()
     pacer = pacer_on(time)
 
     async def main() -> float:
@@ -193,7 +137,7 @@ async def test_a_request_without_an_answer_lets_the_next_one_probe() -> None:
 
 async def test_many_jobs_against_arm_s_bucket_get_no_429_and_keep_the_refill_pace() -> None:
     """100 writes, burst 20, refill 10/s, 30 ms each way: no 429, done close to the bound (8 s)."""
-    time = FakeTime()
+    time = VirtualTime()
     pacer = pacer_on(time, refill=10.0, reserve=2.0)
     server = ServerBucket(time, burst=20, refill=10.0)
     statuses: list[int] = []
@@ -223,7 +167,7 @@ async def test_many_jobs_against_arm_s_bucket_get_no_429_and_keep_the_refill_pac
 
 async def test_pacing_without_a_pacer_budget_header_still_admits() -> None:
     """Answers without the header (e.g. a proxy's error page) leave the budget unknown, never stuck."""
-    time = FakeTime()
+    time = VirtualTime()
     pacer = pacer_on(time)
 
     async def main() -> int:

@@ -19,7 +19,7 @@ from azure.data.tables import TableEntity
 from rotation.azure.pacing import ArmPacer
 from rotation.errors import ServiceError
 from rotation.store.budget import PARTITION, TableBudget, row_key
-from tests.unit.test_pacing import SUB, FakeTime, ServerBucket
+from tests.helpers.virtual_time import SUB, ServerBucket, VirtualTime
 
 LATENCY = 0.03  # each way, ARM and storage alike
 
@@ -27,7 +27,7 @@ LATENCY = 0.03  # each way, ARM and storage alike
 class MemoryTable:
     """The three Table calls `TableBudget` makes, with ETags and the errors azure-data-tables raises."""
 
-    def __init__(self, time: FakeTime, latency: float = 0.005) -> None:
+    def __init__(self, time: VirtualTime, latency: float = 0.005) -> None:
         self.time = time
         self.latency = latency
         self.rows: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
@@ -74,7 +74,7 @@ class MemoryTable:
         return {"etag": new}
 
 
-def process(time: FakeTime, table: MemoryTable | None, *, burst: int = 20) -> ArmPacer:
+def process(time: VirtualTime, table: MemoryTable | None, *, burst: int = 20) -> ArmPacer:
     """One worker process's pacer, sharing through ``table`` when given."""
     ledger = TableBudget(table, wall=time.clock) if table is not None else None  # type: ignore[arg-type]
     return ArmPacer(
@@ -88,7 +88,7 @@ def process(time: FakeTime, table: MemoryTable | None, *, burst: int = 20) -> Ar
     )
 
 
-async def _fan_out(time: FakeTime, pacers: list[ArmPacer], server: ServerBucket, writes: int) -> list[int]:
+async def _fan_out(time: VirtualTime, pacers: list[ArmPacer], server: ServerBucket, writes: int) -> list[int]:
     """``writes`` writes on one subscription, dealt round-robin to the pacers; every answer's status."""
     statuses: list[int] = []
 
@@ -109,7 +109,7 @@ async def _fan_out(time: FakeTime, pacers: list[ArmPacer], server: ServerBucket,
 
 async def test_four_processes_without_a_ledger_overrun_the_bucket() -> None:
     """The problem the ledger solves: each process sees the same burst and takes the whole refill."""
-    time = FakeTime()
+    time = VirtualTime()
     server = ServerBucket(time, burst=20, refill=10.0)
     pacers = [process(time, None) for _ in range(4)]
     statuses = await time.run(_fan_out(time, pacers, server, 100))
@@ -122,7 +122,7 @@ async def test_four_processes_sharing_the_ledger_get_no_429_and_keep_the_refill_
     The ledger keeps a quarter of the burst back (slack for late writes): the writes past the first 15 go at
     the refill rate, 8.5 s; ARM's own bound is 8 s.
     """
-    time = FakeTime()
+    time = VirtualTime()
     server = ServerBucket(time, burst=20, refill=10.0)
     table = MemoryTable(time)
     pacers = [process(time, table) for _ in range(4)]
@@ -142,7 +142,7 @@ async def test_four_processes_sharing_the_ledger_get_no_429_and_keep_the_refill_
 
 async def test_a_process_alone_reserves_with_one_write_per_grant() -> None:
     """The ledger remembers the ETag it wrote: alone on a row, each reservation is one conditional write."""
-    time = FakeTime()
+    time = VirtualTime()
     table = MemoryTable(time)
     ledger = TableBudget(table, wall=time.clock)  # type: ignore[arg-type]
 
@@ -163,7 +163,7 @@ async def test_a_process_alone_reserves_with_one_write_per_grant() -> None:
 
 async def test_a_process_that_loses_a_race_reserves_after_the_winner() -> None:
     """Two ledgers on one row: the second's cached ETag is stale, it reads the row again, never overlaps."""
-    time = FakeTime()
+    time = VirtualTime()
     table = MemoryTable(time)
     a = TableBudget(table, wall=time.clock)  # type: ignore[arg-type]
     b = TableBudget(table, wall=time.clock)  # type: ignore[arg-type]
@@ -201,7 +201,7 @@ async def test_an_unreachable_ledger_is_passed_by_and_pacing_goes_on(
             del subscription, write, count, refill_per_s, burst, floor, ahead
             raise ServiceError("storage down", service="storage")
 
-    time = FakeTime()
+    time = VirtualTime()
     pacer = ArmPacer(ledger=Down(), clock=time.clock, wall=time.clock, sleep=time.sleep)
 
     async def main() -> int:
@@ -218,7 +218,7 @@ async def test_an_unreachable_ledger_is_passed_by_and_pacing_goes_on(
 
 async def test_jobs_that_announce_their_write_share_one_reservation_once_the_bucket_is_spent() -> None:
     """Another process spent the burst; eight jobs announce a write: one reservation of eight future slots."""
-    time = FakeTime()
+    time = VirtualTime()
     table = MemoryTable(time)
     pacer = process(time, table)
     other = TableBudget(table, wall=time.clock)  # type: ignore[arg-type]
@@ -239,7 +239,7 @@ async def test_jobs_that_announce_their_write_share_one_reservation_once_the_buc
 
 async def test_a_full_bucket_is_reserved_only_for_writes_waiting_now() -> None:
     """A full bucket's tokens go only to writes ready now: one held for a job still reading could be spent twice."""
-    time = FakeTime()
+    time = VirtualTime()
     table = MemoryTable(time)
     pacer = process(time, table)
 
@@ -256,7 +256,7 @@ async def test_a_full_bucket_is_reserved_only_for_writes_waiting_now() -> None:
 
 async def test_a_job_that_ends_without_writing_withdraws_its_announcement() -> None:
     """A job that found nothing to write (already current) leaves no slot reserved in its name."""
-    time = FakeTime()
+    time = VirtualTime()
     pacer = process(time, MemoryTable(time))
 
     async def main() -> None:
