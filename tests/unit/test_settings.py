@@ -50,3 +50,17 @@ def test_tunables_are_in_the_readme_configuration_table():
     section = (ROOT / "README.md").read_text().split("## Configuration\n", 1)[1].split("\n## ", 1)[0]
     documented = set(re.findall(r"^\| `([A-Za-z_]+)`", section, flags=re.MULTILINE))
     assert set(TUNABLES) <= documented
+
+
+def test_every_setting_the_app_reads_is_in_the_readme_configuration_table():
+    """Each ROTATION_ name `Settings.from_env` reads has a row (``A`` / ``_B``: B shares A's prefix)."""
+    section = (ROOT / "README.md").read_text().split("## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    read = set(re.findall(r'"(ROTATION_[A-Z_]+)"', (ROOT / "rotation" / "settings.py").read_text()))
+    documented: set[str] = set()
+    for cell in re.findall(r"^\| (`[^|]+`) \|", section, flags=re.MULTILINE):
+        first, *more = re.findall(r"`([A-Za-z_]+)`", cell)
+        documented.add(first)
+        prefixes = [first[:i] for i, c in enumerate(first) if c == "_"]
+        documented.update(p + suffix for suffix in more for p in prefixes)
+    assert read
+    assert read <= documented, sorted(read - documented)
