@@ -7,7 +7,10 @@ import heapq
 import itertools
 import math
 from collections.abc import Awaitable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rotation.azure.pacing import ArmPacer
 
 SUB = "11111111-1111-1111-1111-111111111111"
 WRITES = "x-ms-ratelimit-remaining-subscription-writes"
@@ -64,3 +67,18 @@ class ServerBucket:
             return 202, {WRITES: str(int(self.tokens))}
         wait = max(1, math.ceil((1.0 - self.tokens) / self.refill))
         return 429, {WRITES: "0", "Retry-After": str(wait)}
+
+
+async def write_until_accepted(
+    time: VirtualTime, pacer: ArmPacer, server: ServerBucket, statuses: list[int], latency: float
+) -> None:
+    """One write on ``SUB`` through ``pacer`` to ``server``, sent again after each 429; each status kept."""
+    while True:
+        ticket = await pacer.acquire(SUB, write=True)
+        await time.sleep(latency)
+        status, headers = server.take()
+        statuses.append(status)
+        await time.sleep(latency)
+        pacer.observe(ticket, status, headers)
+        if status != 429:
+            return

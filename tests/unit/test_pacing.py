@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from rotation.azure.pacing import ArmPacer, Ticket, is_write, subscription_of
-from tests.helpers.virtual_time import SUB, WRITES, ServerBucket, VirtualTime
+from tests.helpers.virtual_time import SUB, WRITES, ServerBucket, VirtualTime, write_until_accepted
 
 
 def pacer_on(time: VirtualTime, refill: float = 10.0, reserve: float = 0.0) -> ArmPacer:
@@ -143,19 +143,10 @@ async def test_many_jobs_against_arm_s_bucket_get_no_429_and_keep_the_refill_pac
     statuses: list[int] = []
     latency = 0.03
 
-    async def write() -> None:
-        while True:
-            ticket = await pacer.acquire(SUB, write=True)
-            await time.sleep(latency)
-            status, headers = server.take()
-            statuses.append(status)
-            await time.sleep(latency)
-            pacer.observe(ticket, status, headers)
-            if status != 429:
-                return
-
     async def main() -> float:
-        await asyncio.gather(*(write() for _ in range(100)))
+        await asyncio.gather(
+            *(write_until_accepted(time, pacer, server, statuses, latency) for _ in range(100))
+        )
         return time.now
 
     makespan = await time.run(main())

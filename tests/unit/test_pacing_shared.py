@@ -19,7 +19,7 @@ from azure.data.tables import TableEntity
 from rotation.azure.pacing import ArmPacer
 from rotation.errors import ServiceError
 from rotation.store.budget import PARTITION, TableBudget, row_key
-from tests.helpers.virtual_time import SUB, ServerBucket, VirtualTime
+from tests.helpers.virtual_time import SUB, ServerBucket, VirtualTime, write_until_accepted
 
 LATENCY = 0.03  # each way, ARM and storage alike
 
@@ -92,18 +92,12 @@ async def _fan_out(time: VirtualTime, pacers: list[ArmPacer], server: ServerBuck
     """``writes`` writes on one subscription, dealt round-robin to the pacers; every answer's status."""
     statuses: list[int] = []
 
-    async def write(pacer: ArmPacer) -> None:
-        while True:
-            ticket = await pacer.acquire(SUB, write=True)
-            await time.sleep(LATENCY)
-            status, headers = server.take()
-            statuses.append(status)
-            await time.sleep(LATENCY)
-            pacer.observe(ticket, status, headers)
-            if status != 429:
-                return
-
-    await asyncio.gather(*(write(pacers[i % len(pacers)]) for i in range(writes)))
+    await asyncio.gather(
+        *(
+            write_until_accepted(time, pacers[i % len(pacers)], server, statuses, LATENCY)
+            for i in range(writes)
+        )
+    )
     return statuses
 
 
