@@ -35,6 +35,10 @@ CONNECTION_LIMIT = 256
 # connections to one endpoint at once, each a TCP (and TLS) handshake; 128 requests in flight to one host
 # are more than a worker's CPU keeps busy (docs/benchmarks.md).
 CONNECTIONS_PER_HOST = 128
+# An idle connection is closed after this long, before the server would close it (Azurite and other Node.js
+# servers: 5 s). A request sent on a connection the server is closing at that moment is reset, and azure-core
+# does not retry a POST or PATCH that got no answer.
+IDLE_CONNECTION_SECONDS = 2.0
 # No answer the rotator reads is near this; a larger declared body is refused before it is read.
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 
@@ -148,7 +152,11 @@ class SharedHttp:
             limits.on_request_end.append(_refuse_large_answers)
             self._session = aiohttp.ClientSession(
                 trace_configs=[limits],
-                connector=aiohttp.TCPConnector(limit=self._limit, limit_per_host=CONNECTIONS_PER_HOST),
+                connector=aiohttp.TCPConnector(
+                    limit=self._limit,
+                    limit_per_host=CONNECTIONS_PER_HOST,
+                    keepalive_timeout=IDLE_CONNECTION_SECONDS,
+                ),
                 trust_env=False,  # proxies come from `EnvironmentProxies`; no per-request .netrc lookup
                 cookie_jar=aiohttp.DummyCookieJar(),
                 auto_decompress=False,  # as azure-core's own sessions: its pipeline decodes

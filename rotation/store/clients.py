@@ -13,6 +13,7 @@ account (the Functions host itself also needs Storage Blob Data Owner for its le
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -189,7 +190,24 @@ def storage_error(exc: Exception, action: str) -> ServiceError:
             not_found=isinstance(exc, ResourceNotFoundError),
         )
     # No response: connection refused or reset, timeout, or a credential that could not get a token.
-    return ServiceError(f"{action}: {type(exc).__name__}", service=SERVICE)
+    return ServiceError(f"{action}: {type(exc).__name__}{_cause(exc)}", service=SERVICE)
+
+
+# A query string in an error's text (aiohttp names the URL it could not send to) may hold a SAS signature.
+_QUERY = re.compile(r"\?[^\s'\"]*")
+_CAUSE_CHARS = 200
+
+
+def _cause(exc: Exception) -> str:
+    """``": <first line of the error's text>"`` without query strings, clipped; "" when it has none.
+
+    On-call needs to tell a reset connection from a refused one or a timeout; a URL's query is left out.
+    """
+    lines = str(exc).strip().splitlines()
+    if not lines:
+        return ""
+    first = _QUERY.sub("?...", lines[0])
+    return ": " + (first if len(first) <= _CAUSE_CHARS else first[: _CAUSE_CHARS - 3] + "...")
 
 
 @contextlib.contextmanager

@@ -223,6 +223,21 @@ def test_errors_without_a_response_are_transient(exc):
     assert caught.value.__cause__ is exc
 
 
+def test_an_error_without_a_response_says_what_happened_without_a_query_string():
+    """On-call reads which network error it was; a URL's query (a SAS signature, say) is not logged."""
+    exc = ServiceRequestError(
+        "Can not write request body for https://acct.table.core.windows.net/t?sv=2024&sig=SECRET%3D\nmore"
+    )
+    error = storage_error(exc, "append history")
+    assert str(error) == (
+        "storage (no response): append history: ServiceRequestError: "
+        "Can not write request body for https://acct.table.core.windows.net/t?..."
+    )
+    assert "SECRET" not in str(error)
+    assert str(storage_error(ServiceRequestError("x" * 500), "a")).endswith("x" * 197 + "...")
+    assert str(storage_error(ServiceRequestError(""), "a")).endswith("a: ServiceRequestError")
+
+
 def test_other_exceptions_pass_through_untranslated():
     """storage_errors only maps azure-core errors."""
     with pytest.raises(KeyError), storage_errors("x"):

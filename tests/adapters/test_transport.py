@@ -152,3 +152,64 @@ async def test_an_answer_without_a_declared_length_is_cut_at_the_cap(chunked_ser
             assert len(await response.read()) == 2 * 1024 * 1024  # under the cap: read whole
     finally:
         await http.close()
+
+
+@pytest.fixture
+async def counting_server():
+    """A loopback HTTP server that keeps connections alive for 5 s and tells which connection served each call."""
+    from aiohttp import web
+
+    async def handler(request: web.Request) -> web.Response:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        return web.Response(text=str(peer[1] if peer else -1))
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner = web.AppRunner(app, keepalive_timeout=5.0)  # Node.js's and Azurite's default
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}/"
+    await runner.cleanup()
+
+
+async def test_an_idle_connection_is_closed_by_the_pool_before_the_server_closes_it(
+    counting_server, monkeypatch
+):
+    """A connection idle longer than the pool keeps one is not sent on again: a new one is opened.
+
+    A server closing an idle connection while a request is sent on it resets the request, and azure-core
+    does not retry a POST or PATCH without an answer; the pool gives up idle connections first.
+    """
+    import asyncio
+
+    from rotation.azure import transport
+
+    monkeypatch.setattr(transport, "IDLE_CONNECTION_SECONDS", 0.3)
+    http = SharedHttp(environ={})
+    try:
+        ports = []
+        for pause in (0.0, 0.05, 0.6):
+            await asyncio.sleep(pause)
+            async with http.session().get(counting_server) as response:
+                ports.append(await response.text())
+        assert ports[0] == ports[1]  # reused while fresh
+        assert ports[2] != ports[1]  # idle past the pool's limit (the server would still keep it): new
+    finally:
+        await http.close()
+
+
+def test_the_pool_gives_up_idle_connections_before_azurite_does() -> None:
+    """Azurite (Node.js) closes a connection idle for its keep-alive timeout; the pool's limit is below it."""
+    import re
+    from pathlib import Path
+
+    from rotation.azure.transport import IDLE_CONNECTION_SECONDS
+
+    root = Path(__file__).resolve().parents[2] / "node_modules" / "azurite" / "dist" / "src"
+    for service in ("table", "queue"):
+        constants = (root / service / "utils" / "constants.js").read_text()
+        found = re.search(rf"DEFAULT_{service.upper()}_KEEP_ALIVE_TIMEOUT = (\d+)", constants)
+        assert found is not None, f"Azurite's {service} keep-alive default not found"
+        assert int(found.group(1)) / 2 > IDLE_CONNECTION_SECONDS  # room for a loaded loop's late release
