@@ -119,6 +119,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--markdown", default="docs/benchmarks.md", help="where the report goes ('' for none)")
     p.add_argument("--profile", default="", help="cProfile each worker into PATH.<pid> (for finding CPU)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--cost-probe", default="", help=argparse.SUPPRESS)  # a cluster id: `request_cost_main`
+    p.add_argument("--cost-requests", type=int, default=600, help="requests timed per kind by the cost probe")
     return p.parse_args(argv)
 
 
@@ -277,6 +279,121 @@ def worker_main(args: argparse.Namespace) -> None:  # noqa: C901, PLR0915 - one 
 
     result = asyncio.run(run())
     print("RESULT " + json.dumps(result), flush=True)
+
+
+def request_cost_main(args: argparse.Namespace) -> None:  # noqa: PLR0915 - one probe, start to end
+    """Worker CPU of one request, through the Azure SDK as the rotator sends it and through aiohttp alone.
+
+    Runs in a process of its own (the simulator shares the bench's), on the clients a worker builds: a Table
+    entity read by the Tables SDK, and an ARM GET of a cluster by the rotator's ARM client (its pipeline,
+    pacing and retry layer, TLS through the proxy). The "aiohttp alone" rows send the same URL on the same
+    connection pool, unsigned (the service answers 403 / 401 with a body of similar size): what the SDK
+    adds to a request is the difference.
+    """
+    import asyncio  # noqa: PLC0415
+    import resource  # noqa: PLC0415
+
+    from azure.core.exceptions import ResourceExistsError as Exists  # noqa: PLC0415
+    from azure.data.tables import UpdateMode  # noqa: PLC0415
+
+    from rotation.ids import parse_cluster_id  # noqa: PLC0415
+    from rotation.service.runtime import Runtime  # noqa: PLC0415
+    from rotation.settings import Settings  # noqa: PLC0415
+    from rotation.store.clients import storage_clients  # noqa: PLC0415
+
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    async def per_call(call: Any, n: int) -> float:  # noqa: ANN401
+        """CPU milliseconds per call, ``n`` calls 16 at a time (after 50 to warm the pool up)."""
+        gate = asyncio.Semaphore(16)
+
+        async def one() -> None:
+            async with gate:
+                await call()
+
+        await asyncio.gather(*(one() for _ in range(50)))
+        started = cpu()
+        await asyncio.gather(*(one() for _ in range(n)))
+        return round((cpu() - started) / n * 1000, 3)
+
+    async def run() -> dict[str, float]:
+        settings = Settings.from_env(os.environ)
+        runtime = Runtime.create(settings)
+        http = runtime.http
+        tables, queues = storage_clients(settings, http=http)
+        table = tables.get_table_client("benchcost")
+        with contextlib.suppress(Exists):
+            await table.create_table()
+        await table.upsert_entity({"PartitionKey": "p", "RowKey": "r", "Owner": "x" * 40, "Count": 3})
+        entity_url = f"{table.url.rstrip('/')}/benchcost(PartitionKey='p',RowKey='r')"
+        cluster = parse_cluster_id(args.cost_probe)
+        arm_url = (
+            f"{settings.arm_endpoint.rstrip('/')}{args.cost_probe}?api-version={settings.arm_api_version}"
+        )
+        arm_proxy = http.proxies.for_url(arm_url)
+
+        async def table_sdk() -> None:
+            await table.get_entity("p", "r")
+
+        async def table_write() -> None:
+            await table.update_entity({"PartitionKey": "p", "RowKey": "r", "Count": 4}, mode=UpdateMode.MERGE)
+
+        async def table_raw() -> None:
+            async with http.session().get(entity_url, headers={"Accept": "application/json"}) as answer:
+                await answer.read()
+
+        async def arm_sdk() -> None:
+            await runtime.clusters.get(cluster)
+
+        async def arm_raw() -> None:
+            async with http.session().get(arm_url, proxy=arm_proxy) as answer:
+                await answer.read()
+
+        n = args.cost_requests
+        out = {
+            "table_sdk_ms": await per_call(table_sdk, n),
+            "table_write_sdk_ms": await per_call(table_write, n),
+            "table_aiohttp_ms": await per_call(table_raw, n),
+            "arm_sdk_ms": await per_call(arm_sdk, min(n, 150)),  # within the read bucket's burst
+            "arm_aiohttp_ms": await per_call(arm_raw, n),
+        }
+        await table.delete_table()
+        await table.close()
+        await tables.close()
+        await queues.close()
+        await runtime.close()
+        return out
+
+    print("RESULT " + json.dumps(asyncio.run(run())), flush=True)
+
+
+def request_cost(sim: Any, args: argparse.Namespace) -> dict[str, float]:  # noqa: ANN401
+    """`request_cost_main` in a process of its own, on a cluster of a subscription no scenario uses."""
+    sub = SUBSCRIPTIONS[-1]
+    identity = sim.add_identity(subscription=sub, resource_group="rg-cost", name="id-cmk")
+    version = sim.create_key_version(VAULT, "cost", emit_event=False)
+    cluster = sim.add_cluster(
+        subscription=sub,
+        resource_group="rg-cost",
+        name="cost-probe",
+        key_url=sim.key_url(VAULT, "cost", version),
+        identity=identity,
+    )
+    proc = subprocess.run(  # noqa: S603 - this script, with the bench's own arguments
+        [sys.executable, __file__, "--cost-probe", cluster, "--cost-requests", str(args.cost_requests)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            result: dict[str, float] = json.loads(line[len("RESULT ") :])
+            return result
+    raise RuntimeError(f"cost probe exited {proc.returncode}: {proc.stderr[-2000:]}")
 
 
 def request_kind(url: str) -> str:
@@ -576,6 +693,8 @@ def analyse(
         "puts_per_second": puts_per_second,
         "timeline_s": {
             "first_arm_request": round(first_arm - t0, 3),
+            "first_keyvault_request": round(min((r.time for r in kv), default=t0) - t0, 3),
+            "median_put": round(statistics.median(put_ok.values()) - t0, 3) if put_ok else 0.0,
             "first_put": round(min(put_ok.values(), default=t0) - t0, 3),
             "last_put": round(max(put_ok.values(), default=t0) - t0, 3),
         },
@@ -1109,6 +1228,9 @@ async def run_all(args: argparse.Namespace, sim: Any, azurite: Any) -> dict[str,
         for n in sizes(args.event_sizes):
             print(f"bench: event handling, {n} watched ...", file=sys.stderr, flush=True)
             out["events"].append(await bench.events(n))
+        if args.cost_requests > 0:  # before any worker runs: alone on the machine
+            print("bench: CPU per request ...", file=sys.stderr, flush=True)
+            out["request_cost"] = request_cost(sim, args)
         out["fanout"] = []
         await bench.clear_queue()
         bench.workers = [Worker(args.concurrency, args.profile) for _ in range(args.workers)]
@@ -1203,10 +1325,23 @@ def rows(  # noqa: C901, PLR0915 - one table, row by row
             met=f["keyvault_reads_per_key"] <= 4,  # noqa: PLR2004
         )
         add(f"{tag}: event function -> jobs enqueued", f"{f['event_to_enqueued_s']:.3f} s")
-        add_cost(add, tag, f["worker_cost"], stress=bool(f.get("stress")))
+        add_cost(add, tag, f["worker_cost"], stress=bool(f.get("stress")), unit=result.get("request_cost"))
         add_cpu_budget(add, tag, f)
     for f in result.get("scale_out", []):
         add_scale_out(add, f, args)
+    unit = result.get("request_cost")
+    if unit:
+        add(
+            "worker CPU per request: a Table entity read / MERGE through the Tables SDK; the same GET "
+            "through aiohttp alone",
+            f"{unit['table_sdk_ms']:.3f} / {unit['table_write_sdk_ms']:.3f} ms; "
+            f"{unit['table_aiohttp_ms']:.3f} ms",
+        )
+        add(
+            "worker CPU per request: an ARM GET through the rotator's ARM client (azure-core pipeline, "
+            "pacing, retry layer; TLS through the proxy) / the same GET through aiohttp alone",
+            f"{unit['arm_sdk_ms']:.3f} / {unit['arm_aiohttp_ms']:.3f} ms",
+        )
     warm = result.get("warmup")
     if warm and warm.get("makespan_s") is not None:
         add(
@@ -1278,7 +1413,22 @@ def rows(  # noqa: C901, PLR0915 - one table, row by row
     return out
 
 
-def add_cost(add: Any, tag: str, c: dict[str, Any], *, stress: bool) -> None:  # noqa: ANN401
+def request_floor_ms(c: dict[str, Any], unit: dict[str, float]) -> tuple[float, float, float, float]:
+    """Storage reads, storage writes, ARM and Key Vault requests per job, and what they cost through the SDK.
+
+    A storage GET (table or queue) costs what the probe's entity read did, any other storage request what its
+    MERGE did; an ARM or Key Vault request what the probe's ARM GET did.
+    """
+    by_kind = c["storage_per_job_by_kind"]
+    reads = sum(v for k, v in by_kind.items() if k.endswith(" GET"))
+    writes = c["storage_per_job"] - reads
+    jobs = max(1, c["jobs"])
+    azure = sum(v for k, v in c["requests"].items() if k.split()[0] in {"arm", "kv", "identity"}) / jobs
+    floor = reads * unit["table_sdk_ms"] + writes * unit["table_write_sdk_ms"] + azure * unit["arm_sdk_ms"]
+    return reads, writes, azure, floor
+
+
+def add_cost(add: Any, tag: str, c: dict[str, Any], *, stress: bool, unit: dict[str, float] | None) -> None:  # noqa: ANN401
     """Rows of what the workers spent per job in one fan-out."""
     target = f"<= {CPU_MS_PER_JOB_TARGET:g} ms (half of {CPU_MS_PER_JOB_BEFORE:g})" if stress else ""
     add(
@@ -1294,6 +1444,14 @@ def add_cost(add: Any, tag: str, c: dict[str, Any], *, stress: bool) -> None:  #
         f"< {STORAGE_PER_JOB_BEFORE:g} (before)" if stress else "",
         met=c["storage_per_job"] < STORAGE_PER_JOB_BEFORE if stress else None,
     )
+    if stress and unit:
+        reads, writes, azure, floor = request_floor_ms(c, unit)
+        add(
+            f"{tag}: CPU of the job's requests alone, at the SDK's cost of each measured alone "
+            f"({reads:.2f} storage reads x {unit['table_sdk_ms']:.3f} ms + {writes:.2f} writes x "
+            f"{unit['table_write_sdk_ms']:.3f} ms + {azure:.2f} ARM/Key Vault x {unit['arm_sdk_ms']:.3f} ms)",
+            f"{floor:.1f} ms ({floor / max(c['cpu_ms_per_job'], 1e-9) * 100:.0f}% of the job's CPU)",
+        )
 
 
 def add_cpu_budget(add: Any, tag: str, f: dict[str, Any]) -> None:  # noqa: ANN401
@@ -1506,10 +1664,14 @@ receive), makespan / bound 1.91 and 1.70. The targets below use the lower CPU fi
 20 ms" and 2.30x came from an earlier, coarser measure on older code; counted from the event to the last
 job's end in a warm worker, the code this work started from spends the figures above.)
 
-The CPU per job is almost all in those requests: a profile of the worker (`python scripts/bench.py
---profile PATH`, stress fan-out) puts about 85 % of its CPU in the Azure SDK pipeline, aiohttp, TLS and the
-event loop, and under 10 % in the rotator's own code; each request costs about 0.6 ms of CPU whatever it
-carries. Halving the CPU of a job means halving its requests, and the rules above need most of them.
+What a request costs is measured alone, before any worker runs, in a process of its own on the clients a
+worker builds (`request_cost_main`; rows "worker CPU per request"): a Table read or MERGE through the
+Tables SDK, and an ARM GET through the rotator's ARM client, each against the same GET sent through
+aiohttp alone on the same connection pool. The SDK's pipeline, serialization and signing make a request
+about three times as costly as aiohttp's part of it. The stress rows then price a job's requests at those
+costs beside the job's whole CPU: the rest is the event loop juggling a hundred jobs at once (more, smaller
+reads per iteration), the rotator's own code (under a tenth of the worker's CPU in a profile: `python
+scripts/bench.py --profile PATH`), tenacity, and the host's receive and delete.
 
 {text}
 
@@ -1561,15 +1723,15 @@ def not_met_section(lines: list[tuple[str, str, str, str]], result: dict[str, An
             f"the ARM GET, and {result['args']['scale_size']} jobs do that against one Azurite process (a "
             "single Node.js thread; its "
             "CPU is in the CPU row) before most PUTs can go; once they flow, they flow at the refill rate "
-            "of every subscription, with no 429. After that flow comes a tail of late PUTs: jobs whose "
-            "storage requests Azurite dropped under that load (`storage (no response)` in the workers' log) "
-            "waited for the SDK's retry or were queued again by their batch; queue sends by the workers "
-            "(jobs queued again or deferred) per run: "
+            "of every subscription, with no 429. Jobs queued again or deferred by the workers (their queue "
+            "sends) per run: "
             + ", ".join(
                 f"W={f['workers']} {f['worker_cost']['requests'].get('queue POST', 0)}"
                 for f in result.get("scale_out", [])
             )
-            + "."
+            + ". (Before the pool gave up idle connections after 2 s, below Azurite's 5 s keep-alive, "
+            "Azurite reset writes sent on connections it was closing, azure-core does not retry a POST or "
+            "PATCH without an answer, and each such job was queued again: a tail of about 10 s at W=4.)"
         )
     for f in result["fanout"]:
         if f.get("stress") and f.get("makespan_s") is not None and f["ratio"] > 1.5:  # noqa: PLR2004
@@ -1577,22 +1739,33 @@ def not_met_section(lines: list[tuple[str, str, str, str]], result: dict[str, An
             out.append("")
             out.append(
                 f"Stress fan-out N={f['clusters']}: its first ARM request left {t['first_arm_request']} s "
-                f"after the event, its last PUT {t['last_put']} s after it; the bound counts every PUT at "
+                f"after the event, half its PUTs by {t.get('median_put', '-')} s, its last PUT "
+                f"{t['last_put']} s after it; the bound counts every PUT at "
                 "once. One "
                 "worker process does each job's claim, watch-row read, GET and PUT on one core before the "
                 "last PUT can go, and the operation (then the polls its Retry-After spaces) starts only then."
             )
     if any("worker CPU per job" in figure for figure in missed):
         out.append("")
+        unit = result.get("request_cost")
+        floors = [
+            request_floor_ms(f["worker_cost"], unit)[3] for f in result["fanout"] if f.get("stress") and unit
+        ]
+        priced = (
+            f"come to {min(floors):.1f} ms (the stress rows), against a {CPU_MS_PER_JOB_TARGET:g} ms target"
+            if floors
+            else "are most of it"
+        )
         out.append(
-            f"CPU per job: {CPU_MS_PER_JOB_BEFORE:g} ms before, measured the same way; the saving is small "
-            "because a job's CPU is its requests (about 0.6 ms each in the SDK, aiohttp and TLS), and a job "
-            "still makes 5 ARM requests and about 7 storage requests (the stress row counts them). The "
-            "batched messages removed most of the queue's share; the next storage request to go is the "
-            "claim's read "
-            "(a claim row of its own, taken with one insert instead of a read and a conditional write), not "
-            "done here: it changes rule 8's storage, and claims held by a running older version during an "
-            "upgrade would not be seen."
+            f"CPU per job: {CPU_MS_PER_JOB_BEFORE:g} ms before, measured the same way. A job's requests "
+            f"alone, each at the cost the probe measured, {priced}: 5 ARM requests (GET, PUT, the polls, "
+            "the verifying GET: rules 5, 7, 9) and about "
+            "7 storage requests (claim, watch row, recorded operation, history, outcome, release: rules 7, "
+            "8, 11). Halving the CPU means halving those requests or leaving the SDK clients, which the "
+            "project does not do. The next storage request to go is the claim's read (a claim row of its "
+            "own, taken with one insert instead of a read and a conditional write), not done here: it "
+            "changes rule 8's storage, and claims held by a running older version during an upgrade would "
+            "not be seen."
         )
     if any("peak RSS" in figure for figure in missed):
         out.append("")
@@ -1622,6 +1795,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.worker:
         worker_main(args)
+        return {}
+    if args.cost_probe:
+        request_cost_main(args)
         return {}
     started = time.monotonic()
     from azsim.tls import ensure_ca  # noqa: PLC0415

@@ -33,7 +33,7 @@ def bench_run(
         "--stress-poll-interval", "0.25",
         "--scale-workers", "1,2", "--scale-size", "12", "--scale-subscriptions", "3",
         "--reconcile-size", "30", "--reconcile-keys", "3", "--reconcile-subscriptions", "3",
-        "--serve-runs", "1",
+        "--serve-runs", "1", "--cost-requests", "40",
         "--json", str(out_json), "--markdown", str(out_md),
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in {"SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"}}
@@ -128,3 +128,13 @@ def test_bench_measures_scale_out_reconcile_and_per_job_cost(
     assert rec["keyvault_reads_per_key"] <= 2
     [serve] = result["serve_cold_start"]
     assert 0 < serve["listening_s"] <= serve["healthy_s"] < 30
+    unit = result["request_cost"]
+    assert set(unit) == {
+        "table_sdk_ms",
+        "table_write_sdk_ms",
+        "table_aiohttp_ms",
+        "arm_sdk_ms",
+        "arm_aiohttp_ms",
+    }
+    assert all(v > 0 for v in unit.values())
+    assert "CPU of the job's requests alone" in proc.stdout  # the stress row prices its requests
