@@ -46,7 +46,7 @@ param allowedVaultSuffixes string = '.vault.azure.net,.vault.azure.cn,.vault.usg
 // default above @maxValue is BCP327 and ARM rejects such a value.
 @minValue(1)
 @maxValue(512)
-@description('Clusters in flight per app instance (ROTATION_MAX_CONCURRENCY); host.json lets the queue trigger run 512 at once.')
+@description('Clusters at work at once per app instance (ROTATION_MAX_CONCURRENCY); a cluster waiting for its operation gives its place up. host.json lets the queue trigger run 512 invocations at once.')
 param maxConcurrency int = 512
 
 @description('NCRONTAB schedule of the reconcile timer (ROTATION_RECONCILE_SCHEDULE).')

@@ -22,7 +22,7 @@ The package:
                 http_errors
     store/      Table and Queue storage: clients tables watch claims history registry budget jobs poison
     service/    what the Functions host runs: fanout worker batch resume registration reconcile http_api,
-                and the process's clients (runtime, process)
+                and the process's clients (runtime, process, slots)
     serve/      `rotation serve`, the same service without the Functions host: daemon webhook
                 queue_worker schedule timer_lease
     doctor/     the checks of a cluster's CMK chain: facts checks key_checks report fixes

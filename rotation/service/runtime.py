@@ -16,6 +16,7 @@ from rotation.azure.keyvault import KeyVaultKeys
 from rotation.azure.pacing import ArmPacer
 from rotation.azure.transport import SharedHttp
 from rotation.engine import Rotator
+from rotation.service import slots
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
@@ -45,6 +46,7 @@ class Runtime:
             read_refill_per_s=settings.arm_read_refill_per_s,
             write_burst=settings.arm_write_burst,
             read_burst=settings.arm_read_burst,
+            sleep=slots.sleep,  # a job waiting for a write slot gives its place up (`rotation.service.slots`)
         )
         clusters = ClustersClient(
             settings.arm_endpoint,
@@ -54,7 +56,8 @@ class Runtime:
             transport=http.transport(),
         )
         keys = KeyVaultKeys(credential, http=http)
-        rotator = Rotator(clusters=clusters, keys=keys, settings=settings)
+        # Waiting for an operation or between retries, a job gives its place up (`rotation.service.slots`).
+        rotator = Rotator(clusters=clusters, keys=keys, settings=settings, sleep=slots.sleep)
         return cls(
             settings=settings, http=http, credential=credential, clusters=clusters, keys=keys, rotator=rotator
         )

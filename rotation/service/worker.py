@@ -25,6 +25,7 @@ from rotation.outcomes import Outcome, RotationResult, Trigger, exhausted
 from rotation.rotation_job import RotationRequest, WriteFlag
 from rotation.service.batch import run_batch
 from rotation.service.resume import operation_to_follow, operation_to_resume
+from rotation.service.slots import JobSlots
 from rotation.store.jobs import Job, JobBatch, JobRejected, parse_message
 
 if TYPE_CHECKING:
@@ -55,9 +56,8 @@ class Worker:
         self.registry = registry
         self.queue = queue
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        # ROTATION_MAX_CONCURRENCY: clusters in flight in this process; queued jobs past it wait here
-        # (the host may hand over more at once: host.json's batchSize + newBatchThreshold).
-        self._job_slots = asyncio.Semaphore(runtime.settings.max_concurrency)
+        # ROTATION_MAX_CONCURRENCY: clusters at work at once in this process (`rotation.service.slots`).
+        self._job_slots = JobSlots(runtime.settings.max_concurrency)
         # Jobs cancelled after ARM accepted their write, recorded `pending` and handed on (see `execute`).
         self.handed_off: list[RotationResult] = []
 
@@ -99,7 +99,7 @@ class Worker:
     ) -> RotationResult | None:
         """`handle_job` for a parsed job: `execute` it, or defer it while another worker holds the cluster."""
         try:
-            async with self._job_slots:
+            async with self._job_slots.hold():
                 return await self.execute(job, dequeue_count=dequeue_count, invocation_id=invocation_id)
         except ClusterBusy as exc:
             backoff, ttl = self.settings.defer_seconds, self.settings.claim_ttl_seconds

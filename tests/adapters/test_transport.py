@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
 import pytest
 
 from rotation.azure.transport import EnvironmentProxies, SharedHttp, SharedTransport
@@ -100,6 +104,24 @@ async def test_rotation_goes_through_the_proxy_on_the_shared_pool(stack, monkeyp
     assert session.connector.limit == 256
 
 
+@contextlib.asynccontextmanager
+async def _serving(path: str, handler: Any, **runner_options: Any) -> AsyncIterator[str]:
+    """Serve ``handler`` at ``path`` on a free loopback port; yield its URL."""
+    from aiohttp import web
+
+    app = web.Application()
+    app.router.add_get(path, handler)
+    runner = web.AppRunner(app, **runner_options)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}{path}"
+    finally:
+        await runner.cleanup()
+
+
 @pytest.fixture
 async def chunked_server():
     """A loopback HTTP server that streams 2 MiB with chunked encoding: no Content-Length is declared."""
@@ -117,15 +139,8 @@ async def chunked_server():
             pass  # the client stopped reading at its cap
         return stream
 
-    app = web.Application()
-    app.router.add_get("/big", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}/big"
-    await runner.cleanup()
+    async with _serving("/big", handler) as url:
+        yield url
 
 
 async def test_an_answer_without_a_declared_length_is_cut_at_the_cap(chunked_server, monkeypatch):
@@ -163,15 +178,8 @@ async def counting_server():
         peer = request.transport.get_extra_info("peername") if request.transport else None
         return web.Response(text=str(peer[1] if peer else -1))
 
-    app = web.Application()
-    app.router.add_get("/", handler)
-    runner = web.AppRunner(app, keepalive_timeout=5.0)  # Node.js's and Azurite's default
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}/"
-    await runner.cleanup()
+    async with _serving("/", handler, keepalive_timeout=5.0) as url:  # Node.js's and Azurite's default
+        yield url
 
 
 async def test_an_idle_connection_is_closed_by_the_pool_before_the_server_closes_it(

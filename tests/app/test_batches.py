@@ -13,6 +13,7 @@ import pytest
 from rotation.ids import parse_cluster_id
 from rotation.store.jobs import Job, JobBatch, parse_message
 from tests.helpers.batches import cid, event_jobs
+from tests.helpers.world import puts
 
 
 async def test_a_poisoned_batch_is_shown_and_moved_back_whole(stack) -> None:
@@ -194,3 +195,24 @@ async def test_a_claim_that_cannot_be_released_lapses_and_the_rotation_stands(st
     [failed] = [r for r in caplog.records if r.getMessage() == "rotation.claim_release_failed"]
     assert failed.cluster_id == clusters[0]
     assert await _raw_queued(stack) == []
+
+
+async def test_clusters_waiting_for_their_operations_do_not_hold_back_the_others(stack) -> None:
+    """Twelve clusters on four places: every PUT goes before the first operation ends, not in three waves.
+
+    A job gives its place up while it waits for its operation (`rotation.service.slots`); holding it made a
+    process run the clusters it received in waves, one operation's length apart.
+    """
+    key, v1 = stack.new_key()
+    clusters = [stack.add_cluster(key, v1) for _ in range(12)]
+    await stack.register(*clusters)
+    v2 = stack.sim.create_key_version(stack.vault, key, emit_event=False)
+    target = stack.sim.key_url(stack.vault, key, v2)
+    stack.sim.configure(operation_seconds=1.0, poll_interval=0.2)
+    assert stack.service.settings.max_concurrency == 4
+    stack.sim.clear_requests()
+    assert await stack.service.worker.handle_job(_batch(clusters, target).to_json(), dequeue_count=1) is None
+    assert [stack.key_of(c) for c in clusters] == [target] * 12
+    sent = sorted(r.time for r in puts(stack.sim, accepted=True))
+    assert len(sent) == 12
+    assert sent[-1] - sent[0] < 1.0  # all within the first operation's second

@@ -412,7 +412,7 @@ async def test_a_stale_job_waits_for_an_operation_running_on_the_cluster(stack, 
 
 
 async def test_queued_jobs_rotate_at_most_max_concurrency_at_once(stack, monkeypatch):
-    """ROTATION_MAX_CONCURRENCY bounds the clusters in flight in one process, queued jobs included."""
+    """ROTATION_MAX_CONCURRENCY bounds the clusters at work in one process, queued jobs included."""
     service = stack.service_with(max_concurrency=2)
     running = 0
     most = 0
