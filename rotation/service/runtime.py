@@ -46,8 +46,7 @@ class Runtime:
             read_refill_per_s=settings.arm_read_refill_per_s,
             write_burst=settings.arm_write_burst,
             read_burst=settings.arm_read_burst,
-            sleep=slots.sleep,  # a job waiting for a write slot gives its place up (`rotation.service.slots`)
-        )
+        )  # its waits keep the job's place: they happen under a lock (`rotation.service.slots`)
         clusters = ClustersClient(
             settings.arm_endpoint,
             credential,

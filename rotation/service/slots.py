@@ -1,13 +1,17 @@
 """ROTATION_MAX_CONCURRENCY: how many clusters a process works on at once; a waiting job gives its place up.
 
-A job spends most of its life waiting: for its operation (the ``Retry-After`` between polls, minutes in all),
-for a write slot of the subscription's ARM budget, or between retries. Holding a place through those waits
-made a process that received more clusters than places run them in waves, one operation's length apart: a
-queue message carries several clusters (`rotation.store.jobs.JobBatch`), so one instance can hold a few
-thousand, and the last wave could outlast the function's timeout (host.json: 10 minutes). Here a job holds a
-place while it sends requests and does its own work, and gives it up while it sleeps (`sleep`, the sleep the
-process's `Rotator` and `ArmPacer` are built with); it takes one again before it goes on, in arrival order.
-The limit still bounds the requests in flight and the work done at once; a waiting job costs a coroutine.
+A job spends most of its life waiting for its operation (the ``Retry-After`` between polls, minutes in all)
+or between retries. Holding a place through those waits made a process that received more clusters than
+places run them in waves, one operation's length apart: a queue message carries several clusters
+(`rotation.store.jobs.JobBatch`), so one instance can hold a few thousand, and the last wave could outlast
+the function's timeout (host.json: 10 minutes). Here a job holds a place while it sends requests and does
+its own work, and gives it up while it sleeps (`sleep`, the sleep the process's `Rotator` is built with); it
+takes one again before it goes on, in arrival order. The limit still bounds the requests in flight and the
+work done at once; a waiting job costs a coroutine.
+
+Never give a place up while holding a lock others queue for with theirs: the lock's holder could wake to find
+every place taken by jobs waiting for its lock. So a job waiting for a write slot of the subscription's ARM
+budget (under the pacer's per-subscription lock, `rotation.azure.pacing`) keeps its place.
 """
 
 from __future__ import annotations

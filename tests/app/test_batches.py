@@ -216,3 +216,24 @@ async def test_clusters_waiting_for_their_operations_do_not_hold_back_the_others
     sent = sorted(r.time for r in puts(stack.sim, accepted=True))
     assert len(sent) == 12
     assert sent[-1] - sent[0] < 1.0  # all within the first operation's second
+
+
+async def test_jobs_queued_for_write_slots_on_few_places_all_finish(stack) -> None:
+    """More clusters of one subscription than places, writes spaced by ARM's budget: every one finishes.
+
+    A job waiting for its write slot waits under the subscription's lock in the pacer; had it given its
+    place up there, the jobs queued on that lock could take every place and it could never go on.
+    """
+    import asyncio
+
+    key, v1 = stack.new_key()
+    clusters = [stack.add_cluster(key, v1) for _ in range(6)]
+    await stack.register(*clusters)
+    v2 = stack.sim.create_key_version(stack.vault, key, emit_event=False)
+    target = stack.sim.key_url(stack.vault, key, v2)
+    stack.sim.configure(operation_seconds=0.2, poll_interval=0.1, write_burst=2, write_refill_per_s=10.0)
+    service = stack.service_with(max_concurrency=2, arm_write_burst=2, arm_write_refill_per_s=10.0)
+    async with service:
+        body = _batch(clusters, target).to_json()
+        assert await asyncio.wait_for(service.worker.handle_job(body, dequeue_count=1), timeout=30) is None
+    assert [stack.key_of(c) for c in clusters] == [target] * 6
