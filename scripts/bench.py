@@ -268,6 +268,8 @@ def worker_main(args: argparse.Namespace) -> None:  # noqa: C901, PLR0915 - one 
                 "ledger_reservations": stats.reservations,
                 "ledger_slots": stats.reserved,
                 "ledger_failures": stats.ledger_failures,
+                "ledger_requests": getattr(svc.runtime.clusters.pacer.ledger, "requests", 0),
+                "ledger_races": getattr(svc.runtime.clusters.pacer.ledger, "races", 0),
             }
         await service_module.close_services()
         return {
@@ -1513,6 +1515,14 @@ def add_scale_out(add: Any, f: dict[str, Any], args: argparse.Namespace) -> None
         f"{f['subscriptions'] * args.refill:.0f})",
         " ".join(str(n) for n in rate[: last + 1]),
     )
+    ledger = f.get("worker_results", {}).get("pacer", {})
+    if ledger.get("ledger_reservations"):
+        add(
+            f"{tag}: shared write budget: reservations (slots) / storage requests / races lost to "
+            "another process",
+            f"{ledger['ledger_reservations']:g} ({ledger['ledger_slots']:g}) / "
+            f"{ledger.get('ledger_requests', 0):g} / {ledger.get('ledger_races', 0):g}",
+        )
     c = f["worker_cost"]
     kinds = ", ".join(f"{k} {v:g}" for k, v in c["storage_per_job_by_kind"].items())
     add(

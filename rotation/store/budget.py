@@ -58,6 +58,7 @@ class TableBudget:
         self._known: dict[str, tuple[float, str | None]] = {}  # RowKey -> (TAT, ETag) as last written/read
         self._raced: dict[str, float] = {}  # RowKey -> when this process last lost a race on it (wall clock)
         self.requests = 0  # storage requests sent, for benchmarks
+        self.races = 0  # conditional writes lost to another process (each costs a read and a write more)
 
     async def reserve(
         self,
@@ -96,6 +97,7 @@ class TableBudget:
             new_tat = start + len(slots) * interval
             written = await self._write(row, new_tat, etag)
             if written is None:
+                self.races += 1
                 self._known.pop(row, None)  # another process moved it: read it again
                 self._raced[row] = self._wall()
                 continue
