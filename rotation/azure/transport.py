@@ -37,7 +37,11 @@ CONNECTION_LIMIT = 256
 CONNECTIONS_PER_HOST = 128
 # An idle connection is closed after this long, before the server would close it (Azurite and other Node.js
 # servers: 5 s). A request sent on a connection the server is closing at that moment is reset, and azure-core
-# does not retry a POST or PATCH that got no answer.
+# does not retry a POST or PATCH that got no answer. aiohttp counts idle time from when the client released
+# the connection, the server from when it sent the answer: the margin covers up to 3 s of a loaded event loop
+# and the network, which makes such a reset unlikely, not impossible (one is then a transient failure: the
+# job is retried or queued again). Against Azure, whose servers keep connections longer, a pause of more
+# than 2 s on a host costs a new TLS handshake.
 IDLE_CONNECTION_SECONDS = 2.0
 # No answer the rotator reads is near this; a larger declared body is refused before it is read.
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024

@@ -23,6 +23,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
 from rotation.errors import RotationError
 from rotation.outcomes import Outcome
+from rotation.service import slots
 from rotation.settings import SettingsError
 from rotation.store.clients import storage_errors
 
@@ -144,12 +145,13 @@ class Drain:
         return now + self._jump
 
     async def sleep(self, seconds: float) -> None:
-        """``asyncio.sleep``, ending when the drain begins."""
+        """``asyncio.sleep``, ending when the drain begins; the job's place is free meanwhile (slots.away)."""
         if seconds <= 0 or self.event.is_set():
             await asyncio.sleep(0)
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.event.wait(), seconds)
+        async with slots.away():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.event.wait(), seconds)
 
 
 # ---- the queue worker -------------------------------------------------------------------------------

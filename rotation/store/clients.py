@@ -193,20 +193,28 @@ def storage_error(exc: Exception, action: str) -> ServiceError:
     return ServiceError(f"{action}: {type(exc).__name__}{_cause(exc)}", service=SERVICE)
 
 
-# A query string in an error's text (aiohttp names the URL it could not send to) may hold a SAS signature.
-_QUERY = re.compile(r"\?[^\s'\"]*")
+# Where an error's text may go on to a secret: a URL's query (aiohttp names the URL it could not send to,
+# and a SAS signature rides in the query, its quotes and escapes as they come), or a signature, key or token
+# named anywhere. The text is cut at the first of these, whatever follows.
+_SECRET_FROM = re.compile(
+    r"[?\uff1f]|%3f|sig|signature|sharedaccess|accountkey|token|password|secret", re.IGNORECASE
+)
 _CAUSE_CHARS = 200
 
 
 def _cause(exc: Exception) -> str:
-    """``": <first line of the error's text>"`` without query strings, clipped; "" when it has none.
+    """``": <first line of the error's text>"`` up to any query string or secret, clipped; "" when empty.
 
-    On-call needs to tell a reset connection from a refused one or a timeout; a URL's query is left out.
+    On-call needs to tell a reset connection from a refused one or a timeout; nothing past a URL's path is
+    kept.
     """
     lines = str(exc).strip().splitlines()
     if not lines:
         return ""
-    first = _QUERY.sub("?...", lines[0])
+    first = lines[0]
+    secret = _SECRET_FROM.search(first)
+    if secret is not None:
+        first = first[: secret.start()] + "..."
     return ": " + (first if len(first) <= _CAUSE_CHARS else first[: _CAUSE_CHARS - 3] + "...")
 
 

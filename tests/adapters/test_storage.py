@@ -231,11 +231,31 @@ def test_an_error_without_a_response_says_what_happened_without_a_query_string()
     error = storage_error(exc, "append history")
     assert str(error) == (
         "storage (no response): append history: ServiceRequestError: "
-        "Can not write request body for https://acct.table.core.windows.net/t?..."
+        "Can not write request body for https://acct.table.core.windows.net/t..."
     )
-    assert "SECRET" not in str(error)
+    assert str(storage_error(ServiceRequestError("[Errno 104] Connection reset by peer"), "a")).endswith(
+        "a: ServiceRequestError: [Errno 104] Connection reset by peer"
+    )
     assert str(storage_error(ServiceRequestError("x" * 500), "a")).endswith("x" * 197 + "...")
     assert str(storage_error(ServiceRequestError(""), "a")).endswith("a: ServiceRequestError")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "url=\"https://acct.table.core.windows.net/w()?$filter=PartitionKey eq 'x'&sv=2023&sig=SECRET%3D\"",
+        "error at https://acct.queue.core.windows.net/q/messages%3Fsv=1%26sig=SECRET",
+        "SharedAccessSignature=sv=2020&sig=SECRET;QueueEndpoint=https://acct.queue.core.windows.net",
+        "https://acct.table.core.windows.net/t\u00a0?sig=SECRET",
+        "https://acct.table.core.windows.net/t\uff1fsig=SECRET",
+        "params {'sig': 'SECRET'}",
+        "AccountKey=SECRET;EndpointSuffix=core.windows.net",
+        "\n\nhttps://acct.table.core.windows.net/t?sig=SECRET",
+    ],
+)
+def test_no_secret_in_an_error_text_reaches_the_message(text):
+    """However the query or key is quoted, escaped or named, the message stops before it."""
+    assert "SECRET" not in str(storage_error(ServiceRequestError(text), "read"))
 
 
 def test_other_exceptions_pass_through_untranslated():

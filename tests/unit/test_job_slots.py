@@ -114,3 +114,65 @@ async def test_outside_a_job_sleep_only_sleeps() -> None:
     assert places.free == 2
     with pytest.raises(ValueError, match="at least one place"):
         JobSlots(0)
+
+
+async def test_a_job_coming_back_from_a_wait_goes_before_jobs_not_yet_started() -> None:
+    """Its poll and retry budgets are running: back from its sleep, a job takes the next free place first."""
+    places = JobSlots(1)
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def returning() -> None:
+        async with places.hold():
+            await slots.sleep(0.02)
+            order.append("returning goes on")
+
+    async def holder() -> None:
+        await asyncio.sleep(0.005)
+        async with places.hold():
+            await release.wait()
+
+    async def newcomer() -> None:
+        await asyncio.sleep(0.01)  # queued before the returning job wakes
+        async with places.hold():
+            order.append("newcomer starts")
+
+    tasks = [asyncio.create_task(f()) for f in (returning, holder, newcomer)]
+    await asyncio.sleep(0.05)
+    release.set()
+    await asyncio.gather(*tasks)
+    assert order == ["returning goes on", "newcomer starts"]
+    assert places.free == 1
+
+
+async def test_a_task_started_inside_a_job_does_not_give_the_jobs_place_up() -> None:
+    """A place belongs to the task that took it: a sleep in a task the job started leaves it held."""
+    places = JobSlots(1)
+    async with places.hold():
+        await asyncio.create_task(slots.sleep(0.01))
+        assert places.free == 0
+    assert places.free == 1
+
+
+async def test_the_serve_drains_sleep_gives_the_place_up_too() -> None:
+    """`rotation serve` builds its rotator on the drain's sleep: a job waiting there lets another one work."""
+    from rotation.serve.queue_worker import Drain
+
+    places = JobSlots(1)
+    drain = Drain()
+    worked: list[str] = []
+
+    async def waiting() -> None:
+        async with places.hold():
+            await drain.sleep(0.05)
+
+    async def other() -> None:
+        await asyncio.sleep(0.01)
+        async with places.hold():
+            worked.append("other")
+
+    tasks = [asyncio.create_task(waiting()), asyncio.create_task(other())]
+    await asyncio.sleep(0.03)
+    assert worked == ["other"]  # while the first job still sleeps (until 0.05 s), in its place
+    await asyncio.gather(*tasks)
+    assert places.free == 1
