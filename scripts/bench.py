@@ -283,7 +283,7 @@ def worker_main(args: argparse.Namespace) -> None:  # noqa: C901, PLR0915 - one 
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def request_cost_main(args: argparse.Namespace) -> None:  # noqa: PLR0915 - one probe, start to end
+def request_cost_main(args: argparse.Namespace) -> None:
     """Worker CPU of one request, through the Azure SDK as the rotator sends it and through aiohttp alone.
 
     Runs in a process of its own (the simulator shares the bench's), on the clients a worker builds: a Table
@@ -293,7 +293,6 @@ def request_cost_main(args: argparse.Namespace) -> None:  # noqa: PLR0915 - one 
     adds to a request is the difference.
     """
     import asyncio  # noqa: PLC0415
-    import resource  # noqa: PLC0415
 
     from azure.core.exceptions import ResourceExistsError as Exists  # noqa: PLC0415
     from azure.data.tables import UpdateMode  # noqa: PLC0415
@@ -302,10 +301,6 @@ def request_cost_main(args: argparse.Namespace) -> None:  # noqa: PLR0915 - one 
     from rotation.service.runtime import Runtime  # noqa: PLC0415
     from rotation.settings import Settings  # noqa: PLC0415
     from rotation.store.clients import storage_clients  # noqa: PLC0415
-
-    def cpu() -> float:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
 
     async def per_call(call: Any, n: int) -> float:  # noqa: ANN401
         """CPU milliseconds per call, ``n`` calls 16 at a time (after 50 to warm the pool up)."""
@@ -316,9 +311,9 @@ def request_cost_main(args: argparse.Namespace) -> None:  # noqa: PLR0915 - one 
                 await call()
 
         await asyncio.gather(*(one() for _ in range(50)))
-        started = cpu()
+        started = _cpu()
         await asyncio.gather(*(one() for _ in range(n)))
-        return round((cpu() - started) / n * 1000, 3)
+        return round((_cpu() - started) / n * 1000, 3)
 
     async def run() -> dict[str, float]:
         settings = Settings.from_env(os.environ)
@@ -391,11 +386,18 @@ def request_cost(sim: Any, args: argparse.Namespace) -> dict[str, float]:  # noq
         check=False,
         timeout=300,
     )
-    for line in proc.stdout.splitlines():
+    result: dict[str, float] | None = result_line(proc.stdout)
+    if result is None:
+        raise RuntimeError(f"cost probe exited {proc.returncode}: {proc.stderr[-2000:]}")
+    return result
+
+
+def result_line(out: str) -> Any:  # noqa: ANN401 - the JSON a subprocess of this script reported
+    """The JSON of the ``RESULT`` line a worker or probe process printed last, or None."""
+    for line in out.splitlines():
         if line.startswith("RESULT "):
-            result: dict[str, float] = json.loads(line[len("RESULT ") :])
-            return result
-    raise RuntimeError(f"cost probe exited {proc.returncode}: {proc.stderr[-2000:]}")
+            return json.loads(line[len("RESULT ") :])
+    return None
 
 
 def request_kind(url: str) -> str:
@@ -480,11 +482,10 @@ class Worker:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             out, _ = self.proc.communicate()
-        for line in out.splitlines():
-            if line.startswith("RESULT "):
-                result: dict[str, Any] = json.loads(line[len("RESULT ") :])
-                return result
-        raise RuntimeError(f"worker exited {self.proc.returncode} without a result")
+        result: dict[str, Any] | None = result_line(out)
+        if result is None:
+            raise RuntimeError(f"worker exited {self.proc.returncode} without a result")
+        return result
 
 
 def snapshots(workers: list[Worker]) -> list[dict[str, Any]]:
