@@ -1633,17 +1633,21 @@ together, W processes each see the same full bucket and each spend it, then each
   the bucket's theoretical arrival time of the generic cell rate algorithm, the virtual-scheduling form of
   the same token bucket. A process reserves slots with one ETag-conditional write (a process that lost the
   race reads the row and reserves after the winner: never the same token twice) and sends each write at its
-  slot. Reservations follow demand: the writes waiting now and, once the bucket is spent (the slots lie in
-  the future), those the process's running jobs announced when they started (`ArmPacer.expect_write`), at
-  most 32 at once; so a burst of jobs costs one storage request per few writes, no process holds budget
-  others wait for, and no token of a full bucket is held for a job still reading (used after the bucket
-  refilled to its cap, it would be spent twice: the first version of this design drew 9 429s that way).
+  slot. Reservations follow demand: the writes waiting now and, when the bucket is spent (the slots lie in
+  the future) or known to be full, those the process's running jobs announced when they started
+  (`ArmPacer.expect_write`), at most 32 at once; so a burst of jobs costs one storage request per few
+  writes, and no process holds budget others wait for.
   A slot may be used late (a job slower than its slot): the bucket may meanwhile have refilled to its cap
   and lost tokens the ledger counted as spent. So the ledger keeps a quarter of the burst back as slack,
   and a slot that waited longer than that slack's worth of refill is dropped (with only the mirror's 2
   tokens of slack, and slots kept 1 s, two loaded processes drew 5 429s; dropping slots after 0.2 s wasted
-  a sixth of the budget). A fan-out of under 150 writes per subscription (ARM's real burst is 200) loses
-  nothing by it; in this bench's 20-write bucket it adds 0.5 s to an 8 s bound.
+  a sixth of the budget; without the drop, a slot of a full bucket held for a job still reading drew 9
+  429s). The slack is needed only once the bucket has sat at its cap: when every slot handed out before has
+  been used or dropped and the row's time lies the slack's refill in the past, ARM's bucket is full, and
+  the ledger hands out its whole burst at once (the slot after it then comes the slack's refill later, as
+  without). So a fan-out within the burst goes out at once, and a larger one waits as long as before. A
+  property test (`test_no_slot_sent_within_its_window_draws_a_429`) sends every slot anywhere in its window
+  against ARM's bucket; it fails if the window or the early hand-out is made any wider.
   The header mirror still applies on top (spenders outside the app show up only there), and the newest
   header is a floor for the ledger. A ledger that cannot be reached within 30 s is passed by: the mirror
   alone paces that write; rotations never wait on it.

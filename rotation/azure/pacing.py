@@ -27,9 +27,12 @@ W processes would each spend the burst they all see, and each take the whole ref
 (`rotation.store.budget`: one Table row per bucket) the processes also share the write budget *before*
 spending it: each write first takes a slot from the ledger, a generic cell rate algorithm over the bucket's
 burst and refill (the same arithmetic as the token bucket), reserved a few at a time with one conditional
-write: the writes waiting now and, once the bucket is spent, those jobs announced (`expect_write`). The
+write: the writes waiting now and, once the bucket is spent or known full, those jobs announced
+(`expect_write`; a slot a job comes too late for is dropped: a token nobody spends, never a 429). The
 ledger keeps a quarter of the burst back, and a slot older than that slack's worth of refill is dropped:
-a slot used late could spend tokens the bucket lost to its cap meanwhile. The newest header is a floor
+a slot used late could spend tokens the bucket lost to its cap meanwhile. That slack is handed out too
+when the bucket is known to be full (every earlier slot used or dropped): a fan-out within the burst goes
+out at once, and the slot after it comes the slack's worth of refill later. The newest header is a floor
 for the ledger, and the mirror still applies on top (spenders outside the app show up only in the
 headers). A ledger that cannot be reached is passed by: pacing falls back to the mirror alone, never blocks
 a rotation. Reads are paced by the mirror alone (a rotation's four reads against a bucket 2.5 times faster).
@@ -106,14 +109,17 @@ class BudgetLedger(Protocol):
         burst: float,
         floor: float = 0.0,
         ahead: int = 0,
+        late: float = 0.0,
     ) -> list[float]:
         """Reserve ``count`` requests of the bucket; the wall-clock time from which each may be sent.
 
         ``floor``: the bucket is known to be at least this far spent (its theoretical arrival time, from the
         headers ARM answered), whatever the ledger says. ``ahead``: as many more, for writes expected soon,
         but only when the bucket is spent (their slots lie in the future): a slot of the burst taken now and
-        used later could be spent twice, once the bucket refilled to its cap meanwhile. Raises
-        `ServiceError` when the ledger cannot be read or written.
+        used later could be spent twice, once the bucket refilled to its cap meanwhile. ``late``: how long
+        after its time a slot may still be used (``burst`` leaves that much refill out); a ledger may then
+        hand out that refill at once when the bucket is known to be full. Raises `ServiceError` when the
+        ledger cannot be read or written.
         """
         ...
 
@@ -324,6 +330,7 @@ class ArmPacer:
                         refill_per_s=self._refill[write],
                         burst=burst,
                         floor=floor,
+                        late=stale,
                     )
             except (ServiceError, TimeoutError) as exc:
                 self.stats.ledger_failures += 1

@@ -9,6 +9,15 @@ tolerance ``(burst - 1) * T``, a request at ``t`` conforms when ``t >= TAT - tol
 Two processes that race for a row lose one write (412) and one read, never a token: the loser reads the
 winner's TAT and reserves after it.
 
+A slot may be used up to ``late`` seconds after its time (the caller drops it after that). The caller keeps
+``late * refill`` tokens of the burst out of the GCRA for that: used late, a slot can meet a bucket that sat
+at its cap and lost refill the ledger counted. That slack is only needed after the bucket has been at its
+cap: once every slot handed out before has been used or dropped and the TAT lies ``late`` in the past, ARM's
+bucket is full, and the next ``late`` seconds of refill may be handed out at once (column ``Early``: until
+when a slot due by then may go now). So a fan-out within the burst goes out at once, and one past it waits
+as long as without (the slot after the burst comes ``late`` later: the slots given early took that refill).
+`tests/unit/test_pacing_shared.py` checks it against ARM's bucket with every slot sent anywhere in its window.
+
 Rows live in the watch table (layout: `rotation.store.tables`), partition ``~budget``, RowKey
 ``~{subscription}|writes`` or ``|reads``: a RowKey from ``~`` on is never a watch row (those queries stop at
 ``RowKey lt '~'``), and the table exists wherever the app runs, with the access it already has.
@@ -17,6 +26,7 @@ Clock: each process's wall clock; instances in Azure keep theirs synchronised we
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +47,7 @@ ATTEMPTS = 16  # conditional writes lost to other processes before the caller fa
 # After losing a race on a row, read it before writing for this long: where processes take turns on a row, a
 # write with the ETag this process last saw would fail anyway (a read and a write instead of three requests).
 RACED_S = 5.0
+_EPSILON = 1e-9  # a slot due at the end of the early window, give or take float rounding, is within it
 
 
 def row_key(subscription: str, *, write: bool) -> str:
@@ -55,7 +66,8 @@ class TableBudget:
     def __init__(self, table: TableClient, *, wall: Callable[[], float] = time.time) -> None:
         self._table = table
         self._wall = wall
-        self._known: dict[str, tuple[float, str | None]] = {}  # RowKey -> (TAT, ETag) as last written/read
+        # RowKey -> (TAT, Early, ETag) as last written/read
+        self._known: dict[str, tuple[float, float, str | None]] = {}
         self._raced: dict[str, float] = {}  # RowKey -> when this process last lost a race on it (wall clock)
         self.requests = 0  # storage requests sent, for benchmarks
         self.races = 0  # conditional writes lost to another process (each costs a read and a write more)
@@ -70,12 +82,17 @@ class TableBudget:
         burst: float,
         floor: float = 0.0,
         ahead: int = 0,
+        late: float = 0.0,
     ) -> list[float]:
         """Reserve ``count`` requests of the bucket; the wall-clock time from which each may be sent.
 
         ``floor``: a TAT the bucket is known to have reached (ARM's headers show everyone's spending,
         including writes that took no slot): the reservation starts no earlier. ``ahead``: as many more
-        when the bucket is spent, so that every one of them lies in the future (`BudgetLedger.reserve`).
+        when the bucket is spent, so that every one of them lies in the future (`BudgetLedger.reserve`),
+        or when it is full (the ``Early`` window): a slot the caller drops unused after ``late`` seconds
+        costs a token the bucket keeps, never a 429.
+        ``late``: how long after its time the caller may still use a slot (``burst`` already leaves that
+        much refill out); see the module docstring.
         """
         if count < 1 or refill_per_s <= 0:
             return []
@@ -88,20 +105,28 @@ class TableBudget:
             known = self._known.get(row)
             if known is None:
                 known = await self._read(row)
-            tat, etag = known
+            tat, early, etag = known
             now = self._wall()
+            if late > 0 and max(tat, floor) + late <= now:
+                early = now + late  # every earlier slot is used or dropped, and the bucket is back at its cap
             start = max(tat, now, floor)
-            slots = [max(now, start + j * interval - tolerance) for j in range(count)]
-            if ahead and start + count * interval - tolerance > now:  # spent: the next slot is a future one
-                slots += [start + j * interval - tolerance for j in range(count, count + ahead)]
+            slots: list[float] = []
+            for j in range(count + ahead):
+                due = max(now, start + j * interval - tolerance)
+                if due <= early + _EPSILON:
+                    slots.append(now)  # the bucket is full: its refill of the next ``late`` seconds too
+                elif j < count or due > now:  # announced writes: only slots of a spent bucket (future ones)
+                    slots.append(due)
+                else:
+                    break
             new_tat = start + len(slots) * interval
-            written = await self._write(row, new_tat, etag)
+            written = await self._write(row, new_tat, early, etag)
             if written is None:
                 self.races += 1
                 self._known.pop(row, None)  # another process moved it: read it again
                 self._raced[row] = self._wall()
                 continue
-            self._known[row] = (new_tat, written)
+            self._known[row] = (new_tat, early, written)
             return slots
         raise ServiceError(
             f"ARM budget {row}: the row kept changing under {ATTEMPTS} conditional writes",
@@ -110,24 +135,25 @@ class TableBudget:
             code="UpdateConditionNotSatisfied",
         )
 
-    async def _read(self, row: str) -> tuple[float, str | None]:
-        """The row's TAT and ETag; (0, None) when it does not exist yet."""
+    async def _read(self, row: str) -> tuple[float, float, str | None]:
+        """The row's TAT, Early and ETag; (0, 0, None) when it does not exist yet.
+
+        A row written without ``Early`` (an older version of the app) reads as 0: no slot goes early.
+        """
         self.requests += 1
         with storage_errors(f"read ARM budget {row}"):
             try:
                 entity = await self._table.get_entity(PARTITION, row)
             except ResourceNotFoundError:
-                return 0.0, None
-        tat = entity.get("Tat")
+                return 0.0, 0.0, None
         etag = entity.metadata.get("etag")
-        return (float(tat) if isinstance(tat, int | float) else 0.0), (
-            etag if isinstance(etag, str) else None
-        )
+        tat, early = _number(entity.get("Tat")), _number(entity.get("Early"))
+        return tat, early, (etag if isinstance(etag, str) else None)
 
-    async def _write(self, row: str, tat: float, etag: str | None) -> str | None:
+    async def _write(self, row: str, tat: float, early: float, etag: str | None) -> str | None:
         """Write the new TAT if the row is as read (insert when new); its ETag, or None when it changed."""
         self.requests += 1
-        entity: dict[str, Any] = {"PartitionKey": PARTITION, "RowKey": row, "Tat": float(tat)}
+        entity: dict[str, Any] = {"PartitionKey": PARTITION, "RowKey": row, "Tat": tat, "Early": early}
         with storage_errors(f"write ARM budget {row}"):
             try:
                 if etag is None:
@@ -143,3 +169,10 @@ class TableBudget:
                 return None
         written = meta.get("etag")
         return written if isinstance(written, str) else ""
+
+
+def _number(value: object) -> float:
+    """A float column's value; 0 for a missing or foreign one."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return 0.0
+    return float(value)
