@@ -25,7 +25,14 @@ from rotation.ids import InvalidKeyUrl, KeyUrl, parse_key_url
 from rotation.key_rules import unusable_reason
 from rotation.outcomes import Outcome, RotationResult
 from rotation.retry import RetryPolicy
-from rotation.rotation_job import ClustersPort, JobState, KeysPort, RotationRequest, WriteFlag
+from rotation.rotation_job import (
+    ClustersPort,
+    JobState,
+    KeysPort,
+    RotationRequest,
+    WriteFlag,
+    versions_to_read_ahead,
+)
 from rotation.write_body import NOT_UPDATABLE_NEXT_STEP, build_body, build_patch_body, not_updatable
 
 if TYPE_CHECKING:
@@ -111,6 +118,7 @@ class Rotator:
         on_accepted: Callable[[str, KeyUrl], Awaitable[None]] | None,
         write_flag: WriteFlag,
     ) -> None:
+        self._keys.read_ahead(versions_to_read_ahead(request, self._settings.allowed_vault_suffixes))
         cluster = await self._get_cluster(request.cluster_id, state)
         state.before = cluster
         current = self._current_key(cluster)

@@ -11,10 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from rotation.ids import InvalidKeyUrl, parse_key_url
 from rotation.outcomes import RotationResult, Trigger
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Iterable, Sequence
     from datetime import datetime
 
     from rotation.azure.arm import AcceptedOperation, Cluster, OperationStatus
@@ -41,6 +42,8 @@ class KeysPort(Protocol):
 
     async def get_version(self, key: KeyUrl) -> KeyVersion: ...  # noqa: D102
     async def newest_usable(self, key: KeyUrl, now: datetime | None = None) -> KeyVersion | None: ...  # noqa: D102
+    def read_ahead(self, keys: Iterable[KeyUrl]) -> None:
+        """Start reading versions a job will likely ask `get_version` for, without waiting for them."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,26 @@ class RotationRequest:
     operation_url: str | None = None  # an accepted operation to resume instead of PUTting (rule 7)
     invocation_id: str | None = None  # the Functions invocation (or CLI run) doing the job, for the logs
     dequeue_count: int | None = None  # the queue delivery running the job (None: not from the queue)
+    # The version the registry last recorded for the cluster: a hint only (its Key Vault read starts early).
+    registered_version: str | None = None
+
+
+def versions_to_read_ahead(request: RotationRequest, allowed_suffixes: Sequence[str]) -> list[KeyUrl]:
+    """The key versions rules 2 and 3 will read for ``request``: read while the cluster's GET is on its way.
+
+    The target and the version the registry recorded (a hint: malformed, it is left out); none for a job
+    without a target, one resuming an operation, or one the registry already shows on its target.
+    """
+    target, version = request.target, request.registered_version
+    if target is None or request.operation_url is not None or version == target.version:
+        return []
+    if not version:
+        return [target]
+    try:
+        url = f"{target.vault_url}/keys/{target.name}/{version}"
+        return [target, parse_key_url(url, allowed_suffixes=allowed_suffixes, require_version=True)]
+    except InvalidKeyUrl:
+        return [target]
 
 
 @dataclass

@@ -30,7 +30,7 @@ from rotation.errors import ServiceError
 from rotation.key_rules import KeyVersion, pick_newest_usable
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Iterable
 
     from azure.core.credentials_async import AsyncTokenCredential
     from azure.keyvault.keys import KeyProperties, KeyRotationPolicy, KeyVaultKey
@@ -75,9 +75,12 @@ class KeyVaultKeys:
         # version URL -> (read at, properties); and the reads in flight, shared by concurrent callers
         self._versions: dict[str, tuple[float, KeyVersion]] = {}
         self._reading: dict[str, asyncio.Future[KeyVersion]] = {}
+        self._ahead: set[asyncio.Task[KeyVersion]] = set()  # `read_ahead` reads nobody awaits yet
 
     async def close(self) -> None:
-        """Close every vault client."""
+        """Close every vault client (reads started by `read_ahead` are cancelled first)."""
+        for task in list(self._ahead):
+            task.cancel()
         clients, self._clients = self._clients, {}
         for client in clients.values():
             await client.close()
@@ -100,6 +103,27 @@ class KeyVaultKeys:
         """The key's rotation policy (``keys/getrotationpolicy``); `NotFoundError` when it has none."""
         client = self._client(key)
         return await _call(lambda: client.get_key_rotation_policy(key.name), key, self._deadline)
+
+    def read_ahead(self, keys: Iterable[KeyUrl]) -> None:
+        """Start `get_version` for each versioned key not kept or being read, and return at once.
+
+        A job calls it for the versions it will read after requests of its own: its `get_version` then
+        shares the read. A failure here is dropped (the job's own read tries again and reports it).
+        """
+        for key in keys:
+            url = str(key).lower()
+            cached = self._versions.get(url)
+            fresh = cached is not None and self._clock() - cached[0] < self._cache_seconds
+            if key.version is None or fresh or url in self._reading:
+                continue
+            task = asyncio.get_running_loop().create_task(self.get_version(key))
+            self._ahead.add(task)
+            task.add_done_callback(self._ahead_done)
+
+    def _ahead_done(self, task: asyncio.Task[KeyVersion]) -> None:
+        self._ahead.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: the job's own read reports a failure
 
     async def get_version(self, key: KeyUrl) -> KeyVersion:
         """Properties of one version (``key`` must be versioned); `NotFoundError` when it does not exist.

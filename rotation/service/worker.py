@@ -143,8 +143,7 @@ class Worker:
         # One owner per execution, not per process: the host runs many invocations of one process at once,
         # and a claim is re-entrant for its owner, so a process-wide owner would let two of them in.
         owner = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"
-        ttl = self.settings.claim_ttl_seconds
-        claim = await self.registry.claims.take(cluster_id, owner=owner, ttl=ttl)
+        claim = await self.registry.claims.take(cluster_id, owner=owner, ttl=self.settings.claim_ttl_seconds)
         if claim is None:
             holder, until = await self.registry.claims.holder(cluster_id)
             if holder is None or until is None:
@@ -196,7 +195,7 @@ class Worker:
                         "cluster_id": job.cluster_id,
                         "event_id": job.event_id,
                         "invocation_id": invocation_id,
-                        "wait_s": ttl,
+                        "wait_s": self.settings.claim_ttl_seconds,
                         "reason": "cancelled while a PUT was in flight",
                     },
                 )
@@ -314,6 +313,7 @@ class Worker:
             operation_url=operation_url,
             invocation_id=invocation_id,
             dequeue_count=dequeue_count,
+            registered_version=watched.current_version if watched is not None else None,
         )
 
         async def on_accepted(url: str, accepted_target: KeyUrl) -> None:

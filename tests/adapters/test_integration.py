@@ -302,3 +302,28 @@ async def test_cancelling_a_shared_key_read_does_not_cancel_the_other_reader(wor
         await sharer
     assert info.value.transient
     assert (await runtime.keys.get_version(target)).version == v2  # the next caller reads again
+
+
+async def test_a_read_ahead_is_the_jobs_own_read_and_its_failure_is_left_to_the_job(world, runtime):
+    """`read_ahead` starts the read a job then shares: one request; a failed one is dropped, read again later."""
+    import asyncio
+
+    await runtime.keys.get_version(parse_key_url(world.key_url(world.v1)))  # the challenge, the token
+    v2, v3 = world.new_version(), world.new_version()
+
+    def reads(version: str) -> int:
+        kv = (r for r in world.sim.requests if r.service == "kv" and r.status != 401)
+        return sum(1 for r in kv if version in r.path)
+
+    target = parse_key_url(world.key_url(v2))
+    runtime.keys.read_ahead([target, parse_key_url(world.key_url(world.v1))])  # v1 is kept: not read again
+    assert (await runtime.keys.get_version(target)).version == v2
+    assert reads(v2) == 1
+    assert reads(world.v1) == 1
+    world.sim.inject(method="GET", service="kv", path_contains=v3, faults=[Fault.status(503)])
+    runtime.keys.read_ahead([parse_key_url(world.key_url(v3))])
+    # The failed read ends unobserved: nothing raised, no "exception never retrieved".
+    await asyncio.wait(set(runtime.keys._ahead), timeout=10)  # the reads started ahead
+    assert reads(v3) == 1
+    assert (await runtime.keys.get_version(parse_key_url(world.key_url(v3)))).version == v3
+    assert reads(v3) == 2

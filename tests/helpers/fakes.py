@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -140,6 +141,7 @@ class FakeKeys:
     def __init__(self, *versions: KeyVersion) -> None:
         self.versions: dict[str, KeyVersion] = {}
         self.reads = 0
+        self.ahead: list[KeyUrl] = []  # what jobs asked `read_ahead` for
         self.errors: deque[BaseException] = deque()
         for v in versions:
             self.add(v)
@@ -155,6 +157,10 @@ class FakeKeys:
             return self.versions[str(key).lower()]
         except KeyError:
             raise NotFoundError("no such version", service="keyvault", status=404) from None
+
+    def read_ahead(self, keys: Iterable[KeyUrl]) -> None:
+        """Recorded, not read: a job's reads are counted where it makes them."""
+        self.ahead.extend(keys)
 
     async def newest_usable(self, key: KeyUrl, now: datetime | None = None) -> KeyVersion | None:
         from rotation.key_rules import unusable_reason

@@ -435,3 +435,40 @@ async def test_a_put_retried_on_an_unchanged_cluster_is_sent_again(arm, kv, fake
     assert result.outcome is Outcome.ROTATED
     assert len(arm.puts) == 1
     assert arm.gets == 3  # decision, before the retry, verification
+
+
+async def test_the_key_vault_reads_start_with_the_clusters_get(arm, kv, fake_time):
+    """An event job asks for its target and the registered version before the GET (they are read meanwhile)."""
+    cid = arm.add(cluster(key=key_url(1)))
+    asked_before_get: list[object] = []
+    get = arm.get
+
+    async def get_after_noting(cluster_id):
+        asked_before_get.append(list(kv.ahead))
+        return await get(cluster_id)
+
+    arm.get = get_after_noting
+    result = await rotate(
+        make_rotator(arm, kv, fake_time), cid, key_url(2), registered_version=key_url(1).version
+    )
+    assert result.outcome is Outcome.ROTATED
+    assert asked_before_get[0] == [key_url(2), key_url(1)]
+
+
+def test_what_a_job_reads_ahead():
+    """Only versions the job will read: none without a target, when resuming, or when already on it."""
+    from rotation.ids import DEFAULT_VAULT_SUFFIXES
+    from rotation.rotation_job import versions_to_read_ahead
+
+    cid = FakeClusters().add(cluster(key=key_url(1)))
+
+    def ahead(**kw):
+        return versions_to_read_ahead(RotationRequest(cluster_id=cid, **kw), DEFAULT_VAULT_SUFFIXES)
+
+    v1 = key_url(1).version
+    assert ahead(target=key_url(2), registered_version=v1) == [key_url(2), key_url(1)]
+    assert ahead(target=key_url(2)) == [key_url(2)]  # not registered (the CLI's rotate)
+    assert ahead(target=key_url(2), registered_version="not/a version?x=1") == [key_url(2)]  # a hint only
+    assert ahead(target=key_url(2), registered_version=key_url(2).version) == []  # already current
+    assert ahead(registered_version=v1) == []  # reconcile: the newest version is listed, not read ahead
+    assert ahead(target=key_url(2), registered_version=v1, operation_url="https://x/op") == []  # resuming
