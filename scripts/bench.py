@@ -268,6 +268,7 @@ def worker_main(args: argparse.Namespace) -> None:  # noqa: C901, PLR0915 - one 
                 "ledger_reservations": stats.reservations,
                 "ledger_slots": stats.reserved,
                 "ledger_failures": stats.ledger_failures,
+                "ledger_dropped": stats.dropped,
                 "ledger_requests": getattr(svc.runtime.clusters.pacer.ledger, "requests", 0),
                 "ledger_races": getattr(svc.runtime.clusters.pacer.ledger, "races", 0),
             }
@@ -1519,9 +1520,10 @@ def add_scale_out(add: Any, f: dict[str, Any], args: argparse.Namespace) -> None
     ledger = f.get("worker_results", {}).get("pacer", {})
     if ledger.get("ledger_reservations"):
         add(
-            f"{tag}: shared write budget: reservations (slots) / storage requests / races lost to "
-            "another process",
-            f"{ledger['ledger_reservations']:g} ({ledger['ledger_slots']:g}) / "
+            f"{tag}: shared write budget: reservations (slots, of them dropped unused) / storage requests / "
+            "races lost to another process",
+            f"{ledger['ledger_reservations']:g} ({ledger['ledger_slots']:g}, "
+            f"{ledger.get('ledger_dropped', 0):g}) / "
             f"{ledger.get('ledger_requests', 0):g} / {ledger.get('ledger_races', 0):g}",
         )
     c = f["worker_cost"]
@@ -1637,17 +1639,19 @@ together, W processes each see the same full bucket and each spend it, then each
   the future) or known to be full, those the process's running jobs announced when they started
   (`ArmPacer.expect_write`), at most 32 at once; so a burst of jobs costs one storage request per few
   writes, and no process holds budget others wait for.
-  A slot may be used late (a job slower than its slot): the bucket may meanwhile have refilled to its cap
-  and lost tokens the ledger counted as spent. So the ledger keeps a quarter of the burst back as slack,
-  and a slot that waited longer than that slack's worth of refill is dropped (with only the mirror's 2
-  tokens of slack, and slots kept 1 s, two loaded processes drew 5 429s; dropping slots after 0.2 s wasted
-  a sixth of the budget; without the drop, a slot of a full bucket held for a job still reading drew 9
-  429s). The slack is needed only once the bucket has sat at its cap: when every slot handed out before has
-  been used or dropped and the row's time lies the slack's refill in the past, ARM's bucket is full, and
-  the ledger hands out its whole burst at once (the slot after it then comes the slack's refill later, as
-  without). So a fan-out within the burst goes out at once, and a larger one waits as long as before. A
-  property test (`test_no_slot_sent_within_its_window_draws_a_429`) sends every slot anywhere in its window
-  against ARM's bucket; it fails if the window or the early hand-out is made any wider.
+  A slot may reach ARM late (a job slower than its slot, a loaded event loop): the bucket may meanwhile have
+  sat at its cap and lost refill the ledger counted as spent. So the ledger keeps a second of refill as
+  slack (10 of ARM's 200 writes; 10 of this bench's 20), a process drops a slot older than half a second
+  (a token nobody spends), and the other half second covers the way from the pacer to ARM. The slack is
+  needed only once the bucket has sat at its cap: when every slot handed out before has been used or
+  dropped and the row's time lies a second in the past, ARM's bucket is full, and the ledger hands out the
+  whole burst at once; the slot after it comes a second later than the refill alone would allow. So a
+  fan-out within the burst goes out at once, and a larger one pays the second once. A property test
+  (`test_no_slot_sent_within_its_window_draws_a_429`) sends every slot anywhere in its window against ARM's
+  bucket, and fails if the early hand-out skips the fullness check or the window is widened. Measured on the
+  way: a quarter of the burst as slack held back 5 of the stress run's 20 writes per subscription for half
+  a second; slots used up to the whole window late drew a 429 in one of two W=4 runs (the way to ARM took
+  the rest); dropping them after a quarter of a second wasted a sixth of a stress run's slots.
   The header mirror still applies on top (spenders outside the app show up only there), and the newest
   header is a floor for the ledger. A ledger that cannot be reached within 30 s is passed by: the mirror
   alone paces that write; rotations never wait on it.
@@ -1655,8 +1659,8 @@ together, W processes each see the same full bucket and each spend it, then each
   refills 2.5 times faster, and the scale-out rows show no read 429s.
 
 On the fake clock (`tests/unit/test_pacing_shared.py`) 4 processes sharing the ledger finish 100 writes in
-8.5 s (the bound with a quarter of the burst kept back; ARM's own is 8 s) with no 429, for 27 storage
-requests in that scenario; a trickle of jobs costs more per write, and the scale-out rows below count it.
+9 s (ARM's own bound is 8 s; the slack's second once) with no 429, for fewer than 60 storage requests; a
+trickle of jobs costs more per write, and the scale-out rows below count it.
 
 ## What one job costs
 

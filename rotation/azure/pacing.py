@@ -29,10 +29,10 @@ spending it: each write first takes a slot from the ledger, a generic cell rate 
 burst and refill (the same arithmetic as the token bucket), reserved a few at a time with one conditional
 write: the writes waiting now and, once the bucket is spent or known full, those jobs announced
 (`expect_write`; a slot a job comes too late for is dropped: a token nobody spends, never a 429). The
-ledger keeps a quarter of the burst back, and a slot older than that slack's worth of refill is dropped:
-a slot used late could spend tokens the bucket lost to its cap meanwhile. That slack is handed out too
-when the bucket is known to be full (every earlier slot used or dropped): a fan-out within the burst goes
-out at once, and the slot after it comes the slack's worth of refill later. The newest header is a floor
+ledger keeps a second of refill back as slack, and a slot older than half of it is dropped (the other half
+covers the way to ARM): a slot used late could spend tokens the bucket lost to its cap meanwhile. That
+slack is handed out too when the bucket is known to be full (every earlier slot used or dropped): a fan-out
+within the burst goes out at once, and the slot after it comes a second later. The newest header is a floor
 for the ledger, and the mirror still applies on top (spenders outside the app show up only in the
 headers). A ledger that cannot be reached is passed by: pacing falls back to the mirror alone, never blocks
 a rotation. Reads are paced by the mirror alone (a rotation's four reads against a bucket 2.5 times faster).
@@ -68,10 +68,12 @@ READ_BURST = 250  # ARM's documented read bucket per subscription
 # budget nobody spends, so grants follow demand and never run ahead of it.
 MAX_GRANT = 32
 LEDGER_TIMEOUT_S = 30.0  # a ledger slower than this is passed by (the mirror alone paces that request)
-# The part of the burst the shared ledger keeps back (`ArmPacer._ledger_reserve`): a quarter of 200 writes is
-# five seconds of refill a late write may lag its slot; a fan-out under 150 writes per subscription loses
-# nothing by it, a larger one a few seconds of the minutes its operations take.
-LEDGER_RESERVE = 0.25
+# How late a write may reach ARM after its slot of the shared ledger (`ArmPacer._ledger_reserve`): the
+# ledger keeps this much refill as slack (10 of ARM's 200 writes; at most half a smaller burst). Half of it is
+# for the wait in this process (a slot older than that is dropped), half for the way to ARM (a loaded event
+# loop, the pipeline, the network). Once the bucket is known full the slack is handed out too, so it costs
+# only a fan-out larger than the burst, this long once (`rotation.store.budget`).
+LEDGER_LATE_S = 1.0
 RESERVE_TOKENS = 2.0  # left in the bucket: covers requests that reach ARM later than they were admitted
 MAX_BLOCK_S = 60.0  # one odd Retry-After header cannot park a subscription longer than this
 _THROTTLED = 429
@@ -135,6 +137,7 @@ class PacerStats:
     reservations: int = 0  # ledger calls that reserved slots
     reserved: int = 0  # slots they reserved
     ledger_failures: int = 0  # ledger calls passed by (storage failure or timeout)
+    dropped: int = 0  # slots not used within their time (budget nobody spent)
 
 
 @dataclass
@@ -228,14 +231,15 @@ class ArmPacer:
         self.ledger = ledger
 
     def _ledger_reserve(self, *, write: bool) -> float:
-        """Tokens of the bucket the ledger never hands out: slack for slots used after their time.
+        """Tokens of the bucket the ledger keeps as slack for slots that reach ARM after their time.
 
         A slot used late spends a token the bucket may have lost to its cap while the slot waited (the
-        processes hold slots the bucket does not know of): the reserve is that slack, and a slot older than
-        the reserve's worth of refill is dropped. LEDGER_RESERVE of the burst, at least the mirror's.
+        processes hold slots the bucket does not know of): LEDGER_LATE_S of refill, at most half the burst,
+        at least the mirror's reserve. Its refill time is how late a slot may be (`_late`).
         """
         burst = self._burst[write]
-        return max(min(self._reserve, 0.1 * burst), LEDGER_RESERVE * burst)
+        slack = min(0.5 * burst, LEDGER_LATE_S * self._refill[write])
+        return max(min(self._reserve, 0.1 * burst), slack)
 
     def _bucket(self, key: tuple[str, bool]) -> _Bucket:
         bucket = self._buckets.get(key)
@@ -302,9 +306,13 @@ class ArmPacer:
         False when the ledger gave none (unreachable): the mirror alone paces this request.
         """
         now = self._wall()
-        stale = self._ledger_reserve(write=True) / bucket.refill_per_s
-        while bucket.slots and bucket.slots[0] < now - stale:
+        # A slot may reach ARM up to ``late`` after its time (the ledger keeps that much refill as slack).
+        # Half of it is for the wait here, half for the way from here to ARM (LEDGER_LATE_S): a slot older
+        # than half the window is dropped, a token nobody spends.
+        late = self._ledger_reserve(write=True) / bucket.refill_per_s
+        while bucket.slots and bucket.slots[0] < now - late / 2:
             bucket.slots.popleft()
+            self.stats.dropped += 1
         if not bucket.slots:
             assert self.ledger is not None  # noqa: S101 - the caller checked
             write = key[1]
@@ -330,7 +338,7 @@ class ArmPacer:
                         refill_per_s=self._refill[write],
                         burst=burst,
                         floor=floor,
-                        late=stale,
+                        late=late,
                     )
             except (ServiceError, TimeoutError) as exc:
                 self.stats.ledger_failures += 1
