@@ -1635,25 +1635,29 @@ together, W processes each see the same full bucket and each spend it, then each
   the bucket's theoretical arrival time of the generic cell rate algorithm, the virtual-scheduling form of
   the same token bucket. A process reserves slots with one ETag-conditional write (a process that lost the
   race reads the row and reserves after the winner: never the same token twice) and sends each write at its
-  slot. Reservations follow demand: the writes waiting now and, when the bucket is spent (the slots lie in
-  the future) or known to be full, those the process's running jobs announced when they started
-  (`ArmPacer.expect_write`), at most 32 at once; so a burst of jobs costs one storage request per few
-  writes, and no process holds budget others wait for.
-  A slot may reach ARM late (a job slower than its slot, a loaded event loop): the bucket may meanwhile have
-  sat at its cap and lost refill the ledger counted as spent. So the ledger keeps a second of refill as
-  slack (10 of ARM's 200 writes; 10 of this bench's 20), a process drops a slot older than half a second
-  (a token nobody spends), and the other half second covers the way from the pacer to ARM. The slack is
-  needed only once the bucket has sat at its cap: when every slot handed out before has been used or
-  dropped and the row's time lies a second in the past, ARM's bucket is full, and the ledger hands out the
-  whole burst at once; the slot after it comes a second later than the refill alone would allow. So a
-  fan-out within the burst goes out at once, and a larger one pays the second once. A property test
-  (`test_no_slot_sent_within_its_window_draws_a_429`) sends every slot anywhere in its window against ARM's
-  bucket, and fails if the early hand-out skips the fullness check or the window is widened. Measured on the
-  way: a quarter of the burst as slack held back 5 of the stress run's 20 writes per subscription for half
-  a second; slots used up to the whole window late drew a 429 in one of two W=4 runs (the way to ARM took
-  the rest); dropping them after a quarter of a second wasted a sixth of a stress run's slots.
-  The header mirror still applies on top (spenders outside the app show up only there), and the newest
-  header is a floor for the ledger. A ledger that cannot be reached within 30 s is passed by: the mirror
+  slot. Reservations follow demand: the writes waiting now and, once the bucket is spent (the slots lie in
+  the future), those the process's running jobs announced when they started (`ArmPacer.expect_write`), at
+  most 32 at once; so a burst of jobs costs one storage request per few writes, and no process holds budget
+  others wait for.
+  A slot may reach ARM late (a job slower than its slot, a loaded event loop, a slow storage write): the
+  bucket may meanwhile have sat at its cap and lost refill the ledger counted as spent. So the ledger keeps
+  a second of refill as slack (10 of ARM's 200 writes; 10 of this bench's 20), a process drops a slot older
+  than half a second, checked again after the reservation's own storage round trip and after any wait for
+  a Retry-After (a token nobody spends), and the other half second covers the way from the pacer to ARM.
+  The slack is needed only once the bucket has sat at its cap: when every slot handed out before has been
+  used or dropped and the row's time lies a second in the past, ARM's bucket is full, and the ledger hands
+  the whole burst to the writes as they come; the slot after it comes a second later than the refill alone
+  would allow. So a fan-out within the burst goes out as fast as its jobs reach their PUT, and a larger one
+  pays the second once. A property test (`test_no_slot_sent_within_its_window_draws_a_429`) sends every
+  slot anywhere in its window against ARM's bucket (bursts 20 and 200, wall-clock times near 1.7e9 s), and
+  fails if the hand-out skips the fullness check or the window is widened; a reviewer's worst-case search
+  over several thousand multi-process schedules found no rejection. Measured on the way: a quarter of the
+  burst as slack held back 5 of the stress run's 20 writes per subscription for half a second; giving the
+  window's slots to jobs still reading spent budget on slots dropped unused (in a simulated 400-job fan-out
+  on ARM's burst, 30 s against 22 s); a window of half a second dropped a sixth of the W=4 run's slots.
+  The newest header is a floor for the ledger (spenders outside the app show up only there); a write
+  holding a slot does not also wait for the header mirror, which in a burst counts writes in flight that
+  ARM's answers already count. A ledger that cannot be reached within 30 s is passed by: the mirror
   alone paces that write; rotations never wait on it.
   Reads are not shared this way: a rotation spends one write and four reads, the read bucket is larger and
   refills 2.5 times faster, and the scale-out rows show no read 429s.

@@ -27,14 +27,14 @@ W processes would each spend the burst they all see, and each take the whole ref
 (`rotation.store.budget`: one Table row per bucket) the processes also share the write budget *before*
 spending it: each write first takes a slot from the ledger, a generic cell rate algorithm over the bucket's
 burst and refill (the same arithmetic as the token bucket), reserved a few at a time with one conditional
-write: the writes waiting now and, once the bucket is spent or known full, those jobs announced
-(`expect_write`; a slot a job comes too late for is dropped: a token nobody spends, never a 429). The
-ledger keeps a second of refill back as slack, and a slot older than half of it is dropped (the other half
-covers the way to ARM): a slot used late could spend tokens the bucket lost to its cap meanwhile. That
-slack is handed out too when the bucket is known to be full (every earlier slot used or dropped): a fan-out
-within the burst goes out at once, and the slot after it comes a second later. The newest header is a floor
-for the ledger, and the mirror still applies on top (spenders outside the app show up only in the
-headers). A ledger that cannot be reached is passed by: pacing falls back to the mirror alone, never blocks
+write: the writes waiting now and, once the bucket is spent, those jobs announced (`expect_write`). The
+ledger keeps a second of refill back as slack, and a slot older than half of it is dropped (a token nobody
+spends; the other half covers the way to ARM): a slot used late could spend tokens the bucket lost to its
+cap meanwhile. That slack is handed out too when the bucket is known to be full (every earlier slot used or
+dropped): a fan-out within the burst goes out as its writes come, and the slot after it comes a second
+later. The newest header is a floor for the ledger (spenders outside the app show up only in the headers);
+a write holding a slot does not wait for the mirror as well. A ledger that cannot be reached, or that
+answers too slowly for its slots to be used, is passed by: the mirror alone paces that write, never blocks
 a rotation. Reads are paced by the mirror alone (a rotation's four reads against a bucket 2.5 times faster).
 """
 
@@ -68,6 +68,8 @@ READ_BURST = 250  # ARM's documented read bucket per subscription
 # budget nobody spends, so grants follow demand and never run ahead of it.
 MAX_GRANT = 32
 LEDGER_TIMEOUT_S = 30.0  # a ledger slower than this is passed by (the mirror alone paces that request)
+LEDGER_ATTEMPTS = 2  # reservations whose slots all came back too old, before the mirror alone paces a write
+LEDGER_BACKOFF_S = 5.0  # and then every write of that bucket, for this long
 # How late a write may reach ARM after its slot of the shared ledger (`ArmPacer._ledger_reserve`): the
 # ledger keeps this much refill as slack (10 of ARM's 200 writes; at most half a smaller burst). Half of it is
 # for the wait in this process (a slot older than that is dropped), half for the way to ARM (a loaded event
@@ -117,11 +119,10 @@ class BudgetLedger(Protocol):
 
         ``floor``: the bucket is known to be at least this far spent (its theoretical arrival time, from the
         headers ARM answered), whatever the ledger says. ``ahead``: as many more, for writes expected soon,
-        but only when the bucket is spent (their slots lie in the future): a slot of the burst taken now and
-        used later could be spent twice, once the bucket refilled to its cap meanwhile. ``late``: how long
-        after its time a slot may still be used (``burst`` leaves that much refill out); a ledger may then
-        hand out that refill at once when the bucket is known to be full. Raises `ServiceError` when the
-        ledger cannot be read or written.
+        but only when the bucket is spent (their slots lie in the future). ``late``: how long
+        after its time a slot may still reach ARM (``burst`` leaves that much refill out; the caller drops a
+        slot it could not send in time); a ledger may hand out that refill at once when the bucket is known
+        to be full. Raises `ServiceError` when the ledger cannot be read or written.
         """
         ...
 
@@ -163,6 +164,7 @@ class _Bucket:
     queued: int = 0  # requests waiting for the lock: how many slots to reserve at once
     slots: collections.deque[float] = field(default_factory=collections.deque)  # from the ledger, wall clock
     expected: int = 0  # writes announced by jobs in this process (`ArmPacer.expect_write`), not sent yet
+    ledger_slow_until: float = 0.0  # its slots came back too old: the mirror alone paces until then
     spent_until: tuple[float, float] = (0.0, 0.0)  # (wall time sent, theoretical arrival time) from a header
 
     def available(self, now: float) -> float:
@@ -235,7 +237,7 @@ class ArmPacer:
 
         A slot used late spends a token the bucket may have lost to its cap while the slot waited (the
         processes hold slots the bucket does not know of): LEDGER_LATE_S of refill, at most half the burst,
-        at least the mirror's reserve. Its refill time is how late a slot may be (`_late`).
+        at least the mirror's reserve. Its refill time is how late a slot may reach ARM (`_late`).
         """
         burst = self._burst[write]
         slack = min(0.5 * burst, LEDGER_LATE_S * self._refill[write])
@@ -270,27 +272,22 @@ class ArmPacer:
             # Writes only: a rotation spends one write and four reads, and ARM's read bucket is larger and
             # refills 2.5 times faster; reads are paced by the mirror alone (the headers).
             # With a slot of the shared budget the reserve is already kept, by the ledger, for everyone.
-            shared = write and self.ledger is not None and await self._shared_slot(key, bucket)
-            if write and bucket.expected and _EXPECTED_WRITE.get() == key:
-                bucket.expected -= 1  # the write this job announced (`expect_write`) has come
-                _EXPECTED_WRITE.set(None)
+            shared = write and self.ledger is not None and self._clock() >= bucket.ledger_slow_until
+            slot: float | None = None
             while True:
                 now = self._clock()
-                if now < bucket.blocked_until:
+                if now < bucket.blocked_until:  # a Retry-After first: a slot taken before would age in it
                     await self._sleep(max(_MIN_SLEEP_S, bucket.blocked_until - now))
                     continue
-                if bucket.tokens is None:
-                    if bucket.in_flight == 0:
-                        break  # the probe
-                    await bucket.answered.wait()
+                if shared and (slot is None or self._wall() - slot > self._late() / 2):
+                    self.stats.dropped += slot is not None  # it aged in the mirror's wait: take another
+                    slot = await self._shared_slot(key, bucket)
+                    shared = slot is not None
                     continue
-                available = bucket.available(now)
-                # The reserve never exceeds a tenth of the burst, so small budgets are still usable.
-                need = 1.0 if shared else 1.0 + min(self._reserve, 0.1 * bucket.cap)
-                if available >= need - _EPSILON:
-                    bucket.set_tokens(max(0.0, available - 1.0), now)
+                if await self._admitted(bucket, now, shared=shared):
                     break
-                await self._sleep(max(_MIN_SLEEP_S, (need - available) / bucket.refill_per_s))
+            if write:
+                _announced_write_came(bucket, key)
             bucket.in_flight += 1
             sent_at = self._clock()
         waited = sent_at - started
@@ -300,20 +297,55 @@ class ArmPacer:
             self.stats.wait_seconds += waited
         return Ticket(key, sent_at, sent_wall=self._wall())
 
-    async def _shared_slot(self, key: tuple[str, bool], bucket: _Bucket) -> bool:
-        """Wait for this request's slot of the shared budget, reserving slots when none is left.
+    def _late(self) -> float:
+        """How long after its time a slot of the shared budget may reach ARM (the slack's refill time)."""
+        return self._ledger_reserve(write=True) / self._refill[True]
 
-        False when the ledger gave none (unreachable): the mirror alone paces this request.
+    async def _admitted(self, bucket: _Bucket, now: float, *, shared: bool) -> bool:
+        """Whether the mirror admits a request now (and counts it); False after a wait: look again."""
+        if bucket.tokens is None:
+            if bucket.in_flight == 0:
+                return True  # the probe
+            await bucket.answered.wait()
+            return False
+        available = bucket.available(now)
+        # The reserve never exceeds a tenth of the burst, so small budgets are still usable. With a slot of
+        # the shared budget the ledger keeps the slack; the mirror still catches spenders outside the app.
+        need = 1.0 if shared else 1.0 + min(self._reserve, 0.1 * bucket.cap)
+        if available >= need - _EPSILON:
+            bucket.set_tokens(max(0.0, available - 1.0), now)
+            return True
+        await self._sleep(max(_MIN_SLEEP_S, (need - available) / bucket.refill_per_s))
+        return False
+
+    async def _shared_slot(self, key: tuple[str, bool], bucket: _Bucket) -> float | None:
+        """Wait for this request's slot of the shared budget, reserving slots when none is left; its time.
+
+        None when the ledger gave none (unreachable, or every reservation came back too late to use): the
+        mirror alone paces this request.
         """
-        now = self._wall()
-        # A slot may reach ARM up to ``late`` after its time (the ledger keeps that much refill as slack).
-        # Half of it is for the wait here, half for the way from here to ARM (LEDGER_LATE_S): a slot older
-        # than half the window is dropped, a token nobody spends.
-        late = self._ledger_reserve(write=True) / bucket.refill_per_s
-        while bucket.slots and bucket.slots[0] < now - late / 2:
-            bucket.slots.popleft()
-            self.stats.dropped += 1
-        if not bucket.slots:
+        # A slot may reach ARM up to ``late`` after its time: half for the wait here (older, it is dropped),
+        # half for the way to ARM (LEDGER_LATE_S). Checked again after a reservation: a slow write ages them.
+        late = self._late()
+        for attempt in range(LEDGER_ATTEMPTS + 1):
+            now = self._wall()
+            while bucket.slots and bucket.slots[0] < now - late / 2:
+                bucket.slots.popleft()
+                self.stats.dropped += 1
+            if bucket.slots:
+                slot = bucket.slots.popleft()
+                delay = slot - self._wall()
+                if delay > 0:
+                    await self._sleep(delay)
+                return slot
+            if attempt == LEDGER_ATTEMPTS:
+                self.stats.ledger_failures += 1
+                bucket.ledger_slow_until = self._clock() + LEDGER_BACKOFF_S
+                logger.warning(
+                    "rotation.pacing_ledger_unavailable",
+                    extra={"subscription": key[0], "reason": "slots came back older than half the window"},
+                )
+                break
             assert self.ledger is not None  # noqa: S101 - the caller checked
             write = key[1]
             # This write, those queued behind it, and those jobs of this process announced (they read the
@@ -346,17 +378,13 @@ class ArmPacer:
                     "rotation.pacing_ledger_unavailable",
                     extra={"subscription": key[0], "reason": str(exc) or type(exc).__name__},
                 )
-                return False
+                return None
             self.stats.reservations += 1
             self.stats.reserved += len(slots)
+            if not slots:
+                return None
             bucket.slots.extend(sorted(slots))
-            if not bucket.slots:
-                return False
-        slot = bucket.slots.popleft()
-        delay = slot - self._wall()
-        if delay > 0:
-            await self._sleep(delay)
-        return True
+        return None
 
     def observe(self, ticket: Ticket, status: int, headers: Any) -> None:  # noqa: ANN401 - any mapping
         """Correct the mirror from the answer to ``ticket``'s request (status and response headers)."""
@@ -371,7 +399,9 @@ class ArmPacer:
             # The bucket's theoretical arrival time (`rotation.store.budget`) as this answer shows it.
             write = ticket.key[1]
             burst = self._burst[write] - self._ledger_reserve(write=write)
-            tat = ticket.sent_wall + (burst - remaining) / self._refill[write]
+            # From when the answer came: ARM counted the request somewhere between sending and now, and the
+            # later time is the safe one for when its bucket is full again.
+            tat = self._wall() + (burst - remaining) / self._refill[write]
             bucket.spent_until = (ticket.sent_wall, tat)
         if remaining is not None:
             bucket.cap = remaining + 1.0 if math.isinf(bucket.cap) else max(bucket.cap, remaining + 1.0)
@@ -400,6 +430,13 @@ class ArmPacer:
         bucket = self._bucket(ticket.key)
         bucket.in_flight = max(0, bucket.in_flight - 1)
         bucket.wake()
+
+
+def _announced_write_came(bucket: _Bucket, key: tuple[str, bool]) -> None:
+    """The write the job in this context announced (`ArmPacer.expect_write`), if any, has come."""
+    if bucket.expected and _EXPECTED_WRITE.get() == key:
+        bucket.expected -= 1
+        _EXPECTED_WRITE.set(None)
 
 
 def _remaining(headers: Any, *, write: bool) -> float | None:  # noqa: ANN401

@@ -9,14 +9,21 @@ tolerance ``(burst - 1) * T``, a request at ``t`` conforms when ``t >= TAT - tol
 Two processes that race for a row lose one write (412) and one read, never a token: the loser reads the
 winner's TAT and reserves after it.
 
-A slot may be used up to ``late`` seconds after its time (the caller drops it after that). The caller keeps
-``late * refill`` tokens of the burst out of the GCRA for that: used late, a slot can meet a bucket that sat
-at its cap and lost refill the ledger counted. That slack is only needed after the bucket has been at its
-cap: once every slot handed out before has been used or dropped and the TAT lies ``late`` in the past, ARM's
-bucket is full, and the next ``late`` seconds of refill may be handed out at once (column ``Early``: until
-when a slot due by then may go now). So a fan-out within the burst goes out at once, and one past it waits
-as long as without (the slot after the burst comes ``late`` later: the slots given early took that refill).
-`tests/unit/test_pacing_shared.py` checks it against ARM's bucket with every slot sent anywhere in its window.
+A slot may reach ARM up to ``late`` seconds after its time (the caller drops it before that). The caller
+keeps ``late * refill`` tokens of the burst out of the GCRA for that: used late, a slot can meet a bucket
+that sat at its cap and lost refill the ledger counted. That slack is only needed after the bucket has been
+at its cap: once every slot handed out before has been used or dropped and the TAT lies ``late`` in the
+past, ARM's bucket is full, and the next ``late`` seconds of refill may be handed out at once to the writes
+that come (column ``Early``: until when a slot due by then may go now). When those writes come slower than
+the refill, the GCRA's clock jumps to the present and drops refill that ARM's full bucket dropped too; the
+window then moves by as much, so it keeps its whole burst. So a fan-out within the burst goes out as its
+writes come, and one past it waits as long as without (the slot after the burst comes ``late`` later: the
+slots given early took that refill). Writes jobs only announced (``ahead``) get no slot of the window: a
+job still reading often comes too late for one, and each slot dropped is refill nobody spends.
+`tests/unit/test_pacing_shared.py` checks all of it against ARM's bucket with every slot sent anywhere in
+its window. The arithmetic assumes every process of the app reserves with the same burst and ``late``: while
+an upgrade runs an older version beside this one (a quarter of the burst as slack, slots kept 5 s), their
+writes can draw 429s, which the write retry layer answers (rule 6).
 
 Rows live in the watch table (layout: `rotation.store.tables`), partition ``~budget``, RowKey
 ``~{subscription}|writes`` or ``|reads``: a RowKey from ``~`` on is never a watch row (those queries stop at
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from azure.core import MatchConditions
@@ -47,7 +55,10 @@ ATTEMPTS = 16  # conditional writes lost to other processes before the caller fa
 # After losing a race on a row, read it before writing for this long: where processes take turns on a row, a
 # write with the ETag this process last saw would fail anyway (a read and a write instead of three requests).
 RACED_S = 5.0
-_EPSILON = 1e-9  # a slot due at the end of the early window, give or take float rounding, is within it
+# A slot due at the end of the early window, give or take float rounding, is within it: wall-clock times near
+# 1.7e9 s are 2.4e-7 s apart, and a TAT moved by many reservations carries their rounding. A thousandth of
+# the refill interval is far above that and far below a token.
+_EPSILON = 1e-3
 
 
 def row_key(subscription: str, *, write: bool) -> str:
@@ -88,9 +99,9 @@ class TableBudget:
 
         ``floor``: a TAT the bucket is known to have reached (ARM's headers show everyone's spending,
         including writes that took no slot): the reservation starts no earlier. ``ahead``: as many more
-        when the bucket is spent, so that every one of them lies in the future (`BudgetLedger.reserve`),
-        or when it is full (the ``Early`` window): a slot the caller drops unused after ``late`` seconds
-        costs a token the bucket keeps, never a 429.
+        when the bucket is spent, so that every one of them lies in the future (`BudgetLedger.reserve`);
+        none of the early window (a job still reading would often come too late for such a slot, and each
+        dropped one is refill nobody spends).
         ``late``: how long after its time the caller may still use a slot (``burst`` already leaves that
         much refill out); see the module docstring.
         """
@@ -106,20 +117,8 @@ class TableBudget:
             if known is None:
                 known = await self._read(row)
             tat, early, etag = known
-            now = self._wall()
-            if late > 0 and max(tat, floor) + late <= now:
-                early = now + late  # every earlier slot is used or dropped, and the bucket is back at its cap
-            start = max(tat, now, floor)
-            slots: list[float] = []
-            for j in range(count + ahead):
-                due = max(now, start + j * interval - tolerance)
-                if due <= early + _EPSILON:
-                    slots.append(now)  # the bucket is full: its refill of the next ``late`` seconds too
-                elif j < count or due > now:  # announced writes: only slots of a spent bucket (future ones)
-                    slots.append(due)
-                else:
-                    break
-            new_tat = start + len(slots) * interval
+            grant = _Grant(self._wall(), interval, tolerance, late)
+            slots, new_tat, early = grant.slots(max(tat, floor), early, count=count, ahead=ahead)
             written = await self._write(row, new_tat, early, etag)
             if written is None:
                 self.races += 1
@@ -169,6 +168,40 @@ class TableBudget:
                 return None
         written = meta.get("etag")
         return written if isinstance(written, str) else ""
+
+
+@dataclass(frozen=True)
+class _Grant:
+    """The arithmetic of one reservation at ``now`` (see the module docstring)."""
+
+    now: float
+    interval: float  # 1 / refill
+    tolerance: float  # (burst - 1) * interval
+    late: float
+
+    def slots(self, tat: float, early: float, *, count: int, ahead: int) -> tuple[list[float], float, float]:
+        """The slots for ``count`` writes waiting and up to ``ahead`` announced ones; the new TAT and Early.
+
+        ``tat``: the row's, or the header's floor when that is later.
+        """
+        now, interval, late = self.now, self.interval, self.late
+        if late > 0 and tat + late <= now:
+            early = now + late  # every earlier slot is used or dropped, and the bucket is back at its cap
+        elif now < early and tat < now:
+            # Writes came slower than the refill, and the GCRA's clock jumps to now: the refill it drops is
+            # refill ARM's full bucket dropped too, so the window keeps its burst: it moves that far.
+            early += now - tat
+        start = max(tat, now)
+        slots: list[float] = []
+        for j in range(count + ahead):
+            due = max(now, start + j * interval - self.tolerance)
+            if j < count and due <= early + _EPSILON * interval:
+                slots.append(now)  # the bucket is full: its refill of the next ``late`` seconds too
+            elif j < count or due > max(now, early) + _EPSILON * interval:  # announced: a spent bucket's
+                slots.append(due)
+            else:
+                break
+        return slots, start + len(slots) * interval, early
 
 
 def _number(value: object) -> float:

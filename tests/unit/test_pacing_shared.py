@@ -19,7 +19,7 @@ from azure.data.tables import TableEntity
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rotation.azure.pacing import LEDGER_LATE_S, ArmPacer
+from rotation.azure.pacing import LEDGER_ATTEMPTS, LEDGER_LATE_S, ArmPacer
 from rotation.errors import ServiceError
 from rotation.store.budget import PARTITION, TableBudget, row_key
 from tests.helpers.virtual_time import SUB, ServerBucket, VirtualTime, write_until_accepted
@@ -253,8 +253,8 @@ async def test_a_bucket_not_known_full_is_reserved_only_for_writes_waiting_now()
 
     async def main() -> None:
         await time.sleep(1.0)
-        await other.reserve(SUB, write=True, count=5, refill_per_s=10.0, burst=15, late=0.5)
-        await time.sleep(0.6)  # the bucket has tokens, but the other process's slots may still be in use
+        await other.reserve(SUB, write=True, count=5, refill_per_s=10.0, burst=10, late=LEDGER_LATE_S)
+        await time.sleep(1.2)  # the bucket has tokens, but the other process's slots may still be in use
         with pacer.expect_write(SUB):
             for _ in range(7):  # seven more jobs announced, still reading
                 pacer._bucket((SUB, True)).expected += 1  # as seven `expect_write` blocks would
@@ -265,26 +265,27 @@ async def test_a_bucket_not_known_full_is_reserved_only_for_writes_waiting_now()
     assert (pacer.stats.reservations, pacer.stats.reserved) == (1, 1)
 
 
-async def test_a_full_bucket_is_reserved_for_the_jobs_that_announced_a_write() -> None:
-    """After an idle spell the bucket is full: one reservation covers the writes eight jobs announced."""
+async def test_a_full_bucket_goes_out_whole_to_the_writes_as_they_come() -> None:
+    """After an idle spell the bucket is known full: 20 writes go at once, slack included, none ahead."""
     time = VirtualTime()
     pacer = process(time, MemoryTable(time))
     sent: list[float] = []
 
     async def job(i: int) -> None:
         with pacer.expect_write(SUB):
-            await time.sleep(0.01 * i)  # the job reads the cluster first
+            await time.sleep(0.002 * i)  # the job reads the cluster first
             ticket = await pacer.acquire(SUB, write=True)
             sent.append(time.now)
             pacer.observe(ticket, 202, {"x-ms-ratelimit-remaining-subscription-writes": str(19 - i)})
 
     async def main() -> None:
-        await time.sleep(1.0)
-        await asyncio.gather(*(job(i) for i in range(8)))
+        await time.sleep(2.0)
+        await asyncio.gather(*(job(i) for i in range(20)))
 
     await time.run(main())
-    assert (pacer.stats.reservations, pacer.stats.reserved) == (1, 8)
-    assert max(sent) < 1.0 + 0.08 + 0.01  # each write went when its job came, none waited for a slot
+    assert pacer.stats.reserved == 20  # slots for writes that came, none for jobs still reading
+    assert pacer.stats.dropped == 0
+    assert max(sent) < 2.0 + 0.1  # the whole burst within its arrival; the slack alone would hold 10 back
 
 
 async def test_a_job_that_ends_without_writing_withdraws_its_announcement() -> None:
@@ -302,14 +303,16 @@ async def test_a_job_that_ends_without_writing_withdraws_its_announcement() -> N
     assert (pacer.stats.reservations, pacer.stats.reserved) == (1, 1)
 
 
-# The ledger's arithmetic against ARM's bucket, every slot used anywhere in the window the pacer allows it:
-# burst 20, refill 10/s, and the pacer's slack of a quarter of the burst, 0.5 s of refill.
-BURST, REFILL, LATE = 20, 10.0, 0.5
+# The ledger's arithmetic against ARM's bucket, every slot sent anywhere in its window: burst 20 and refill 10/s
+# as in the bench, with the pacer's slack (LEDGER_LATE_S of refill, here half the burst) and with a smaller
+# one; ARM's own burst of 200; clocks at 0 and at today's wall-clock seconds (floats 2.4e-7 s apart there).
+BURST, REFILL, LATE = 20, 10.0, LEDGER_LATE_S
+SCALES = st.sampled_from([(20, LEDGER_LATE_S), (20, 0.5), (200, LEDGER_LATE_S)])
 STEP = st.tuples(
     st.sampled_from([0.0, 0.05, 0.1, 0.3, 0.5, 0.6, 1.0, 2.5]),  # wait before the reservation (s)
     st.integers(0, 2),  # which of three processes reserves
     st.integers(1, 24),  # slots for writes waiting now
-    st.integers(0, 6),  # slots for writes announced (granted only once the bucket is spent)
+    st.integers(0, 6),  # slots for writes announced (granted only as future slots of a spent bucket)
     st.sampled_from([0.0, 1.0, 0.5, -1.0]),  # where in its window each slot is sent (-1: anywhere, at random)
 )
 
@@ -317,12 +320,13 @@ STEP = st.tuples(
 def rejected(uses: list[float], *, burst: int = BURST, refill: float = REFILL) -> int:
     """How many of the writes sent at ``uses`` a token bucket full at time 0 answers 429.
 
-    ARM's bucket as the simulator keeps it: capped at the burst, refilled continuously.
+    ARM's bucket as the simulator keeps it: capped at the burst, refilled continuously. A ten-thousandth of a
+    token is float rounding at wall-clock times, not a token short.
     """
     tokens, stamp, refused = float(burst), 0.0, 0
     for at in sorted(uses):
         tokens, stamp = min(float(burst), tokens + (at - stamp) * refill), at
-        if tokens >= 1.0 - 1e-9:
+        if tokens >= 1.0 - 1e-4:
             tokens -= 1.0
         else:
             refused += 1
@@ -330,19 +334,28 @@ def rejected(uses: list[float], *, burst: int = BURST, refill: float = REFILL) -
 
 
 def send_times(
-    steps: list[tuple[float, int, int, int, float]], seed: int, *, window: float = LATE
+    steps: list[tuple[float, int, int, int, float]],
+    seed: int,
+    *,
+    window: float | None = None,
+    burst: int = BURST,
+    late: float = LATE,
+    start: float = 0.0,
 ) -> list[float]:
     """Reservations as ``steps`` say, each slot sent the step's share of the way through its window.
 
-    A slot whose window ended before the reservation came back is dropped, as `ArmPacer` drops it.
+    ``window``: how late a slot is sent at most (``late``, the window the ledger was told, by default). A
+    slot whose window ended before the reservation came back is dropped, as `ArmPacer` drops it.
     """
     time = VirtualTime()
     table = MemoryTable(time)
     ledgers = [TableBudget(table, wall=time.clock) for _ in range(3)]  # type: ignore[arg-type]
     pick = random.Random(seed)  # noqa: S311 - test data, not secrets
     uses: list[float] = []
+    slack = min(0.5 * burst, late * REFILL)  # as `ArmPacer._ledger_reserve`
 
     async def main() -> None:
+        await time.sleep(start)
         for wait, who, count, ahead, share in steps:
             await time.sleep(wait)
             slots = await ledgers[who].reserve(
@@ -351,11 +364,11 @@ def send_times(
                 count=count,
                 ahead=ahead,
                 refill_per_s=REFILL,
-                burst=BURST - LATE * REFILL,
-                late=LATE,
+                burst=burst - slack,
+                late=slack / REFILL,
             )
             for slot in slots:
-                first, last = max(slot, time.now), slot + window
+                first, last = max(slot, time.now), slot + (slack / REFILL if window is None else window)
                 if first <= last:
                     uses.append(first + (pick.random() if share < 0 else share) * (last - first))
 
@@ -364,44 +377,158 @@ def send_times(
 
 
 @settings(max_examples=500, deadline=None)
-@given(steps=st.lists(STEP, min_size=1, max_size=24), seed=st.integers(0, 2**32))
+@given(
+    steps=st.lists(STEP, min_size=1, max_size=24),
+    seed=st.integers(0, 2**32),
+    scale=SCALES,
+    start=st.sampled_from([0.0, 1.7e9]),
+)
 def test_no_slot_sent_within_its_window_draws_a_429(
-    steps: list[tuple[float, int, int, int, float]], seed: int
+    steps: list[tuple[float, int, int, int, float]], seed: int, scale: tuple[int, float], start: float
 ) -> None:
     """Whatever the reservations and however late within its window each slot is sent, ARM's bucket holds."""
-    assert rejected(send_times(steps, seed)) == 0
+    burst, late = scale
+    assert rejected(send_times(steps, seed, burst=burst, late=late, start=start), burst=burst) == 0
 
 
 def test_a_full_bucket_hands_out_the_whole_burst_and_the_next_slot_waits_for_the_slack() -> None:
-    """After a quiet second, 20 writes go at once (the slack too), and the 21st a slack's refill later."""
+    """After an idle spell, 20 writes go at once (the slack too), and the 21st a slack's refill later."""
     time = VirtualTime()
     ledger = TableBudget(MemoryTable(time, latency=0.0), wall=time.clock)  # type: ignore[arg-type]
+    start = 1.7e9  # a wall clock of today: the whole burst despite float rounding there
 
     async def main() -> list[float]:
-        await time.sleep(1.0)
-        first = await ledger.reserve(SUB, write=True, count=12, refill_per_s=REFILL, burst=15, late=LATE)
-        second = await ledger.reserve(SUB, write=True, count=9, refill_per_s=REFILL, burst=15, late=LATE)
+        await time.sleep(start)
+        first = await ledger.reserve(SUB, write=True, count=12, refill_per_s=REFILL, burst=10, late=LATE)
+        second = await ledger.reserve(SUB, write=True, count=9, refill_per_s=REFILL, burst=10, late=LATE)
         return first + second
 
     slots = asyncio.run(time.run(main()))
-    assert slots[:20] == [1.0] * 20
-    assert slots[20] == pytest.approx(1.0 + LATE + 1 / REFILL)
-    # Without ``late`` (an older version's call), the slack stays back: 15 at once, then the refill's pace.
+    assert slots[:20] == [start] * 20
+    assert slots[20] == pytest.approx(start + LATE + 1 / REFILL)
+    # One slot at a time, as writes trickle in: the 20th is still in the window (the TAT carries the rounding
+    # of 20 additions at 1.7e9 s, where floats are 2.4e-7 s apart).
     time = VirtualTime()
     ledger = TableBudget(MemoryTable(time, latency=0.0), wall=time.clock)  # type: ignore[arg-type]
-    plain = asyncio.run(time.run(ledger.reserve(SUB, write=True, count=16, refill_per_s=REFILL, burst=15)))
-    assert plain[:15] == [0.0] * 15
-    assert plain[15] == pytest.approx(0.1)
+
+    async def trickle() -> list[float]:
+        await time.sleep(start + 0.123)
+        sent = []
+        for _ in range(20):
+            sent += await ledger.reserve(SUB, write=True, count=1, refill_per_s=REFILL, burst=10, late=LATE)
+            await time.sleep(0.013)
+        return sent
+
+    trickled = asyncio.run(time.run(trickle()))
+    assert trickled[-1] - trickled[0] == pytest.approx(19 * 0.013)  # each went when it came
+    # The first writes slower than the refill (0.15 s apart), the rest at once: the window keeps its burst.
+    time = VirtualTime()
+    ledger = TableBudget(MemoryTable(time, latency=0.0), wall=time.clock)  # type: ignore[arg-type]
+
+    async def slow_start() -> list[float]:
+        await time.sleep(start)
+        sent = []
+        for _ in range(3):
+            sent += await ledger.reserve(SUB, write=True, count=1, refill_per_s=REFILL, burst=10, late=LATE)
+            await time.sleep(0.15)
+        return sent + await ledger.reserve(
+            SUB, write=True, count=17, refill_per_s=REFILL, burst=10, late=LATE
+        )
+
+    slow = asyncio.run(time.run(slow_start()))
+    assert slow[3:] == [slow[3]] * 17  # every one at once, none at the refill's pace
+    assert slow[3] == pytest.approx(start + 0.45)
+    # Without ``late`` (an older version's call), the slack stays back: 10 at once, then the refill's pace.
+    time = VirtualTime()
+    ledger = TableBudget(MemoryTable(time, latency=0.0), wall=time.clock)  # type: ignore[arg-type]
+    plain = asyncio.run(time.run(ledger.reserve(SUB, write=True, count=11, refill_per_s=REFILL, burst=10)))
+    assert plain[:10] == [0.0] * 10
+    assert plain[10] == pytest.approx(0.1)
 
 
 def test_the_check_catches_a_slot_sent_after_its_window() -> None:
     """The property above can fail: the same ledger, slots sent up to twice as late, draws 429s."""
     steps = [
-        (1.0, 0, 8, 0, 1.0),
+        (2.0, 0, 8, 0, 1.0),  # the burst at once, each slot sent at the end of its window
         (0.0, 1, 8, 0, 1.0),
         (0.0, 2, 4, 0, 1.0),
-        (0.6, 0, 5, 0, 0.0),
-        (0.0, 1, 5, 0, 0.0),
+        (1.1, 0, 8, 0, 0.0),  # the slots after it, each sent on time
+        (0.0, 1, 8, 0, 0.0),
     ]
     assert rejected(send_times(steps, 1, window=LATE)) == 0
     assert rejected(send_times(steps, 1, window=2 * LATE)) > 0
+
+
+async def test_slots_that_come_back_too_old_from_a_slow_ledger_are_not_sent() -> None:
+    """A ledger slower than half the window returns only aged slots: they are dropped, not sent.
+
+    After LEDGER_ATTEMPTS such reservations the mirror alone paces the write, as with an unreachable ledger.
+    """
+    time = VirtualTime()
+    pacer = process(time, MemoryTable(time, latency=0.6))  # each slot is 0.6 s old when it comes back
+
+    async def main() -> float:
+        await time.sleep(2.0)
+        ticket = await pacer.acquire(SUB, write=True)
+        pacer.observe(ticket, 202, {"x-ms-ratelimit-remaining-subscription-writes": "19"})
+        await pacer.acquire(SUB, write=True)  # within LEDGER_BACKOFF_S: the ledger is not asked again
+        return ticket.sent_wall
+
+    sent = await time.run(main())
+    assert pacer.stats.reservations == LEDGER_ATTEMPTS
+    assert pacer.stats.dropped == LEDGER_ATTEMPTS
+    assert sent >= 2.0 + 0.6 * LEDGER_ATTEMPTS
+
+
+def _spied(pacer: ArmPacer) -> list[float]:
+    """Every slot the pacer's ledger hands out, in order."""
+    slots: list[float] = []
+    reserve = pacer.ledger.reserve  # type: ignore[union-attr]
+
+    async def spy(*args: Any, **kw: Any) -> list[float]:
+        got = await reserve(*args, **kw)
+        slots.extend(got)
+        return got
+
+    pacer.ledger.reserve = spy  # type: ignore[union-attr, method-assign]
+    return slots
+
+
+async def test_a_slot_held_through_the_mirrors_wait_is_taken_again_when_it_aged() -> None:
+    """A slot that aged while its write waited for the mirror is dropped; the write goes on a fresh one.
+
+    The second write of a fresh process waits for the probe's answer, here 1.5 s.
+    """
+    time = VirtualTime()
+    pacer = process(time, MemoryTable(time, latency=0.0))
+    slots = _spied(pacer)
+
+    async def main() -> float:
+        await time.sleep(2.0)
+        probe = await pacer.acquire(SUB, write=True)
+        second = asyncio.ensure_future(pacer.acquire(SUB, write=True))
+        await time.sleep(1.5)
+        pacer.observe(probe, 202, {"x-ms-ratelimit-remaining-subscription-writes": "19"})
+        return (await second).sent_wall
+
+    sent = await time.run(main())
+    assert pacer.stats.dropped == 1
+    assert sent - max(slots) <= LEDGER_LATE_S / 2  # sent on a slot taken after the wait
+
+
+async def test_a_write_that_comes_in_a_retry_after_takes_its_slot_when_it_ends() -> None:
+    """No slot is taken to wait out a 429's Retry-After in (it would age there, a token nobody spends)."""
+    time = VirtualTime()
+    pacer = process(time, MemoryTable(time, latency=0.0))
+    slots = _spied(pacer)
+
+    async def main() -> float:
+        await time.sleep(2.0)
+        first = await pacer.acquire(SUB, write=True)
+        pacer.observe(first, 429, {"x-ms-ratelimit-remaining-subscription-writes": "0", "Retry-After": "2"})
+        return (await pacer.acquire(SUB, write=True)).sent_wall
+
+    sent = await time.run(main())
+    assert sent >= 4.0  # not inside the Retry-After
+    assert (pacer.stats.dropped, len(slots)) == (0, 2)
+    assert sent - slots[-1] <= LEDGER_LATE_S / 2
