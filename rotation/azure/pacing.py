@@ -68,8 +68,10 @@ READ_BURST = 250  # ARM's documented read bucket per subscription
 # budget nobody spends, so grants follow demand and never run ahead of it.
 MAX_GRANT = 32
 LEDGER_TIMEOUT_S = 30.0  # a ledger slower than this is passed by (the mirror alone paces that request)
-LEDGER_ATTEMPTS = 2  # reservations whose slots all came back too old, before the mirror alone paces a write
-LEDGER_BACKOFF_S = 5.0  # and then every write of that bucket, for this long
+# Reservations whose slots all came back too old, before the mirror alone paces a write. Each new one starts
+# after the last: the slots soon lie in the future, and a future slot cannot age on the way back. Passing the
+# ledger by is the last resort: its writes are spent outside it, which the other processes do not see.
+LEDGER_ATTEMPTS = 4
 # How late a write may reach ARM after its slot of the shared ledger (`ArmPacer._ledger_reserve`): the
 # ledger keeps this much refill as slack (10 of ARM's 200 writes; at most half a smaller burst). Half of it is
 # for the wait in this process (a slot older than that is dropped), half for the way to ARM (a loaded event
@@ -164,7 +166,6 @@ class _Bucket:
     queued: int = 0  # requests waiting for the lock: how many slots to reserve at once
     slots: collections.deque[float] = field(default_factory=collections.deque)  # from the ledger, wall clock
     expected: int = 0  # writes announced by jobs in this process (`ArmPacer.expect_write`), not sent yet
-    ledger_slow_until: float = 0.0  # its slots came back too old: the mirror alone paces until then
     spent_until: tuple[float, float] = (0.0, 0.0)  # (wall time sent, theoretical arrival time) from a header
 
     def available(self, now: float) -> float:
@@ -272,7 +273,7 @@ class ArmPacer:
             # Writes only: a rotation spends one write and four reads, and ARM's read bucket is larger and
             # refills 2.5 times faster; reads are paced by the mirror alone (the headers).
             # With a slot of the shared budget the reserve is already kept, by the ledger, for everyone.
-            shared = write and self.ledger is not None and self._clock() >= bucket.ledger_slow_until
+            shared = write and self.ledger is not None
             slot: float | None = None
             while True:
                 now = self._clock()
@@ -340,7 +341,6 @@ class ArmPacer:
                 return slot
             if attempt == LEDGER_ATTEMPTS:
                 self.stats.ledger_failures += 1
-                bucket.ledger_slow_until = self._clock() + LEDGER_BACKOFF_S
                 logger.warning(
                     "rotation.pacing_ledger_unavailable",
                     extra={"subscription": key[0], "reason": "slots came back older than half the window"},
