@@ -1655,10 +1655,10 @@ together, W processes each see the same full bucket and each spend it, then each
   burst as slack held back 5 of the stress run's 20 writes per subscription for half a second; giving the
   window's slots to jobs still reading spent budget on slots dropped unused (in a simulated 400-job fan-out
   on ARM's burst, 30 s against 22 s); a window of half a second dropped a sixth of the W=4 run's slots.
-  The newest header is a floor for the ledger (spenders outside the app show up only there); a write
-  holding a slot does not also wait for the header mirror, which in a burst counts writes in flight that
-  ARM's answers already count. A ledger that cannot be reached within 30 s is passed by: the mirror
-  alone paces that write; rotations never wait on it.
+  The newest header is a floor for the ledger, and a write holding a slot still needs a token of the
+  header mirror (spenders outside the app show up only there). A ledger that cannot be reached within 30 s,
+  or whose slots come back too old four times over, is passed by: the mirror alone paces that write;
+  rotations never wait on it.
   Reads are not shared this way: a rotation spends one write and four reads, the read bucket is larger and
   refills 2.5 times faster, and the scale-out rows show no read 429s.
 

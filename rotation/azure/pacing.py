@@ -32,8 +32,8 @@ ledger keeps a second of refill back as slack, and a slot older than half of it 
 spends; the other half covers the way to ARM): a slot used late could spend tokens the bucket lost to its
 cap meanwhile. That slack is handed out too when the bucket is known to be full (every earlier slot used or
 dropped): a fan-out within the burst goes out as its writes come, and the slot after it comes a second
-later. The newest header is a floor for the ledger (spenders outside the app show up only in the headers);
-a write holding a slot does not wait for the mirror as well. A ledger that cannot be reached, or that
+later. The newest header is a floor for the ledger, and a write holding a slot still needs a token of the
+mirror (spenders outside the app show up only in the headers). A ledger that cannot be reached, or that
 answers too slowly for its slots to be used, is passed by: the mirror alone paces that write, never blocks
 a rotation. Reads are paced by the mirror alone (a rotation's four reads against a bucket 2.5 times faster).
 """
@@ -272,8 +272,7 @@ class ArmPacer:
             bucket.queued -= 1
             # Writes only: a rotation spends one write and four reads, and ARM's read bucket is larger and
             # refills 2.5 times faster; reads are paced by the mirror alone (the headers).
-            # With a slot of the shared budget the reserve is already kept, by the ledger, for everyone.
-            shared = write and self.ledger is not None
+            shared = write and self.ledger is not None  # then the ledger keeps the reserve, for everyone
             slot: float | None = None
             while True:
                 now = self._clock()
@@ -281,7 +280,8 @@ class ArmPacer:
                     await self._sleep(max(_MIN_SLEEP_S, bucket.blocked_until - now))
                     continue
                 if shared and (slot is None or self._wall() - slot > self._late() / 2):
-                    self.stats.dropped += slot is not None  # it aged in the mirror's wait: take another
+                    if slot is not None:
+                        self.stats.dropped += 1  # it aged in the mirror's wait: take another
                     slot = await self._shared_slot(key, bucket)
                     shared = slot is not None
                     continue
