@@ -112,9 +112,7 @@ class KeyVaultKeys:
         """
         for key in keys:
             url = str(key).lower()
-            cached = self._versions.get(url)
-            fresh = cached is not None and self._clock() - cached[0] < self._cache_seconds
-            if key.version is None or fresh or url in self._reading:
+            if key.version is None or self._kept(url) is not None or url in self._reading:
                 continue
             task = asyncio.get_running_loop().create_task(self.get_version(key))
             self._ahead.add(task)
@@ -125,6 +123,11 @@ class KeyVaultKeys:
         if not task.cancelled():
             task.exception()  # retrieved: the job's own read reports a failure
 
+    def _kept(self, url: str) -> KeyVersion | None:
+        """The version read within ``cache_seconds``, if any (``url`` lower-case)."""
+        cached = self._versions.get(url)
+        return cached[1] if cached is not None and self._clock() - cached[0] < self._cache_seconds else None
+
     async def get_version(self, key: KeyUrl) -> KeyVersion:
         """Properties of one version (``key`` must be versioned); `NotFoundError` when it does not exist.
 
@@ -132,9 +135,9 @@ class KeyVaultKeys:
         kept: the next caller reads again.
         """
         url = str(key).lower()
-        cached = self._versions.get(url)
-        if cached is not None and self._clock() - cached[0] < self._cache_seconds:
-            return cached[1]
+        kept = self._kept(url)
+        if kept is not None:
+            return kept
         reading = self._reading.get(url)
         if reading is not None:
             return await asyncio.shield(reading)
