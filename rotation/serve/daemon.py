@@ -67,7 +67,9 @@ MIN_KEY_LENGTH = 16
 RECONCILE_JITTER_S = 30.0  # as function_app.py: spread replicas started by the same schedule
 HTTP_SHUTDOWN_S = 5.0
 
-HOST_JSON = Path(__file__).resolve().parent.parent / "host.json"
+# The app's host.json at the project root (rotation/serve/daemon.py -> ../../host.json; in the image,
+# /app/host.json beside /app/rotation). An installed package has none there: `queue_options` says so.
+HOST_JSON = Path(__file__).resolve().parents[2] / "host.json"
 
 
 # ---- the reconcile timer ----------------------------------------------------------------------------
@@ -316,6 +318,7 @@ async def serve(args: argparse.Namespace, settings: Settings, env: Mapping[str, 
                 "visibility_timeout_s": options.visibility_timeout_s,
                 "batch_size": options.batch_size,
                 "new_batch_threshold": options.new_batch_threshold,
+                "max_polling_interval_s": options.max_polling_interval_s,
                 "dry_run": settings.dry_run,
             },
         )

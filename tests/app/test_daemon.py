@@ -102,6 +102,17 @@ def test_queue_options_default_to_the_functions_defaults(tmp_path):
     assert QueueOptions.from_host_json(empty).max_dequeue_count == 5
 
 
+def test_serve_reads_the_app_s_host_json_by_default():
+    """Without --host-json, `rotation serve` reads the host.json at the project root (in the image, /app)."""
+    from rotation.serve import daemon
+
+    assert daemon.HOST_JSON == ROOT / "host.json"
+    queues = json.loads((ROOT / "host.json").read_text())["extensions"]["queues"]
+    options = QueueOptions.from_host_json(daemon.HOST_JSON)
+    assert (options.batch_size, options.max_dequeue_count) == (queues["batchSize"], queues["maxDequeueCount"])
+    assert options.max_polling_interval_s == 2.0  # the app's "00:00:02", not the Functions default of 60 s
+
+
 def test_serve_without_host_json_says_so_and_agrees_on_the_last_delivery(tmp_path, caplog):
     """No host.json (an installed package): a WARNING names the defaults; the host's override setting wins."""
     from rotation.serve.daemon import queue_options

@@ -22,6 +22,7 @@ from azsim.faults import Fault
 from azsim.webhook import SubscriptionError
 from tests.helpers.cli import run_cli
 from tests.helpers.daemon import Daemon
+from tests.helpers.paths import ROOT
 from tests.helpers.world import World, make_world
 
 KEY = "k" * 32
@@ -96,6 +97,10 @@ def test_webhook_event_rotates_every_watched_cluster(sim, storage):
     assert code == 0, daemon.stderr()[-2000:]
     stopped = daemon.events("rotation.serve_stopped")[0]
     assert (stopped["succeeded"], stopped["failed"], stopped["poisoned"]) == (2, 0, 0)
+    started = daemon.events("rotation.serve_started")[0]  # no --host-json: the app's own
+    assert (started["host_json"], started["batch_size"]) == (str(ROOT / "host.json"), 32)
+    assert started["max_polling_interval_s"] == 2.0
+    assert not daemon.events("rotation.serve_host_json_missing")
 
 
 def test_cloudevents_subscription_needs_the_key_and_rotates(sim, storage):
