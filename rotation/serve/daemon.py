@@ -31,6 +31,7 @@ import logging
 import signal
 from dataclasses import replace
 from datetime import UTC, datetime
+from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -152,7 +153,11 @@ def _auth_middleware(key: str | None, read_key: str | None) -> Callable[..., Awa
 def _route(
     service: Service,
     handler: Callable[[Service, str, Mapping[str, str], bytes], Awaitable[tuple[int, Any]]],
+    *,
+    on_queued: Callable[[], None] | None = None,
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """One HTTP route; ``on_queued`` is called when the handler answered 202 (it queued a job)."""
+
     async def serve(request: web.Request) -> web.StreamResponse:
         try:
             status, doc = await handler(service, request.method, dict(request.query), await request.read())
@@ -160,6 +165,8 @@ def _route(
             # Storage or Azure unreachable: the Functions host would answer 500; say what failed.
             logger.error("rotation.http_failed", extra={"path": request.path, "reason": str(exc)})  # noqa: TRY400
             return _json(503, {"error": {"code": "ServiceUnavailable", "message": str(exc)}})
+        if on_queued is not None and status == HTTPStatus.ACCEPTED:
+            on_queued()  # the worker need not wait out its idle polling interval for the job just queued
         return _json(status, doc)
 
     return serve
@@ -176,7 +183,7 @@ def build_app(
     for method in ("GET", "POST", "DELETE"):
         app.router.add_route(method, "/api/clusters", _route(service, http_api.clusters))
     app.router.add_route("GET", "/api/history", _route(service, http_api.history))
-    app.router.add_route("POST", "/api/rotate", _route(service, http_api.rotate))
+    app.router.add_route("POST", "/api/rotate", _route(service, http_api.rotate, on_queued=on_queued))
     app.router.add_route("GET", "/api/doctor", _route(service, http_api.doctor))
     app.router.add_route("GET", "/api/health", _route(service, http_api.health))
     return app

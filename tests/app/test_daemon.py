@@ -324,6 +324,22 @@ async def test_webhook_queues_one_job_per_watched_cluster(stack, client):
     assert client.woken == [1]
 
 
+async def test_rotate_route_queues_the_job_and_wakes_the_worker(stack, client):
+    """POST /api/rotate of a watched cluster: 202, the job on the queue, the worker woken; unwatched: 404, not woken."""
+    key, v1 = stack.new_key()
+    cluster = stack.add_cluster(key, v1)
+    unwatched = stack.add_cluster(key, v1)
+    resp = await client.post("/api/rotate", params={"code": KEY}, json={"clusterId": unwatched})
+    assert resp.status == 404
+    assert client.woken == []
+    await stack.register(cluster)
+    resp = await client.post("/api/rotate", params={"code": KEY}, json={"clusterId": cluster})
+    assert resp.status == 202
+    [job] = await stack.queued()
+    assert (job.cluster_id, job.trigger) == (cluster, "manual")
+    assert client.woken == [1]
+
+
 @pytest.mark.parametrize(
     ("body", "status"),
     [
