@@ -194,11 +194,11 @@ async def test_an_idle_connection_is_closed_by_the_pool_before_the_server_closes
 
     from rotation.azure import transport
 
-    monkeypatch.setattr(transport, "IDLE_CONNECTION_SECONDS", 0.3)
+    monkeypatch.setattr(transport, "IDLE_CONNECTION_SECONDS", 1.0)
     http = SharedHttp(environ={})
     try:
         ports = []
-        for pause in (0.0, 0.05, 0.6):
+        for pause in (0.0, 0.05, 1.6):  # the second well inside the idle limit, the third well past it
             await asyncio.sleep(pause)
             async with http.session().get(counting_server) as response:
                 ports.append(await response.text())

@@ -387,7 +387,8 @@ async def test_a_stale_job_waits_for_an_operation_running_on_the_cluster(stack, 
     await stack.register(cluster)
     v2 = stack.sim.create_key_version(stack.vault, key, emit_event=False)
     v3 = stack.sim.create_key_version(stack.vault, key, emit_event=False)
-    stack.sim.configure(operation_seconds=3.0, poll_interval=0.5)
+    # Long enough to be still running when the job reads the cluster on any machine; ended by `advance`.
+    stack.sim.configure(operation_seconds=600.0, poll_interval=0.5)
     await stack.reconfigure(defer_seconds=0.2)
     clusters = stack.service.runtime.clusters
     rid = parse_cluster_id(cluster)
@@ -401,7 +402,7 @@ async def test_a_stale_job_waits_for_an_operation_running_on_the_cluster(stack, 
     [deferred] = [r for r in caplog.records if r.getMessage() == "rotation.job_deferred"]
     assert "provisioningState Updating" in deferred.reason
     assert stack.puts() == []
-    stack.sim.advance(5.0)
+    stack.sim.advance(605.0)
     assert stack.key_of(cluster).lower().endswith(v3.lower())
     # The deferred job comes back once the operation ended and finds the cluster past its version.
     await stack.drain(idle=1.0)

@@ -272,8 +272,9 @@ async def test_reconcile_pass_survives_a_cluster_whose_answer_never_ends(stack):
     stack.sim.create_key_version(stack.vault, key, emit_event=False)
     stack.sim.inject(method="GET", service="arm", path_contains=stuck, faults=[Fault.trickle(0.5)] * 4)
     started = time.monotonic()
-    report = await Reconciler(stack.service, cluster_deadline=1.5).run()
-    assert time.monotonic() - started < 10
+    # 4 s: room for the healthy cluster's first token, Key Vault challenge and TLS on a loaded machine.
+    report = await Reconciler(stack.service, cluster_deadline=4.0).run()
+    assert time.monotonic() - started < 12
     lines = {line.cluster_id: line for line in report.clusters}
     assert (lines[stuck].action, lines[stuck].drift) == ("skipped", "unreachable")
     assert lines[fine].action == "queued"

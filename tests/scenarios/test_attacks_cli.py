@@ -101,10 +101,22 @@ class Interruptible(Cli):
         )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 30
-        while not [p for p in puts(sim, cluster) if p.status in {200, 201, 202}]:
+        while not (accepted := [p for p in puts(sim, cluster) if p.status in {200, 201, 202}]):
             assert loop.time() < deadline, "the PUT never came"
             await asyncio.sleep(0.05)
-        await asyncio.sleep(0.5)  # the answer reaches the client; it records the operation and polls
+        # The client has the PUT's answer (and has recorded the operation) once it polls: the next ARM
+        # GET of this cluster's subscription after the PUT.
+        subscription = f"/subscriptions/{parse_cluster_id(cluster).subscription}/".lower()
+        while not [
+            r
+            for r in sim.requests
+            if r.service == "arm"
+            and r.method == "GET"
+            and r.time > accepted[0].time
+            and r.path.lower().startswith(subscription)
+        ]:
+            assert loop.time() < deadline, "the operation was never polled"
+            await asyncio.sleep(0.05)
         proc.send_signal(signal.SIGINT)
         out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
         assert proc.returncode is not None
