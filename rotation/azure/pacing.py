@@ -340,12 +340,8 @@ class ArmPacer:
                     await self._sleep(delay)
                 return slot
             if attempt == LEDGER_ATTEMPTS:
-                self.stats.ledger_failures += 1
-                logger.warning(
-                    "rotation.pacing_ledger_unavailable",
-                    extra={"subscription": key[0], "reason": "slots came back older than half the window"},
-                )
-                break
+                self._pass_ledger_by(key, "slots came back older than half the window")
+                return None
             assert self.ledger is not None  # noqa: S101 - the caller checked
             write = key[1]
             # This write, those queued behind it, and those jobs of this process announced (they read the
@@ -373,11 +369,7 @@ class ArmPacer:
                         late=late,
                     )
             except (ServiceError, TimeoutError) as exc:
-                self.stats.ledger_failures += 1
-                logger.warning(
-                    "rotation.pacing_ledger_unavailable",
-                    extra={"subscription": key[0], "reason": str(exc) or type(exc).__name__},
-                )
+                self._pass_ledger_by(key, str(exc) or type(exc).__name__)
                 return None
             self.stats.reservations += 1
             self.stats.reserved += len(slots)
@@ -385,6 +377,11 @@ class ArmPacer:
                 return None
             bucket.slots.extend(sorted(slots))
         return None
+
+    def _pass_ledger_by(self, key: tuple[str, bool], reason: str) -> None:
+        """Count and log a write the ledger gave no slot: the mirror alone paces it."""
+        self.stats.ledger_failures += 1
+        logger.warning("rotation.pacing_ledger_unavailable", extra={"subscription": key[0], "reason": reason})
 
     def observe(self, ticket: Ticket, status: int, headers: Any) -> None:  # noqa: ANN401 - any mapping
         """Correct the mirror from the answer to ``ticket``'s request (status and response headers)."""
